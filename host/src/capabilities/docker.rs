@@ -1,0 +1,309 @@
+//! `docker`: compose containers, checked against `[plugins.<name>.grants.docker]`.
+//!
+//! Calls that name a container by id first inspect it, so the grant is checked against the
+//! compose project and service the container really belongs to, not what the plugin claims.
+
+use async_trait::async_trait;
+
+use crate::runtime::bindings::docker::{
+    BuildOptions, BuildOutput, Container, ExecOptions, ExecOutput, Host,
+};
+use crate::runtime::bindings::types::Error;
+
+use super::Capabilities;
+
+/// Where docker calls go once allowed.
+#[async_trait]
+pub trait DockerBackend: Send + Sync {
+    /// Containers of a project (or one service), stopped ones included.
+    async fn list_containers(
+        &self,
+        project: &str,
+        service: Option<&str>,
+    ) -> Result<Vec<Container>, Error>;
+    /// One container.
+    async fn inspect(&self, id: &str) -> Result<Container, Error>;
+    /// Starts a container.
+    async fn start(&self, id: &str) -> Result<(), Error>;
+    /// Stops a container.
+    async fn stop(&self, id: &str, timeout_secs: Option<u32>) -> Result<(), Error>;
+    /// Restarts a container.
+    async fn restart(&self, id: &str, timeout_secs: Option<u32>) -> Result<(), Error>;
+    /// Builds an image.
+    async fn build(&self, options: BuildOptions) -> Result<BuildOutput, Error>;
+    /// Runs a command in a container.
+    async fn exec(&self, id: &str, options: ExecOptions) -> Result<ExecOutput, Error>;
+}
+
+/// The backend of a manager with no Docker engine configured: every call is `unavailable`.
+#[derive(Debug, Default)]
+pub struct Unconfigured;
+
+fn unconfigured<T>() -> Result<T, Error> {
+    Err(Error::Unavailable(
+        "no docker engine is configured for this manager".into(),
+    ))
+}
+
+#[async_trait]
+impl DockerBackend for Unconfigured {
+    async fn list_containers(&self, _: &str, _: Option<&str>) -> Result<Vec<Container>, Error> {
+        unconfigured()
+    }
+    async fn inspect(&self, _: &str) -> Result<Container, Error> {
+        unconfigured()
+    }
+    async fn start(&self, _: &str) -> Result<(), Error> {
+        unconfigured()
+    }
+    async fn stop(&self, _: &str, _: Option<u32>) -> Result<(), Error> {
+        unconfigured()
+    }
+    async fn restart(&self, _: &str, _: Option<u32>) -> Result<(), Error> {
+        unconfigured()
+    }
+    async fn build(&self, _: BuildOptions) -> Result<BuildOutput, Error> {
+        unconfigured()
+    }
+    async fn exec(&self, _: &str, _: ExecOptions) -> Result<ExecOutput, Error> {
+        unconfigured()
+    }
+}
+
+const SHELLS: &[&str] = &["sh", "bash", "dash", "ash", "zsh", "ksh"];
+
+impl Capabilities {
+    /// Inspects `id` and checks that its project and service are granted.
+    async fn granted_container(&self, id: &str) -> Result<Container, Error> {
+        self.policy.docker_any().map_err(|d| self.denied(d))?;
+        let docker = self.backends.docker.clone();
+        let c = self.bounded("docker inspect", docker.inspect(id)).await?;
+        self.policy
+            .docker_project(&c.project, Some(&c.service))
+            .map_err(|d| self.denied(d))?;
+        Ok(c)
+    }
+}
+
+impl Host for Capabilities {
+    async fn list_containers(
+        &mut self,
+        project: String,
+        service: Option<String>,
+    ) -> wasmtime::Result<Result<Vec<Container>, Error>> {
+        if let Err(d) = self.policy.docker_project(&project, service.as_deref()) {
+            return Ok(Err(self.denied(d)));
+        }
+        let docker = self.backends.docker.clone();
+        Ok(self
+            .bounded("docker list", docker.list_containers(&project, service.as_deref()))
+            .await)
+    }
+
+    async fn inspect(&mut self, id: String) -> wasmtime::Result<Result<Container, Error>> {
+        Ok(self.granted_container(&id).await)
+    }
+
+    async fn start(&mut self, id: String) -> wasmtime::Result<Result<(), Error>> {
+        let r = async {
+            let c = self.granted_container(&id).await?;
+            let docker = self.backends.docker.clone();
+            self.bounded("docker start", docker.start(&c.id)).await
+        };
+        Ok(r.await)
+    }
+
+    async fn stop(
+        &mut self,
+        id: String,
+        timeout_secs: Option<u32>,
+    ) -> wasmtime::Result<Result<(), Error>> {
+        let r = async {
+            let c = self.granted_container(&id).await?;
+            let docker = self.backends.docker.clone();
+            self.bounded("docker stop", docker.stop(&c.id, timeout_secs)).await
+        };
+        Ok(r.await)
+    }
+
+    async fn restart(
+        &mut self,
+        id: String,
+        timeout_secs: Option<u32>,
+    ) -> wasmtime::Result<Result<(), Error>> {
+        let r = async {
+            let c = self.granted_container(&id).await?;
+            let docker = self.backends.docker.clone();
+            self.bounded("docker restart", docker.restart(&c.id, timeout_secs))
+                .await
+        };
+        Ok(r.await)
+    }
+
+    async fn build(
+        &mut self,
+        options: BuildOptions,
+    ) -> wasmtime::Result<Result<BuildOutput, Error>> {
+        let check = self
+            .policy
+            .docker_project(&options.project, Some(&options.service))
+            .and_then(|()| self.policy.docker_build(std::path::Path::new(&options.context)));
+        if let Err(d) = check {
+            return Ok(Err(self.denied(d)));
+        }
+        let docker = self.backends.docker.clone();
+        Ok(self.bounded("docker build", docker.build(options)).await)
+    }
+
+    async fn exec(
+        &mut self,
+        id: String,
+        options: ExecOptions,
+    ) -> wasmtime::Result<Result<ExecOutput, Error>> {
+        let r = async {
+            let Some(program) = options.argv.first() else {
+                return Err(Error::Failed("exec needs a command".into()));
+            };
+            let base = program.rsplit('/').next().unwrap_or(program);
+            let shell = SHELLS.contains(&base);
+            self.policy
+                .docker_exec(&options.argv.join(" "), shell)
+                .map_err(|d| self.denied(d))?;
+            let c = self.granted_container(&id).await?;
+            let docker = self.backends.docker.clone();
+            self.bounded("docker exec", docker.exec(&c.id, options)).await
+        };
+        Ok(r.await)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicU32, Ordering};
+    use std::time::{Duration, Instant};
+
+    use super::*;
+    use crate::capabilities::policy::{Capability, Policy};
+    use crate::capabilities::{Backends, supervisor};
+    use crate::config::{DockerGrant, Grants};
+    use crate::runtime::bindings::docker::ContainerState;
+
+    /// Answers every call for a container of project `marvin`, service `web`, and counts calls.
+    #[derive(Default)]
+    struct Fake {
+        calls: AtomicU32,
+    }
+
+    fn container(id: &str) -> Container {
+        Container {
+            id: id.into(),
+            name: "marvin-web-1".into(),
+            image: "busybox".into(),
+            project: "marvin".into(),
+            service: "web".into(),
+            number: 1,
+            oneoff: false,
+            state: ContainerState {
+                status: "running".into(),
+                running: true,
+                exit_code: 0,
+                health: None,
+                started_at: String::new(),
+                finished_at: String::new(),
+            },
+            labels: vec![],
+        }
+    }
+
+    #[async_trait]
+    impl DockerBackend for Fake {
+        async fn list_containers(&self, _: &str, _: Option<&str>) -> Result<Vec<Container>, Error> {
+            self.calls.fetch_add(1, Ordering::SeqCst);
+            Ok(vec![container("c1")])
+        }
+        async fn inspect(&self, id: &str) -> Result<Container, Error> {
+            self.calls.fetch_add(1, Ordering::SeqCst);
+            Ok(container(id))
+        }
+        async fn start(&self, _: &str) -> Result<(), Error> {
+            self.calls.fetch_add(1, Ordering::SeqCst);
+            tokio::time::sleep(Duration::from_secs(60)).await;
+            Ok(())
+        }
+        async fn stop(&self, _: &str, _: Option<u32>) -> Result<(), Error> {
+            self.calls.fetch_add(1, Ordering::SeqCst);
+            Ok(())
+        }
+        async fn restart(&self, _: &str, _: Option<u32>) -> Result<(), Error> {
+            self.calls.fetch_add(1, Ordering::SeqCst);
+            Ok(())
+        }
+        async fn build(&self, _: BuildOptions) -> Result<BuildOutput, Error> {
+            unconfigured()
+        }
+        async fn exec(&self, _: &str, _: ExecOptions) -> Result<ExecOutput, Error> {
+            self.calls.fetch_add(1, Ordering::SeqCst);
+            unconfigured()
+        }
+    }
+
+    fn caps(projects: &[&str], fake: Arc<Fake>, deadline: Duration) -> Capabilities {
+        let grants = Grants {
+            docker: Some(DockerGrant {
+                projects: projects.iter().map(|s| s.to_string()).collect(),
+                ..Default::default()
+            }),
+            ..Default::default()
+        };
+        Capabilities::new(
+            Arc::new(Policy::new("p", [Capability::Docker], grants)),
+            "corr-1".into(),
+            Backends {
+                docker: fake,
+                supervisor: Arc::new(supervisor::Unconfigured),
+            },
+            Instant::now() + deadline,
+        )
+    }
+
+    #[tokio::test]
+    async fn denied_calls_never_reach_the_backend() {
+        let fake = Arc::new(Fake::default());
+        let mut c = caps(&[], fake.clone(), Duration::from_secs(5));
+        let e = c.list_containers("marvin".into(), None).await.unwrap().unwrap_err();
+        assert!(matches!(&e, Error::PermissionDenied(m) if m.contains("docker.projects")), "{e}");
+        let e = c.stop("c1".into(), None).await.unwrap().unwrap_err();
+        assert!(matches!(e, Error::PermissionDenied(_)));
+        assert_eq!(fake.calls.load(Ordering::SeqCst), 0);
+        let e = c.exec("c1".into(), ExecOptions { argv: vec!["ls".into()], env: vec![], working_dir: None, user: None, timeout_ms: None })
+            .await
+            .unwrap()
+            .unwrap_err();
+        assert!(crate::capabilities::error_text(&e).contains("docker-exec"), "{e}");
+        assert_eq!(fake.calls.load(Ordering::SeqCst), 0);
+    }
+
+    #[tokio::test]
+    async fn id_calls_check_the_real_project() {
+        let fake = Arc::new(Fake::default());
+        // The grant covers another project: inspect happens, the stop does not.
+        let mut c = caps(&["other"], fake.clone(), Duration::from_secs(5));
+        let e = c.stop("c1".into(), None).await.unwrap().unwrap_err();
+        assert!(crate::capabilities::error_text(&e).contains("docker project 'marvin' service 'web'"), "{e}");
+        assert_eq!(fake.calls.load(Ordering::SeqCst), 1);
+        let mut c = caps(&["marvin"], fake.clone(), Duration::from_secs(5));
+        c.stop("c1".into(), None).await.unwrap().unwrap();
+        assert_eq!(fake.calls.load(Ordering::SeqCst), 3);
+    }
+
+    #[tokio::test]
+    async fn host_calls_end_at_the_deadline() {
+        let fake = Arc::new(Fake::default());
+        let mut c = caps(&["marvin"], fake, Duration::from_millis(200));
+        let t = Instant::now();
+        let e = c.start("c1".into()).await.unwrap().unwrap_err();
+        assert!(matches!(e, Error::TimedOut(_)));
+        assert!(t.elapsed() < Duration::from_secs(5));
+    }
+}

@@ -1,0 +1,198 @@
+//! `supervisor`: supervisord's processes, checked against `[plugins.<name>.grants.supervisor]`.
+
+use async_trait::async_trait;
+
+use crate::runtime::bindings::supervisor::{ConfigChanges, Host, Process, ProcessResult};
+use crate::runtime::bindings::types::Error;
+
+use super::Capabilities;
+
+/// Where supervisor calls go once allowed.
+#[async_trait]
+pub trait SupervisorBackend: Send + Sync {
+    /// `getProcess`.
+    async fn process_info(&self, name: &str) -> Result<Process, Error>;
+    /// `getAllProcess`.
+    async fn all_process_info(&self) -> Result<Vec<Process>, Error>;
+    /// `startProcess`.
+    async fn start_process(&self, name: &str, wait: bool) -> Result<(), Error>;
+    /// `stopProcess`.
+    async fn stop_process(&self, name: &str, wait: bool) -> Result<(), Error>;
+    /// `startProcessGroup`.
+    async fn start_group(&self, group: &str, wait: bool) -> Result<Vec<ProcessResult>, Error>;
+    /// `stopProcessGroup`.
+    async fn stop_group(&self, group: &str, wait: bool) -> Result<Vec<ProcessResult>, Error>;
+    /// `reloadConfig`.
+    async fn reload_config(&self) -> Result<ConfigChanges, Error>;
+    /// `addProcessGroup`.
+    async fn add_group(&self, group: &str) -> Result<(), Error>;
+    /// `removeProcessGroup`.
+    async fn remove_group(&self, group: &str) -> Result<(), Error>;
+    /// `tailProcessStdoutLog`.
+    async fn tail_log(&self, name: &str, bytes: u32) -> Result<String, Error>;
+}
+
+/// The backend of a manager with no supervisord configured: every call is `unavailable`.
+#[derive(Debug, Default)]
+pub struct Unconfigured;
+
+fn unconfigured<T>() -> Result<T, Error> {
+    Err(Error::Unavailable(
+        "no supervisord is configured for this manager".into(),
+    ))
+}
+
+#[async_trait]
+impl SupervisorBackend for Unconfigured {
+    async fn process_info(&self, _: &str) -> Result<Process, Error> {
+        unconfigured()
+    }
+    async fn all_process_info(&self) -> Result<Vec<Process>, Error> {
+        unconfigured()
+    }
+    async fn start_process(&self, _: &str, _: bool) -> Result<(), Error> {
+        unconfigured()
+    }
+    async fn stop_process(&self, _: &str, _: bool) -> Result<(), Error> {
+        unconfigured()
+    }
+    async fn start_group(&self, _: &str, _: bool) -> Result<Vec<ProcessResult>, Error> {
+        unconfigured()
+    }
+    async fn stop_group(&self, _: &str, _: bool) -> Result<Vec<ProcessResult>, Error> {
+        unconfigured()
+    }
+    async fn reload_config(&self) -> Result<ConfigChanges, Error> {
+        unconfigured()
+    }
+    async fn add_group(&self, _: &str) -> Result<(), Error> {
+        unconfigured()
+    }
+    async fn remove_group(&self, _: &str) -> Result<(), Error> {
+        unconfigured()
+    }
+    async fn tail_log(&self, _: &str, _: u32) -> Result<String, Error> {
+        unconfigured()
+    }
+}
+
+impl Capabilities {
+    fn program(&self, name: &str) -> Result<(), Error> {
+        self.policy.supervisor_program(name).map_err(|d| self.denied(d))
+    }
+
+    fn config(&self) -> Result<(), Error> {
+        self.policy.supervisor_config().map_err(|d| self.denied(d))
+    }
+}
+
+impl Host for Capabilities {
+    async fn process_info(&mut self, name: String) -> wasmtime::Result<Result<Process, Error>> {
+        let r = async {
+            self.program(&name)?;
+            let b = self.backends.supervisor.clone();
+            self.bounded("supervisor process info", b.process_info(&name)).await
+        };
+        Ok(r.await)
+    }
+
+    async fn all_process_info(&mut self) -> wasmtime::Result<Result<Vec<Process>, Error>> {
+        let r = async {
+            self.policy.supervisor_any().map_err(|d| self.denied(d))?;
+            let b = self.backends.supervisor.clone();
+            let all = self.bounded("supervisor process info", b.all_process_info()).await?;
+            // Only what the plugin may see: ungranted programs are left out, not denied.
+            Ok(all
+                .into_iter()
+                .filter(|p| {
+                    let full = format!("{}:{}", p.group, p.name);
+                    self.policy.supervisor_program(&full).is_ok()
+                        || self.policy.supervisor_program(&p.name).is_ok()
+                })
+                .collect())
+        };
+        Ok(r.await)
+    }
+
+    async fn start_process(&mut self, name: String, wait: bool) -> wasmtime::Result<Result<(), Error>> {
+        let r = async {
+            self.program(&name)?;
+            let b = self.backends.supervisor.clone();
+            self.bounded("supervisor start", b.start_process(&name, wait)).await
+        };
+        Ok(r.await)
+    }
+
+    async fn stop_process(&mut self, name: String, wait: bool) -> wasmtime::Result<Result<(), Error>> {
+        let r = async {
+            self.program(&name)?;
+            let b = self.backends.supervisor.clone();
+            self.bounded("supervisor stop", b.stop_process(&name, wait)).await
+        };
+        Ok(r.await)
+    }
+
+    async fn start_group(
+        &mut self,
+        group: String,
+        wait: bool,
+    ) -> wasmtime::Result<Result<Vec<ProcessResult>, Error>> {
+        let r = async {
+            self.program(&group)?;
+            let b = self.backends.supervisor.clone();
+            self.bounded("supervisor start group", b.start_group(&group, wait)).await
+        };
+        Ok(r.await)
+    }
+
+    async fn stop_group(
+        &mut self,
+        group: String,
+        wait: bool,
+    ) -> wasmtime::Result<Result<Vec<ProcessResult>, Error>> {
+        let r = async {
+            self.program(&group)?;
+            let b = self.backends.supervisor.clone();
+            self.bounded("supervisor stop group", b.stop_group(&group, wait)).await
+        };
+        Ok(r.await)
+    }
+
+    async fn reload_config(&mut self) -> wasmtime::Result<Result<ConfigChanges, Error>> {
+        let r = async {
+            self.config()?;
+            let b = self.backends.supervisor.clone();
+            self.bounded("supervisor reload config", b.reload_config()).await
+        };
+        Ok(r.await)
+    }
+
+    async fn add_group(&mut self, group: String) -> wasmtime::Result<Result<(), Error>> {
+        let r = async {
+            self.config()?;
+            self.program(&group)?;
+            let b = self.backends.supervisor.clone();
+            self.bounded("supervisor add group", b.add_group(&group)).await
+        };
+        Ok(r.await)
+    }
+
+    async fn remove_group(&mut self, group: String) -> wasmtime::Result<Result<(), Error>> {
+        let r = async {
+            self.config()?;
+            self.program(&group)?;
+            let b = self.backends.supervisor.clone();
+            self.bounded("supervisor remove group", b.remove_group(&group)).await
+        };
+        Ok(r.await)
+    }
+
+    async fn tail_log(&mut self, name: String, bytes: u32) -> wasmtime::Result<Result<String, Error>> {
+        let r = async {
+            self.program(&name)?;
+            let b = self.backends.supervisor.clone();
+            self.bounded("supervisor tail log", b.tail_log(&name, bytes.min(1 << 20))).await
+        };
+        Ok(r.await)
+    }
+}

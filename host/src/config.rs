@@ -1,0 +1,332 @@
+//! `manager.toml` -> typed [`Config`]. Validation that needs the outside world (opening
+//! directories, loading plugins) happens later, where the settings are used.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+
+use crate::message::EntityKind;
+
+/// The default memory cap of one plugin instance.
+pub const DEFAULT_MAX_MEMORY_BYTES: u64 = 64 << 20;
+
+/// The whole configuration file. Every section is optional: no file at all is a valid setup.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    /// Where plugins are loaded from and how they run.
+    #[serde(default)]
+    pub runtime: RuntimeConfig,
+    /// Docker settings shared by the capability and the registry.
+    #[serde(default)]
+    pub docker: DockerConfig,
+    /// Per-plugin settings and grants, keyed by the plugin's name (from `describe`).
+    #[serde(default)]
+    pub plugins: BTreeMap<String, PluginConfig>,
+    /// Entities, keyed by the id Core sends as `containerId`.
+    #[serde(default)]
+    pub entities: BTreeMap<String, EntityConfig>,
+}
+
+/// `[runtime]`.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RuntimeConfig {
+    /// The plugins directory; relative paths are relative to the config file.
+    pub plugins_dir: Option<PathBuf>,
+    /// Where compiled plugins are cached; relative paths are relative to the config file.
+    pub cache_dir: Option<PathBuf>,
+    /// The memory cap of a plugin instance unless the plugin has its own.
+    pub max_memory_bytes: Option<u64>,
+    /// Plugin instances alive at once (the pooling allocator's size).
+    pub max_instances: Option<u32>,
+}
+
+/// `[docker]`.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DockerConfig {
+    /// The compose project the special entity id `all` (restart_all) acts on.
+    pub default_project: Option<String>,
+}
+
+/// `[plugins.<name>]`.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PluginConfig {
+    /// This plugin's memory cap.
+    pub max_memory_bytes: Option<u64>,
+    /// What the operator grants; nothing by default.
+    #[serde(default)]
+    pub grants: Grants,
+}
+
+/// `[plugins.<name>.grants]`: what a plugin may reach. Everything absent is denied.
+#[derive(Debug, Clone, Default, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct Grants {
+    /// `[plugins.<name>.grants.docker]`.
+    pub docker: Option<DockerGrant>,
+    /// `[plugins.<name>.grants.supervisor]`.
+    pub supervisor: Option<SupervisorGrant>,
+    /// Directories preopened read-only, at the same path inside the plugin.
+    #[serde(default)]
+    pub files: Vec<PathBuf>,
+}
+
+/// The docker part of a grant.
+#[derive(Debug, Clone, Default, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct DockerGrant {
+    /// Compose projects (`marvin`) or single services (`marvin/web`); `*` and `?` match.
+    #[serde(default)]
+    pub projects: Vec<String>,
+    /// Command lines the plugin may exec (`php bin/console *`); empty: no exec.
+    #[serde(default)]
+    pub exec: Vec<String>,
+    /// Whether exec may go through a shell (`sh -c`).
+    #[serde(default)]
+    pub exec_shell: bool,
+    /// Directories image builds may use as context; empty: no build.
+    #[serde(default)]
+    pub build_dirs: Vec<PathBuf>,
+}
+
+/// The supervisor part of a grant.
+#[derive(Debug, Clone, Default, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct SupervisorGrant {
+    /// Program or group name patterns (`marvin-*`, `workers:*`).
+    #[serde(default)]
+    pub programs: Vec<String>,
+    /// Whether the plugin may reload supervisord's config and add / remove groups.
+    #[serde(default)]
+    pub config: bool,
+}
+
+/// `[entities.<id>]`.
+#[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct EntityConfig {
+    /// `container` or `worker`.
+    pub kind: EntityKind,
+    /// The compose project of a container.
+    pub project: Option<String>,
+    /// The compose service of a container.
+    pub service: Option<String>,
+    /// The supervisor program, group or `group:name` of a worker.
+    pub program: Option<String>,
+}
+
+/// A configuration file that could not be used.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ConfigError {
+    /// The file could not be read.
+    #[error("cannot read config file {}", path.display())]
+    Read {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The file is not valid TOML or has unknown or mistyped keys.
+    #[error("invalid config file {}: {message}", path.display())]
+    Parse {
+        /// The file.
+        path: PathBuf,
+        /// What the parser said, with the line.
+        message: String,
+    },
+    /// The file parses but says something impossible.
+    #[error("invalid config file {}: {message}", path.display())]
+    Invalid {
+        /// The file.
+        path: PathBuf,
+        /// What is wrong.
+        message: String,
+    },
+}
+
+impl Config {
+    /// Reads and checks a config file; relative paths in it become relative to its folder.
+    pub fn load(path: &Path) -> Result<Self, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_owned(),
+            source,
+        })?;
+        let mut config = Self::parse(&text).map_err(|message| ConfigError::Parse {
+            path: path.to_owned(),
+            message,
+        })?;
+        config.validate().map_err(|message| ConfigError::Invalid {
+            path: path.to_owned(),
+            message,
+        })?;
+        let base = path.parent().unwrap_or(Path::new("."));
+        config.resolve_paths(base);
+        Ok(config)
+    }
+
+    /// Parses TOML text.
+    pub fn parse(text: &str) -> Result<Self, String> {
+        toml::from_str(text).map_err(|e| e.to_string().trim_end().to_owned())
+    }
+
+    /// Checks what serde cannot.
+    pub fn validate(&self) -> Result<(), String> {
+        for (id, entity) in &self.entities {
+            if id == crate::registry::ALL || id == crate::registry::SUPERVISOR {
+                return Err(format!("entity id '{id}' is reserved"));
+            }
+            match entity.kind {
+                EntityKind::Container => {
+                    if entity.project.is_none() || entity.service.is_none() {
+                        return Err(format!(
+                            "entity '{id}': a container needs `project` and `service`"
+                        ));
+                    }
+                    if entity.program.is_some() {
+                        return Err(format!("entity '{id}': `program` is for workers"));
+                    }
+                }
+                EntityKind::Worker => {
+                    if entity.program.is_none() {
+                        return Err(format!("entity '{id}': a worker needs `program`"));
+                    }
+                    if entity.project.is_some() || entity.service.is_some() {
+                        return Err(format!(
+                            "entity '{id}': `project` and `service` are for containers"
+                        ));
+                    }
+                }
+            }
+        }
+        let caps = std::iter::once(("[runtime]".to_owned(), self.runtime.max_memory_bytes)).chain(
+            self.plugins
+                .iter()
+                .map(|(n, p)| (format!("[plugins.{n}]"), p.max_memory_bytes)),
+        );
+        for (section, cap) in caps {
+            if let Some(cap) = cap
+                && !(1 << 20..=4 << 30).contains(&cap)
+            {
+                return Err(format!(
+                    "{section} max_memory_bytes = {cap} is outside 1 MiB ..= 4 GiB"
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    fn resolve_paths(&mut self, base: &Path) {
+        let join = |p: &mut PathBuf| {
+            if p.is_relative() {
+                *p = base.join(&*p);
+            }
+        };
+        if let Some(p) = self.runtime.plugins_dir.as_mut() {
+            join(p);
+        }
+        if let Some(p) = self.runtime.cache_dir.as_mut() {
+            join(p);
+        }
+        for plugin in self.plugins.values_mut() {
+            plugin.grants.files.iter_mut().for_each(join);
+            if let Some(d) = plugin.grants.docker.as_mut() {
+                d.build_dirs.iter_mut().for_each(join);
+            }
+        }
+    }
+
+    /// The memory cap of the named plugin.
+    pub fn max_memory_bytes(&self, plugin: &str) -> u64 {
+        self.plugins
+            .get(plugin)
+            .and_then(|p| p.max_memory_bytes)
+            .or(self.runtime.max_memory_bytes)
+            .unwrap_or(DEFAULT_MAX_MEMORY_BYTES)
+    }
+
+    /// The largest memory cap any plugin can get (sizes the instance pool).
+    pub fn largest_memory_cap(&self) -> u64 {
+        self.plugins
+            .values()
+            .filter_map(|p| p.max_memory_bytes)
+            .chain(self.runtime.max_memory_bytes)
+            .fold(DEFAULT_MAX_MEMORY_BYTES, u64::max)
+    }
+
+    /// The grants of the named plugin (empty when it has no section).
+    pub fn grants(&self, plugin: &str) -> Grants {
+        self.plugins
+            .get(plugin)
+            .map(|p| p.grants.clone())
+            .unwrap_or_default()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn empty_file_is_a_valid_config() {
+        let c = Config::parse("").unwrap();
+        c.validate().unwrap();
+        assert_eq!(c.max_memory_bytes("x"), DEFAULT_MAX_MEMORY_BYTES);
+        assert_eq!(c.grants("x"), Grants::default());
+    }
+
+    #[test]
+    fn full_config_parses() {
+        let c = Config::parse(
+            r#"
+            [runtime]
+            plugins_dir = "plugins"
+            max_memory_bytes = 33554432
+            [docker]
+            default_project = "marvin"
+            [plugins.docker-compose]
+            max_memory_bytes = 134217728
+            [plugins.docker-compose.grants]
+            files = ["/srv/marvin"]
+            [plugins.docker-compose.grants.docker]
+            projects = ["marvin", "other/web"]
+            [plugins.supervisor.grants.supervisor]
+            programs = ["marvin-*"]
+            config = true
+            [entities.0b7d]
+            kind = "container"
+            project = "marvin"
+            service = "web"
+            [entities.w1]
+            kind = "worker"
+            program = "workers:consumer"
+            "#,
+        )
+        .unwrap();
+        c.validate().unwrap();
+        assert_eq!(c.max_memory_bytes("docker-compose"), 128 << 20);
+        assert_eq!(c.max_memory_bytes("supervisor"), 32 << 20);
+        assert_eq!(c.largest_memory_cap(), 128 << 20);
+        assert!(c.grants("supervisor").supervisor.unwrap().config);
+    }
+
+    #[test]
+    fn unknown_keys_and_bad_entities_are_refused() {
+        let e = Config::parse("[plugins.x]\ngrant = 1\n").unwrap_err();
+        assert!(e.contains("unknown field `grant`"), "{e}");
+        let c = Config::parse("[entities.a]\nkind = \"worker\"\n").unwrap();
+        assert_eq!(
+            c.validate().unwrap_err(),
+            "entity 'a': a worker needs `program`"
+        );
+        let c = Config::parse("[entities.all]\nkind = \"worker\"\nprogram = \"x\"\n").unwrap();
+        assert_eq!(c.validate().unwrap_err(), "entity id 'all' is reserved");
+        let c = Config::parse("[runtime]\nmax_memory_bytes = 10\n").unwrap();
+        assert!(c.validate().unwrap_err().contains("outside 1 MiB"));
+    }
+}

@@ -1,0 +1,278 @@
+//! The plugins directory: every `*.wasm` in it loaded, routed, and kept in step with the
+//! directory. A change is applied by building a new [`PluginSet`] and swapping it in whole, so
+//! a request holds the `Arc` of the set (and plugin) it started with until it finishes.
+
+use std::collections::{BTreeMap, HashMap};
+use std::os::unix::fs::MetadataExt;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::Duration;
+
+use crate::message::EntityKind;
+use crate::router::Routes;
+
+use super::{LoadedPlugin, Runtime};
+
+/// How often the directory is looked at. A file is loaded once it has looked the same twice,
+/// so a half-copied file is not loaded; changes land within two polls plus the compile.
+pub const POLL_INTERVAL: Duration = Duration::from_millis(150);
+
+/// A file that is not a usable plugin, and why.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LoadFailure {
+    /// The file.
+    pub path: PathBuf,
+    /// Why it was skipped.
+    pub reason: String,
+}
+
+/// The plugins serving at one moment, and the files that were skipped.
+#[derive(Debug, Default)]
+pub struct PluginSet {
+    plugins: Vec<Arc<LoadedPlugin>>,
+    routes: Routes<Arc<LoadedPlugin>>,
+    failures: Vec<LoadFailure>,
+}
+
+impl PluginSet {
+    /// Builds a set from load results in precedence order: a plugin whose name or (kind,
+    /// action) pair is already taken by an earlier one is refused, naming both.
+    pub fn build(candidates: Vec<(PathBuf, Result<Arc<LoadedPlugin>, String>)>) -> Self {
+        let mut set = Self::default();
+        for (path, loaded) in candidates {
+            let plugin = match loaded {
+                Ok(p) => p,
+                Err(reason) => {
+                    set.failures.push(LoadFailure { path, reason });
+                    continue;
+                }
+            };
+            if let Some(other) = set.plugins.iter().find(|p| p.name == plugin.name) {
+                set.failures.push(LoadFailure {
+                    path,
+                    reason: format!(
+                        "plugin name '{}' is already taken by {}",
+                        plugin.name,
+                        other.path.display()
+                    ),
+                });
+                continue;
+            }
+            let taken = plugin
+                .handles
+                .iter()
+                .find_map(|(kind, action)| set.routes.get(*kind, action).map(|o| (kind, action, o)));
+            if let Some((kind, action, other)) = taken {
+                set.failures.push(LoadFailure {
+                    path,
+                    reason: format!(
+                        "plugin '{}' claims ({kind}, {action}), already handled by plugin '{}' ({})",
+                        plugin.name,
+                        other.name,
+                        other.path.display()
+                    ),
+                });
+                continue;
+            }
+            for (kind, action) in &plugin.handles {
+                // Cannot fail: every pair was checked just above (duplicates inside one plugin
+                // keep the first claim).
+                let _ = set.routes.claim(*kind, action, plugin.clone());
+            }
+            set.plugins.push(plugin);
+        }
+        set
+    }
+
+    /// The loaded plugins, in precedence order.
+    pub fn plugins(&self) -> &[Arc<LoadedPlugin>] {
+        &self.plugins
+    }
+
+    /// Files that were skipped, with the reason.
+    pub fn failures(&self) -> &[LoadFailure] {
+        &self.failures
+    }
+
+    /// The plugin for (kind, action), or an error Core can show.
+    pub fn route(&self, kind: EntityKind, action: &str) -> Result<&Arc<LoadedPlugin>, String> {
+        self.routes.route(kind, action)
+    }
+
+    /// A plugin by name.
+    pub fn get(&self, name: &str) -> Option<&Arc<LoadedPlugin>> {
+        self.plugins.iter().find(|p| p.name == name)
+    }
+}
+
+/// What identifies a version of a file without reading it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Stamp {
+    len: u64,
+    mtime_ns: i128,
+    ctime_ns: i128,
+    ino: u64,
+}
+
+impl Stamp {
+    fn of(meta: &std::fs::Metadata) -> Self {
+        Self {
+            len: meta.len(),
+            mtime_ns: i128::from(meta.mtime()) * 1_000_000_000 + i128::from(meta.mtime_nsec()),
+            ctime_ns: i128::from(meta.ctime()) * 1_000_000_000 + i128::from(meta.ctime_nsec()),
+            ino: meta.ino(),
+        }
+    }
+}
+
+struct FileState {
+    stamp: Stamp,
+    loaded: Result<Arc<LoadedPlugin>, String>,
+}
+
+#[derive(Default)]
+struct DirState {
+    files: BTreeMap<PathBuf, FileState>,
+    /// Files seen changed once, waiting to look the same on the next poll.
+    settling: HashMap<PathBuf, Stamp>,
+}
+
+/// A plugins directory kept loaded.
+pub struct PluginDir {
+    runtime: Arc<Runtime>,
+    dir: PathBuf,
+    current: RwLock<Arc<PluginSet>>,
+    state: Mutex<DirState>,
+}
+
+impl PluginDir {
+    /// Loads every `*.wasm` in `dir` (a missing directory is an empty one).
+    pub async fn open(runtime: Arc<Runtime>, dir: PathBuf) -> Arc<Self> {
+        let this = Arc::new(Self {
+            runtime,
+            dir,
+            current: RwLock::new(Arc::new(PluginSet::default())),
+            state: Mutex::new(DirState::default()),
+        });
+        this.rescan(false).await;
+        this
+    }
+
+    /// The directory.
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// The plugins serving now. Hold the `Arc` for the length of a request.
+    pub fn snapshot(&self) -> Arc<PluginSet> {
+        self.current.read().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    fn scan_dir(&self) -> BTreeMap<PathBuf, Stamp> {
+        let mut found = BTreeMap::new();
+        let Ok(entries) = std::fs::read_dir(&self.dir) else {
+            return found;
+        };
+        for entry in entries.flatten() {
+            let path = entry.path();
+            if path.extension().is_some_and(|e| e == "wasm")
+                && let Ok(meta) = std::fs::metadata(&path)
+                && meta.is_file()
+            {
+                found.insert(path, Stamp::of(&meta));
+            }
+        }
+        found
+    }
+
+    /// Looks at the directory once and applies what changed. With `settle`, a new or changed
+    /// file waits until it looks the same on two looks in a row. Returns whether the set changed.
+    pub async fn rescan(&self, settle: bool) -> bool {
+        let found = self.scan_dir();
+        // Decide what to (re)load without holding the lock across the loads.
+        let to_load: Vec<(PathBuf, Stamp)> = {
+            let mut st = self.state.lock().unwrap_or_else(|e| e.into_inner());
+            let mut to_load = Vec::new();
+            for (path, stamp) in &found {
+                if st.files.get(path).is_some_and(|f| f.stamp == *stamp) {
+                    st.settling.remove(path);
+                    continue;
+                }
+                if settle && st.settling.get(path) != Some(stamp) {
+                    st.settling.insert(path.clone(), *stamp);
+                    continue;
+                }
+                st.settling.remove(path);
+                to_load.push((path.clone(), *stamp));
+            }
+            st.settling.retain(|p, _| found.contains_key(p));
+            let removed = st.files.keys().any(|p| !found.contains_key(p));
+            if to_load.is_empty() && !removed {
+                return false;
+            }
+            to_load
+        };
+        let mut loaded = Vec::with_capacity(to_load.len());
+        for (path, stamp) in to_load {
+            let result = self.runtime.load(&path).await.map(Arc::new);
+            loaded.push((path, FileState { stamp, loaded: result }));
+        }
+
+        let mut st = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        let previous = self.snapshot();
+        let mut events = Vec::new();
+        st.files.retain(|p, _| {
+            let keep = found.contains_key(p);
+            if !keep {
+                events.push(format!("unloaded {}", p.display()));
+            }
+            keep
+        });
+        for (path, state) in loaded {
+            let verb = if st.files.contains_key(&path) { "replaced" } else { "loaded" };
+            if state.loaded.is_ok() {
+                events.push(format!("{verb} {}", path.display()));
+            }
+            st.files.insert(path, state);
+        }
+        // Plugins already serving keep precedence over newcomers: a conflict refuses the later.
+        let rank = |path: &Path| {
+            previous
+                .plugins()
+                .iter()
+                .position(|p| p.path == path)
+                .unwrap_or(usize::MAX)
+        };
+        let mut candidates: Vec<(PathBuf, Result<Arc<LoadedPlugin>, String>)> = st
+            .files
+            .iter()
+            .map(|(p, f)| (p.clone(), f.loaded.clone()))
+            .collect();
+        candidates.sort_by(|a, b| rank(&a.0).cmp(&rank(&b.0)).then_with(|| a.0.cmp(&b.0)));
+        let set = PluginSet::build(candidates);
+        for event in events {
+            tracing::info!(dir = %self.dir.display(), "plugin {event}");
+        }
+        let old_failures = previous.failures();
+        for f in set.failures() {
+            if !old_failures.contains(f) {
+                tracing::error!(path = %f.path.display(), reason = %f.reason, "plugin skipped");
+            }
+        }
+        *self.current.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(set);
+        true
+    }
+
+    /// Follows the directory until `shutdown` resolves.
+    pub async fn watch(self: Arc<Self>, shutdown: impl Future<Output = ()>) {
+        let mut shutdown = std::pin::pin!(shutdown);
+        let mut tick = tokio::time::interval(POLL_INTERVAL);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                () = &mut shutdown => return,
+                _ = tick.tick() => { self.rescan(true).await; }
+            }
+        }
+    }
+}

@@ -1,0 +1,69 @@
+//! Misbehaves on request: each action is one attack the host must contain.
+use std::io::Write;
+
+use marvin_plugin_sdk::types::{Capability, EntityKind};
+use marvin_plugin_sdk::{Guest, PluginInfo, Request, Response, docker, fail, ok};
+
+struct Hostile;
+
+impl Guest for Hostile {
+    fn describe() -> PluginInfo {
+        marvin_plugin_sdk::info(
+            "hostile",
+            "0.6.6",
+            EntityKind::Container,
+            &["loop", "membomb", "panic", "docker", "read", "write", "flood", "env"],
+            &[Capability::Docker, Capability::Files],
+        )
+    }
+
+    fn handle(req: Request) -> Response {
+        let args = marvin_plugin_sdk::args(&req);
+        let path = args["path"].as_str().unwrap_or("/").to_owned();
+        match req.action.as_str() {
+            "loop" => {
+                let mut n: u64 = 0;
+                loop {
+                    n = std::hint::black_box(n.wrapping_add(1));
+                }
+            }
+            "membomb" => {
+                let mut hoard: Vec<Vec<u8>> = Vec::new();
+                loop {
+                    hoard.push(vec![7u8; 1 << 20]);
+                    std::hint::black_box(&hoard);
+                }
+            }
+            "panic" => panic!("the hostile plugin gave up on purpose"),
+            "docker" => match docker::list_containers("marvin", None) {
+                Ok(list) => ok(format!("listed {} containers", list.len())),
+                Err(e) => fail(marvin_plugin_sdk::error_text(&e)),
+            },
+            "read" => match std::fs::read_to_string(&path) {
+                Ok(text) => ok(text),
+                Err(e) => fail(format!("read {path}: {e}")),
+            },
+            "write" => match std::fs::write(&path, b"pwned") {
+                Ok(()) => ok(format!("wrote {path}")),
+                Err(e) => fail(format!("write {path}: {e}")),
+            },
+            "flood" => {
+                let chunk = vec![b'A'; 1 << 20];
+                let mut out = std::io::stdout();
+                for _ in 0..100 {
+                    let _ = out.write_all(&chunk);
+                }
+                let _ = out.flush();
+                ok("flooded 100 MB")
+            }
+            "env" => {
+                let vars: Vec<String> = std::env::vars().map(|(k, _)| k).collect();
+                let args: Vec<String> = std::env::args().collect();
+                ok(format!("env={} args={}", vars.len(), args.len()))
+            }
+            other => fail(format!("unknown action {other}")),
+        }
+    }
+}
+
+marvin_plugin_sdk::export!(Hostile);

@@ -1,0 +1,16 @@
+//! Claims (container, start), which echo already handles: must be refused, naming both.
+use marvin_plugin_sdk::{Guest, PluginInfo, Request, Response, types::EntityKind};
+
+struct Twin;
+
+impl Guest for Twin {
+    fn describe() -> PluginInfo {
+        marvin_plugin_sdk::info("twin", "0.1.0", EntityKind::Container, &["start"], &[])
+    }
+
+    fn handle(_req: Request) -> Response {
+        marvin_plugin_sdk::ok("twin")
+    }
+}
+
+marvin_plugin_sdk::export!(Twin);

@@ -1,0 +1,64 @@
+//! Builds the test guests (tests/guests) for wasm32-wasip2 and writes their paths as constants.
+#![allow(clippy::expect_used)]
+
+use std::env;
+use std::path::PathBuf;
+use std::process::Command;
+
+const GUESTS: &[(&str, &str)] = &[
+    ("NOOP", "noop"),
+    ("ECHO", "echo"),
+    ("TWIN", "twin"),
+    ("HOSTILE", "hostile"),
+    ("BAD_DESCRIBE", "bad_describe"),
+    ("RELOAD_V1", "reload_v1"),
+    ("RELOAD_V2", "reload_v2"),
+    ("WRONG_WORLD", "wrong-world"),
+];
+
+fn main() {
+    let manifest = PathBuf::from(env::var("CARGO_MANIFEST_DIR").expect("CARGO_MANIFEST_DIR"));
+    let root = manifest.join("../..");
+    let guests = root.join("tests/guests");
+    for dir in [guests.clone(), root.join("plugins/sdk"), root.join("wit")] {
+        println!("cargo:rerun-if-changed={}", dir.display());
+    }
+    let out = PathBuf::from(env::var("OUT_DIR").expect("OUT_DIR"));
+    // A target dir of its own: the outer cargo holds the lock on the workspace's.
+    let target = root.join("target/wasm-guests");
+    let cargo = env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+    let mut cmd = Command::new(cargo);
+    cmd.arg("build")
+        .arg("--release")
+        .arg("--target=wasm32-wasip2")
+        .arg("--manifest-path")
+        .arg(guests.join("Cargo.toml"))
+        .arg("--target-dir")
+        .arg(&target);
+    // The outer build's flags are for the host, not for wasm.
+    for var in [
+        "CARGO_ENCODED_RUSTFLAGS",
+        "RUSTFLAGS",
+        "CARGO_BUILD_RUSTFLAGS",
+        "CARGO_TARGET_DIR",
+        "CARGO_BUILD_TARGET",
+        "RUSTC_WORKSPACE_WRAPPER",
+        "CARGO_PROFILE_RELEASE_DEBUG",
+        "CARGO_PROFILE_RELEASE_LTO",
+    ] {
+        cmd.env_remove(var);
+    }
+    let status = cmd.status().expect("run cargo for the test guests");
+    assert!(status.success(), "building the test guests failed");
+    let mut consts = String::new();
+    for (name, file) in GUESTS {
+        let path = target.join("wasm32-wasip2/release").join(format!("{file}.wasm"));
+        assert!(path.exists(), "missing guest {}", path.display());
+        let path = path.canonicalize().expect("canonical guest path");
+        consts.push_str(&format!(
+            "/// The `{file}` test guest.\npub const {name}: &str = {:?};\n",
+            path.display().to_string()
+        ));
+    }
+    std::fs::write(out.join("guests.rs"), consts).expect("write guests.rs");
+}
