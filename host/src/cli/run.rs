@@ -34,9 +34,6 @@ pub(super) struct RunArgs {
 pub(super) async fn run(global: &GlobalArgs, args: RunArgs) -> anyhow::Result<ExitCode> {
     let settings = global.settings()?;
     let manager = settings.manager().await?;
-    for f in manager.plugins().snapshot().failures() {
-        tracing::warn!(path = %f.path.display(), reason = %f.reason, "plugin skipped");
-    }
     let request = ManagerRequest {
         container_id: args.entity,
         correlation_id: args.correlation_id.unwrap_or_else(new_correlation_id),

@@ -45,12 +45,14 @@ pub(crate) fn compile(
         return Ok((Component::new(engine, wasm)?, false));
     };
     let entry = dir.join(format!("{wasm_hash}.cwasm"));
-    if entry.exists() {
+    // Read into memory rather than `deserialize_file`'s mmap: a cache file truncated or
+    // rewritten in place by someone else would otherwise crash the host with SIGBUS.
+    if let Ok(bytes) = std::fs::read(&entry) {
         // SAFETY: the cache folder belongs to the manager (not to plugins), entries are written
         // only by `Component::serialize` below through an atomic rename, and wasmtime checks
-        // the engine configuration recorded in the file before using it.
+        // the header and the engine configuration recorded in the bytes before using them.
         #[allow(unsafe_code)]
-        let loaded = unsafe { Component::deserialize_file(engine, &entry) };
+        let loaded = unsafe { Component::deserialize(engine, &bytes) };
         match loaded {
             Ok(c) => return Ok((c, true)),
             Err(e) => tracing::warn!(path = %entry.display(), cause = ?e, "cached plugin did not load, compiling again"),

@@ -23,6 +23,12 @@ impl Limiter {
     }
 }
 
+impl Limiter {
+    pub(crate) fn max_memory_bytes(&self) -> usize {
+        self.max_memory_bytes
+    }
+}
+
 impl ResourceLimiter for Limiter {
     fn memory_growing(
         &mut self,

@@ -259,8 +259,8 @@ impl Runtime {
         let info = match tokio::time::timeout(DESCRIBE_TIMEOUT + Duration::from_millis(500), call).await {
             Ok(Ok(info)) => info,
             Ok(Err(e)) => {
-                let why = classify(&e, store.data().limiter.refused_growth, &stderr, "describe()", DESCRIBE_TIMEOUT);
-                return Err(format!("describe() failed: {why}"));
+                let limiter = &store.data().limiter;
+                return Err(classify(&e, limiter, &stderr, "describe()", DESCRIBE_TIMEOUT));
             }
             Err(_) => return Err(format!("describe() did not return within {DESCRIBE_TIMEOUT:?}")),
         };
@@ -377,7 +377,7 @@ impl Runtime {
             Ok(Ok(resp)) => outcome_from_wit(resp, &plugin.name),
             Ok(Err(e)) => PluginOutcome::failed(classify(
                 &e,
-                store.data().limiter.refused_growth,
+                &store.data().limiter,
                 &stderr,
                 &format!("plugin '{}'", plugin.name),
                 timeout,
@@ -419,6 +419,12 @@ fn validate_name(name: &str) -> Result<(), String> {
     }
 }
 
+fn mib(bytes: usize) -> String {
+    #[allow(clippy::cast_precision_loss)]
+    let m = bytes as f64 / f64::from(1u32 << 20);
+    format!("{m:.1} MiB")
+}
+
 fn first_line(s: &str) -> &str {
     s.lines().next().unwrap_or(s)
 }
@@ -431,15 +437,16 @@ fn timeout_message(who: &str, timeout: Duration) -> String {
 }
 
 /// Says why a call into a plugin failed, in terms an operator can act on.
-fn classify(err: &wasmtime::Error, refused_growth: Option<usize>, stderr: &Capture, who: &str, timeout: Duration) -> String {
+fn classify(err: &wasmtime::Error, limiter: &Limiter, stderr: &Capture, who: &str, timeout: Duration) -> String {
     let trap = err.downcast_ref::<Trap>();
     if trap == Some(&Trap::Interrupt) {
         return timeout_message(who, timeout);
     }
-    if let Some(wanted) = refused_growth {
+    if let Some(wanted) = limiter.refused_growth {
         return format!(
-            "{who} exceeded its memory limit (tried to grow a memory to {} MiB)",
-            wanted >> 20
+            "{who} exceeded its memory limit of {} (it tried to grow a memory to {})",
+            mib(limiter.max_memory_bytes()),
+            mib(wanted)
         );
     }
     let stderr = stderr.text();

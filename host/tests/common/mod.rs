@@ -1,0 +1,93 @@
+//! Shared helpers: a plugins directory of test guests in a temp dir, a manager over it.
+#![allow(dead_code, unreachable_pub)]
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use marvin_manager::capabilities::Backends;
+use marvin_manager::config::Config;
+use marvin_manager::message::ManagerRequest;
+use marvin_manager::registry::Registry;
+use marvin_manager::runtime::plugins::PluginDir;
+use marvin_manager::runtime::{Runtime, RuntimeSettings};
+use marvin_manager::service::Manager;
+
+pub use test_programs as guests;
+
+/// A temp folder with a `plugins` directory holding copies of the given guests.
+pub struct Setup {
+    pub tmp: tempfile::TempDir,
+    pub plugins: PathBuf,
+}
+
+impl Setup {
+    pub fn new(guests: &[(&str, &str)]) -> Self {
+        let tmp = tempfile::tempdir().unwrap();
+        let plugins = tmp.path().join("plugins");
+        std::fs::create_dir(&plugins).unwrap();
+        for (src, name) in guests {
+            std::fs::copy(src, plugins.join(name)).unwrap();
+        }
+        Self { tmp, plugins }
+    }
+
+    pub fn path(&self) -> &Path {
+        self.tmp.path()
+    }
+
+    /// A manager over this plugins directory with `config` (TOML) and a cache in the temp dir.
+    pub async fn manager(&self, config: &str) -> Manager {
+        let config = Config::parse(config).unwrap();
+        config.validate().unwrap();
+        let runtime = runtime(&config, Some(self.tmp.path().join("cache")));
+        let dir = PluginDir::open(runtime.clone(), self.plugins.clone()).await;
+        Manager::new(Registry::from_config(&config), runtime, dir)
+    }
+}
+
+pub fn runtime(config: &Config, cache_dir: Option<PathBuf>) -> Arc<Runtime> {
+    Arc::new(
+        Runtime::new(
+            RuntimeSettings {
+                cache_dir,
+                max_instances: 16,
+                default_max_memory_bytes: config.max_memory_bytes(""),
+                plugins: config.plugins.clone(),
+            },
+            Backends::default(),
+        )
+        .unwrap(),
+    )
+}
+
+pub fn request(entity: &str, action: &str, args: serde_json::Value, timeout: i64) -> ManagerRequest {
+    ManagerRequest {
+        container_id: entity.into(),
+        correlation_id: format!("corr-{entity}-{action}"),
+        action: action.into(),
+        command: None,
+        args,
+        timeout,
+    }
+}
+
+/// Entities used across tests: a container `c1` (project marvin, service web), a worker `w1`.
+pub const ENTITIES: &str = r#"
+[entities.c1]
+kind = "container"
+project = "marvin"
+service = "web"
+[entities.w1]
+kind = "worker"
+program = "consumer"
+"#;
+
+/// The well-behaved plugin still answers correctly.
+pub async fn assert_echo_still_serves(m: &Manager) {
+    let r = m.execute(&request("c1", "start", serde_json::json!({"k": "v"}), 5)).await;
+    assert!(r.success, "echo failed after the hostile call: {r:?}");
+    let seen: serde_json::Value = serde_json::from_str(r.output.as_deref().unwrap()).unwrap();
+    assert_eq!(seen["action"], "start");
+    assert_eq!(seen["args"]["k"], "v");
+    assert_eq!(r.metadata["plugin"], "echo");
+}

@@ -1,0 +1,159 @@
+//! Hostile plugins are contained, and a well-behaved plugin is served correctly after each.
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use common::{ENTITIES, Setup, assert_echo_still_serves, guests, request};
+use serde_json::json;
+
+fn hostile_entity() -> String {
+    format!("{ENTITIES}\n[entities.h]\nkind = \"container\"\nproject = \"marvin\"\nservice = \"evil\"\n")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn infinite_loop_is_stopped_at_its_deadline() {
+    let s = Setup::new(&[(guests::HOSTILE, "hostile.wasm"), (guests::ECHO, "echo.wasm")]);
+    let m = s.manager(&hostile_entity()).await;
+    let t = Instant::now();
+    let r = m.execute(&request("h", "loop", json!({}), 1)).await;
+    let took = t.elapsed();
+    assert!(!r.success);
+    let e = r.error.unwrap();
+    assert!(e.contains("did not finish within the 1 s timeout"), "{e}");
+    assert!(took >= Duration::from_millis(950), "stopped too early: {took:?}");
+    assert!(took < Duration::from_secs(2), "stopped too late: {took:?}");
+    assert_echo_still_serves(&m).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn memory_bomb_gets_a_memory_limit_error() {
+    let s = Setup::new(&[(guests::HOSTILE, "hostile.wasm"), (guests::ECHO, "echo.wasm")]);
+    let config = format!("{}\n[plugins.hostile]\nmax_memory_bytes = 16777216\n", hostile_entity());
+    let m = s.manager(&config).await;
+    let r = m.execute(&request("h", "membomb", json!({}), 10)).await;
+    assert!(!r.success);
+    let e = r.error.unwrap();
+    assert!(e.contains("exceeded its memory limit"), "{e}");
+    assert_echo_still_serves(&m).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn panic_becomes_an_error_response_with_the_message() {
+    let s = Setup::new(&[(guests::HOSTILE, "hostile.wasm"), (guests::ECHO, "echo.wasm")]);
+    let m = s.manager(&hostile_entity()).await;
+    let r = m.execute(&request("h", "panic", json!({}), 5)).await;
+    assert!(!r.success);
+    let e = r.error.unwrap();
+    assert!(e.contains("panicked at"), "{e}");
+    assert!(e.contains("the hostile plugin gave up on purpose"), "{e}");
+    assert_eq!(r.metadata["plugin"], "hostile");
+    assert_echo_still_serves(&m).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ungranted_docker_call_is_denied_naming_the_grant() {
+    let s = Setup::new(&[(guests::HOSTILE, "hostile.wasm"), (guests::ECHO, "echo.wasm")]);
+    let m = s.manager(&hostile_entity()).await;
+    let r = m.execute(&request("h", "docker", json!({}), 5)).await;
+    assert!(!r.success);
+    let e = r.error.unwrap();
+    assert!(e.starts_with("permission denied"), "{e}");
+    assert!(e.contains("plugin 'hostile'") && e.contains("docker.projects"), "{e}");
+    assert!(e.contains("[plugins.hostile.grants.docker]"), "{e}");
+
+    // Granted: the call passes the policy and reaches the (absent) engine instead.
+    let config = format!(
+        "{}\n[plugins.hostile.grants.docker]\nprojects = [\"marvin\"]\n",
+        hostile_entity()
+    );
+    let m2 = s.manager(&config).await;
+    let r = m2.execute(&request("h", "docker", json!({}), 5)).await;
+    let e = r.error.unwrap();
+    assert!(e.starts_with("unavailable"), "{e}");
+    assert_echo_still_serves(&m).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn files_outside_a_preopen_and_writes_are_refused() {
+    let s = Setup::new(&[(guests::HOSTILE, "hostile.wasm"), (guests::ECHO, "echo.wasm")]);
+    let data = s.path().join("data");
+    std::fs::create_dir(&data).unwrap();
+    std::fs::write(data.join("hello.txt"), "hello from the host").unwrap();
+    std::fs::write(s.path().join("secret.txt"), "top secret").unwrap();
+    let data = data.canonicalize().unwrap();
+    let config = format!(
+        "{}\n[plugins.hostile.grants]\nfiles = [{:?}]\n",
+        hostile_entity(),
+        data.display().to_string()
+    );
+    let m = s.manager(&config).await;
+    let read = |p: String| request("h", "read", json!({ "path": p }), 5);
+
+    // Inside the grant: readable.
+    let r = m.execute(&read(format!("{}/hello.txt", data.display()))).await;
+    assert!(r.success, "{r:?}");
+    assert_eq!(r.output.as_deref(), Some("hello from the host"));
+
+    // Outside: `..`, an absolute host path, system files.
+    for p in [
+        format!("{}/../secret.txt", data.display()),
+        s.path().join("secret.txt").display().to_string(),
+        "/etc/passwd".into(),
+    ] {
+        let r = m.execute(&read(p.clone())).await;
+        assert!(!r.success, "read {p} succeeded: {r:?}");
+        assert!(!r.output.unwrap_or_default().contains("top secret"));
+    }
+
+    // Writes into the read-only preopen: refused, nothing on the host.
+    let target = data.join("new.txt");
+    let r = m
+        .execute(&request("h", "write", json!({ "path": target.display().to_string() }), 5))
+        .await;
+    assert!(!r.success, "{r:?}");
+    assert!(!target.exists());
+    let r = m
+        .execute(&request("h", "write", json!({ "path": data.join("hello.txt").display().to_string() }), 5))
+        .await;
+    assert!(!r.success, "{r:?}");
+    assert_eq!(std::fs::read_to_string(data.join("hello.txt")).unwrap(), "hello from the host");
+
+    // Not granted at all: nothing is preopened.
+    let m = s.manager(&hostile_entity()).await;
+    let r = m.execute(&read(format!("{}/hello.txt", data.display()))).await;
+    assert!(!r.success, "{r:?}");
+    assert_echo_still_serves(&m).await;
+}
+
+fn rss_kib() -> u64 {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap();
+    let line = status.lines().find(|l| l.starts_with("VmRSS:")).unwrap();
+    line.split_whitespace().nth(1).unwrap().parse().unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stdout_flood_is_truncated_with_host_memory_bounded() {
+    let s = Setup::new(&[(guests::HOSTILE, "hostile.wasm"), (guests::ECHO, "echo.wasm")]);
+    let m = s.manager(&hostile_entity()).await;
+    // Warm up so the measurement sees the flood, not first-use allocations.
+    let _ = m.execute(&request("h", "env", json!({}), 5)).await;
+    let before = rss_kib();
+    let r = m.execute(&request("h", "flood", json!({}), 30)).await;
+    let grown_mib = rss_kib().saturating_sub(before) / 1024;
+    assert!(r.success, "{r:?}");
+    assert_eq!(r.output.as_deref(), Some("flooded 100 MB"));
+    // 100 MB went through; the host kept 64 KiB of it (plus the guest's own 1 MiB chunk).
+    assert!(grown_mib < 32, "host memory grew by {grown_mib} MiB");
+    assert_echo_still_serves(&m).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn plugins_get_no_environment_or_arguments() {
+    // SAFETY-free: a variable the host has must not reach the plugin.
+    let s = Setup::new(&[(guests::HOSTILE, "hostile.wasm"), (guests::ECHO, "echo.wasm")]);
+    let m = s.manager(&hostile_entity()).await;
+    assert!(std::env::vars().count() > 0);
+    let r = m.execute(&request("h", "env", json!({}), 5)).await;
+    assert_eq!(r.output.as_deref(), Some("env=0 args=0"), "{r:?}");
+}

@@ -1,0 +1,199 @@
+//! The plugins directory: loading, broken files, conflicts, the compile cache, hot reload.
+
+mod common;
+
+use std::path::Path;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use common::{ENTITIES, Setup, guests, request};
+use marvin_manager::config::Config;
+use marvin_manager::runtime::plugins::PluginDir;
+use serde_json::json;
+
+fn reason_for(dir: &PluginDir, file: &str) -> String {
+    let set = dir.snapshot();
+    set.failures()
+        .iter()
+        .find(|f| f.path.file_name().unwrap() == file)
+        .map(|f| f.reason.clone())
+        .unwrap_or_else(|| panic!("{file} was not reported: {:?}", set.failures()))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn broken_files_are_reported_and_the_rest_serve() {
+    let s = Setup::new(&[
+        (guests::ECHO, "echo.wasm"),
+        (guests::NOOP, "noop.wasm"),
+        (guests::TWIN, "twin.wasm"),
+        (guests::BAD_DESCRIBE, "bad.wasm"),
+        (guests::WRONG_WORLD, "command.wasm"),
+    ]);
+    std::fs::write(s.plugins.join("junk.wasm"), "this is not wasm").unwrap();
+    std::fs::write(s.plugins.join("core.wasm"), b"\0asm\x01\0\0\0").unwrap();
+    std::fs::write(s.plugins.join("README.txt"), "not a plugin, not looked at").unwrap();
+    let m = s.manager(ENTITIES).await;
+    let dir = m.plugins();
+    let set = dir.snapshot();
+    let names: Vec<&str> = set.plugins().iter().map(|p| p.name.as_str()).collect();
+    assert_eq!(names, ["echo", "noop"]);
+    assert_eq!(set.failures().len(), 5, "{:?}", set.failures());
+    assert_eq!(reason_for(dir, "junk.wasm"), "not a WebAssembly file");
+    assert!(reason_for(dir, "core.wasm").contains("core WebAssembly module, not a component"));
+    assert!(reason_for(dir, "command.wasm").starts_with("wrong world"));
+    let bad = reason_for(dir, "bad.wasm");
+    assert!(bad.starts_with("describe() panicked at") && bad.contains("describe is broken on purpose"), "{bad}");
+    let twin = reason_for(dir, "twin.wasm");
+    assert!(
+        twin.starts_with("plugin 'twin' claims (container, start), already handled by plugin 'echo' ("),
+        "{twin}"
+    );
+    assert!(twin.contains("echo.wasm"), "{twin}");
+    common::assert_echo_still_serves(&m).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_files_with_one_plugin_name_keep_the_first() {
+    let s = Setup::new(&[(guests::ECHO, "a-echo.wasm"), (guests::ECHO, "b-echo.wasm")]);
+    let m = s.manager(ENTITIES).await;
+    let set = m.plugins().snapshot();
+    assert_eq!(set.plugins().len(), 1);
+    assert!(set.plugins()[0].path.ends_with("a-echo.wasm"));
+    let reason = reason_for(m.plugins(), "b-echo.wasm");
+    assert!(reason.contains("plugin name 'echo' is already taken by") && reason.contains("a-echo.wasm"), "{reason}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn compiled_plugins_are_cached_on_disk() {
+    let s = Setup::new(&[(guests::ECHO, "echo.wasm")]);
+    let cache = s.path().join("cache");
+    let config = Config::default();
+    let first = PluginDir::open(common::runtime(&config, Some(cache.clone())), s.plugins.clone()).await;
+    assert!(!first.snapshot().plugins()[0].from_cache);
+    let entries: Vec<_> = walk(&cache).into_iter().filter(|p| p.extension().is_some_and(|e| e == "cwasm")).collect();
+    assert_eq!(entries.len(), 1, "{entries:?}");
+    let sha = first.snapshot().plugins()[0].sha256.clone();
+    assert!(entries[0].file_name().unwrap().to_string_lossy().starts_with(sha.as_str()));
+
+    let second = PluginDir::open(common::runtime(&config, Some(cache.clone())), s.plugins.clone()).await;
+    assert!(second.snapshot().plugins()[0].from_cache);
+
+    // A damaged entry is compiled again, not trusted.
+    std::fs::write(&entries[0], b"garbage").unwrap();
+    let third = PluginDir::open(common::runtime(&config, Some(cache)), s.plugins.clone()).await;
+    let set = third.snapshot();
+    let p = &set.plugins()[0];
+    assert!(!p.from_cache);
+    assert_eq!(p.name, "echo");
+}
+
+fn walk(dir: &Path) -> Vec<std::path::PathBuf> {
+    let mut out = Vec::new();
+    for e in std::fs::read_dir(dir).unwrap().flatten() {
+        let p = e.path();
+        if p.is_dir() {
+            out.extend(walk(&p));
+        } else {
+            out.push(p);
+        }
+    }
+    out
+}
+
+/// Polls `check` until it holds or `limit` passes; returns how long it took.
+async fn within(limit: Duration, mut check: impl AsyncFnMut() -> bool) -> Duration {
+    let t = Instant::now();
+    loop {
+        if check().await {
+            return t.elapsed();
+        }
+        assert!(t.elapsed() < limit, "not within {limit:?}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hot_reload_loads_replaces_and_unloads_within_a_second() {
+    let s = Setup::new(&[(guests::ECHO, "echo.wasm")]);
+    let m = Arc::new(s.manager(ENTITIES).await);
+    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+    let watcher = tokio::spawn(m.plugins().clone().watch(async {
+        let _ = stop_rx.await;
+    }));
+    let reload = s.plugins.join("reload.wasm");
+    let worker_start = |sleep_ms: u64| request("w1", "start", json!({ "sleep_ms": sleep_ms }), 10);
+
+    // echo handles (worker, start) already: take a directory with only container actions.
+    std::fs::remove_file(s.plugins.join("echo.wasm")).unwrap();
+    std::fs::copy(guests::NOOP, s.plugins.join("noop.wasm")).unwrap();
+    within(Duration::from_secs(1), async || {
+        let set = m.plugins().snapshot();
+        set.get("echo").is_none() && set.get("noop").is_some()
+    })
+    .await;
+
+    // Appears: loaded within 1 s.
+    std::fs::copy(guests::RELOAD_V1, &reload).unwrap();
+    let took = within(Duration::from_secs(1), async || {
+        m.execute(&worker_start(0)).await.output.as_deref() == Some("1.0.0")
+    })
+    .await;
+    eprintln!("new plugin served after {took:?}");
+
+    // Changes while a request runs: the request finishes on v1, new ones get v2 within 1 s.
+    let m2 = m.clone();
+    let in_flight = tokio::spawn(async move { m2.execute(&worker_start(1500)).await });
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let tmp = s.plugins.join("reload.wasm.part");
+    std::fs::copy(guests::RELOAD_V2, &tmp).unwrap();
+    std::fs::rename(&tmp, &reload).unwrap();
+    let took = within(Duration::from_secs(1), async || {
+        m.execute(&worker_start(0)).await.output.as_deref() == Some("2.0.0")
+    })
+    .await;
+    eprintln!("replaced plugin served after {took:?}");
+    let old = in_flight.await.unwrap();
+    assert!(old.success, "{old:?}");
+    assert_eq!(old.output.as_deref(), Some("1.0.0"));
+    assert_eq!(old.metadata["plugin_version"], "1.0.0");
+
+    // Overwritten in place (not renamed): also picked up.
+    std::fs::copy(guests::RELOAD_V1, &reload).unwrap();
+    within(Duration::from_secs(1), async || {
+        m.execute(&worker_start(0)).await.output.as_deref() == Some("1.0.0")
+    })
+    .await;
+
+    // A broken file appears: reported, the others keep serving.
+    std::fs::write(s.plugins.join("broken.wasm"), "garbage").unwrap();
+    within(Duration::from_secs(1), async || !m.plugins().snapshot().failures().is_empty()).await;
+    assert_eq!(reason_for(m.plugins(), "broken.wasm"), "not a WebAssembly file");
+    assert_eq!(m.execute(&worker_start(0)).await.output.as_deref(), Some("1.0.0"));
+
+    // Disappears: unloaded within 1 s.
+    std::fs::remove_file(&reload).unwrap();
+    within(Duration::from_secs(1), async || {
+        let r = m.execute(&worker_start(0)).await;
+        r.error.is_some_and(|e| e.starts_with("no plugin handles action 'start' for workers"))
+    })
+    .await;
+
+    let _ = stop_tx.send(());
+    watcher.await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_conflicting_newcomer_is_refused_and_the_holder_keeps_serving() {
+    let s = Setup::new(&[(guests::TWIN, "zz-twin.wasm")]);
+    let m = s.manager(ENTITIES).await;
+    assert_eq!(m.execute(&request("c1", "start", json!({}), 5)).await.output.as_deref(), Some("twin"));
+    // echo.wasm sorts first, but twin was there first: echo is the later one and is refused.
+    std::fs::copy(guests::ECHO, s.plugins.join("echo.wasm")).unwrap();
+    m.plugins().rescan(false).await;
+    let reason = reason_for(m.plugins(), "echo.wasm");
+    assert!(
+        reason.starts_with("plugin 'echo' claims (container, start), already handled by plugin 'twin'"),
+        "{reason}"
+    );
+    assert_eq!(m.execute(&request("c1", "start", json!({}), 5)).await.output.as_deref(), Some("twin"));
+}
