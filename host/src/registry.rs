@@ -163,6 +163,8 @@ mod tests {
         );
         assert!(r.resolve("all").unwrap_err().contains("p1, p2"));
         let r = registry("[docker]\ndefault_project = \"x\"\n");
-        assert!(matches!(r.resolve("all").unwrap().target, Target::Compose { project, .. } if project == "x"));
+        assert!(
+            matches!(r.resolve("all").unwrap().target, Target::Compose { project, .. } if project == "x")
+        );
     }
 }

@@ -8,7 +8,14 @@ use crate::message::EntityKind;
 /// The actions Marvin Core knows for each kind (its `Manager*ActionReference` enums), in its order.
 pub fn contract_actions(kind: EntityKind) -> &'static [&'static str] {
     match kind {
-        EntityKind::Container => &["start", "stop", "restart", "restart_all", "build", "exec_cmd"],
+        EntityKind::Container => &[
+            "start",
+            "stop",
+            "restart",
+            "restart_all",
+            "build",
+            "exec_cmd",
+        ],
         EntityKind::Worker => &["start", "stop", "restart", "reread", "update"],
     }
 }
@@ -82,7 +89,10 @@ mod tests {
         r.claim(EntityKind::Worker, "start", "supervisor").unwrap();
         r.claim(EntityKind::Worker, "tail", "logs").unwrap();
         assert_eq!(r.route(EntityKind::Worker, "start"), Ok(&"supervisor"));
-        assert_eq!(r.claim(EntityKind::Worker, "start", "other"), Err(&"supervisor"));
+        assert_eq!(
+            r.claim(EntityKind::Worker, "start", "other"),
+            Err(&"supervisor")
+        );
         assert_eq!(
             r.route(EntityKind::Worker, "build").unwrap_err(),
             "action 'build' is not supported for workers (supported: start, stop, restart, reread, update, tail)"

@@ -70,12 +70,17 @@ impl Manager {
         metadata.insert("plugin_version".into(), plugin.version.clone().into());
         metadata.insert(
             "duration_ms".into(),
-            serde_json::Value::from(u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX)),
+            serde_json::Value::from(
+                u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX),
+            ),
         );
         if outcome.success {
             tracing::info!("action done");
         } else {
-            tracing::warn!(error = outcome.error.as_deref().unwrap_or(""), "action failed");
+            tracing::warn!(
+                error = outcome.error.as_deref().unwrap_or(""),
+                "action failed"
+            );
         }
         ManagerResponse {
             correlation_id: req.correlation_id.clone(),
@@ -87,7 +92,11 @@ impl Manager {
             error: if outcome.success {
                 outcome.error
             } else {
-                Some(outcome.error.unwrap_or_else(|| "the action failed without saying why".into()))
+                Some(
+                    outcome
+                        .error
+                        .unwrap_or_else(|| "the action failed without saying why".into()),
+                )
             },
             metadata,
         }
@@ -98,7 +107,9 @@ impl Manager {
 fn guess_kind(action: &str) -> EntityKind {
     let worker_only = crate::router::contract_actions(EntityKind::Worker)
         .iter()
-        .any(|a| *a == action && !crate::router::contract_actions(EntityKind::Container).contains(a));
+        .any(|a| {
+            *a == action && !crate::router::contract_actions(EntityKind::Container).contains(a)
+        });
     if worker_only {
         EntityKind::Worker
     } else {

@@ -1,5 +1,7 @@
 //! Hostile plugins are contained, and a well-behaved plugin is served correctly after each.
 
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
 mod common;
 
 use std::time::{Duration, Instant};
@@ -8,12 +10,17 @@ use common::{ENTITIES, Setup, assert_echo_still_serves, guests, request};
 use serde_json::json;
 
 fn hostile_entity() -> String {
-    format!("{ENTITIES}\n[entities.h]\nkind = \"container\"\nproject = \"marvin\"\nservice = \"evil\"\n")
+    format!(
+        "{ENTITIES}\n[entities.h]\nkind = \"container\"\nproject = \"marvin\"\nservice = \"evil\"\n"
+    )
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn infinite_loop_is_stopped_at_its_deadline() {
-    let s = Setup::new(&[(guests::HOSTILE, "hostile.wasm"), (guests::ECHO, "echo.wasm")]);
+    let s = Setup::new(&[
+        (guests::HOSTILE, "hostile.wasm"),
+        (guests::ECHO, "echo.wasm"),
+    ]);
     let m = s.manager(&hostile_entity()).await;
     let t = Instant::now();
     let r = m.execute(&request("h", "loop", json!({}), 1)).await;
@@ -21,15 +28,24 @@ async fn infinite_loop_is_stopped_at_its_deadline() {
     assert!(!r.success);
     let e = r.error.unwrap();
     assert!(e.contains("did not finish within the 1 s timeout"), "{e}");
-    assert!(took >= Duration::from_millis(950), "stopped too early: {took:?}");
+    assert!(
+        took >= Duration::from_millis(950),
+        "stopped too early: {took:?}"
+    );
     assert!(took < Duration::from_secs(2), "stopped too late: {took:?}");
     assert_echo_still_serves(&m).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn memory_bomb_gets_a_memory_limit_error() {
-    let s = Setup::new(&[(guests::HOSTILE, "hostile.wasm"), (guests::ECHO, "echo.wasm")]);
-    let config = format!("{}\n[plugins.hostile]\nmax_memory_bytes = 16777216\n", hostile_entity());
+    let s = Setup::new(&[
+        (guests::HOSTILE, "hostile.wasm"),
+        (guests::ECHO, "echo.wasm"),
+    ]);
+    let config = format!(
+        "{}\n[plugins.hostile]\nmax_memory_bytes = 16777216\n",
+        hostile_entity()
+    );
     let m = s.manager(&config).await;
     let r = m.execute(&request("h", "membomb", json!({}), 10)).await;
     assert!(!r.success);
@@ -40,7 +56,10 @@ async fn memory_bomb_gets_a_memory_limit_error() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn panic_becomes_an_error_response_with_the_message() {
-    let s = Setup::new(&[(guests::HOSTILE, "hostile.wasm"), (guests::ECHO, "echo.wasm")]);
+    let s = Setup::new(&[
+        (guests::HOSTILE, "hostile.wasm"),
+        (guests::ECHO, "echo.wasm"),
+    ]);
     let m = s.manager(&hostile_entity()).await;
     let r = m.execute(&request("h", "panic", json!({}), 5)).await;
     assert!(!r.success);
@@ -53,13 +72,19 @@ async fn panic_becomes_an_error_response_with_the_message() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn ungranted_docker_call_is_denied_naming_the_grant() {
-    let s = Setup::new(&[(guests::HOSTILE, "hostile.wasm"), (guests::ECHO, "echo.wasm")]);
+    let s = Setup::new(&[
+        (guests::HOSTILE, "hostile.wasm"),
+        (guests::ECHO, "echo.wasm"),
+    ]);
     let m = s.manager(&hostile_entity()).await;
     let r = m.execute(&request("h", "docker", json!({}), 5)).await;
     assert!(!r.success);
     let e = r.error.unwrap();
     assert!(e.starts_with("permission denied"), "{e}");
-    assert!(e.contains("plugin 'hostile'") && e.contains("docker.projects"), "{e}");
+    assert!(
+        e.contains("plugin 'hostile'") && e.contains("docker.projects"),
+        "{e}"
+    );
     assert!(e.contains("[plugins.hostile.grants.docker]"), "{e}");
 
     // Granted: the call passes the policy and reaches the (absent) engine instead.
@@ -76,7 +101,10 @@ async fn ungranted_docker_call_is_denied_naming_the_grant() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn files_outside_a_preopen_and_writes_are_refused() {
-    let s = Setup::new(&[(guests::HOSTILE, "hostile.wasm"), (guests::ECHO, "echo.wasm")]);
+    let s = Setup::new(&[
+        (guests::HOSTILE, "hostile.wasm"),
+        (guests::ECHO, "echo.wasm"),
+    ]);
     let data = s.path().join("data");
     std::fs::create_dir(&data).unwrap();
     std::fs::write(data.join("hello.txt"), "hello from the host").unwrap();
@@ -91,7 +119,9 @@ async fn files_outside_a_preopen_and_writes_are_refused() {
     let read = |p: String| request("h", "read", json!({ "path": p }), 5);
 
     // Inside the grant: readable.
-    let r = m.execute(&read(format!("{}/hello.txt", data.display()))).await;
+    let r = m
+        .execute(&read(format!("{}/hello.txt", data.display())))
+        .await;
     assert!(r.success, "{r:?}");
     assert_eq!(r.output.as_deref(), Some("hello from the host"));
 
@@ -109,19 +139,34 @@ async fn files_outside_a_preopen_and_writes_are_refused() {
     // Writes into the read-only preopen: refused, nothing on the host.
     let target = data.join("new.txt");
     let r = m
-        .execute(&request("h", "write", json!({ "path": target.display().to_string() }), 5))
+        .execute(&request(
+            "h",
+            "write",
+            json!({ "path": target.display().to_string() }),
+            5,
+        ))
         .await;
     assert!(!r.success, "{r:?}");
     assert!(!target.exists());
     let r = m
-        .execute(&request("h", "write", json!({ "path": data.join("hello.txt").display().to_string() }), 5))
+        .execute(&request(
+            "h",
+            "write",
+            json!({ "path": data.join("hello.txt").display().to_string() }),
+            5,
+        ))
         .await;
     assert!(!r.success, "{r:?}");
-    assert_eq!(std::fs::read_to_string(data.join("hello.txt")).unwrap(), "hello from the host");
+    assert_eq!(
+        std::fs::read_to_string(data.join("hello.txt")).unwrap(),
+        "hello from the host"
+    );
 
     // Not granted at all: nothing is preopened.
     let m = s.manager(&hostile_entity()).await;
-    let r = m.execute(&read(format!("{}/hello.txt", data.display()))).await;
+    let r = m
+        .execute(&read(format!("{}/hello.txt", data.display())))
+        .await;
     assert!(!r.success, "{r:?}");
     assert_echo_still_serves(&m).await;
 }
@@ -134,7 +179,10 @@ fn rss_kib() -> u64 {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn stdout_flood_is_truncated_with_host_memory_bounded() {
-    let s = Setup::new(&[(guests::HOSTILE, "hostile.wasm"), (guests::ECHO, "echo.wasm")]);
+    let s = Setup::new(&[
+        (guests::HOSTILE, "hostile.wasm"),
+        (guests::ECHO, "echo.wasm"),
+    ]);
     let m = s.manager(&hostile_entity()).await;
     // Warm up so the measurement sees the flood, not first-use allocations.
     let _ = m.execute(&request("h", "env", json!({}), 5)).await;
@@ -151,7 +199,10 @@ async fn stdout_flood_is_truncated_with_host_memory_bounded() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn plugins_get_no_environment_or_arguments() {
     // SAFETY-free: a variable the host has must not reach the plugin.
-    let s = Setup::new(&[(guests::HOSTILE, "hostile.wasm"), (guests::ECHO, "echo.wasm")]);
+    let s = Setup::new(&[
+        (guests::HOSTILE, "hostile.wasm"),
+        (guests::ECHO, "echo.wasm"),
+    ]);
     let m = s.manager(&hostile_entity()).await;
     assert!(std::env::vars().count() > 0);
     let r = m.execute(&request("h", "env", json!({}), 5)).await;

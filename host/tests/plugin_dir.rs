@@ -1,5 +1,7 @@
 //! The plugins directory: loading, broken files, conflicts, the compile cache, hot reload.
 
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
 mod common;
 
 use std::path::Path;
@@ -42,10 +44,15 @@ async fn broken_files_are_reported_and_the_rest_serve() {
     assert!(reason_for(dir, "core.wasm").contains("core WebAssembly module, not a component"));
     assert!(reason_for(dir, "command.wasm").starts_with("wrong world"));
     let bad = reason_for(dir, "bad.wasm");
-    assert!(bad.starts_with("describe() panicked at") && bad.contains("describe is broken on purpose"), "{bad}");
+    assert!(
+        bad.starts_with("describe() panicked at") && bad.contains("describe is broken on purpose"),
+        "{bad}"
+    );
     let twin = reason_for(dir, "twin.wasm");
     assert!(
-        twin.starts_with("plugin 'twin' claims (container, start), already handled by plugin 'echo' ("),
+        twin.starts_with(
+            "plugin 'twin' claims (container, start), already handled by plugin 'echo' ("
+        ),
         "{twin}"
     );
     assert!(twin.contains("echo.wasm"), "{twin}");
@@ -60,7 +67,10 @@ async fn two_files_with_one_plugin_name_keep_the_first() {
     assert_eq!(set.plugins().len(), 1);
     assert!(set.plugins()[0].path.ends_with("a-echo.wasm"));
     let reason = reason_for(m.plugins(), "b-echo.wasm");
-    assert!(reason.contains("plugin name 'echo' is already taken by") && reason.contains("a-echo.wasm"), "{reason}");
+    assert!(
+        reason.contains("plugin name 'echo' is already taken by") && reason.contains("a-echo.wasm"),
+        "{reason}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -68,14 +78,31 @@ async fn compiled_plugins_are_cached_on_disk() {
     let s = Setup::new(&[(guests::ECHO, "echo.wasm")]);
     let cache = s.path().join("cache");
     let config = Config::default();
-    let first = PluginDir::open(common::runtime(&config, Some(cache.clone())), s.plugins.clone()).await;
+    let first = PluginDir::open(
+        common::runtime(&config, Some(cache.clone())),
+        s.plugins.clone(),
+    )
+    .await;
     assert!(!first.snapshot().plugins()[0].from_cache);
-    let entries: Vec<_> = walk(&cache).into_iter().filter(|p| p.extension().is_some_and(|e| e == "cwasm")).collect();
+    let entries: Vec<_> = walk(&cache)
+        .into_iter()
+        .filter(|p| p.extension().is_some_and(|e| e == "cwasm"))
+        .collect();
     assert_eq!(entries.len(), 1, "{entries:?}");
     let sha = first.snapshot().plugins()[0].sha256.clone();
-    assert!(entries[0].file_name().unwrap().to_string_lossy().starts_with(sha.as_str()));
+    assert!(
+        entries[0]
+            .file_name()
+            .unwrap()
+            .to_string_lossy()
+            .starts_with(sha.as_str())
+    );
 
-    let second = PluginDir::open(common::runtime(&config, Some(cache.clone())), s.plugins.clone()).await;
+    let second = PluginDir::open(
+        common::runtime(&config, Some(cache.clone())),
+        s.plugins.clone(),
+    )
+    .await;
     assert!(second.snapshot().plugins()[0].from_cache);
 
     // A damaged entry is compiled again, not trusted.
@@ -166,15 +193,25 @@ async fn hot_reload_loads_replaces_and_unloads_within_a_second() {
 
     // A broken file appears: reported, the others keep serving.
     std::fs::write(s.plugins.join("broken.wasm"), "garbage").unwrap();
-    within(Duration::from_secs(1), async || !m.plugins().snapshot().failures().is_empty()).await;
-    assert_eq!(reason_for(m.plugins(), "broken.wasm"), "not a WebAssembly file");
-    assert_eq!(m.execute(&worker_start(0)).await.output.as_deref(), Some("1.0.0"));
+    within(Duration::from_secs(1), async || {
+        !m.plugins().snapshot().failures().is_empty()
+    })
+    .await;
+    assert_eq!(
+        reason_for(m.plugins(), "broken.wasm"),
+        "not a WebAssembly file"
+    );
+    assert_eq!(
+        m.execute(&worker_start(0)).await.output.as_deref(),
+        Some("1.0.0")
+    );
 
     // Disappears: unloaded within 1 s.
     std::fs::remove_file(&reload).unwrap();
     within(Duration::from_secs(1), async || {
         let r = m.execute(&worker_start(0)).await;
-        r.error.is_some_and(|e| e.starts_with("no plugin handles action 'start' for workers"))
+        r.error
+            .is_some_and(|e| e.starts_with("no plugin handles action 'start' for workers"))
     })
     .await;
 
@@ -186,14 +223,28 @@ async fn hot_reload_loads_replaces_and_unloads_within_a_second() {
 async fn a_conflicting_newcomer_is_refused_and_the_holder_keeps_serving() {
     let s = Setup::new(&[(guests::TWIN, "zz-twin.wasm")]);
     let m = s.manager(ENTITIES).await;
-    assert_eq!(m.execute(&request("c1", "start", json!({}), 5)).await.output.as_deref(), Some("twin"));
+    assert_eq!(
+        m.execute(&request("c1", "start", json!({}), 5))
+            .await
+            .output
+            .as_deref(),
+        Some("twin")
+    );
     // echo.wasm sorts first, but twin was there first: echo is the later one and is refused.
     std::fs::copy(guests::ECHO, s.plugins.join("echo.wasm")).unwrap();
     m.plugins().rescan(false).await;
     let reason = reason_for(m.plugins(), "echo.wasm");
     assert!(
-        reason.starts_with("plugin 'echo' claims (container, start), already handled by plugin 'twin'"),
+        reason.starts_with(
+            "plugin 'echo' claims (container, start), already handled by plugin 'twin'"
+        ),
         "{reason}"
     );
-    assert_eq!(m.execute(&request("c1", "start", json!({}), 5)).await.output.as_deref(), Some("twin"));
+    assert_eq!(
+        m.execute(&request("c1", "start", json!({}), 5))
+            .await
+            .output
+            .as_deref(),
+        Some("twin")
+    );
 }

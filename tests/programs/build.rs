@@ -1,8 +1,9 @@
-//! Builds the test guests (tests/guests) for wasm32-wasip2 and writes their paths as constants.
-#![allow(clippy::expect_used)]
+//! Builds the test guests (tests/guests) and the example plugin (examples/hello-plugin) for
+//! wasm32-wasip2 and writes their paths as constants.
+#![allow(clippy::expect_used, clippy::panic)]
 
 use std::env;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::Command;
 
 const GUESTS: &[(&str, &str)] = &[
@@ -14,27 +15,19 @@ const GUESTS: &[(&str, &str)] = &[
     ("RELOAD_V1", "reload_v1"),
     ("RELOAD_V2", "reload_v2"),
     ("WRONG_WORLD", "wrong-world"),
+    ("HELLO_EXAMPLE", "hello_plugin"),
 ];
 
-fn main() {
-    let manifest = PathBuf::from(env::var("CARGO_MANIFEST_DIR").expect("CARGO_MANIFEST_DIR"));
-    let root = manifest.join("../..");
-    let guests = root.join("tests/guests");
-    for dir in [guests.clone(), root.join("plugins/sdk"), root.join("wit")] {
-        println!("cargo:rerun-if-changed={}", dir.display());
-    }
-    let out = PathBuf::from(env::var("OUT_DIR").expect("OUT_DIR"));
-    // A target dir of its own: the outer cargo holds the lock on the workspace's.
-    let target = root.join("target/wasm-guests");
+fn build(manifest: &Path, target: &Path) {
     let cargo = env::var("CARGO").unwrap_or_else(|_| "cargo".into());
     let mut cmd = Command::new(cargo);
     cmd.arg("build")
         .arg("--release")
         .arg("--target=wasm32-wasip2")
         .arg("--manifest-path")
-        .arg(guests.join("Cargo.toml"))
+        .arg(manifest)
         .arg("--target-dir")
-        .arg(&target);
+        .arg(target);
     // The outer build's flags are for the host, not for wasm.
     for var in [
         "CARGO_ENCODED_RUSTFLAGS",
@@ -49,16 +42,40 @@ fn main() {
         cmd.env_remove(var);
     }
     let status = cmd.status().expect("run cargo for the test guests");
-    assert!(status.success(), "building the test guests failed");
+    assert!(status.success(), "building {} failed", manifest.display());
+}
+
+fn main() {
+    let manifest = PathBuf::from(env::var("CARGO_MANIFEST_DIR").expect("CARGO_MANIFEST_DIR"));
+    let root = manifest.join("../..");
+    let sources = [
+        root.join("tests/guests"),
+        root.join("examples/hello-plugin"),
+    ];
+    for dir in sources
+        .iter()
+        .chain(&[root.join("plugins/sdk"), root.join("wit")])
+    {
+        println!("cargo:rerun-if-changed={}", dir.display());
+    }
+    // A target dir of its own: the outer cargo holds the lock on the workspace's.
+    let target = root.join("target/wasm-guests");
+    for dir in &sources {
+        build(&dir.join("Cargo.toml"), &target);
+    }
     let mut consts = String::new();
     for (name, file) in GUESTS {
-        let path = target.join("wasm32-wasip2/release").join(format!("{file}.wasm"));
-        assert!(path.exists(), "missing guest {}", path.display());
-        let path = path.canonicalize().expect("canonical guest path");
+        let path = target
+            .join("wasm32-wasip2/release")
+            .join(format!("{file}.wasm"));
+        let path = path
+            .canonicalize()
+            .unwrap_or_else(|e| panic!("missing guest {}: {e}", path.display()));
         consts.push_str(&format!(
-            "/// The `{file}` test guest.\npub const {name}: &str = {:?};\n",
+            "/// The `{file}` guest.\npub const {name}: &str = {:?};\n",
             path.display().to_string()
         ));
     }
+    let out = PathBuf::from(env::var("OUT_DIR").expect("OUT_DIR"));
     std::fs::write(out.join("guests.rs"), consts).expect("write guests.rs");
 }

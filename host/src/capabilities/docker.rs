@@ -96,7 +96,10 @@ impl Host for Capabilities {
         }
         let docker = self.backends.docker.clone();
         Ok(self
-            .bounded("docker list", docker.list_containers(&project, service.as_deref()))
+            .bounded(
+                "docker list",
+                docker.list_containers(&project, service.as_deref()),
+            )
             .await)
     }
 
@@ -121,7 +124,8 @@ impl Host for Capabilities {
         let r = async {
             let c = self.granted_container(&id).await?;
             let docker = self.backends.docker.clone();
-            self.bounded("docker stop", docker.stop(&c.id, timeout_secs)).await
+            self.bounded("docker stop", docker.stop(&c.id, timeout_secs))
+                .await
         };
         Ok(r.await)
     }
@@ -147,7 +151,10 @@ impl Host for Capabilities {
         let check = self
             .policy
             .docker_project(&options.project, Some(&options.service))
-            .and_then(|()| self.policy.docker_build(std::path::Path::new(&options.context)));
+            .and_then(|()| {
+                self.policy
+                    .docker_build(std::path::Path::new(&options.context))
+            });
         if let Err(d) = check {
             return Ok(Err(self.denied(d)));
         }
@@ -171,7 +178,8 @@ impl Host for Capabilities {
                 .map_err(|d| self.denied(d))?;
             let c = self.granted_container(&id).await?;
             let docker = self.backends.docker.clone();
-            self.bounded("docker exec", docker.exec(&c.id, options)).await
+            self.bounded("docker exec", docker.exec(&c.id, options))
+                .await
         };
         Ok(r.await)
     }
@@ -271,16 +279,36 @@ mod tests {
     async fn denied_calls_never_reach_the_backend() {
         let fake = Arc::new(Fake::default());
         let mut c = caps(&[], fake.clone(), Duration::from_secs(5));
-        let e = c.list_containers("marvin".into(), None).await.unwrap().unwrap_err();
-        assert!(matches!(&e, Error::PermissionDenied(m) if m.contains("docker.projects")), "{e}");
-        let e = c.stop("c1".into(), None).await.unwrap().unwrap_err();
-        assert!(matches!(e, Error::PermissionDenied(_)));
-        assert_eq!(fake.calls.load(Ordering::SeqCst), 0);
-        let e = c.exec("c1".into(), ExecOptions { argv: vec!["ls".into()], env: vec![], working_dir: None, user: None, timeout_ms: None })
+        let e = c
+            .list_containers("marvin".into(), None)
             .await
             .unwrap()
             .unwrap_err();
-        assert!(crate::capabilities::error_text(&e).contains("docker-exec"), "{e}");
+        assert!(
+            matches!(&e, Error::PermissionDenied(m) if m.contains("docker.projects")),
+            "{e}"
+        );
+        let e = c.stop("c1".into(), None).await.unwrap().unwrap_err();
+        assert!(matches!(e, Error::PermissionDenied(_)));
+        assert_eq!(fake.calls.load(Ordering::SeqCst), 0);
+        let e = c
+            .exec(
+                "c1".into(),
+                ExecOptions {
+                    argv: vec!["ls".into()],
+                    env: vec![],
+                    working_dir: None,
+                    user: None,
+                    timeout_ms: None,
+                },
+            )
+            .await
+            .unwrap()
+            .unwrap_err();
+        assert!(
+            crate::capabilities::error_text(&e).contains("docker-exec"),
+            "{e}"
+        );
         assert_eq!(fake.calls.load(Ordering::SeqCst), 0);
     }
 
@@ -290,7 +318,10 @@ mod tests {
         // The grant covers another project: inspect happens, the stop does not.
         let mut c = caps(&["other"], fake.clone(), Duration::from_secs(5));
         let e = c.stop("c1".into(), None).await.unwrap().unwrap_err();
-        assert!(crate::capabilities::error_text(&e).contains("docker project 'marvin' service 'web'"), "{e}");
+        assert!(
+            crate::capabilities::error_text(&e).contains("docker project 'marvin' service 'web'"),
+            "{e}"
+        );
         assert_eq!(fake.calls.load(Ordering::SeqCst), 1);
         let mut c = caps(&["marvin"], fake.clone(), Duration::from_secs(5));
         c.stop("c1".into(), None).await.unwrap().unwrap();

@@ -70,7 +70,11 @@ pub struct Denied(pub String);
 
 impl Policy {
     /// `requested` ∩ `grants`.
-    pub fn new(plugin: &str, requested: impl IntoIterator<Item = Capability>, grants: Grants) -> Self {
+    pub fn new(
+        plugin: &str,
+        requested: impl IntoIterator<Item = Capability>,
+        grants: Grants,
+    ) -> Self {
         Self {
             plugin: plugin.to_owned(),
             requested: requested.into_iter().collect(),
@@ -104,7 +108,13 @@ impl Policy {
         match cap {
             Capability::Docker => docker.and_then(|d| list(&d.projects)),
             Capability::DockerExec => docker.and_then(|d| {
-                list(&d.exec).map(|e| if d.exec_shell { format!("{e} (shell allowed)") } else { e })
+                list(&d.exec).map(|e| {
+                    if d.exec_shell {
+                        format!("{e} (shell allowed)")
+                    } else {
+                        e
+                    }
+                })
             }),
             Capability::DockerBuild => docker.and_then(|d| paths(&d.build_dirs)),
             Capability::Supervisor => supervisor.and_then(|s| list(&s.programs)),
@@ -131,7 +141,10 @@ impl Policy {
     }
 
     fn deny(&self, cap: Capability, what: &str) -> Denied {
-        let (section, key) = cap.grant_key().split_once('.').unwrap_or(("", cap.grant_key()));
+        let (section, key) = cap
+            .grant_key()
+            .split_once('.')
+            .unwrap_or(("", cap.grant_key()));
         let section = if section.is_empty() {
             format!("[plugins.{}.grants]", self.plugin)
         } else {
@@ -156,7 +169,12 @@ impl Policy {
     /// May the plugin see and act on `project` (or one of its services).
     pub fn docker_project(&self, project: &str, service: Option<&str>) -> Result<(), Denied> {
         self.requested_or_deny(Capability::Docker)?;
-        let patterns = self.grants.docker.as_ref().map(|d| d.projects.as_slice()).unwrap_or(&[]);
+        let patterns = self
+            .grants
+            .docker
+            .as_ref()
+            .map(|d| d.projects.as_slice())
+            .unwrap_or(&[]);
         let allowed = patterns.iter().any(|p| match p.split_once('/') {
             None => glob(p, project),
             Some((pp, ps)) => glob(pp, project) && service.is_some_and(|s| glob(ps, s)),
@@ -193,23 +211,42 @@ impl Policy {
     /// May the plugin build from `dir` (an absolute, normalised path).
     pub fn docker_build(&self, dir: &Path) -> Result<(), Denied> {
         self.requested_or_deny(Capability::DockerBuild)?;
-        let dirs = self.grants.docker.as_ref().map(|d| d.build_dirs.as_slice()).unwrap_or(&[]);
+        let dirs = self
+            .grants
+            .docker
+            .as_ref()
+            .map(|d| d.build_dirs.as_slice())
+            .unwrap_or(&[]);
         if within_any(dir, dirs) {
             Ok(())
         } else {
-            Err(self.deny(Capability::DockerBuild, &format!("build context {}", dir.display())))
+            Err(self.deny(
+                Capability::DockerBuild,
+                &format!("build context {}", dir.display()),
+            ))
         }
     }
 
     /// May the plugin see and act on supervisor program or group `name` (`group:process` too).
     pub fn supervisor_program(&self, name: &str) -> Result<(), Denied> {
         self.requested_or_deny(Capability::Supervisor)?;
-        let patterns = self.grants.supervisor.as_ref().map(|s| s.programs.as_slice()).unwrap_or(&[]);
+        let patterns = self
+            .grants
+            .supervisor
+            .as_ref()
+            .map(|s| s.programs.as_slice())
+            .unwrap_or(&[]);
         let group = name.split_once(':').map(|(g, _)| g);
-        if patterns.iter().any(|p| glob(p, name) || group.is_some_and(|g| glob(p, g))) {
+        if patterns
+            .iter()
+            .any(|p| glob(p, name) || group.is_some_and(|g| glob(p, g)))
+        {
             Ok(())
         } else {
-            Err(self.deny(Capability::Supervisor, &format!("supervisor program '{name}'")))
+            Err(self.deny(
+                Capability::Supervisor,
+                &format!("supervisor program '{name}'"),
+            ))
         }
     }
 
@@ -357,26 +394,44 @@ mod tests {
         assert!(!p.effective(Capability::Files));
         assert!(p.preopens().is_empty());
         assert_eq!(
-            p.docker_exec("php bin/console x", false).unwrap_err().to_string(),
+            p.docker_exec("php bin/console x", false)
+                .unwrap_err()
+                .to_string(),
             "permission denied: plugin 'p' did not ask for the docker-exec capability in describe()"
         );
     }
 
     #[test]
     fn docker_checks_name_the_grant() {
-        let p = policy(&[Capability::Docker, Capability::DockerExec, Capability::DockerBuild]);
+        let p = policy(&[
+            Capability::Docker,
+            Capability::DockerExec,
+            Capability::DockerBuild,
+        ]);
         p.docker_project("marvin", None).unwrap();
         p.docker_project("marvin", Some("db")).unwrap();
         p.docker_project("other", Some("web-2")).unwrap();
         assert_eq!(
-            p.docker_project("other", Some("db")).unwrap_err().to_string(),
+            p.docker_project("other", Some("db"))
+                .unwrap_err()
+                .to_string(),
             "permission denied: plugin 'p' has no grant for docker project 'other' service 'db': \
              add it to `projects` in [plugins.p.grants.docker] (docker.projects)"
         );
         assert!(p.docker_project("other", None).is_err());
         p.docker_exec("php bin/console cache:clear", false).unwrap();
-        assert!(p.docker_exec("php bin/console cache:clear", true).unwrap_err().0.contains("exec_shell"));
-        assert!(p.docker_exec("rm -rf /", false).unwrap_err().0.contains("docker.exec"));
+        assert!(
+            p.docker_exec("php bin/console cache:clear", true)
+                .unwrap_err()
+                .0
+                .contains("exec_shell")
+        );
+        assert!(
+            p.docker_exec("rm -rf /", false)
+                .unwrap_err()
+                .0
+                .contains("docker.exec")
+        );
         p.docker_build(Path::new("/srv/marvin/app")).unwrap();
         assert!(p.docker_build(Path::new("/srv/marvin/../etc")).is_err());
         assert!(p.docker_build(Path::new("/srv/marvinx")).is_err());
@@ -389,13 +444,27 @@ mod tests {
         p.supervisor_program("marvin-consumer").unwrap();
         p.supervisor_program("workers").unwrap();
         p.supervisor_program("workers:workers_00").unwrap();
-        assert!(p.supervisor_program("nginx").unwrap_err().0.contains("supervisor.programs"));
-        assert!(p.supervisor_config().unwrap_err().0.contains("config = true"));
+        assert!(
+            p.supervisor_program("nginx")
+                .unwrap_err()
+                .0
+                .contains("supervisor.programs")
+        );
+        assert!(
+            p.supervisor_config()
+                .unwrap_err()
+                .0
+                .contains("config = true")
+        );
     }
 
     #[test]
     fn nothing_is_granted_by_default() {
-        let p = Policy::new("p", [Capability::Docker, Capability::Files], Grants::default());
+        let p = Policy::new(
+            "p",
+            [Capability::Docker, Capability::Files],
+            Grants::default(),
+        );
         assert!(p.docker_any().unwrap_err().0.contains("docker.projects"));
         assert!(p.preopens().is_empty());
         assert_eq!(p.granted(Capability::Docker), None);

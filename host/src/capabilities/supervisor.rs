@@ -78,7 +78,9 @@ impl SupervisorBackend for Unconfigured {
 
 impl Capabilities {
     fn program(&self, name: &str) -> Result<(), Error> {
-        self.policy.supervisor_program(name).map_err(|d| self.denied(d))
+        self.policy
+            .supervisor_program(name)
+            .map_err(|d| self.denied(d))
     }
 
     fn config(&self) -> Result<(), Error> {
@@ -91,7 +93,8 @@ impl Host for Capabilities {
         let r = async {
             self.program(&name)?;
             let b = self.backends.supervisor.clone();
-            self.bounded("supervisor process info", b.process_info(&name)).await
+            self.bounded("supervisor process info", b.process_info(&name))
+                .await
         };
         Ok(r.await)
     }
@@ -100,7 +103,9 @@ impl Host for Capabilities {
         let r = async {
             self.policy.supervisor_any().map_err(|d| self.denied(d))?;
             let b = self.backends.supervisor.clone();
-            let all = self.bounded("supervisor process info", b.all_process_info()).await?;
+            let all = self
+                .bounded("supervisor process info", b.all_process_info())
+                .await?;
             // Only what the plugin may see: ungranted programs are left out, not denied.
             Ok(all
                 .into_iter()
@@ -114,20 +119,30 @@ impl Host for Capabilities {
         Ok(r.await)
     }
 
-    async fn start_process(&mut self, name: String, wait: bool) -> wasmtime::Result<Result<(), Error>> {
+    async fn start_process(
+        &mut self,
+        name: String,
+        wait: bool,
+    ) -> wasmtime::Result<Result<(), Error>> {
         let r = async {
             self.program(&name)?;
             let b = self.backends.supervisor.clone();
-            self.bounded("supervisor start", b.start_process(&name, wait)).await
+            self.bounded("supervisor start", b.start_process(&name, wait))
+                .await
         };
         Ok(r.await)
     }
 
-    async fn stop_process(&mut self, name: String, wait: bool) -> wasmtime::Result<Result<(), Error>> {
+    async fn stop_process(
+        &mut self,
+        name: String,
+        wait: bool,
+    ) -> wasmtime::Result<Result<(), Error>> {
         let r = async {
             self.program(&name)?;
             let b = self.backends.supervisor.clone();
-            self.bounded("supervisor stop", b.stop_process(&name, wait)).await
+            self.bounded("supervisor stop", b.stop_process(&name, wait))
+                .await
         };
         Ok(r.await)
     }
@@ -140,7 +155,8 @@ impl Host for Capabilities {
         let r = async {
             self.program(&group)?;
             let b = self.backends.supervisor.clone();
-            self.bounded("supervisor start group", b.start_group(&group, wait)).await
+            self.bounded("supervisor start group", b.start_group(&group, wait))
+                .await
         };
         Ok(r.await)
     }
@@ -153,7 +169,8 @@ impl Host for Capabilities {
         let r = async {
             self.program(&group)?;
             let b = self.backends.supervisor.clone();
-            self.bounded("supervisor stop group", b.stop_group(&group, wait)).await
+            self.bounded("supervisor stop group", b.stop_group(&group, wait))
+                .await
         };
         Ok(r.await)
     }
@@ -162,7 +179,8 @@ impl Host for Capabilities {
         let r = async {
             self.config()?;
             let b = self.backends.supervisor.clone();
-            self.bounded("supervisor reload config", b.reload_config()).await
+            self.bounded("supervisor reload config", b.reload_config())
+                .await
         };
         Ok(r.await)
     }
@@ -172,7 +190,8 @@ impl Host for Capabilities {
             self.config()?;
             self.program(&group)?;
             let b = self.backends.supervisor.clone();
-            self.bounded("supervisor add group", b.add_group(&group)).await
+            self.bounded("supervisor add group", b.add_group(&group))
+                .await
         };
         Ok(r.await)
     }
@@ -182,16 +201,22 @@ impl Host for Capabilities {
             self.config()?;
             self.program(&group)?;
             let b = self.backends.supervisor.clone();
-            self.bounded("supervisor remove group", b.remove_group(&group)).await
+            self.bounded("supervisor remove group", b.remove_group(&group))
+                .await
         };
         Ok(r.await)
     }
 
-    async fn tail_log(&mut self, name: String, bytes: u32) -> wasmtime::Result<Result<String, Error>> {
+    async fn tail_log(
+        &mut self,
+        name: String,
+        bytes: u32,
+    ) -> wasmtime::Result<Result<String, Error>> {
         let r = async {
             self.program(&name)?;
             let b = self.backends.supervisor.clone();
-            self.bounded("supervisor tail log", b.tail_log(&name, bytes.min(1 << 20))).await
+            self.bounded("supervisor tail log", b.tail_log(&name, bytes.min(1 << 20)))
+                .await
         };
         Ok(r.await)
     }

@@ -117,13 +117,18 @@ impl Settings {
             plugins: self.config.plugins.clone(),
         };
         Ok(Arc::new(
-            Runtime::new(settings, Backends::default()).context("cannot start the plugin runtime")?,
+            Runtime::new(settings, Backends::default())
+                .context("cannot start the plugin runtime")?,
         ))
     }
 
     async fn manager(&self) -> anyhow::Result<Manager> {
         let runtime = self.runtime()?;
         let dir = PluginDir::open(runtime.clone(), self.plugins_dir.clone()).await;
-        Ok(Manager::new(Registry::from_config(&self.config), runtime, dir))
+        Ok(Manager::new(
+            Registry::from_config(&self.config),
+            runtime,
+            dir,
+        ))
     }
 }

@@ -72,7 +72,11 @@ pub(super) async fn run(global: &GlobalArgs, args: PluginsArgs) -> anyhow::Resul
             .collect();
         println!(
             "  capabilities: {}",
-            if caps.is_empty() { "none requested".to_owned() } else { caps.join("; ") }
+            if caps.is_empty() {
+                "none requested".to_owned()
+            } else {
+                caps.join("; ")
+            }
         );
         println!("  memory cap:   {} MiB", p.max_memory_bytes >> 20);
     }
@@ -89,6 +93,10 @@ pub(super) async fn run(global: &GlobalArgs, args: PluginsArgs) -> anyhow::Resul
 fn describe_capability(c: Capability, granted: Option<String>) -> String {
     match granted {
         Some(g) => format!("{} (granted: {g})", c.name()),
-        None => format!("{} (requested, not granted: add `{}`)", c.name(), c.grant_key()),
+        None => format!(
+            "{} (requested, not granted: add `{}`)",
+            c.name(),
+            c.grant_key()
+        ),
     }
 }

@@ -55,7 +55,9 @@ pub(crate) fn compile(
         let loaded = unsafe { Component::deserialize(engine, &bytes) };
         match loaded {
             Ok(c) => return Ok((c, true)),
-            Err(e) => tracing::warn!(path = %entry.display(), cause = ?e, "cached plugin did not load, compiling again"),
+            Err(e) => {
+                tracing::warn!(path = %entry.display(), cause = ?e, "cached plugin did not load, compiling again")
+            }
         }
     }
     let component = Component::new(engine, wasm)?;

@@ -19,7 +19,10 @@ use std::time::{Duration, Instant};
 
 use sha2::{Digest, Sha256};
 use wasmtime::component::{HasSelf, Linker, ResourceTable};
-use wasmtime::{Config as EngineConfig, Engine, InstanceAllocationStrategy, PoolingAllocationConfig, Store, Trap, UpdateDeadline};
+use wasmtime::{
+    Config as EngineConfig, Engine, InstanceAllocationStrategy, PoolingAllocationConfig, Store,
+    Trap, UpdateDeadline,
+};
 use wasmtime_wasi::{FsPerms, WasiCtx, WasiCtxView, WasiView};
 
 use crate::capabilities::policy::{Capability, Policy};
@@ -192,7 +195,9 @@ impl Runtime {
 
         let mut linker: Linker<HostState> = Linker::new(&engine);
         wasmtime_wasi::p2::add_to_linker_async(&mut linker)
-            .and_then(|()| Plugin::add_to_linker::<_, HasSelf<Capabilities>>(&mut linker, |s| &mut s.caps))
+            .and_then(|()| {
+                Plugin::add_to_linker::<_, HasSelf<Capabilities>>(&mut linker, |s| &mut s.caps)
+            })
             .map_err(|e| RuntimeError::Engine(format!("{e:?}")))?;
 
         let stop = Arc::new(AtomicBool::new(false));
@@ -250,20 +255,35 @@ impl Runtime {
         // describe() runs like a request: fresh instance, no grants, a deadline, the default cap.
         let probe = Arc::new(Policy::new("(loading)", [], Default::default()));
         let deadline = Instant::now() + DESCRIBE_TIMEOUT;
-        let (mut store, stdout, stderr) =
-            self.store(probe, "describe".into(), self.settings.default_max_memory_bytes, deadline)?;
+        let (mut store, stdout, stderr) = self.store(
+            probe,
+            "describe".into(),
+            self.settings.default_max_memory_bytes,
+            deadline,
+        )?;
         let call = async {
             let plugin = pre.instantiate_async(&mut store).await?;
             plugin.call_describe(&mut store).await
         };
-        let info = match tokio::time::timeout(DESCRIBE_TIMEOUT + Duration::from_millis(500), call).await {
-            Ok(Ok(info)) => info,
-            Ok(Err(e)) => {
-                let limiter = &store.data().limiter;
-                return Err(classify(&e, limiter, &stderr, "describe()", DESCRIBE_TIMEOUT));
-            }
-            Err(_) => return Err(format!("describe() did not return within {DESCRIBE_TIMEOUT:?}")),
-        };
+        let info =
+            match tokio::time::timeout(DESCRIBE_TIMEOUT + Duration::from_millis(500), call).await {
+                Ok(Ok(info)) => info,
+                Ok(Err(e)) => {
+                    let limiter = &store.data().limiter;
+                    return Err(classify(
+                        &e,
+                        limiter,
+                        &stderr,
+                        "describe()",
+                        DESCRIBE_TIMEOUT,
+                    ));
+                }
+                Err(_) => {
+                    return Err(format!(
+                        "describe() did not return within {DESCRIBE_TIMEOUT:?}"
+                    ));
+                }
+            };
         drain("(loading)", "describe", &stdout, &stderr);
         validate_name(&info.name)?;
         if info.version.trim().is_empty() {
@@ -311,7 +331,9 @@ impl Runtime {
         for dir in policy.preopens() {
             let guest = dir.to_string_lossy();
             wasi.preopened_dir(dir, guest.as_ref(), FsPerms::ReadOnly)
-                .map_err(|e| format!("cannot preopen granted directory {}: {e:?}", dir.display()))?;
+                .map_err(|e| {
+                    format!("cannot preopen granted directory {}: {e:?}", dir.display())
+                })?;
         }
         let state = HostState {
             wasi: wasi.build(),
@@ -333,7 +355,12 @@ impl Runtime {
     }
 
     /// Runs one request on a fresh instance of `plugin`, within `req`'s timeout.
-    pub async fn handle(&self, plugin: &LoadedPlugin, entity: &Entity, req: &ManagerRequest) -> PluginOutcome {
+    pub async fn handle(
+        &self,
+        plugin: &LoadedPlugin,
+        entity: &Entity,
+        req: &ManagerRequest,
+    ) -> PluginOutcome {
         let timeout = req.timeout();
         let deadline = Instant::now() + timeout;
         let (mut store, stdout, stderr) = match self.store(
@@ -350,10 +377,12 @@ impl Runtime {
             entity_id: entity.id.clone(),
             kind: kind_to_wit(entity.kind),
             target: match &entity.target {
-                Target::Compose { project, service } => types::Target::Compose(types::ComposeTarget {
-                    project: project.clone(),
-                    service: service.clone(),
-                }),
+                Target::Compose { project, service } => {
+                    types::Target::Compose(types::ComposeTarget {
+                        project: project.clone(),
+                        service: service.clone(),
+                    })
+                }
                 Target::Program(p) => types::Target::Program(p.clone()),
                 Target::Supervisord => types::Target::Supervisord,
             },
@@ -382,7 +411,10 @@ impl Runtime {
                 &format!("plugin '{}'", plugin.name),
                 timeout,
             )),
-            Err(_) => PluginOutcome::failed(timeout_message(&format!("plugin '{}'", plugin.name), timeout)),
+            Err(_) => PluginOutcome::failed(timeout_message(
+                &format!("plugin '{}'", plugin.name),
+                timeout,
+            )),
         };
         drain(&plugin.name, &req.correlation_id, &stdout, &stderr);
         outcome
@@ -392,14 +424,20 @@ impl Runtime {
 fn read_plugin_file(path: &Path) -> Result<Vec<u8>, String> {
     let meta = std::fs::metadata(path).map_err(|e| format!("cannot read: {e}"))?;
     if meta.len() > MAX_PLUGIN_BYTES {
-        return Err(format!("file is larger than {} MiB", MAX_PLUGIN_BYTES >> 20));
+        return Err(format!(
+            "file is larger than {} MiB",
+            MAX_PLUGIN_BYTES >> 20
+        ));
     }
     let wasm = std::fs::read(path).map_err(|e| format!("cannot read: {e}"))?;
     if wasm.len() < 8 || &wasm[..4] != b"\0asm" {
         return Err("not a WebAssembly file".into());
     }
     if wasm[4..8] == [1, 0, 0, 0] {
-        return Err("a core WebAssembly module, not a component (build it with `--target wasm32-wasip2`)".into());
+        return Err(
+            "a core WebAssembly module, not a component (build it with `--target wasm32-wasip2`)"
+                .into(),
+        );
     }
     Ok(wasm)
 }
@@ -437,7 +475,13 @@ fn timeout_message(who: &str, timeout: Duration) -> String {
 }
 
 /// Says why a call into a plugin failed, in terms an operator can act on.
-fn classify(err: &wasmtime::Error, limiter: &Limiter, stderr: &Capture, who: &str, timeout: Duration) -> String {
+fn classify(
+    err: &wasmtime::Error,
+    limiter: &Limiter,
+    stderr: &Capture,
+    who: &str,
+    timeout: Duration,
+) -> String {
     let trap = err.downcast_ref::<Trap>();
     if trap == Some(&Trap::Interrupt) {
         return timeout_message(who, timeout);
@@ -470,7 +514,8 @@ fn drain(plugin: &str, correlation_id: &str, stdout: &Capture, stderr: &Capture)
     for (stream, capture) in [("stdout", stdout), ("stderr", stderr)] {
         let (text, dropped) = capture.take();
         for line in text.lines().filter(|l| !l.trim().is_empty()) {
-            let line = crate::capabilities::log::truncate(line, crate::capabilities::log::MAX_LINE_BYTES);
+            let line =
+                crate::capabilities::log::truncate(line, crate::capabilities::log::MAX_LINE_BYTES);
             if stream == "stdout" {
                 tracing::info!(plugin, correlation_id, stream, "{line}");
             } else {
@@ -478,7 +523,13 @@ fn drain(plugin: &str, correlation_id: &str, stdout: &Capture, stderr: &Capture)
             }
         }
         if dropped > 0 {
-            tracing::warn!(plugin, correlation_id, stream, dropped_bytes = dropped, "plugin output over the limit was dropped");
+            tracing::warn!(
+                plugin,
+                correlation_id,
+                stream,
+                dropped_bytes = dropped,
+                "plugin output over the limit was dropped"
+            );
         }
     }
 }
@@ -490,8 +541,12 @@ fn outcome_from_wit(resp: types::Response, plugin: &str) -> PluginOutcome {
         match serde_json::from_str::<serde_json::Value>(&resp.metadata) {
             Ok(serde_json::Value::Object(m)) => Ok(m),
             Ok(serde_json::Value::Array(a)) if a.is_empty() => Ok(serde_json::Map::new()),
-            Ok(_) => Err(format!("plugin '{plugin}' returned metadata that is not a JSON object")),
-            Err(e) => Err(format!("plugin '{plugin}' returned metadata that is not valid JSON: {e}")),
+            Ok(_) => Err(format!(
+                "plugin '{plugin}' returned metadata that is not a JSON object"
+            )),
+            Err(e) => Err(format!(
+                "plugin '{plugin}' returned metadata that is not valid JSON: {e}"
+            )),
         }
     };
     match metadata {

@@ -58,10 +58,9 @@ impl PluginSet {
                 });
                 continue;
             }
-            let taken = plugin
-                .handles
-                .iter()
-                .find_map(|(kind, action)| set.routes.get(*kind, action).map(|o| (kind, action, o)));
+            let taken = plugin.handles.iter().find_map(|(kind, action)| {
+                set.routes.get(*kind, action).map(|o| (kind, action, o))
+            });
             if let Some((kind, action, other)) = taken {
                 set.failures.push(LoadFailure {
                     path,
@@ -165,7 +164,10 @@ impl PluginDir {
 
     /// The plugins serving now. Hold the `Arc` for the length of a request.
     pub fn snapshot(&self) -> Arc<PluginSet> {
-        self.current.read().unwrap_or_else(|e| e.into_inner()).clone()
+        self.current
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
     }
 
     fn scan_dir(&self) -> BTreeMap<PathBuf, Stamp> {
@@ -215,7 +217,13 @@ impl PluginDir {
         let mut loaded = Vec::with_capacity(to_load.len());
         for (path, stamp) in to_load {
             let result = self.runtime.load(&path).await.map(Arc::new);
-            loaded.push((path, FileState { stamp, loaded: result }));
+            loaded.push((
+                path,
+                FileState {
+                    stamp,
+                    loaded: result,
+                },
+            ));
         }
 
         let mut st = self.state.lock().unwrap_or_else(|e| e.into_inner());
@@ -229,7 +237,11 @@ impl PluginDir {
             keep
         });
         for (path, state) in loaded {
-            let verb = if st.files.contains_key(&path) { "replaced" } else { "loaded" };
+            let verb = if st.files.contains_key(&path) {
+                "replaced"
+            } else {
+                "loaded"
+            };
             if state.loaded.is_ok() {
                 events.push(format!("{verb} {}", path.display()));
             }

@@ -60,7 +60,12 @@ pub fn runtime(config: &Config, cache_dir: Option<PathBuf>) -> Arc<Runtime> {
     )
 }
 
-pub fn request(entity: &str, action: &str, args: serde_json::Value, timeout: i64) -> ManagerRequest {
+pub fn request(
+    entity: &str,
+    action: &str,
+    args: serde_json::Value,
+    timeout: i64,
+) -> ManagerRequest {
     ManagerRequest {
         container_id: entity.into(),
         correlation_id: format!("corr-{entity}-{action}"),
@@ -84,7 +89,9 @@ program = "consumer"
 
 /// The well-behaved plugin still answers correctly.
 pub async fn assert_echo_still_serves(m: &Manager) {
-    let r = m.execute(&request("c1", "start", serde_json::json!({"k": "v"}), 5)).await;
+    let r = m
+        .execute(&request("c1", "start", serde_json::json!({"k": "v"}), 5))
+        .await;
     assert!(r.success, "echo failed after the hostile call: {r:?}");
     let seen: serde_json::Value = serde_json::from_str(r.output.as_deref().unwrap()).unwrap();
     assert_eq!(seen["action"], "start");

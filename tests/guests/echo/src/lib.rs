@@ -9,14 +9,32 @@ impl Guest for Echo {
     fn describe() -> PluginInfo {
         let mut h = handles(
             EntityKind::Container,
-            &["start", "stop", "restart", "restart_all", "build", "exec_cmd"],
+            &[
+                "start",
+                "stop",
+                "restart",
+                "restart_all",
+                "build",
+                "exec_cmd",
+            ],
         );
-        h.extend(handles(EntityKind::Worker, &["start", "stop", "restart", "reread", "update"]));
-        PluginInfo { name: "echo".into(), version: "1.2.3".into(), handles: h, capabilities: vec![] }
+        h.extend(handles(
+            EntityKind::Worker,
+            &["start", "stop", "restart", "reread", "update"],
+        ));
+        PluginInfo {
+            name: "echo".into(),
+            version: "1.2.3".into(),
+            handles: h,
+            capabilities: vec![],
+        }
     }
 
     fn handle(req: Request) -> Response {
-        log::log(log::Level::Info, &format!("echo {} on {}", req.action, req.entity_id));
+        log::log(
+            log::Level::Info,
+            &format!("echo {} on {}", req.action, req.entity_id),
+        );
         let target = match &req.target {
             Target::Compose(c) => json!({"project": c.project, "service": c.service}),
             Target::Program(p) => json!({"program": p}),
@@ -32,7 +50,10 @@ impl Guest for Echo {
             "args": marvin_plugin_sdk::args(&req),
             "timeout_ms": req.timeout_ms,
         });
-        marvin_plugin_sdk::with_metadata(marvin_plugin_sdk::ok(seen.to_string()), json!({"echoed": true}))
+        marvin_plugin_sdk::with_metadata(
+            marvin_plugin_sdk::ok(seen.to_string()),
+            json!({"echoed": true}),
+        )
     }
 }
 

@@ -12,7 +12,9 @@ impl Guest for Hostile {
             "hostile",
             "0.6.6",
             EntityKind::Container,
-            &["loop", "membomb", "panic", "docker", "read", "write", "flood", "env"],
+            &[
+                "loop", "membomb", "panic", "docker", "read", "write", "flood", "env",
+            ],
             &[Capability::Docker, Capability::Files],
         )
     }

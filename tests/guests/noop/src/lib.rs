@@ -9,7 +9,12 @@ impl Guest for Noop {
     }
 
     fn handle(_req: Request) -> Response {
-        Response { success: true, output: None, error: None, metadata: String::new() }
+        Response {
+            success: true,
+            output: None,
+            error: None,
+            metadata: String::new(),
+        }
     }
 }
 

@@ -1,0 +1,155 @@
+//! The `marvin-manager` binary: `plugins` and `run`, with `--config`, `--plugins-dir` and the
+//! default `manager.toml` in the working directory.
+
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+mod common;
+
+use std::process::{Command, Output};
+
+use common::{Setup, guests};
+
+fn marvin(cwd: &std::path::Path, args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_marvin-manager"))
+        .args(args)
+        .current_dir(cwd)
+        .env("MARVIN_CACHE_DIR", cwd.join("cache"))
+        .env_remove("MARVIN_CONFIG")
+        .env_remove("MARVIN_PLUGINS_DIR")
+        .env_remove("RUST_LOG")
+        .output()
+        .unwrap()
+}
+
+fn stdout(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stdout).into_owned()
+}
+
+#[test]
+fn plugins_lists_the_good_one_and_two_reasons_and_exits_0() {
+    let s = Setup::new(&[(guests::ECHO, "echo.wasm"), (guests::TWIN, "twin.wasm")]);
+    std::fs::write(s.plugins.join("notes.wasm"), "not wasm at all").unwrap();
+    let o = marvin(s.path(), &["plugins"]);
+    let out = stdout(&o);
+    assert!(
+        o.status.success(),
+        "{out}\n{}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    assert!(out.contains("echo 1.2.3"), "{out}");
+    assert!(
+        out.contains("handles:      container start, container stop"),
+        "{out}"
+    );
+    assert!(out.contains("2 file(s) skipped:"), "{out}");
+    assert!(out.contains("notes.wasm: not a WebAssembly file"), "{out}");
+    assert!(
+        out.contains(
+            "twin.wasm: plugin 'twin' claims (container, start), already handled by plugin 'echo'"
+        ),
+        "{out}"
+    );
+    assert!(!out.contains("twin 0.1.0"), "{out}");
+}
+
+#[test]
+fn plugins_shows_requested_against_granted() {
+    let s = Setup::new(&[(guests::HOSTILE, "hostile.wasm")]);
+    let config = s.path().join("elsewhere.toml");
+    std::fs::write(
+        &config,
+        "[plugins.hostile.grants.docker]\nprojects = [\"marvin\", \"lab/*\"]\n",
+    )
+    .unwrap();
+    let o = marvin(
+        std::path::Path::new("/"),
+        &[
+            "plugins",
+            "--config",
+            config.to_str().unwrap(),
+            "--plugins-dir",
+            s.plugins.to_str().unwrap(),
+        ],
+    );
+    let out = stdout(&o);
+    assert!(o.status.success(), "{out}");
+    assert!(out.contains("hostile 0.6.6"), "{out}");
+    assert!(out.contains("docker (granted: marvin, lab/*)"), "{out}");
+    assert!(
+        out.contains("files (requested, not granted: add `files`)"),
+        "{out}"
+    );
+
+    let o = marvin(
+        s.path(),
+        &["plugins", "--json", "--config", config.to_str().unwrap()],
+    );
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    let caps = &v["plugins"][0]["capabilities"];
+    assert_eq!(caps[0]["name"], "docker");
+    assert_eq!(caps[0]["effective"], true);
+    assert_eq!(caps[1]["name"], "files");
+    assert_eq!(caps[1]["effective"], false);
+    assert_eq!(v["errors"], serde_json::json!([]));
+}
+
+#[test]
+fn run_uses_manager_toml_from_the_working_directory() {
+    let s = Setup::new(&[(guests::ECHO, "echo.wasm")]);
+    std::fs::write(
+        s.path().join("manager.toml"),
+        "[entities.abc]\nkind = \"worker\"\nprogram = \"workers:consumer\"\n",
+    )
+    .unwrap();
+    let o = marvin(
+        s.path(),
+        &[
+            "run",
+            "--entity",
+            "abc",
+            "--action",
+            "restart",
+            "--timeout",
+            "3",
+            "--args",
+            "{\"a\":1}",
+            "--correlation-id",
+            "c-42",
+        ],
+    );
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let r: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(r["correlationId"], "c-42");
+    assert_eq!(r["entityType"], "worker");
+    assert_eq!(r["entityId"], "abc");
+    assert_eq!(r["action"], "restart");
+    assert_eq!(r["success"], true);
+    let seen: serde_json::Value = serde_json::from_str(r["output"].as_str().unwrap()).unwrap();
+    assert_eq!(seen["target"]["program"], "workers:consumer");
+    assert_eq!(seen["timeout_ms"], 3000);
+    assert_eq!(seen["args"]["a"], 1);
+
+    // Failure: the response still prints, and the exit code says so.
+    let o = marvin(s.path(), &["run", "--entity", "nope", "--action", "start"]);
+    assert_eq!(o.status.code(), Some(1));
+    let r: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(r["error"], "unknown entity 'nope'");
+    assert_eq!(r["success"], false);
+    assert!(r["correlationId"].as_str().unwrap().len() == 36);
+}
+
+#[test]
+fn a_bad_config_file_is_a_clear_error() {
+    let s = Setup::new(&[]);
+    std::fs::write(s.path().join("manager.toml"), "[plugins.x]\ngrants = 3\n").unwrap();
+    let o = marvin(s.path(), &["plugins"]);
+    assert_eq!(o.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(err.contains("invalid config file manager.toml"), "{err}");
+    let o = marvin(s.path(), &["plugins", "--config", "missing.toml"]);
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(
+        err.contains("cannot read config file missing.toml"),
+        "{err}"
+    );
+}
