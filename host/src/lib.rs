@@ -9,9 +9,11 @@
 
 pub mod capabilities;
 pub mod cli;
+pub mod codec;
 pub mod config;
 pub mod message;
 pub mod registry;
 pub mod router;
 pub mod runtime;
 pub mod service;
+pub mod transport;

@@ -1,0 +1,618 @@
+//! Symfony Messenger envelopes, both serializers, both directions: PHP `serialize()` (the
+//! default `PhpSerializer`) and the Symfony Serializer's JSON. Pure: bytes in, values out.
+//!
+//! Start with [`decode`] (a row's body and headers -> a [`Decoded`] message) and
+//! [`encode_response`]. The format is detected per row; unknown stamps of any shape are
+//! skipped; the bus name stamp is kept so the response goes to the bus Core expects.
+
+pub mod php;
+
+use base64::Engine as _;
+use serde_json::{Map, Value as Json};
+
+use crate::message::{DEFAULT_TIMEOUT_SECS, ManagerRequest, ManagerResponse};
+use php::{Key, Value};
+
+/// The request class.
+pub const REQUEST_CLASS: &str = "EnderLab\\MarvinManagerBundle\\Messenger\\ManagerRequestCommand";
+/// The response class.
+pub const RESPONSE_CLASS: &str = "EnderLab\\MarvinManagerBundle\\Messenger\\ManagerResponseCommand";
+const ENVELOPE_CLASS: &str = "Symfony\\Component\\Messenger\\Envelope";
+const BUS_NAME_STAMP: &str = "Symfony\\Component\\Messenger\\Stamp\\BusNameStamp";
+const STAMP_HEADER: &str = "X-Message-Stamp-";
+
+/// The request class as it appears in stored rows (both formats escape the backslashes), for
+/// filtering a shared queue in SQL.
+pub fn request_class_needle() -> String {
+    REQUEST_CLASS.replace('\\', "\\\\")
+}
+
+/// Which serializer wrote a row.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Format {
+    /// `PhpSerializer`: `serialize()` of the envelope.
+    Php,
+    /// The Symfony Serializer with JSON.
+    Json,
+}
+
+/// A decoded row.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Decoded {
+    /// Which serializer wrote it.
+    pub format: Format,
+    /// The message class.
+    pub class: String,
+    /// The bus name stamp, when there is one.
+    pub bus_name: Option<String>,
+    /// The request, when the class is [`REQUEST_CLASS`]; `Err` when its fields are wrong.
+    pub request: Option<Result<ManagerRequest, Malformed>>,
+}
+
+/// A request whose fields are not what the contract says.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Malformed {
+    /// The correlation id, if it could be read: then Core can get an error response.
+    pub correlation_id: Option<String>,
+    /// The entity id, if it could be read.
+    pub entity_id: Option<String>,
+    /// The action, if it could be read.
+    pub action: Option<String>,
+    /// What is wrong.
+    pub reason: String,
+}
+
+/// Decodes a row. `Err` means undecodable: not an envelope of either format.
+pub fn decode(body: &[u8], headers: &str) -> Result<Decoded, String> {
+    if body.is_empty() {
+        return Err("empty body".into());
+    }
+    let header_map = match serde_json::from_str::<Json>(headers) {
+        Ok(Json::Object(m)) if m.contains_key("type") => Some(m),
+        _ => None,
+    };
+    match header_map {
+        Some(h) => decode_json(body, &h),
+        None => decode_php(body),
+    }
+}
+
+fn decode_php(body: &[u8]) -> Result<Decoded, String> {
+    let text = if body.last() == Some(&b'}') {
+        body.to_vec()
+    } else {
+        let clean: Vec<u8> = body
+            .iter()
+            .copied()
+            .filter(|b| !b.is_ascii_whitespace())
+            .collect();
+        base64::engine::general_purpose::STANDARD
+            .decode(&clean)
+            .or_else(|_| {
+                base64::engine::general_purpose::STANDARD_NO_PAD.decode(clean.trim_ascii_end_eq())
+            })
+            .map_err(|_| "body is neither serialized PHP nor base64".to_owned())?
+    };
+    let raw = php::stripslashes(&text);
+    let value = php::parse(&raw).map_err(|e| e.to_string())?;
+    let Value::Object(class, props) = value else {
+        return Err("body is not a serialized object".into());
+    };
+    if !eq_class(&class, ENVELOPE_CLASS) {
+        return Err(format!("body is a {}, not an Envelope", lossy(&class)));
+    }
+    let mut stamps = None;
+    let mut message = None;
+    for (name, v) in props {
+        match php::unmangle(&name) {
+            b"stamps" => stamps = Some(v),
+            b"message" => message = Some(v),
+            _ => {}
+        }
+    }
+    let Some(Value::Object(class, props)) = message else {
+        return Err("envelope has no message object".into());
+    };
+    let bus_name = stamps.as_ref().and_then(php_bus_name);
+    let class = lossy(&class);
+    let request = eq_class(class.as_bytes(), REQUEST_CLASS).then(|| php_request(&props));
+    Ok(Decoded {
+        format: Format::Php,
+        class,
+        bus_name,
+        request,
+    })
+}
+
+trait TrimPad {
+    fn trim_ascii_end_eq(&self) -> &[u8];
+}
+
+impl TrimPad for Vec<u8> {
+    fn trim_ascii_end_eq(&self) -> &[u8] {
+        let mut s = self.as_slice();
+        while let [rest @ .., b'='] = s {
+            s = rest;
+        }
+        s
+    }
+}
+
+fn eq_class(a: &[u8], b: &str) -> bool {
+    a.eq_ignore_ascii_case(b.as_bytes())
+}
+
+fn lossy(b: &[u8]) -> String {
+    String::from_utf8_lossy(b).into_owned()
+}
+
+fn php_bus_name(stamps: &Value) -> Option<String> {
+    let Value::Array(by_class) = stamps else {
+        return None;
+    };
+    by_class.iter().find_map(|(k, list)| {
+        let Key::Str(class) = k else { return None };
+        if !eq_class(class, BUS_NAME_STAMP) {
+            return None;
+        }
+        let Value::Array(list) = list else {
+            return None;
+        };
+        // The last stamp of a class wins, as in Symfony.
+        list.iter().rev().find_map(|(_, stamp)| match stamp {
+            Value::Object(_, props) => {
+                props.iter().find_map(|(n, v)| match (php::unmangle(n), v) {
+                    (b"busName", Value::Str(s)) => Some(lossy(s)),
+                    _ => None,
+                })
+            }
+            _ => None,
+        })
+    })
+}
+
+fn php_request(props: &[(Vec<u8>, Value)]) -> Result<ManagerRequest, Malformed> {
+    let get = |name: &str| {
+        props
+            .iter()
+            .find(|(n, _)| php::unmangle(n) == name.as_bytes())
+            .map(|(_, v)| v)
+    };
+    let string = |name: &str| match get(name) {
+        Some(Value::Str(s)) => Ok(lossy(s)),
+        Some(_) => Err(format!("`{name}` is not a string")),
+        None => Err(format!("`{name}` is missing")),
+    };
+    let correlation_id = string("correlationId");
+    let entity_id = string("containerId");
+    let action = string("action");
+    let rest = (|| {
+        let command = match get("command") {
+            None | Some(Value::Null) => None,
+            Some(Value::Str(s)) => Some(lossy(s)),
+            Some(_) => return Err("`command` is not a string or null".to_owned()),
+        };
+        let args = match get("args") {
+            None => Json::Array(vec![]),
+            Some(v @ Value::Array(_)) => php_to_json(v),
+            Some(_) => return Err("`args` is not an array".to_owned()),
+        };
+        let timeout = match get("timeout") {
+            None => DEFAULT_TIMEOUT_SECS,
+            Some(Value::Int(i)) => *i,
+            Some(_) => return Err("`timeout` is not an integer".to_owned()),
+        };
+        Ok((command, args, timeout))
+    })();
+    match (correlation_id, entity_id, action, rest) {
+        (Ok(correlation_id), Ok(container_id), Ok(action), Ok((command, args, timeout))) => {
+            Ok(ManagerRequest {
+                container_id,
+                correlation_id,
+                action,
+                command,
+                args,
+                timeout,
+            })
+        }
+        (c, e, a, r) => {
+            let reason = [&c, &e, &a]
+                .iter()
+                .filter_map(|r| r.as_ref().err().cloned())
+                .chain(r.err())
+                .collect::<Vec<_>>()
+                .join(", ");
+            Err(Malformed {
+                correlation_id: c.ok(),
+                entity_id: e.ok(),
+                action: a.ok(),
+                reason: format!("malformed ManagerRequestCommand: {reason}"),
+            })
+        }
+    }
+}
+
+/// A PHP value as JSON: lists become arrays, other arrays objects, objects their properties.
+pub fn php_to_json(v: &Value) -> Json {
+    match v {
+        Value::Null | Value::Ref(_) | Value::Custom(..) => Json::Null,
+        Value::Bool(b) => Json::Bool(*b),
+        Value::Int(i) => Json::from(*i),
+        Value::Float(f) => serde_json::Number::from_f64(*f).map_or(Json::Null, Json::Number),
+        Value::Str(s) | Value::Enum(s) => Json::String(lossy(s)),
+        Value::Array(items) => {
+            let is_list = items
+                .iter()
+                .enumerate()
+                .all(|(i, (k, _))| matches!(k, Key::Int(n) if usize::try_from(*n) == Ok(i)));
+            if is_list {
+                Json::Array(items.iter().map(|(_, v)| php_to_json(v)).collect())
+            } else {
+                Json::Object(
+                    items
+                        .iter()
+                        .map(|(k, v)| {
+                            let k = match k {
+                                Key::Int(i) => i.to_string(),
+                                Key::Str(s) => lossy(s),
+                            };
+                            (k, php_to_json(v))
+                        })
+                        .collect(),
+                )
+            }
+        }
+        Value::Object(_, props) => Json::Object(
+            props
+                .iter()
+                .map(|(n, v)| (lossy(php::unmangle(n)), php_to_json(v)))
+                .collect(),
+        ),
+    }
+}
+
+/// JSON as a PHP value the way `json_decode(…, true)` would build it.
+pub fn json_to_php(v: &Json) -> Value {
+    match v {
+        Json::Null => Value::Null,
+        Json::Bool(b) => Value::Bool(*b),
+        Json::Number(n) => match n.as_i64() {
+            Some(i) => Value::Int(i),
+            None => Value::Float(n.as_f64().unwrap_or(0.0)),
+        },
+        Json::String(s) => Value::Str(s.as_bytes().to_vec()),
+        Json::Array(a) => Value::Array(
+            a.iter()
+                .enumerate()
+                .map(|(i, v)| {
+                    (
+                        Key::Int(i64::try_from(i).unwrap_or(i64::MAX)),
+                        json_to_php(v),
+                    )
+                })
+                .collect(),
+        ),
+        Json::Object(m) => Value::Array(
+            m.iter()
+                .map(|(k, v)| (php_key(k), json_to_php(v)))
+                .collect(),
+        ),
+    }
+}
+
+/// PHP canonicalises decimal integer strings to integer keys ("7" -> 7, "07" stays a string).
+fn php_key(k: &str) -> Key {
+    let canonical = k == "0"
+        || (!k.starts_with('0') && !k.starts_with("-0") && k != "-" && {
+            let digits = k.strip_prefix('-').unwrap_or(k);
+            !digits.is_empty() && digits.bytes().all(|b| b.is_ascii_digit())
+        });
+    match k.parse::<i64>() {
+        Ok(i) if canonical => Key::Int(i),
+        _ => Key::Str(k.as_bytes().to_vec()),
+    }
+}
+
+fn decode_json(body: &[u8], headers: &Map<String, Json>) -> Result<Decoded, String> {
+    let class = headers
+        .get("type")
+        .and_then(Json::as_str)
+        .ok_or("the `type` header is not a string")?
+        .to_owned();
+    let bus_name = headers
+        .iter()
+        .find(|(k, _)| {
+            k.strip_prefix(STAMP_HEADER)
+                .is_some_and(|c| c.eq_ignore_ascii_case(BUS_NAME_STAMP))
+        })
+        .and_then(|(_, v)| v.as_str())
+        .and_then(|s| serde_json::from_str::<Json>(s).ok())
+        .and_then(|v| {
+            v.as_array()?
+                .iter()
+                .rev()
+                .find_map(|s| s.get("busName")?.as_str().map(str::to_owned))
+        });
+    let body: Json = serde_json::from_slice(body).map_err(|e| format!("body is not JSON: {e}"))?;
+    let Json::Object(fields) = body else {
+        return Err("body is not a JSON object".into());
+    };
+    let request = eq_class(class.as_bytes(), REQUEST_CLASS).then(|| json_request(&fields));
+    Ok(Decoded {
+        format: Format::Json,
+        class,
+        bus_name,
+        request,
+    })
+}
+
+fn json_request(f: &Map<String, Json>) -> Result<ManagerRequest, Malformed> {
+    let string = |name: &str| match f.get(name) {
+        Some(Json::String(s)) => Ok(s.clone()),
+        Some(_) => Err(format!("`{name}` is not a string")),
+        None => Err(format!("`{name}` is missing")),
+    };
+    let correlation_id = string("correlationId");
+    let entity_id = string("containerId");
+    let action = string("action");
+    let rest = (|| {
+        let command = match f.get("command") {
+            None | Some(Json::Null) => None,
+            Some(Json::String(s)) => Some(s.clone()),
+            Some(_) => return Err("`command` is not a string or null".to_owned()),
+        };
+        let args = match f.get("args") {
+            None => Json::Array(vec![]),
+            Some(v @ (Json::Array(_) | Json::Object(_))) => v.clone(),
+            Some(_) => return Err("`args` is not an array".to_owned()),
+        };
+        let timeout = match f.get("timeout") {
+            None => DEFAULT_TIMEOUT_SECS,
+            Some(Json::Number(n)) if n.is_i64() => n.as_i64().unwrap_or(DEFAULT_TIMEOUT_SECS),
+            Some(_) => return Err("`timeout` is not an integer".to_owned()),
+        };
+        Ok((command, args, timeout))
+    })();
+    match (correlation_id, entity_id, action, rest) {
+        (Ok(correlation_id), Ok(container_id), Ok(action), Ok((command, args, timeout))) => {
+            Ok(ManagerRequest {
+                container_id,
+                correlation_id,
+                action,
+                command,
+                args,
+                timeout,
+            })
+        }
+        (c, e, a, r) => {
+            let reason = [&c, &e, &a]
+                .iter()
+                .filter_map(|r| r.as_ref().err().cloned())
+                .chain(r.err())
+                .collect::<Vec<_>>()
+                .join(", ");
+            Err(Malformed {
+                correlation_id: c.ok(),
+                entity_id: e.ok(),
+                action: a.ok(),
+                reason: format!("malformed ManagerRequestCommand: {reason}"),
+            })
+        }
+    }
+}
+
+/// A row to insert: body and headers columns.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Encoded {
+    /// The `body` column.
+    pub body: String,
+    /// The `headers` column.
+    pub headers: String,
+}
+
+fn envelope(message: Value, bus_name: Option<&str>) -> Value {
+    let stamps = match bus_name {
+        Some(bus) => Value::Array(vec![(
+            Key::Str(BUS_NAME_STAMP.as_bytes().to_vec()),
+            Value::Array(vec![(
+                Key::Int(0),
+                Value::Object(
+                    BUS_NAME_STAMP.as_bytes().to_vec(),
+                    vec![(
+                        php::private(BUS_NAME_STAMP, "busName"),
+                        Value::Str(bus.as_bytes().to_vec()),
+                    )],
+                ),
+            )]),
+        )]),
+        None => Value::Array(vec![]),
+    };
+    Value::Object(
+        ENVELOPE_CLASS.as_bytes().to_vec(),
+        vec![
+            (php::private(ENVELOPE_CLASS, "stamps"), stamps),
+            (php::private(ENVELOPE_CLASS, "message"), message),
+        ],
+    )
+}
+
+/// `PhpSerializer::encode`: serialize, addslashes, base64 when not UTF-8.
+fn php_body(envelope: &Value) -> String {
+    let mut raw = Vec::new();
+    php::write(envelope, &mut raw);
+    let slashed = php::addslashes(&raw);
+    match String::from_utf8(slashed) {
+        Ok(s) => s,
+        Err(e) => base64::engine::general_purpose::STANDARD.encode(e.into_bytes()),
+    }
+}
+
+fn opt_str(s: Option<&str>) -> Value {
+    s.map_or(Value::Null, |s| Value::Str(s.as_bytes().to_vec()))
+}
+
+/// PHP's `json_encode` escaping: `/` as `\/`, non-ASCII as `\uXXXX`.
+pub fn php_json(v: &Json) -> String {
+    let s = v.to_string();
+    let mut out = String::with_capacity(s.len() + 16);
+    for c in s.chars() {
+        match c {
+            '/' => out.push_str("\\/"),
+            c if c.is_ascii() => out.push(c),
+            c => {
+                let mut buf = [0u16; 2];
+                for unit in c.encode_utf16(&mut buf) {
+                    out.push_str(&format!("\\u{unit:04x}"));
+                }
+            }
+        }
+    }
+    out
+}
+
+fn json_headers(class: &str, bus_name: Option<&str>) -> String {
+    let mut h = format!("{{\"type\":{}", php_json(&Json::String(class.into())));
+    if let Some(bus) = bus_name {
+        let stamps = php_json(&serde_json::json!([{ "busName": bus }]));
+        h.push_str(&format!(
+            ",{}:{}",
+            php_json(&Json::String(format!("{STAMP_HEADER}{BUS_NAME_STAMP}"))),
+            php_json(&Json::String(stamps))
+        ));
+    }
+    h.push_str(",\"Content-Type\":\"application\\/json\"}");
+    h
+}
+
+/// Encodes a response in `format`, with the request's bus name stamp.
+pub fn encode_response(r: &ManagerResponse, format: Format, bus_name: Option<&str>) -> Encoded {
+    match format {
+        Format::Php => {
+            let message = Value::Object(
+                RESPONSE_CLASS.as_bytes().to_vec(),
+                vec![
+                    (
+                        b"correlationId".to_vec(),
+                        Value::Str(r.correlation_id.as_bytes().to_vec()),
+                    ),
+                    (
+                        b"entityType".to_vec(),
+                        Value::Str(r.entity_type.as_str().as_bytes().to_vec()),
+                    ),
+                    (
+                        b"entityId".to_vec(),
+                        Value::Str(r.entity_id.as_bytes().to_vec()),
+                    ),
+                    (b"action".to_vec(), Value::Str(r.action.as_bytes().to_vec())),
+                    (b"success".to_vec(), Value::Bool(r.success)),
+                    (b"output".to_vec(), opt_str(r.output.as_deref())),
+                    (b"error".to_vec(), opt_str(r.error.as_deref())),
+                    (
+                        b"metadata".to_vec(),
+                        json_to_php(&Json::Object(r.metadata.clone())),
+                    ),
+                ],
+            );
+            Encoded {
+                body: php_body(&envelope(message, bus_name)),
+                headers: "[]".into(),
+            }
+        }
+        Format::Json => {
+            let body = serde_json::json!({
+                "correlationId": r.correlation_id,
+                "entityType": r.entity_type.as_str(),
+                "entityId": r.entity_id,
+                "action": r.action,
+                "success": r.success,
+                "output": r.output,
+                "error": r.error,
+                "metadata": if r.metadata.is_empty() { Json::Array(vec![]) } else { Json::Object(r.metadata.clone()) },
+            });
+            Encoded {
+                body: php_json(&body),
+                headers: json_headers(RESPONSE_CLASS, bus_name),
+            }
+        }
+    }
+}
+
+/// Encodes a request as Core dispatches it (for `dispatch` and tests).
+pub fn encode_request(r: &ManagerRequest, format: Format, bus_name: Option<&str>) -> Encoded {
+    match format {
+        Format::Php => {
+            let message = Value::Object(
+                REQUEST_CLASS.as_bytes().to_vec(),
+                vec![
+                    (
+                        b"containerId".to_vec(),
+                        Value::Str(r.container_id.as_bytes().to_vec()),
+                    ),
+                    (
+                        b"correlationId".to_vec(),
+                        Value::Str(r.correlation_id.as_bytes().to_vec()),
+                    ),
+                    (b"action".to_vec(), Value::Str(r.action.as_bytes().to_vec())),
+                    (b"command".to_vec(), opt_str(r.command.as_deref())),
+                    (b"args".to_vec(), json_to_php(&r.args)),
+                    (b"timeout".to_vec(), Value::Int(r.timeout)),
+                ],
+            );
+            Encoded {
+                body: php_body(&envelope(message, bus_name)),
+                headers: "[]".into(),
+            }
+        }
+        Format::Json => {
+            let body = serde_json::json!({
+                "containerId": r.container_id,
+                "correlationId": r.correlation_id,
+                "action": r.action,
+                "command": r.command,
+                "args": r.args,
+                "timeout": r.timeout,
+            });
+            Encoded {
+                body: php_json(&body),
+                headers: json_headers(REQUEST_CLASS, bus_name),
+            }
+        }
+    }
+}
+
+/// Decodes a response row (for `dispatch --wait` and tests).
+pub fn decode_response(body: &[u8], headers: &str) -> Result<ManagerResponse, String> {
+    let json = match serde_json::from_str::<Json>(headers) {
+        Ok(Json::Object(m)) if m.contains_key("type") => {
+            serde_json::from_slice::<Json>(body).map_err(|e| e.to_string())?
+        }
+        _ => {
+            let text = if body.last() == Some(&b'}') {
+                body.to_vec()
+            } else {
+                base64::engine::general_purpose::STANDARD
+                    .decode(body)
+                    .map_err(|e| e.to_string())?
+            };
+            match php::parse(&php::stripslashes(&text)).map_err(|e| e.to_string())? {
+                Value::Object(_, props) => props
+                    .into_iter()
+                    .find(|(n, _)| php::unmangle(n) == b"message")
+                    .map(|(_, v)| php_to_json(&v))
+                    .ok_or("no message")?,
+                _ => return Err("not an envelope".into()),
+            }
+        }
+    };
+    let mut json = json;
+    if let Some(m) = json.get_mut("metadata")
+        && (m.is_null() || m.as_array().is_some_and(Vec::is_empty))
+    {
+        *m = Json::Object(Map::new());
+    }
+    serde_json::from_value(json).map_err(|e| format!("not a ManagerResponseCommand: {e}"))
+}
+
+#[cfg(test)]
+mod tests;

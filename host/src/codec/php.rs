@@ -1,0 +1,464 @@
+//! PHP's `serialize()` format: a value model, a parser and a writer. Strings are bytes.
+//!
+//! The parser is written for hostile input: every length is checked against what is left
+//! before anything is allocated, nesting is bounded, and it never panics.
+
+/// Deepest nesting accepted (arrays and objects inside each other).
+pub const MAX_DEPTH: usize = 128;
+
+/// A PHP value.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Value {
+    /// `N;`
+    Null,
+    /// `b:0;` / `b:1;`
+    Bool(bool),
+    /// `i:…;`
+    Int(i64),
+    /// `d:…;`
+    Float(f64),
+    /// `s:n:"…";`
+    Str(Vec<u8>),
+    /// `a:n:{…}`
+    Array(Vec<(Key, Value)>),
+    /// `O:n:"class":n:{…}`: class and (mangled name, value) pairs.
+    Object(Vec<u8>, Vec<(Vec<u8>, Value)>),
+    /// `E:n:"Class:Case";`
+    Enum(Vec<u8>),
+    /// `r:n;` / `R:n;`: a back-reference, kept as is.
+    Ref(i64),
+    /// `C:n:"class":n:{…}`: a custom-serialized object, kept opaque.
+    Custom(Vec<u8>, Vec<u8>),
+}
+
+/// An array key.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Key {
+    /// `i:…;`
+    Int(i64),
+    /// `s:n:"…";`
+    Str(Vec<u8>),
+}
+
+/// Where and why parsing stopped.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("invalid PHP serialize data at byte {at}: {what}")]
+pub struct ParseError {
+    /// Byte offset.
+    pub at: usize,
+    /// What was wrong.
+    pub what: &'static str,
+}
+
+struct Parser<'a> {
+    s: &'a [u8],
+    i: usize,
+}
+
+impl<'a> Parser<'a> {
+    fn err<T>(&self, what: &'static str) -> Result<T, ParseError> {
+        Err(ParseError { at: self.i, what })
+    }
+
+    fn expect(&mut self, b: u8, what: &'static str) -> Result<(), ParseError> {
+        if self.s.get(self.i) == Some(&b) {
+            self.i += 1;
+            Ok(())
+        } else {
+            self.err(what)
+        }
+    }
+
+    /// Bytes up to (not including) `end`, which is consumed.
+    fn until(&mut self, end: u8) -> Result<&'a [u8], ParseError> {
+        let rest = &self.s[self.i..];
+        match rest.iter().position(|&b| b == end) {
+            Some(n) if n <= 400 => {
+                self.i += n + 1;
+                Ok(&rest[..n])
+            }
+            _ => self.err("unterminated number"),
+        }
+    }
+
+    fn int(&mut self, end: u8) -> Result<i64, ParseError> {
+        let at = self.i;
+        let t = self.until(end)?;
+        std::str::from_utf8(t)
+            .ok()
+            .and_then(|t| t.strip_prefix('+').unwrap_or(t).parse::<i64>().ok())
+            .ok_or(ParseError {
+                at,
+                what: "bad integer",
+            })
+    }
+
+    fn len(&mut self, end: u8) -> Result<usize, ParseError> {
+        let at = self.i;
+        let n = self.int(end)?;
+        usize::try_from(n).map_err(|_| ParseError {
+            at,
+            what: "negative length",
+        })
+    }
+
+    fn bytes(&mut self, n: usize) -> Result<&'a [u8], ParseError> {
+        if self.s.len() - self.i < n {
+            return self.err("string longer than the data");
+        }
+        let b = &self.s[self.i..self.i + n];
+        self.i += n;
+        Ok(b)
+    }
+
+    /// `"<n bytes>"`
+    fn quoted(&mut self, n: usize) -> Result<Vec<u8>, ParseError> {
+        self.expect(b'"', "expected '\"'")?;
+        let b = self.bytes(n)?.to_vec();
+        self.expect(b'"', "string length does not match")?;
+        Ok(b)
+    }
+
+    /// The count of an array or object, bounded by what is left (each entry takes ≥ 4 bytes).
+    fn count(&mut self) -> Result<usize, ParseError> {
+        let n = self.len(b':')?;
+        if n > (self.s.len() - self.i) / 4 {
+            return self.err("more entries than the data can hold");
+        }
+        Ok(n)
+    }
+
+    fn value(&mut self, depth: usize) -> Result<Value, ParseError> {
+        if depth > MAX_DEPTH {
+            return self.err("nested too deep");
+        }
+        let Some(&tag) = self.s.get(self.i) else {
+            return self.err("unexpected end");
+        };
+        self.i += 1;
+        if tag == b'N' {
+            self.expect(b';', "expected ';'")?;
+            return Ok(Value::Null);
+        }
+        self.expect(b':', "expected ':'")?;
+        match tag {
+            b'b' => match self.int(b';')? {
+                0 => Ok(Value::Bool(false)),
+                1 => Ok(Value::Bool(true)),
+                _ => self.err("bad boolean"),
+            },
+            b'i' => Ok(Value::Int(self.int(b';')?)),
+            b'd' => {
+                let at = self.i;
+                let t = self.until(b';')?;
+                parse_float(t).map(Value::Float).ok_or(ParseError {
+                    at,
+                    what: "bad float",
+                })
+            }
+            b's' => {
+                let n = self.len(b':')?;
+                let b = self.quoted(n)?;
+                self.expect(b';', "expected ';'")?;
+                Ok(Value::Str(b))
+            }
+            b'a' => {
+                let n = self.count()?;
+                self.expect(b'{', "expected '{'")?;
+                let mut items = Vec::with_capacity(n);
+                for _ in 0..n {
+                    let key = self.key()?;
+                    let v = self.value(depth + 1)?;
+                    items.push((key, v));
+                }
+                self.expect(b'}', "expected '}'")?;
+                Ok(Value::Array(items))
+            }
+            b'O' => {
+                let n = self.len(b':')?;
+                let class = self.quoted(n)?;
+                self.expect(b':', "expected ':'")?;
+                let n = self.count()?;
+                self.expect(b'{', "expected '{'")?;
+                let mut props = Vec::with_capacity(n);
+                for _ in 0..n {
+                    let name = match self.key()? {
+                        Key::Str(s) => s,
+                        Key::Int(i) => i.to_string().into_bytes(),
+                    };
+                    let v = self.value(depth + 1)?;
+                    props.push((name, v));
+                }
+                self.expect(b'}', "expected '}'")?;
+                Ok(Value::Object(class, props))
+            }
+            b'E' => {
+                let n = self.len(b':')?;
+                let b = self.quoted(n)?;
+                self.expect(b';', "expected ';'")?;
+                Ok(Value::Enum(b))
+            }
+            b'r' | b'R' => Ok(Value::Ref(self.int(b';')?)),
+            b'C' => {
+                let n = self.len(b':')?;
+                let class = self.quoted(n)?;
+                self.expect(b':', "expected ':'")?;
+                let n = self.len(b':')?;
+                self.expect(b'{', "expected '{'")?;
+                let raw = self.bytes(n)?.to_vec();
+                self.expect(b'}', "expected '}'")?;
+                Ok(Value::Custom(class, raw))
+            }
+            _ => {
+                self.i -= 2;
+                self.err("unknown type tag")
+            }
+        }
+    }
+
+    fn key(&mut self) -> Result<Key, ParseError> {
+        match self.value(MAX_DEPTH)? {
+            Value::Int(i) => Ok(Key::Int(i)),
+            Value::Str(s) => Ok(Key::Str(s)),
+            _ => self.err("array key must be an integer or a string"),
+        }
+    }
+}
+
+fn parse_float(t: &[u8]) -> Option<f64> {
+    match t {
+        b"INF" => Some(f64::INFINITY),
+        b"-INF" => Some(f64::NEG_INFINITY),
+        b"NAN" => Some(f64::NAN),
+        _ => std::str::from_utf8(t).ok()?.parse::<f64>().ok(),
+    }
+}
+
+/// Parses one value; bytes after it are ignored, as PHP 8.2 does.
+pub fn parse(s: &[u8]) -> Result<Value, ParseError> {
+    Parser { s, i: 0 }.value(0)
+}
+
+/// Writes `v` in PHP's serialize format.
+pub fn write(v: &Value, out: &mut Vec<u8>) {
+    match v {
+        Value::Null => out.extend_from_slice(b"N;"),
+        Value::Bool(b) => out.extend_from_slice(if *b { b"b:1;" } else { b"b:0;" }),
+        Value::Int(i) => out.extend_from_slice(format!("i:{i};").as_bytes()),
+        Value::Float(f) => out.extend_from_slice(format!("d:{};", php_float(*f)).as_bytes()),
+        Value::Str(s) => write_str(s, out),
+        Value::Array(items) => {
+            out.extend_from_slice(format!("a:{}:{{", items.len()).as_bytes());
+            for (k, v) in items {
+                match k {
+                    Key::Int(i) => out.extend_from_slice(format!("i:{i};").as_bytes()),
+                    Key::Str(s) => write_str(s, out),
+                }
+                write(v, out);
+            }
+            out.push(b'}');
+        }
+        Value::Object(class, props) => {
+            out.extend_from_slice(format!("O:{}:\"", class.len()).as_bytes());
+            out.extend_from_slice(class);
+            out.extend_from_slice(format!("\":{}:{{", props.len()).as_bytes());
+            for (name, v) in props {
+                write_str(name, out);
+                write(v, out);
+            }
+            out.push(b'}');
+        }
+        Value::Enum(b) => {
+            out.extend_from_slice(format!("E:{}:\"", b.len()).as_bytes());
+            out.extend_from_slice(b);
+            out.extend_from_slice(b"\";");
+        }
+        Value::Ref(i) => out.extend_from_slice(format!("r:{i};").as_bytes()),
+        Value::Custom(class, raw) => {
+            out.extend_from_slice(format!("C:{}:\"", class.len()).as_bytes());
+            out.extend_from_slice(class);
+            out.extend_from_slice(format!("\":{}:{{", raw.len()).as_bytes());
+            out.extend_from_slice(raw);
+            out.push(b'}');
+        }
+    }
+}
+
+fn write_str(s: &[u8], out: &mut Vec<u8>) {
+    out.extend_from_slice(format!("s:{}:\"", s.len()).as_bytes());
+    out.extend_from_slice(s);
+    out.extend_from_slice(b"\";");
+}
+
+/// PHP's shortest round-trip rendering (`serialize_precision = -1`).
+fn php_float(f: f64) -> String {
+    if f.is_nan() {
+        return "NAN".into();
+    }
+    if f.is_infinite() {
+        return if f > 0.0 { "INF".into() } else { "-INF".into() };
+    }
+    if f == 0.0 {
+        return if f.is_sign_negative() {
+            "-0".into()
+        } else {
+            "0".into()
+        };
+    }
+    let abs = f.abs();
+    if (1e-4..1e15).contains(&abs) {
+        // Rust's Display is the shortest round-trip text, without exponent in this range.
+        format!("{f}")
+    } else {
+        // PHP writes 1.0E+25 / 1.0E-5 style exponents.
+        let s = format!("{f:e}");
+        let (mantissa, exp) = s.split_once('e').unwrap_or((&s, "0"));
+        let mantissa = if mantissa.contains('.') {
+            mantissa.to_owned()
+        } else {
+            format!("{mantissa}.0")
+        };
+        let exp: i32 = exp.parse().unwrap_or(0);
+        format!(
+            "{mantissa}E{}{}",
+            if exp < 0 { '-' } else { '+' },
+            exp.abs()
+        )
+    }
+}
+
+/// `addslashes`: a backslash before `'`, `"` and `\`, NUL as `\0`.
+pub fn addslashes(s: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(s.len() + s.len() / 8);
+    for &b in s {
+        match b {
+            0 => out.extend_from_slice(b"\\0"),
+            b'\'' | b'"' | b'\\' => {
+                out.push(b'\\');
+                out.push(b);
+            }
+            _ => out.push(b),
+        }
+    }
+    out
+}
+
+/// `stripslashes`: `\0` is NUL, `\x` is `x`, a trailing lone backslash is dropped.
+pub fn stripslashes(s: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(s.len());
+    let mut it = s.iter();
+    while let Some(&b) = it.next() {
+        if b == b'\\' {
+            match it.next() {
+                Some(b'0') => out.push(0),
+                Some(&c) => out.push(c),
+                None => {}
+            }
+        } else {
+            out.push(b);
+        }
+    }
+    out
+}
+
+/// The mangled name of a private property.
+pub fn private(class: &str, name: &str) -> Vec<u8> {
+    let mut v = Vec::with_capacity(class.len() + name.len() + 2);
+    v.push(0);
+    v.extend_from_slice(class.as_bytes());
+    v.push(0);
+    v.extend_from_slice(name.as_bytes());
+    v
+}
+
+/// A property's plain name: `name`, `\0*\0name` and `\0Class\0name` all give `name`.
+pub fn unmangle(name: &[u8]) -> &[u8] {
+    if name.first() == Some(&0)
+        && let Some(p) = name[1..].iter().position(|&b| b == 0)
+    {
+        return &name[p + 2..];
+    }
+    name
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn round_trips_every_form() {
+        let v = Value::Array(vec![
+            (Key::Int(0), Value::Null),
+            (Key::Int(1), Value::Bool(true)),
+            (Key::Str(b"i".to_vec()), Value::Int(-42)),
+            (Key::Str(b"f".to_vec()), Value::Float(0.25)),
+            (
+                Key::Str(b"s".to_vec()),
+                Value::Str("Café \"x\";}\n\0".as_bytes().to_vec()),
+            ),
+            (
+                Key::Str(b"o".to_vec()),
+                Value::Object(
+                    b"A\\B".to_vec(),
+                    vec![(private("A\\B", "p"), Value::Enum(b"E:C".to_vec()))],
+                ),
+            ),
+            (Key::Int(7), Value::Ref(2)),
+            (Key::Int(8), Value::Custom(b"X".to_vec(), b"raw}{".to_vec())),
+        ]);
+        let mut out = Vec::new();
+        write(&v, &mut out);
+        assert_eq!(parse(&out).unwrap(), v);
+    }
+
+    #[test]
+    fn floats_as_php_writes_them() {
+        for (f, s) in [
+            (0.25, "0.25"),
+            (1.0, "1"),
+            (-0.0, "-0"),
+            (1e25, "1.0E+25"),
+            (1.5e-7, "1.5E-7"),
+            (123456.789, "123456.789"),
+            (f64::INFINITY, "INF"),
+        ] {
+            assert_eq!(php_float(f), s);
+            assert_eq!(parse_float(s.as_bytes()), Some(f));
+        }
+    }
+
+    #[test]
+    fn slashes_round_trip() {
+        let raw = b"a\"b'c\\d\0e\nf";
+        let s = addslashes(raw);
+        assert_eq!(s, b"a\\\"b\\'c\\\\d\\0e\nf");
+        assert_eq!(stripslashes(&s), raw);
+        assert_eq!(stripslashes(b"x\\"), b"x");
+    }
+
+    #[test]
+    fn rejects_malformed_input() {
+        for bad in [
+            &b"s:5:\"abc\";"[..],
+            b"b:2;",
+            b"a:1:{i:0;}",
+            b"a:99999999999:{}",
+            b"i:12",
+            b"O:1:\"A\":1:{N;N;}",
+            b"s:-1:\"\";",
+            b"x:1;",
+            b"",
+        ] {
+            assert!(parse(bad).is_err(), "{}", String::from_utf8_lossy(bad));
+        }
+        let deep = "a:1:{i:0;".repeat(MAX_DEPTH + 2);
+        assert!(parse(deep.as_bytes()).is_err());
+    }
+
+    #[test]
+    fn unmangles_names() {
+        assert_eq!(unmangle(b"\0A\\B\0stamps"), b"stamps");
+        assert_eq!(unmangle(b"\0*\0x"), b"x");
+        assert_eq!(unmangle(b"plain"), b"plain");
+    }
+}

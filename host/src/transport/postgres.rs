@@ -1,0 +1,362 @@
+//! PostgreSQL: the primary transport. `FOR UPDATE SKIP LOCKED` lets many consumers share a
+//! queue; LISTEN/NOTIFY on Symfony's trigger wakes an idle consumer at once, with a fallback
+//! poll because notifications are lost while disconnected and the trigger may be missing.
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use sqlx::postgres::{PgConnectOptions, PgListener, PgPool, PgPoolOptions};
+use sqlx::{Postgres, Row};
+use tokio::sync::Mutex;
+
+use crate::codec::{self, request_class_needle};
+
+use super::{
+    Delivery, Error, FailedRow, HistoryFilter, LedgerEntry, Settle, Transport, TransportOptions,
+    ago_text, classify_row, now_text, schema, utc_now_rfc3339,
+};
+
+/// The PostgreSQL transport.
+pub struct PgTransport {
+    pool: PgPool,
+    options: TransportOptions,
+    listener: Mutex<Option<PgListener>>,
+    needle: String,
+}
+
+impl PgTransport {
+    /// Connects (the URL without our options).
+    pub async fn connect(
+        url: &str,
+        options: TransportOptions,
+        max_connections: u32,
+    ) -> Result<Self, Error> {
+        let connect: PgConnectOptions = url
+            .parse()
+            .map_err(|e| Error::Settings(format!("invalid PostgreSQL DSN: {e}")))?;
+        let pool = PgPoolOptions::new()
+            .max_connections(max_connections.max(2))
+            .acquire_timeout(Duration::from_secs(10))
+            .connect_with(connect)
+            .await?;
+        Ok(Self {
+            pool,
+            options,
+            listener: Mutex::new(None),
+            needle: request_class_needle(),
+        })
+    }
+
+    /// The pool, for tests and tools.
+    pub fn pool(&self) -> &PgPool {
+        &self.pool
+    }
+
+    fn table(&self) -> &str {
+        &self.options.table_name
+    }
+}
+
+fn entry_from_row(r: &sqlx::postgres::PgRow) -> Result<LedgerEntry, sqlx::Error> {
+    let response: String = r.try_get("response")?;
+    Ok(LedgerEntry {
+        correlation_id: r.try_get("correlation_id")?,
+        entity_id: r.try_get("entity_id")?,
+        action: r.try_get("action")?,
+        plugin: r.try_get("plugin")?,
+        success: r.try_get("success")?,
+        error: r.try_get("error")?,
+        response: serde_json::from_str(&response).unwrap_or(serde_json::Value::Null),
+        received_at: r.try_get("received_at")?,
+        finished_at: r.try_get("finished_at")?,
+        duration_ms: r.try_get("duration_ms")?,
+    })
+}
+
+const LEDGER_COLUMNS: &str = "correlation_id, entity_id, action, plugin, success, error, response, received_at, finished_at, duration_ms";
+
+impl Transport for PgTransport {
+    async fn setup(&self) -> Result<(), Error> {
+        let mut tx = self.pool.begin().await?;
+        // One setup at a time, like Symfony's (the DDL is not concurrency-safe in PostgreSQL).
+        sqlx::query("SELECT pg_advisory_xact_lock(7302911)")
+            .execute(&mut *tx)
+            .await?;
+        for stmt in schema::postgres(self.table(), self.options.use_notify) {
+            sqlx::query(&stmt).execute(&mut *tx).await?;
+        }
+        tx.commit().await?;
+        Ok(())
+    }
+
+    async fn fetch(&self, max: usize) -> Result<Vec<Delivery>, Error> {
+        let t = self.table();
+        let mut tx = self.pool.begin().await?;
+        let rows = sqlx::query(&format!(
+            "SELECT id, body, headers, delivered_at IS NOT NULL AS redelivered FROM {t} \
+             WHERE queue_name = $1 AND (delivered_at IS NULL OR delivered_at < $2::timestamp) \
+             AND available_at <= $3::timestamp \
+             AND (position($4 in body) > 0 OR position($4 in headers) > 0 OR (headers = '[]' AND right(body, 1) <> '}}')) \
+             ORDER BY available_at ASC, id ASC LIMIT $5 FOR UPDATE SKIP LOCKED"
+        ))
+        .bind(&self.options.queue_name)
+        .bind(ago_text(&self.options, self.options.redeliver_timeout_secs))
+        .bind(now_text(&self.options))
+        .bind(&self.needle)
+        .bind(i64::try_from(max).unwrap_or(i64::MAX))
+        .fetch_all(&mut *tx)
+        .await?;
+        let mut taken = Vec::with_capacity(rows.len());
+        for row in rows {
+            let id: i64 = row.try_get("id")?;
+            let body: String = row.try_get("body")?;
+            let headers: String = row.try_get("headers")?;
+            // Another class's row: leave it exactly as it is.
+            if let Some(decoded) = classify_row(&body, &headers) {
+                taken.push(Delivery {
+                    id,
+                    decoded,
+                    redelivered: row.try_get("redelivered")?,
+                });
+            }
+        }
+        if !taken.is_empty() {
+            let ids: Vec<i64> = taken.iter().map(|d| d.id).collect();
+            sqlx::query(&format!(
+                "UPDATE {t} SET delivered_at = $1::timestamp WHERE id = ANY($2)"
+            ))
+            .bind(now_text(&self.options))
+            .bind(&ids)
+            .execute(&mut *tx)
+            .await?;
+        }
+        tx.commit().await?;
+        Ok(taken)
+    }
+
+    async fn complete(&self, batch: Vec<Settle>) -> Result<(), Error> {
+        if batch.is_empty() {
+            return Ok(());
+        }
+        let t = self.table();
+        let now = now_text(&self.options);
+        let (mut bodies, mut headers, mut done) = (Vec::new(), Vec::new(), Vec::new());
+        let mut ledger: Vec<LedgerEntry> = Vec::new();
+        let (mut failed, mut reasons) = (Vec::new(), Vec::new());
+        for s in batch {
+            match s {
+                Settle::Reply {
+                    request_id,
+                    response,
+                    ledger: entry,
+                } => {
+                    bodies.push(response.body);
+                    headers.push(response.headers);
+                    done.push(request_id);
+                    ledger.extend(entry);
+                }
+                Settle::Fail { request_id, reason } => {
+                    failed.push(request_id);
+                    reasons.push(reason);
+                }
+            }
+        }
+        let mut tx = self.pool.begin().await?;
+        if !done.is_empty() {
+            // Bulk statements: three round trips for the whole batch.
+            sqlx::query(&format!(
+                "INSERT INTO {t} (body, headers, queue_name, created_at, available_at) \
+                 SELECT b, h, $3, $4::timestamp, $4::timestamp FROM UNNEST($1::text[], $2::text[]) AS x(b, h)"
+            ))
+            .bind(&bodies)
+            .bind(&headers)
+            .bind(&self.options.response_queue_name)
+            .bind(&now)
+            .execute(&mut *tx)
+            .await?;
+            sqlx::query(&format!("DELETE FROM {t} WHERE id = ANY($1)"))
+                .bind(&done)
+                .execute(&mut *tx)
+                .await?;
+        }
+        if !ledger.is_empty() {
+            let col = |f: fn(&LedgerEntry) -> String| ledger.iter().map(f).collect::<Vec<String>>();
+            let plugin: Vec<Option<String>> = ledger.iter().map(|e| e.plugin.clone()).collect();
+            let error: Vec<Option<String>> = ledger.iter().map(|e| e.error.clone()).collect();
+            let success: Vec<bool> = ledger.iter().map(|e| e.success).collect();
+            let duration: Vec<i64> = ledger.iter().map(|e| e.duration_ms).collect();
+            sqlx::query(&format!(
+                "INSERT INTO marvin_manager_ledger ({LEDGER_COLUMNS}) \
+                 SELECT * FROM UNNEST($1::text[], $2::text[], $3::text[], $4::text[], $5::bool[], $6::text[], $7::text[], $8::text[], $9::text[], $10::bigint[]) \
+                 ON CONFLICT (correlation_id) DO NOTHING"
+            ))
+            .bind(col(|e| e.correlation_id.clone()))
+            .bind(col(|e| e.entity_id.clone()))
+            .bind(col(|e| e.action.clone()))
+            .bind(plugin)
+            .bind(success)
+            .bind(error)
+            .bind(col(|e| e.response.to_string()))
+            .bind(col(|e| e.received_at.clone()))
+            .bind(vec![utc_now_rfc3339(); ledger.len()])
+            .bind(duration)
+            .execute(&mut *tx)
+            .await?;
+        }
+        if !failed.is_empty() {
+            sqlx::query(
+                "INSERT INTO marvin_manager_failures (row_id, original_queue, reason, failed_at) \
+                 SELECT id, $2, r, $4 FROM UNNEST($1::bigint[], $3::text[]) AS x(id, r) \
+                 ON CONFLICT (row_id) DO UPDATE SET reason = EXCLUDED.reason, failed_at = EXCLUDED.failed_at",
+            )
+            .bind(&failed)
+            .bind(&self.options.queue_name)
+            .bind(&reasons)
+            .bind(utc_now_rfc3339())
+            .execute(&mut *tx)
+            .await?;
+            sqlx::query(&format!(
+                "UPDATE {t} SET queue_name = $1, delivered_at = NULL, available_at = $2::timestamp WHERE id = ANY($3)"
+            ))
+            .bind(&self.options.failure_queue_name)
+            .bind(&now)
+            .bind(&failed)
+            .execute(&mut *tx)
+            .await?;
+        }
+        tx.commit().await?;
+        Ok(())
+    }
+
+    async fn keepalive(&self, ids: Vec<i64>) -> Result<(), Error> {
+        if ids.is_empty() {
+            return Ok(());
+        }
+        sqlx::query(&format!(
+            "UPDATE {} SET delivered_at = $1::timestamp WHERE id = ANY($2) AND delivered_at IS NOT NULL",
+            self.table()
+        ))
+        .bind(now_text(&self.options))
+        .bind(&ids)
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    async fn wait(&self, timeout: Duration) {
+        if !self.options.use_notify {
+            tokio::time::sleep(timeout).await;
+            return;
+        }
+        let mut guard = self.listener.lock().await;
+        if guard.is_none() {
+            match PgListener::connect_with(&self.pool).await {
+                Ok(mut l) => match l.listen(self.table()).await {
+                    Ok(()) => *guard = Some(l),
+                    Err(e) => tracing::warn!(cause = %e, "cannot LISTEN, polling instead"),
+                },
+                Err(e) => {
+                    tracing::warn!(cause = %e, "cannot open the LISTEN connection, polling instead")
+                }
+            }
+        }
+        let Some(listener) = guard.as_mut() else {
+            drop(guard);
+            tokio::time::sleep(timeout).await;
+            return;
+        };
+        let deadline = tokio::time::Instant::now() + timeout;
+        loop {
+            match tokio::time::timeout_at(deadline, listener.try_recv()).await {
+                Err(_) => return,
+                Ok(Ok(Some(n))) if n.payload() == self.options.queue_name => return,
+                Ok(Ok(Some(_))) => {}
+                // The connection dropped: notifications may be lost, so look at the table now.
+                Ok(Ok(None)) => return,
+                Ok(Err(e)) => {
+                    tracing::warn!(cause = %e, "LISTEN connection failed");
+                    *guard = None;
+                    return;
+                }
+            }
+        }
+    }
+
+    async fn send(&self, queue: &str, row: codec::Encoded) -> Result<i64, Error> {
+        let now = now_text(&self.options);
+        let id: i64 = sqlx::query_scalar(&format!(
+            "INSERT INTO {} (body, headers, queue_name, created_at, available_at) VALUES ($1, $2, $3, $4::timestamp, $4::timestamp) RETURNING id",
+            self.table()
+        ))
+        .bind(row.body)
+        .bind(row.headers)
+        .bind(queue)
+        .bind(now)
+        .fetch_one(&self.pool)
+        .await?;
+        Ok(id)
+    }
+
+    async fn ledger(
+        &self,
+        correlation_ids: Vec<String>,
+    ) -> Result<HashMap<String, LedgerEntry>, Error> {
+        if correlation_ids.is_empty() {
+            return Ok(HashMap::new());
+        }
+        let rows = sqlx::query(&format!(
+            "SELECT {LEDGER_COLUMNS} FROM marvin_manager_ledger WHERE correlation_id = ANY($1)"
+        ))
+        .bind(&correlation_ids)
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter()
+            .map(|r| entry_from_row(r).map(|e| (e.correlation_id.clone(), e)))
+            .collect::<Result<_, _>>()
+            .map_err(Error::from)
+    }
+
+    async fn history(&self, f: HistoryFilter) -> Result<Vec<LedgerEntry>, Error> {
+        let mut q = sqlx::QueryBuilder::<Postgres>::new(format!(
+            "SELECT {LEDGER_COLUMNS} FROM marvin_manager_ledger WHERE TRUE"
+        ));
+        if let Some(e) = f.entity_id {
+            q.push(" AND entity_id = ").push_bind(e);
+        }
+        if f.failed_only {
+            q.push(" AND NOT success");
+        }
+        if let Some(s) = f.since {
+            q.push(" AND received_at >= ").push_bind(s);
+        }
+        q.push(" ORDER BY received_at DESC LIMIT ")
+            .push_bind(f.limit.max(1));
+        let rows = q.build().fetch_all(&self.pool).await?;
+        rows.iter()
+            .map(entry_from_row)
+            .collect::<Result<_, _>>()
+            .map_err(Error::from)
+    }
+
+    async fn failed_rows(&self) -> Result<Vec<FailedRow>, Error> {
+        let rows = sqlx::query(
+            "SELECT row_id, original_queue, reason FROM marvin_manager_failures ORDER BY row_id",
+        )
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter()
+            .map(|r| {
+                Ok(FailedRow {
+                    id: r.try_get("row_id")?,
+                    original_queue: r.try_get("original_queue")?,
+                    reason: r.try_get("reason")?,
+                })
+            })
+            .collect::<Result<_, sqlx::Error>>()
+            .map_err(Error::from)
+    }
+
+    fn options(&self) -> &TransportOptions {
+        &self.options
+    }
+}

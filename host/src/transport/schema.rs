@@ -1,0 +1,112 @@
+//! DDL: the messenger table exactly as Symfony's Doctrine transport creates it, and the
+//! manager's own tables.
+
+/// DBAL's generated index name: `IDX_` + hex CRC32 of the table and column names (no zero
+/// padding, as PHP's `dechex`), upper-cased, cut to 30 characters.
+pub(crate) fn dbal_index_name(table: &str, column: &str) -> String {
+    let hash: String = [table, column]
+        .iter()
+        .map(|s| format!("{:x}", crc32fast::hash(s.as_bytes())))
+        .collect();
+    let mut name = format!("IDX_{hash}").to_uppercase();
+    name.truncate(30);
+    name
+}
+
+/// The bare table name (without schema) and the schema prefix (`schema.` or empty).
+fn split(table: &str) -> (&str, &str) {
+    match table.rsplit_once('.') {
+        Some((schema, t)) => (t, &table[..schema.len() + 1]),
+        None => (table, ""),
+    }
+}
+
+/// PostgreSQL: table, indexes, and (with `use_notify`) Symfony's NOTIFY trigger.
+pub(crate) fn postgres(table: &str, use_notify: bool) -> Vec<String> {
+    let mut sql = vec![format!(
+        "CREATE TABLE IF NOT EXISTS {table} (id BIGSERIAL NOT NULL, body TEXT NOT NULL, headers TEXT NOT NULL, queue_name VARCHAR(190) NOT NULL, created_at TIMESTAMP(0) WITHOUT TIME ZONE NOT NULL, available_at TIMESTAMP(0) WITHOUT TIME ZONE NOT NULL, delivered_at TIMESTAMP(0) WITHOUT TIME ZONE DEFAULT NULL, PRIMARY KEY(id))"
+    )];
+    for col in ["queue_name", "available_at", "delivered_at"] {
+        sql.push(format!(
+            "CREATE INDEX IF NOT EXISTS {} ON {table} ({col})",
+            dbal_index_name(table, col)
+        ));
+    }
+    if use_notify {
+        let (bare, schema) = split(table);
+        let function = format!("{schema}notify_{bare}");
+        sql.push(format!(
+            "CREATE OR REPLACE FUNCTION {function}() RETURNS TRIGGER AS $$\n    BEGIN\n        PERFORM pg_notify('{table}', NEW.queue_name::text);\n        RETURN NEW;\n    END;\n$$ LANGUAGE plpgsql"
+        ));
+        sql.push(format!("DROP TRIGGER IF EXISTS notify_trigger ON {table}"));
+        sql.push(format!(
+            "CREATE TRIGGER notify_trigger AFTER INSERT OR UPDATE ON {table} FOR EACH ROW EXECUTE PROCEDURE {function}()"
+        ));
+    }
+    sql.extend(own_tables("BOOLEAN"));
+    sql
+}
+
+/// SQLite: the DDL Symfony's transport runs.
+pub(crate) fn sqlite(table: &str) -> Vec<String> {
+    let mut sql = vec![format!(
+        "CREATE TABLE IF NOT EXISTS {table} (id INTEGER PRIMARY KEY AUTOINCREMENT NOT NULL, body CLOB NOT NULL, headers CLOB NOT NULL, queue_name VARCHAR(190) NOT NULL, created_at DATETIME NOT NULL, available_at DATETIME NOT NULL, delivered_at DATETIME DEFAULT NULL)"
+    )];
+    for col in ["queue_name", "available_at", "delivered_at"] {
+        sql.push(format!(
+            "CREATE INDEX IF NOT EXISTS {} ON {table} ({col})",
+            dbal_index_name(table, col)
+        ));
+    }
+    sql.extend(own_tables("BOOLEAN"));
+    sql
+}
+
+fn own_tables(boolean: &str) -> Vec<String> {
+    vec![
+        format!(
+            "CREATE TABLE IF NOT EXISTS marvin_manager_ledger (correlation_id VARCHAR(190) NOT NULL PRIMARY KEY, entity_id TEXT NOT NULL, action TEXT NOT NULL, plugin TEXT DEFAULT NULL, success {boolean} NOT NULL, error TEXT DEFAULT NULL, response TEXT NOT NULL, received_at VARCHAR(32) NOT NULL, finished_at VARCHAR(32) NOT NULL, duration_ms BIGINT NOT NULL)"
+        ),
+        "CREATE INDEX IF NOT EXISTS marvin_manager_ledger_received ON marvin_manager_ledger (received_at)".into(),
+        "CREATE INDEX IF NOT EXISTS marvin_manager_ledger_entity ON marvin_manager_ledger (entity_id, received_at)".into(),
+        "CREATE TABLE IF NOT EXISTS marvin_manager_failures (row_id BIGINT NOT NULL PRIMARY KEY, original_queue VARCHAR(190) NOT NULL, reason TEXT NOT NULL, failed_at VARCHAR(32) NOT NULL)".into(),
+    ]
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn index_names_match_dbal() {
+        // From the DDL real Symfony 5.4 ran (tests/fixtures/codec/pg-ddl.sql).
+        assert_eq!(
+            dbal_index_name("messenger_messages", "queue_name"),
+            "IDX_75EA56E0FB7336F0"
+        );
+        assert_eq!(
+            dbal_index_name("messenger_messages", "available_at"),
+            "IDX_75EA56E0E3BD61CE"
+        );
+        assert_eq!(
+            dbal_index_name("messenger_messages", "delivered_at"),
+            "IDX_75EA56E016BA31DB"
+        );
+    }
+
+    #[test]
+    fn notify_trigger_as_symfony_writes_it() {
+        let sql = postgres("messenger_messages", true);
+        assert!(
+            sql.iter()
+                .any(|s| s
+                    .contains("PERFORM pg_notify('messenger_messages', NEW.queue_name::text);"))
+        );
+        assert!(sql.iter().any(|s| s == "CREATE TRIGGER notify_trigger AFTER INSERT OR UPDATE ON messenger_messages FOR EACH ROW EXECUTE PROCEDURE notify_messenger_messages()"));
+        let sql = postgres("app.queue", true);
+        assert!(
+            sql.iter()
+                .any(|s| s.contains("FUNCTION app.notify_queue()"))
+        );
+    }
+}

@@ -1,0 +1,344 @@
+//! SQLite: the embedded default. Fetch and settle run in `BEGIN IMMEDIATE` transactions so
+//! two consumers (or a PHP one) never take the same row; timestamps compare as text, so they
+//! are written in exactly Symfony's `YYYY-MM-DD HH:MM:SS` form.
+
+use std::collections::HashMap;
+use std::str::FromStr;
+use std::time::Duration;
+
+use sqlx::pool::PoolConnection;
+use sqlx::sqlite::{
+    SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous,
+};
+use sqlx::{QueryBuilder, Row, Sqlite};
+
+use crate::codec::{self, request_class_needle};
+
+use super::{
+    Delivery, Error, FailedRow, HistoryFilter, LedgerEntry, Settle, Transport, TransportOptions,
+    ago_text, classify_row, now_text, schema, utc_now_rfc3339,
+};
+
+/// How often an idle consumer looks at the table (SQLite has no notifications).
+const POLL: Duration = Duration::from_millis(100);
+
+/// The SQLite transport.
+pub struct SqliteTransport {
+    pool: SqlitePool,
+    options: TransportOptions,
+    needle: String,
+}
+
+const LEDGER_COLUMNS: &str = "correlation_id, entity_id, action, plugin, success, error, response, received_at, finished_at, duration_ms";
+
+impl SqliteTransport {
+    /// Opens (creating the file when missing) the database at `url` (`sqlite://path`).
+    pub async fn connect(url: &str, options: TransportOptions) -> Result<Self, Error> {
+        let connect = SqliteConnectOptions::from_str(url)
+            .map_err(|e| Error::Settings(format!("invalid SQLite DSN: {e}")))?
+            .create_if_missing(true)
+            .journal_mode(SqliteJournalMode::Wal)
+            .synchronous(SqliteSynchronous::Normal)
+            .busy_timeout(Duration::from_secs(10));
+        let pool = SqlitePoolOptions::new()
+            .max_connections(4)
+            .connect_with(connect)
+            .await?;
+        Ok(Self {
+            pool,
+            options,
+            needle: request_class_needle(),
+        })
+    }
+
+    /// The pool, for tests and tools.
+    pub fn pool(&self) -> &SqlitePool {
+        &self.pool
+    }
+
+    fn table(&self) -> &str {
+        &self.options.table_name
+    }
+
+    async fn begin_immediate(&self) -> Result<PoolConnection<Sqlite>, Error> {
+        let mut conn = self.pool.acquire().await?;
+        sqlx::query("BEGIN IMMEDIATE").execute(&mut *conn).await?;
+        Ok(conn)
+    }
+
+    async fn finish<T>(conn: &mut PoolConnection<Sqlite>, r: Result<T, Error>) -> Result<T, Error> {
+        match r {
+            Ok(v) => {
+                sqlx::query("COMMIT").execute(&mut **conn).await?;
+                Ok(v)
+            }
+            Err(e) => {
+                let _ = sqlx::query("ROLLBACK").execute(&mut **conn).await;
+                Err(e)
+            }
+        }
+    }
+
+    async fn fetch_in(
+        &self,
+        conn: &mut PoolConnection<Sqlite>,
+        max: usize,
+    ) -> Result<Vec<Delivery>, Error> {
+        let t = self.table();
+        let rows = sqlx::query(&format!(
+            "SELECT id, body, headers, delivered_at IS NOT NULL AS redelivered FROM {t} \
+             WHERE queue_name = ?1 AND (delivered_at IS NULL OR delivered_at < ?2) AND available_at <= ?3 \
+             AND (instr(body, ?4) > 0 OR instr(headers, ?4) > 0 OR (headers = '[]' AND substr(body, -1) <> '}}')) \
+             ORDER BY available_at ASC, id ASC LIMIT ?5"
+        ))
+        .bind(&self.options.queue_name)
+        .bind(ago_text(&self.options, self.options.redeliver_timeout_secs))
+        .bind(now_text(&self.options))
+        .bind(&self.needle)
+        .bind(i64::try_from(max).unwrap_or(i64::MAX))
+        .fetch_all(&mut **conn)
+        .await?;
+        let mut taken = Vec::with_capacity(rows.len());
+        for row in rows {
+            let body: String = row.try_get("body")?;
+            let headers: String = row.try_get("headers")?;
+            if let Some(decoded) = classify_row(&body, &headers) {
+                taken.push(Delivery {
+                    id: row.try_get("id")?,
+                    decoded,
+                    redelivered: row.try_get("redelivered")?,
+                });
+            }
+        }
+        if !taken.is_empty() {
+            let mut q = QueryBuilder::<Sqlite>::new(format!("UPDATE {t} SET delivered_at = "));
+            q.push_bind(now_text(&self.options)).push(" WHERE id IN (");
+            let mut sep = q.separated(", ");
+            for d in &taken {
+                sep.push_bind(d.id);
+            }
+            q.push(")");
+            q.build().execute(&mut **conn).await?;
+        }
+        Ok(taken)
+    }
+
+    async fn complete_in(
+        &self,
+        conn: &mut PoolConnection<Sqlite>,
+        batch: Vec<Settle>,
+    ) -> Result<(), Error> {
+        let t = self.table();
+        let now = now_text(&self.options);
+        let finished = utc_now_rfc3339();
+        for s in batch {
+            match s {
+                Settle::Reply {
+                    request_id,
+                    response,
+                    ledger,
+                } => {
+                    sqlx::query(&format!(
+                        "INSERT INTO {t} (body, headers, queue_name, created_at, available_at) VALUES (?1, ?2, ?3, ?4, ?4)"
+                    ))
+                    .bind(response.body)
+                    .bind(response.headers)
+                    .bind(&self.options.response_queue_name)
+                    .bind(&now)
+                    .execute(&mut **conn)
+                    .await?;
+                    sqlx::query(&format!("DELETE FROM {t} WHERE id = ?1"))
+                        .bind(request_id)
+                        .execute(&mut **conn)
+                        .await?;
+                    if let Some(e) = ledger {
+                        sqlx::query(&format!(
+                            "INSERT INTO marvin_manager_ledger ({LEDGER_COLUMNS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10) \
+                             ON CONFLICT (correlation_id) DO NOTHING"
+                        ))
+                        .bind(e.correlation_id)
+                        .bind(e.entity_id)
+                        .bind(e.action)
+                        .bind(e.plugin)
+                        .bind(e.success)
+                        .bind(e.error)
+                        .bind(e.response.to_string())
+                        .bind(e.received_at)
+                        .bind(&finished)
+                        .bind(e.duration_ms)
+                        .execute(&mut **conn)
+                        .await?;
+                    }
+                }
+                Settle::Fail { request_id, reason } => {
+                    sqlx::query(
+                        "INSERT INTO marvin_manager_failures (row_id, original_queue, reason, failed_at) VALUES (?1, ?2, ?3, ?4) \
+                         ON CONFLICT (row_id) DO UPDATE SET reason = excluded.reason, failed_at = excluded.failed_at",
+                    )
+                    .bind(request_id)
+                    .bind(&self.options.queue_name)
+                    .bind(reason)
+                    .bind(&finished)
+                    .execute(&mut **conn)
+                    .await?;
+                    sqlx::query(&format!(
+                        "UPDATE {t} SET queue_name = ?1, delivered_at = NULL, available_at = ?2 WHERE id = ?3"
+                    ))
+                    .bind(&self.options.failure_queue_name)
+                    .bind(&now)
+                    .bind(request_id)
+                    .execute(&mut **conn)
+                    .await?;
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+fn entry_from_row(r: &sqlx::sqlite::SqliteRow) -> Result<LedgerEntry, sqlx::Error> {
+    let response: String = r.try_get("response")?;
+    Ok(LedgerEntry {
+        correlation_id: r.try_get("correlation_id")?,
+        entity_id: r.try_get("entity_id")?,
+        action: r.try_get("action")?,
+        plugin: r.try_get("plugin")?,
+        success: r.try_get("success")?,
+        error: r.try_get("error")?,
+        response: serde_json::from_str(&response).unwrap_or(serde_json::Value::Null),
+        received_at: r.try_get("received_at")?,
+        finished_at: r.try_get("finished_at")?,
+        duration_ms: r.try_get("duration_ms")?,
+    })
+}
+
+impl Transport for SqliteTransport {
+    async fn setup(&self) -> Result<(), Error> {
+        let mut conn = self.begin_immediate().await?;
+        let r = async {
+            for stmt in schema::sqlite(self.table()) {
+                sqlx::query(&stmt).execute(&mut *conn).await?;
+            }
+            Ok(())
+        }
+        .await;
+        Self::finish(&mut conn, r).await
+    }
+
+    async fn fetch(&self, max: usize) -> Result<Vec<Delivery>, Error> {
+        let mut conn = self.begin_immediate().await?;
+        let r = self.fetch_in(&mut conn, max).await;
+        Self::finish(&mut conn, r).await
+    }
+
+    async fn complete(&self, batch: Vec<Settle>) -> Result<(), Error> {
+        if batch.is_empty() {
+            return Ok(());
+        }
+        let mut conn = self.begin_immediate().await?;
+        let r = self.complete_in(&mut conn, batch).await;
+        Self::finish(&mut conn, r).await
+    }
+
+    async fn keepalive(&self, ids: Vec<i64>) -> Result<(), Error> {
+        if ids.is_empty() {
+            return Ok(());
+        }
+        let mut q =
+            QueryBuilder::<Sqlite>::new(format!("UPDATE {} SET delivered_at = ", self.table()));
+        q.push_bind(now_text(&self.options))
+            .push(" WHERE delivered_at IS NOT NULL AND id IN (");
+        let mut sep = q.separated(", ");
+        for id in ids {
+            sep.push_bind(id);
+        }
+        q.push(")");
+        q.build().execute(&self.pool).await?;
+        Ok(())
+    }
+
+    async fn wait(&self, timeout: Duration) {
+        tokio::time::sleep(timeout.min(POLL)).await;
+    }
+
+    async fn send(&self, queue: &str, row: codec::Encoded) -> Result<i64, Error> {
+        let now = now_text(&self.options);
+        let r = sqlx::query(&format!(
+            "INSERT INTO {} (body, headers, queue_name, created_at, available_at) VALUES (?1, ?2, ?3, ?4, ?4)",
+            self.table()
+        ))
+        .bind(row.body)
+        .bind(row.headers)
+        .bind(queue)
+        .bind(now)
+        .execute(&self.pool)
+        .await?;
+        Ok(r.last_insert_rowid())
+    }
+
+    async fn ledger(
+        &self,
+        correlation_ids: Vec<String>,
+    ) -> Result<HashMap<String, LedgerEntry>, Error> {
+        if correlation_ids.is_empty() {
+            return Ok(HashMap::new());
+        }
+        let mut q = QueryBuilder::<Sqlite>::new(format!(
+            "SELECT {LEDGER_COLUMNS} FROM marvin_manager_ledger WHERE correlation_id IN ("
+        ));
+        let mut sep = q.separated(", ");
+        for c in correlation_ids {
+            sep.push_bind(c);
+        }
+        q.push(")");
+        let rows = q.build().fetch_all(&self.pool).await?;
+        rows.iter()
+            .map(|r| entry_from_row(r).map(|e| (e.correlation_id.clone(), e)))
+            .collect::<Result<_, _>>()
+            .map_err(Error::from)
+    }
+
+    async fn history(&self, f: HistoryFilter) -> Result<Vec<LedgerEntry>, Error> {
+        let mut q = QueryBuilder::<Sqlite>::new(format!(
+            "SELECT {LEDGER_COLUMNS} FROM marvin_manager_ledger WHERE 1 = 1"
+        ));
+        if let Some(e) = f.entity_id {
+            q.push(" AND entity_id = ").push_bind(e);
+        }
+        if f.failed_only {
+            q.push(" AND NOT success");
+        }
+        if let Some(s) = f.since {
+            q.push(" AND received_at >= ").push_bind(s);
+        }
+        q.push(" ORDER BY received_at DESC LIMIT ")
+            .push_bind(f.limit.max(1));
+        let rows = q.build().fetch_all(&self.pool).await?;
+        rows.iter()
+            .map(entry_from_row)
+            .collect::<Result<_, _>>()
+            .map_err(Error::from)
+    }
+
+    async fn failed_rows(&self) -> Result<Vec<FailedRow>, Error> {
+        let rows = sqlx::query(
+            "SELECT row_id, original_queue, reason FROM marvin_manager_failures ORDER BY row_id",
+        )
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter()
+            .map(|r| {
+                Ok(FailedRow {
+                    id: r.try_get("row_id")?,
+                    original_queue: r.try_get("original_queue")?,
+                    reason: r.try_get("reason")?,
+                })
+            })
+            .collect::<Result<_, sqlx::Error>>()
+            .map_err(Error::from)
+    }
+
+    fn options(&self) -> &TransportOptions {
+        &self.options
+    }
+}
