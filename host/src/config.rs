@@ -18,6 +18,9 @@ pub struct Config {
     /// Where plugins are loaded from and how they run.
     #[serde(default)]
     pub runtime: RuntimeConfig,
+    /// The queue.
+    #[serde(default)]
+    pub transport: TransportConfig,
     /// Docker settings shared by the capability and the registry.
     #[serde(default)]
     pub docker: DockerConfig,
@@ -41,6 +44,17 @@ pub struct RuntimeConfig {
     pub max_memory_bytes: Option<u64>,
     /// Plugin instances alive at once (the pooling allocator's size).
     pub max_instances: Option<u32>,
+}
+
+/// `[transport]`.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TransportConfig {
+    /// `postgres://…` or `sqlite://…`, with Symfony's options in the query string. `--dsn`
+    /// and `MARVIN_DSN` override it.
+    pub dsn: Option<String>,
+    /// Requests carried out at once.
+    pub concurrency: Option<usize>,
 }
 
 /// `[docker]`.

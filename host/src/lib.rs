@@ -11,6 +11,7 @@ pub mod capabilities;
 pub mod cli;
 pub mod codec;
 pub mod config;
+pub mod consumer;
 pub mod message;
 pub mod registry;
 pub mod router;

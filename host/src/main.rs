@@ -6,7 +6,7 @@ use clap::Parser;
 
 fn main() -> ExitCode {
     let cli = marvin_manager::cli::Cli::parse();
-    marvin_manager::cli::init_tracing();
+    marvin_manager::cli::init_tracing(cli.default_log_level());
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()

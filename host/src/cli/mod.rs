@@ -1,7 +1,10 @@
 //! The command line: subcommands, settings from `manager.toml` and flags, tracing.
 
 mod plugins;
+mod queue;
 mod run;
+
+pub use queue::DEFAULT_DSN;
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -41,20 +44,42 @@ struct GlobalArgs {
     /// The plugins directory [default: `[runtime] plugins_dir`, else ./plugins]
     #[arg(long, global = true, env = "MARVIN_PLUGINS_DIR", value_name = "DIR")]
     plugins_dir: Option<PathBuf>,
+    /// The queue: postgres://… or sqlite://… with Symfony's options [default: `[transport]
+    /// dsn`, else sqlite://marvin.db?queue_name=manager_messages]
+    #[arg(long, global = true, env = "MARVIN_DSN", value_name = "DSN", hide_env_values = true)]
+    dsn: Option<String>,
 }
 
 #[derive(Debug, Subcommand)]
 enum Command {
+    /// Consumes requests from the queue and answers them, like `messenger:consume`.
+    Serve(queue::ServeArgs),
+    /// Creates the queue table (as Symfony does) and the manager's tables.
+    Setup(queue::SetupArgs),
+    /// Sends a request as Core does; `--wait` prints the answer.
+    Dispatch(queue::DispatchArgs),
+    /// Shows the history of actions (the ledger).
+    Actions(queue::ActionsArgs),
     /// Lists the plugins: versions, actions, capabilities requested and granted, load errors.
     Plugins(plugins::PluginsArgs),
     /// Carries out one request without any queue and prints the response as JSON.
     Run(run::RunArgs),
 }
 
-/// Installs the log subscriber: `RUST_LOG`, else warnings and errors, on stderr.
-pub fn init_tracing() {
+impl Cli {
+    /// The log level when `RUST_LOG` is not set: the service logs what it does.
+    pub fn default_log_level(&self) -> &'static str {
+        match self.command {
+            Command::Serve(_) => "info",
+            _ => "warn",
+        }
+    }
+}
+
+/// Installs the log subscriber on stderr: `RUST_LOG`, else `default`.
+pub fn init_tracing(default: &str) {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
     tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
@@ -66,6 +91,10 @@ pub fn init_tracing() {
 pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     match cli.command {
         Command::Plugins(args) => plugins::run(&cli.global, args).await,
+        Command::Serve(args) => queue::serve(&cli.global, args).await,
+        Command::Setup(args) => queue::setup(&cli.global, args).await,
+        Command::Dispatch(args) => queue::dispatch(&cli.global, args).await,
+        Command::Actions(args) => queue::actions(&cli.global, args).await,
         Command::Run(args) => run::run(&cli.global, args).await,
     }
 }
@@ -131,4 +160,25 @@ impl Settings {
             dir,
         ))
     }
+}
+
+/// A random (version 4) UUID.
+pub(crate) fn new_correlation_id() -> String {
+    use std::hash::{BuildHasher, Hasher};
+    // Independently seeded SipHash states: unpredictable enough for an id, no extra crate.
+    let mut b = [0u8; 16];
+    for (i, chunk) in b.chunks_mut(8).enumerate() {
+        let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+        let nanos = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_nanos())
+            .unwrap_or(0);
+        h.write_u128(nanos);
+        h.write_usize(i);
+        chunk.copy_from_slice(&h.finish().to_le_bytes());
+    }
+    b[6] = (b[6] & 0x0f) | 0x40;
+    b[8] = (b[8] & 0x3f) | 0x80;
+    let h: String = b.iter().map(|x| format!("{x:02x}")).collect();
+    format!("{}-{}-{}-{}-{}", &h[0..8], &h[8..12], &h[12..16], &h[16..20], &h[20..32])
 }

@@ -7,7 +7,7 @@ use clap::Args;
 
 use crate::message::{DEFAULT_TIMEOUT_SECS, ManagerRequest};
 
-use super::GlobalArgs;
+use super::{GlobalArgs, new_correlation_id};
 
 #[derive(Debug, Args)]
 pub(super) struct RunArgs {
@@ -49,37 +49,4 @@ pub(super) async fn run(global: &GlobalArgs, args: RunArgs) -> anyhow::Result<Ex
     } else {
         ExitCode::FAILURE
     })
-}
-
-/// A random (version 4) UUID.
-fn new_correlation_id() -> String {
-    let mut b: [u8; 16] = rand_bytes();
-    b[6] = (b[6] & 0x0f) | 0x40;
-    b[8] = (b[8] & 0x3f) | 0x80;
-    let h: String = b.iter().map(|x| format!("{x:02x}")).collect();
-    format!(
-        "{}-{}-{}-{}-{}",
-        &h[0..8],
-        &h[8..12],
-        &h[12..16],
-        &h[16..20],
-        &h[20..32]
-    )
-}
-
-fn rand_bytes() -> [u8; 16] {
-    use std::hash::{BuildHasher, Hasher};
-    // Two independently seeded SipHash states: unpredictable enough for an id, no extra crate.
-    let mut out = [0u8; 16];
-    for chunk in out.chunks_mut(8) {
-        let mut h = std::collections::hash_map::RandomState::new().build_hasher();
-        h.write_u128(
-            std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .map(|d| d.as_nanos())
-                .unwrap_or(0),
-        );
-        chunk.copy_from_slice(&h.finish().to_le_bytes());
-    }
-    out
 }

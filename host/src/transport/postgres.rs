@@ -15,6 +15,8 @@ use super::{
     Delivery, Error, FailedRow, HistoryFilter, LedgerEntry, Settle, Transport, TransportOptions,
     ago_text, classify_row, now_text, schema, utc_now_rfc3339,
 };
+use super::schema::{LEDGER_COLUMNS, Names
+};
 
 /// The PostgreSQL transport.
 pub struct PgTransport {
@@ -22,6 +24,7 @@ pub struct PgTransport {
     options: TransportOptions,
     listener: Mutex<Option<PgListener>>,
     needle: String,
+    names: Names,
 }
 
 impl PgTransport {
@@ -39,11 +42,13 @@ impl PgTransport {
             .acquire_timeout(Duration::from_secs(10))
             .connect_with(connect)
             .await?;
+        let names = Names::for_table(&options.table_name);
         Ok(Self {
             pool,
             options,
             listener: Mutex::new(None),
             needle: request_class_needle(),
+            names,
         })
     }
 
@@ -73,7 +78,6 @@ fn entry_from_row(r: &sqlx::postgres::PgRow) -> Result<LedgerEntry, sqlx::Error>
     })
 }
 
-const LEDGER_COLUMNS: &str = "correlation_id, entity_id, action, plugin, success, error, response, received_at, finished_at, duration_ms";
 
 impl Transport for PgTransport {
     async fn setup(&self) -> Result<(), Error> {
@@ -135,6 +139,8 @@ impl Transport for PgTransport {
     }
 
     async fn complete(&self, batch: Vec<Settle>) -> Result<(), Error> {
+        #[allow(unused_variables)]
+        let Names { ledger: ledger_table, failures: failures_table } = &self.names;
         if batch.is_empty() {
             return Ok(());
         }
@@ -186,7 +192,7 @@ impl Transport for PgTransport {
             let success: Vec<bool> = ledger.iter().map(|e| e.success).collect();
             let duration: Vec<i64> = ledger.iter().map(|e| e.duration_ms).collect();
             sqlx::query(&format!(
-                "INSERT INTO marvin_manager_ledger ({LEDGER_COLUMNS}) \
+                "INSERT INTO {ledger_table} ({LEDGER_COLUMNS}) \
                  SELECT * FROM UNNEST($1::text[], $2::text[], $3::text[], $4::text[], $5::bool[], $6::text[], $7::text[], $8::text[], $9::text[], $10::bigint[]) \
                  ON CONFLICT (correlation_id) DO NOTHING"
             ))
@@ -204,11 +210,11 @@ impl Transport for PgTransport {
             .await?;
         }
         if !failed.is_empty() {
-            sqlx::query(
-                "INSERT INTO marvin_manager_failures (row_id, original_queue, reason, failed_at) \
+            sqlx::query(&format!(
+                "INSERT INTO {failures_table} (row_id, original_queue, reason, failed_at) \
                  SELECT id, $2, r, $4 FROM UNNEST($1::bigint[], $3::text[]) AS x(id, r) \
-                 ON CONFLICT (row_id) DO UPDATE SET reason = EXCLUDED.reason, failed_at = EXCLUDED.failed_at",
-            )
+                 ON CONFLICT (row_id) DO UPDATE SET reason = EXCLUDED.reason, failed_at = EXCLUDED.failed_at"
+            ))
             .bind(&failed)
             .bind(&self.options.queue_name)
             .bind(&reasons)
@@ -301,11 +307,13 @@ impl Transport for PgTransport {
         &self,
         correlation_ids: Vec<String>,
     ) -> Result<HashMap<String, LedgerEntry>, Error> {
+        #[allow(unused_variables)]
+        let Names { ledger: ledger_table, failures: failures_table } = &self.names;
         if correlation_ids.is_empty() {
             return Ok(HashMap::new());
         }
         let rows = sqlx::query(&format!(
-            "SELECT {LEDGER_COLUMNS} FROM marvin_manager_ledger WHERE correlation_id = ANY($1)"
+            "SELECT {LEDGER_COLUMNS} FROM {ledger_table} WHERE correlation_id = ANY($1)"
         ))
         .bind(&correlation_ids)
         .fetch_all(&self.pool)
@@ -317,8 +325,10 @@ impl Transport for PgTransport {
     }
 
     async fn history(&self, f: HistoryFilter) -> Result<Vec<LedgerEntry>, Error> {
+        #[allow(unused_variables)]
+        let Names { ledger: ledger_table, failures: failures_table } = &self.names;
         let mut q = sqlx::QueryBuilder::<Postgres>::new(format!(
-            "SELECT {LEDGER_COLUMNS} FROM marvin_manager_ledger WHERE TRUE"
+            "SELECT {LEDGER_COLUMNS} FROM {ledger_table} WHERE TRUE"
         ));
         if let Some(e) = f.entity_id {
             q.push(" AND entity_id = ").push_bind(e);
@@ -339,9 +349,11 @@ impl Transport for PgTransport {
     }
 
     async fn failed_rows(&self) -> Result<Vec<FailedRow>, Error> {
-        let rows = sqlx::query(
-            "SELECT row_id, original_queue, reason FROM marvin_manager_failures ORDER BY row_id",
-        )
+        #[allow(unused_variables)]
+        let Names { ledger: ledger_table, failures: failures_table } = &self.names;
+        let rows = sqlx::query(&format!(
+            "SELECT row_id, original_queue, reason FROM {failures_table} ORDER BY row_id"
+        ))
         .fetch_all(&self.pool)
         .await?;
         rows.iter()

@@ -13,6 +13,26 @@ pub(crate) fn dbal_index_name(table: &str, column: &str) -> String {
     name
 }
 
+/// The columns of the ledger, in the order the transports read and write them.
+pub(crate) const LEDGER_COLUMNS: &str = "correlation_id, entity_id, action, plugin, success, error, response, received_at, finished_at, duration_ms";
+
+/// The manager's own tables, in the messenger table's schema.
+#[derive(Debug, Clone)]
+pub(crate) struct Names {
+    pub(crate) ledger: String,
+    pub(crate) failures: String,
+}
+
+impl Names {
+    pub(crate) fn for_table(table: &str) -> Self {
+        let (_, schema) = split(table);
+        Self {
+            ledger: format!("{schema}marvin_manager_ledger"),
+            failures: format!("{schema}marvin_manager_failures"),
+        }
+    }
+}
+
 /// The bare table name (without schema) and the schema prefix (`schema.` or empty).
 fn split(table: &str) -> (&str, &str) {
     match table.rsplit_once('.') {
@@ -43,7 +63,7 @@ pub(crate) fn postgres(table: &str, use_notify: bool) -> Vec<String> {
             "CREATE TRIGGER notify_trigger AFTER INSERT OR UPDATE ON {table} FOR EACH ROW EXECUTE PROCEDURE {function}()"
         ));
     }
-    sql.extend(own_tables("BOOLEAN"));
+    sql.extend(own_tables(&Names::for_table(table)));
     sql
 }
 
@@ -58,18 +78,19 @@ pub(crate) fn sqlite(table: &str) -> Vec<String> {
             dbal_index_name(table, col)
         ));
     }
-    sql.extend(own_tables("BOOLEAN"));
+    sql.extend(own_tables(&Names::for_table(table)));
     sql
 }
 
-fn own_tables(boolean: &str) -> Vec<String> {
+fn own_tables(n: &Names) -> Vec<String> {
+    let Names { ledger, failures } = n;
     vec![
         format!(
-            "CREATE TABLE IF NOT EXISTS marvin_manager_ledger (correlation_id VARCHAR(190) NOT NULL PRIMARY KEY, entity_id TEXT NOT NULL, action TEXT NOT NULL, plugin TEXT DEFAULT NULL, success {boolean} NOT NULL, error TEXT DEFAULT NULL, response TEXT NOT NULL, received_at VARCHAR(32) NOT NULL, finished_at VARCHAR(32) NOT NULL, duration_ms BIGINT NOT NULL)"
+            "CREATE TABLE IF NOT EXISTS {ledger} (correlation_id VARCHAR(190) NOT NULL PRIMARY KEY, entity_id TEXT NOT NULL, action TEXT NOT NULL, plugin TEXT DEFAULT NULL, success BOOLEAN NOT NULL, error TEXT DEFAULT NULL, response TEXT NOT NULL, received_at VARCHAR(32) NOT NULL, finished_at VARCHAR(32) NOT NULL, duration_ms BIGINT NOT NULL)"
         ),
-        "CREATE INDEX IF NOT EXISTS marvin_manager_ledger_received ON marvin_manager_ledger (received_at)".into(),
-        "CREATE INDEX IF NOT EXISTS marvin_manager_ledger_entity ON marvin_manager_ledger (entity_id, received_at)".into(),
-        "CREATE TABLE IF NOT EXISTS marvin_manager_failures (row_id BIGINT NOT NULL PRIMARY KEY, original_queue VARCHAR(190) NOT NULL, reason TEXT NOT NULL, failed_at VARCHAR(32) NOT NULL)".into(),
+        format!("CREATE INDEX IF NOT EXISTS marvin_manager_ledger_received ON {ledger} (received_at)"),
+        format!("CREATE INDEX IF NOT EXISTS marvin_manager_ledger_entity ON {ledger} (entity_id, received_at)"),
+        format!("CREATE TABLE IF NOT EXISTS {failures} (row_id BIGINT NOT NULL PRIMARY KEY, original_queue VARCHAR(190) NOT NULL, reason TEXT NOT NULL, failed_at VARCHAR(32) NOT NULL)"),
     ]
 }
 

@@ -18,6 +18,8 @@ use super::{
     Delivery, Error, FailedRow, HistoryFilter, LedgerEntry, Settle, Transport, TransportOptions,
     ago_text, classify_row, now_text, schema, utc_now_rfc3339,
 };
+use super::schema::{LEDGER_COLUMNS, Names
+};
 
 /// How often an idle consumer looks at the table (SQLite has no notifications).
 const POLL: Duration = Duration::from_millis(100);
@@ -27,9 +29,9 @@ pub struct SqliteTransport {
     pool: SqlitePool,
     options: TransportOptions,
     needle: String,
+    names: Names,
 }
 
-const LEDGER_COLUMNS: &str = "correlation_id, entity_id, action, plugin, success, error, response, received_at, finished_at, duration_ms";
 
 impl SqliteTransport {
     /// Opens (creating the file when missing) the database at `url` (`sqlite://path`).
@@ -44,10 +46,12 @@ impl SqliteTransport {
             .max_connections(4)
             .connect_with(connect)
             .await?;
+        let names = Names::for_table(&options.table_name);
         Ok(Self {
             pool,
             options,
             needle: request_class_needle(),
+            names,
         })
     }
 
@@ -128,6 +132,8 @@ impl SqliteTransport {
         conn: &mut PoolConnection<Sqlite>,
         batch: Vec<Settle>,
     ) -> Result<(), Error> {
+        #[allow(unused_variables)]
+        let Names { ledger: ledger_table, failures: failures_table } = &self.names;
         let t = self.table();
         let now = now_text(&self.options);
         let finished = utc_now_rfc3339();
@@ -153,7 +159,7 @@ impl SqliteTransport {
                         .await?;
                     if let Some(e) = ledger {
                         sqlx::query(&format!(
-                            "INSERT INTO marvin_manager_ledger ({LEDGER_COLUMNS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10) \
+                            "INSERT INTO {ledger_table} ({LEDGER_COLUMNS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10) \
                              ON CONFLICT (correlation_id) DO NOTHING"
                         ))
                         .bind(e.correlation_id)
@@ -171,10 +177,10 @@ impl SqliteTransport {
                     }
                 }
                 Settle::Fail { request_id, reason } => {
-                    sqlx::query(
-                        "INSERT INTO marvin_manager_failures (row_id, original_queue, reason, failed_at) VALUES (?1, ?2, ?3, ?4) \
-                         ON CONFLICT (row_id) DO UPDATE SET reason = excluded.reason, failed_at = excluded.failed_at",
-                    )
+                    sqlx::query(&format!(
+                        "INSERT INTO {failures_table} (row_id, original_queue, reason, failed_at) VALUES (?1, ?2, ?3, ?4) \
+                         ON CONFLICT (row_id) DO UPDATE SET reason = excluded.reason, failed_at = excluded.failed_at"
+                    ))
                     .bind(request_id)
                     .bind(&self.options.queue_name)
                     .bind(reason)
@@ -280,11 +286,13 @@ impl Transport for SqliteTransport {
         &self,
         correlation_ids: Vec<String>,
     ) -> Result<HashMap<String, LedgerEntry>, Error> {
+        #[allow(unused_variables)]
+        let Names { ledger: ledger_table, failures: failures_table } = &self.names;
         if correlation_ids.is_empty() {
             return Ok(HashMap::new());
         }
         let mut q = QueryBuilder::<Sqlite>::new(format!(
-            "SELECT {LEDGER_COLUMNS} FROM marvin_manager_ledger WHERE correlation_id IN ("
+            "SELECT {LEDGER_COLUMNS} FROM {ledger_table} WHERE correlation_id IN ("
         ));
         let mut sep = q.separated(", ");
         for c in correlation_ids {
@@ -299,8 +307,10 @@ impl Transport for SqliteTransport {
     }
 
     async fn history(&self, f: HistoryFilter) -> Result<Vec<LedgerEntry>, Error> {
+        #[allow(unused_variables)]
+        let Names { ledger: ledger_table, failures: failures_table } = &self.names;
         let mut q = QueryBuilder::<Sqlite>::new(format!(
-            "SELECT {LEDGER_COLUMNS} FROM marvin_manager_ledger WHERE 1 = 1"
+            "SELECT {LEDGER_COLUMNS} FROM {ledger_table} WHERE 1 = 1"
         ));
         if let Some(e) = f.entity_id {
             q.push(" AND entity_id = ").push_bind(e);
@@ -321,9 +331,11 @@ impl Transport for SqliteTransport {
     }
 
     async fn failed_rows(&self) -> Result<Vec<FailedRow>, Error> {
-        let rows = sqlx::query(
-            "SELECT row_id, original_queue, reason FROM marvin_manager_failures ORDER BY row_id",
-        )
+        #[allow(unused_variables)]
+        let Names { ledger: ledger_table, failures: failures_table } = &self.names;
+        let rows = sqlx::query(&format!(
+            "SELECT row_id, original_queue, reason FROM {failures_table} ORDER BY row_id"
+        ))
         .fetch_all(&self.pool)
         .await?;
         rows.iter()

@@ -1,0 +1,327 @@
+//! The queue subcommands: `setup`, `serve`, `dispatch`, `actions`.
+
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use clap::Args;
+
+use crate::codec::{self, Format};
+use crate::consumer::{ConsumeOptions, consume};
+use crate::message::{DEFAULT_TIMEOUT_SECS, ManagerRequest};
+use crate::transport::dsn::{Dsn, Kind, redact};
+use crate::transport::postgres::PgTransport;
+use crate::transport::sqlite::SqliteTransport;
+use crate::transport::{HistoryFilter, Transport};
+
+use super::{GlobalArgs, new_correlation_id};
+
+/// The queue of the embedded default: an SQLite file in the working directory, on the queue
+/// name of Marvin's seed configuration.
+pub const DEFAULT_DSN: &str = "sqlite://marvin.db?queue_name=manager_messages";
+
+/// Either transport, chosen by the DSN.
+enum Opened {
+    Pg(Arc<PgTransport>),
+    Sqlite(Arc<SqliteTransport>),
+}
+
+macro_rules! with_transport {
+    ($opened:expr, $t:ident => $body:expr) => {
+        match $opened {
+            Opened::Pg($t) => $body,
+            Opened::Sqlite($t) => $body,
+        }
+    };
+}
+
+impl GlobalArgs {
+    fn dsn(&self, configured: Option<&str>) -> String {
+        self.dsn
+            .clone()
+            .or_else(|| configured.map(str::to_owned))
+            .unwrap_or_else(|| DEFAULT_DSN.to_owned())
+    }
+}
+
+async fn open(dsn: &str, connections: u32) -> anyhow::Result<Opened> {
+    let parsed = Dsn::parse(dsn)?;
+    let shown = redact(dsn);
+    Ok(match parsed.kind {
+        Kind::Postgres => Opened::Pg(Arc::new(
+            PgTransport::connect(&parsed.url, parsed.options, connections)
+                .await
+                .with_context(|| format!("cannot connect to {shown}"))?,
+        )),
+        Kind::Sqlite => Opened::Sqlite(Arc::new(
+            SqliteTransport::connect(&parsed.url, parsed.options)
+                .await
+                .with_context(|| format!("cannot open {shown}"))?,
+        )),
+    })
+}
+
+#[derive(Debug, Args)]
+pub(super) struct SetupArgs {}
+
+pub(super) async fn setup(global: &GlobalArgs, _args: SetupArgs) -> anyhow::Result<ExitCode> {
+    let settings = global.settings()?;
+    let dsn = global.dsn(settings.config.transport.dsn.as_deref());
+    let opened = open(&dsn, 2).await?;
+    with_transport!(opened, t => t.setup().await.context("setup failed")?);
+    println!("tables ready at {}", redact(&dsn));
+    Ok(ExitCode::SUCCESS)
+}
+
+#[derive(Debug, Args)]
+pub(super) struct ServeArgs {
+    /// Stop after this many messages.
+    #[arg(long)]
+    limit: Option<u64>,
+    /// Stop after this many seconds.
+    #[arg(long, value_name = "SECONDS")]
+    time_limit: Option<u64>,
+    /// Requests carried out at once [default: `[transport] concurrency`, else 64].
+    #[arg(long)]
+    concurrency: Option<usize>,
+}
+
+pub(super) async fn serve(global: &GlobalArgs, args: ServeArgs) -> anyhow::Result<ExitCode> {
+    let settings = global.settings()?;
+    let dsn = global.dsn(settings.config.transport.dsn.as_deref());
+    let concurrency = args
+        .concurrency
+        .or(settings.config.transport.concurrency)
+        .unwrap_or(64);
+    let opened = open(&dsn, 8).await?;
+    let manager = Arc::new(settings.manager().await?);
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    tokio::spawn(async move {
+        wait_for_signal().await;
+        tracing::info!("stop requested: finishing what is in flight");
+        let _ = stop_tx.send(true);
+    });
+    let stopped = |mut rx: tokio::sync::watch::Receiver<bool>| async move {
+        let _ = rx.wait_for(|s| *s).await;
+    };
+    let watcher = tokio::spawn(manager.plugins().clone().watch(stopped(stop_rx.clone())));
+    let plugins = manager.plugins().snapshot();
+    tracing::info!(
+        queue = %redact(&dsn),
+        plugins_dir = %manager.plugins().dir().display(),
+        plugins = plugins.plugins().len(),
+        skipped = plugins.failures().len(),
+        "serving"
+    );
+    let stats = with_transport!(opened, t => {
+        if t.options().auto_setup {
+            t.setup().await.context("cannot create the queue tables (set auto_setup=false to skip)")?;
+        }
+        let keepalive = Duration::from_secs((t.options().redeliver_timeout_secs / 3).clamp(1, 60));
+        let options = ConsumeOptions {
+            limit: args.limit,
+            time_limit: args.time_limit.map(Duration::from_secs),
+            concurrency,
+            keepalive,
+            ..ConsumeOptions::default()
+        };
+        consume(t, manager.clone(), options, stopped(stop_rx.clone())).await
+    });
+    watcher.abort();
+    tracing::info!(
+        answered = stats.answered,
+        from_ledger = stats.from_ledger,
+        failed_rows = stats.failed_rows,
+        "stopped"
+    );
+    Ok(ExitCode::SUCCESS)
+}
+
+async fn wait_for_signal() {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{SignalKind, signal};
+        match signal(SignalKind::terminate()) {
+            Ok(mut term) => {
+                tokio::select! {
+                    _ = tokio::signal::ctrl_c() => {}
+                    _ = term.recv() => {}
+                }
+            }
+            Err(_) => {
+                let _ = tokio::signal::ctrl_c().await;
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = tokio::signal::ctrl_c().await;
+    }
+}
+
+#[derive(Debug, Clone, Copy, clap::ValueEnum)]
+enum Serializer {
+    Php,
+    Json,
+}
+
+#[derive(Debug, Args)]
+pub(super) struct DispatchArgs {
+    /// The entity id.
+    #[arg(long)]
+    entity: String,
+    /// The action.
+    #[arg(long)]
+    action: String,
+    /// The command of exec_cmd.
+    #[arg(long)]
+    command: Option<String>,
+    /// The timeout in seconds.
+    #[arg(long, default_value_t = DEFAULT_TIMEOUT_SECS)]
+    timeout: i64,
+    /// Core's `args`, as JSON.
+    #[arg(long, default_value = "[]")]
+    args: String,
+    /// How Core's transport serializes.
+    #[arg(long, value_enum, default_value = "php")]
+    serializer: Serializer,
+    /// The bus name stamp.
+    #[arg(long, default_value = "messenger.bus.default")]
+    bus: String,
+    /// The correlation id [default: a new UUID].
+    #[arg(long)]
+    correlation_id: Option<String>,
+    /// Wait for the answer and print it.
+    #[arg(long)]
+    wait: bool,
+}
+
+pub(super) async fn dispatch(global: &GlobalArgs, args: DispatchArgs) -> anyhow::Result<ExitCode> {
+    let settings = global.settings()?;
+    let dsn = global.dsn(settings.config.transport.dsn.as_deref());
+    let opened = open(&dsn, 2).await?;
+    let request = ManagerRequest {
+        container_id: args.entity,
+        correlation_id: args.correlation_id.unwrap_or_else(new_correlation_id),
+        action: args.action,
+        command: args.command,
+        args: serde_json::from_str(&args.args).context("--args is not valid JSON")?,
+        timeout: args.timeout,
+    };
+    let format = match args.serializer {
+        Serializer::Php => Format::Php,
+        Serializer::Json => Format::Json,
+    };
+    let row = codec::encode_request(&request, format, Some(&args.bus));
+    with_transport!(opened, t => {
+        if t.options().auto_setup {
+            t.setup().await?;
+        }
+        let queue = t.options().queue_name.clone();
+        let id = t.send(&queue, row).await?;
+        eprintln!("dispatched {} as row {id} on queue {queue}", request.correlation_id);
+        if !args.wait {
+            return Ok(ExitCode::SUCCESS);
+        }
+        let deadline = tokio::time::Instant::now() + request.timeout() + Duration::from_secs(30);
+        loop {
+            if let Some(entry) = t.ledger(vec![request.correlation_id.clone()]).await?.remove(&request.correlation_id) {
+                println!("{}", serde_json::to_string_pretty(&entry.response)?);
+                return Ok(if entry.success { ExitCode::SUCCESS } else { ExitCode::FAILURE });
+            }
+            if tokio::time::Instant::now() > deadline {
+                anyhow::bail!("no answer for {} (is `marvin-manager serve` running on this queue?)", request.correlation_id);
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    })
+}
+
+#[derive(Debug, Args)]
+pub(super) struct ActionsArgs {
+    /// Only this entity.
+    #[arg(long)]
+    entity: Option<String>,
+    /// Only failures, and the rows parked in the failure queue.
+    #[arg(long)]
+    failed: bool,
+    /// Only since this time: RFC 3339 (2026-11-29T10:00:00Z) or an age (30m, 2h, 7d).
+    #[arg(long)]
+    since: Option<String>,
+    /// At most this many, newest first.
+    #[arg(long, default_value_t = 50)]
+    limit: i64,
+    /// Print JSON.
+    #[arg(long)]
+    json: bool,
+}
+
+/// `30m` / `2h` / `7d` / `45s` -> an RFC 3339 UTC time that long ago; RFC 3339 as is.
+fn since(s: &str) -> anyhow::Result<String> {
+    let unit = |c: char| match c {
+        's' => Some(1),
+        'm' => Some(60),
+        'h' => Some(3600),
+        'd' => Some(86_400),
+        _ => None,
+    };
+    if let Some(last) = s.chars().last()
+        && let Some(mult) = unit(last)
+        && let Ok(n) = s[..s.len() - 1].parse::<i64>()
+    {
+        let t = chrono::Utc::now() - chrono::Duration::seconds(n.saturating_mul(mult));
+        return Ok(t.format("%Y-%m-%dT%H:%M:%S%.3fZ").to_string());
+    }
+    let t = chrono::DateTime::parse_from_rfc3339(s)
+        .with_context(|| format!("--since {s}: use RFC 3339 or an age such as 30m, 2h, 7d"))?;
+    Ok(t.with_timezone(&chrono::Utc).format("%Y-%m-%dT%H:%M:%S%.3fZ").to_string())
+}
+
+pub(super) async fn actions(global: &GlobalArgs, args: ActionsArgs) -> anyhow::Result<ExitCode> {
+    let settings = global.settings()?;
+    let dsn = global.dsn(settings.config.transport.dsn.as_deref());
+    let opened = open(&dsn, 2).await?;
+    let filter = HistoryFilter {
+        entity_id: args.entity,
+        failed_only: args.failed,
+        since: args.since.as_deref().map(since).transpose()?,
+        limit: args.limit,
+    };
+    let (entries, parked) = with_transport!(opened, t => {
+        let entries = t.history(filter).await?;
+        let parked = if args.failed { t.failed_rows().await? } else { Vec::new() };
+        (entries, parked)
+    });
+    if args.json {
+        let parked: Vec<_> = parked
+            .iter()
+            .map(|f| serde_json::json!({"row_id": f.id, "queue": f.original_queue, "reason": f.reason}))
+            .collect();
+        println!("{}", serde_json::to_string_pretty(&serde_json::json!({"actions": entries, "failure_queue": parked}))?);
+        return Ok(ExitCode::SUCCESS);
+    }
+    if entries.is_empty() {
+        println!("no actions");
+    }
+    for e in &entries {
+        println!(
+            "{}  {}  {} {}  {}  {} ms  {}{}",
+            e.received_at,
+            e.correlation_id,
+            e.entity_id,
+            e.action,
+            if e.success { "ok" } else { "FAILED" },
+            e.duration_ms,
+            e.plugin.as_deref().unwrap_or("-"),
+            e.error.as_deref().map(|m| format!("  {m}")).unwrap_or_default()
+        );
+    }
+    if !parked.is_empty() {
+        println!("\nfailure queue:");
+        for f in &parked {
+            println!("  row {} (from {}): {}", f.id, f.original_queue, f.reason);
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
