@@ -83,7 +83,11 @@ impl Recent {
     const CAP: usize = 10_000;
 
     fn get(&self, id: &str) -> Option<ManagerResponse> {
-        self.map.lock().unwrap_or_else(|e| e.into_inner()).get(id).cloned()
+        self.map
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(id)
+            .cloned()
     }
 
     fn put(&self, r: &ManagerResponse) {
@@ -100,7 +104,11 @@ fn ledger_entry(r: &ManagerResponse, received_at: String, started: Instant) -> L
         correlation_id: r.correlation_id.clone(),
         entity_id: r.entity_id.clone(),
         action: r.action.clone(),
-        plugin: r.metadata.get("plugin").and_then(|p| p.as_str()).map(str::to_owned),
+        plugin: r
+            .metadata
+            .get("plugin")
+            .and_then(|p| p.as_str())
+            .map(str::to_owned),
         success: r.success,
         error: r.error.clone(),
         response: serde_json::to_value(r).unwrap_or(serde_json::Value::Null),
@@ -131,7 +139,11 @@ pub async fn consume<T: Transport>(
     let (settle_tx, settle_rx) = mpsc::unbounded_channel::<Settle>();
     let writer = tokio::spawn(write_settlements(transport.clone(), settle_rx));
     let in_flight: Arc<Mutex<HashSet<i64>>> = Arc::default();
-    let keepalive = tokio::spawn(keep_alive(transport.clone(), in_flight.clone(), options.keepalive));
+    let keepalive = tokio::spawn(keep_alive(
+        transport.clone(),
+        in_flight.clone(),
+        options.keepalive,
+    ));
     let concurrency = options.concurrency.max(1);
     let permits = Arc::new(Semaphore::new(concurrency));
     let order = Arc::new(EntityOrder::default());
@@ -144,7 +156,9 @@ pub async fn consume<T: Transport>(
         if options.limit.is_some_and(|l| taken >= l) {
             break;
         }
-        let time_left = options.time_limit.map(|t| t.saturating_sub(started.elapsed()));
+        let time_left = options
+            .time_limit
+            .map(|t| t.saturating_sub(started.elapsed()));
         if time_left == Some(Duration::ZERO) {
             break;
         }
@@ -156,7 +170,9 @@ pub async fn consume<T: Transport>(
         let free = permits.available_permits() + 1;
         let want = free
             .min(options.batch.max(1))
-            .min(options.limit.map_or(usize::MAX, |l| usize::try_from(l - taken).unwrap_or(usize::MAX)));
+            .min(options.limit.map_or(usize::MAX, |l| {
+                usize::try_from(l - taken).unwrap_or(usize::MAX)
+            }));
         let fetched = tokio::select! {
             () = &mut shutdown => break,
             r = transport.fetch(want) => r,
@@ -211,7 +227,12 @@ pub async fn consume<T: Transport>(
                     ctx.finish(id, s).await;
                     drop(permit);
                 }
-                Prepared::Run { id, request, decoded, received_at } => {
+                Prepared::Run {
+                    id,
+                    request,
+                    decoded,
+                    received_at,
+                } => {
                     let (prev, done) = order.enter(&request.container_id);
                     tokio::spawn(async move {
                         if let Some(prev) = prev {
@@ -226,7 +247,9 @@ pub async fn consume<T: Transport>(
         }
     }
     // Finish what is in flight, then flush the answers.
-    let _ = permits.acquire_many(u32::try_from(concurrency).unwrap_or(u32::MAX)).await;
+    let _ = permits
+        .acquire_many(u32::try_from(concurrency).unwrap_or(u32::MAX))
+        .await;
     drop(settle_tx);
     let _ = writer.await;
     keepalive.abort();
@@ -244,11 +267,17 @@ struct Stats {
     failed: AtomicU64,
 }
 
-async fn ledger_for<T: Transport>(transport: &T, rows: &[Delivery]) -> HashMap<String, LedgerEntry> {
+async fn ledger_for<T: Transport>(
+    transport: &T,
+    rows: &[Delivery],
+) -> HashMap<String, LedgerEntry> {
     let ids: Vec<String> = rows
         .iter()
         .filter_map(|r| match &r.decoded {
-            Ok(Decoded { request: Some(Ok(req)), .. }) => Some(req.correlation_id.clone()),
+            Ok(Decoded {
+                request: Some(Ok(req)),
+                ..
+            }) => Some(req.correlation_id.clone()),
             _ => None,
         })
         .collect();
@@ -272,24 +301,45 @@ enum Prepared {
 }
 
 /// Decides what to do with a taken row without running anything.
-fn prepare(row: Delivery, known: &HashMap<String, LedgerEntry>, options: &TransportOptions) -> Prepared {
+fn prepare(
+    row: Delivery,
+    known: &HashMap<String, LedgerEntry>,
+    options: &TransportOptions,
+) -> Prepared {
     let id = row.id;
     let decoded = match row.decoded {
         Ok(d) => d,
         Err(reason) => {
             tracing::error!(row_id = id, reason = %reason, "undecodable row moved to the failure queue");
-            return Prepared::Settle(id, Settle::Fail { request_id: id, reason });
+            return Prepared::Settle(
+                id,
+                Settle::Fail {
+                    request_id: id,
+                    reason,
+                },
+            );
         }
     };
-    let (format, bus) = (response_format(options, decoded.format), decoded.bus_name.clone());
+    let (format, bus) = (
+        response_format(options, decoded.format),
+        decoded.bus_name.clone(),
+    );
     match decoded.request.clone() {
         Some(Ok(request)) => {
             if let Some(entry) = known.get(&request.correlation_id)
-                && let Ok(response) = serde_json::from_value::<ManagerResponse>(entry.response.clone())
+                && let Ok(response) =
+                    serde_json::from_value::<ManagerResponse>(entry.response.clone())
             {
                 tracing::info!(row_id = id, correlation_id = %request.correlation_id, redelivered = row.redelivered, "already answered, replying from the ledger");
                 let response = codec::encode_response(&response, format, bus.as_deref());
-                return Prepared::Settle(id, Settle::Reply { request_id: id, response, ledger: None });
+                return Prepared::Settle(
+                    id,
+                    Settle::Reply {
+                        request_id: id,
+                        response,
+                        ledger: None,
+                    },
+                );
             }
             Prepared::Run {
                 id,
@@ -314,15 +364,34 @@ fn prepare(row: Delivery, known: &HashMap<String, LedgerEntry>, options: &Transp
                 };
                 let entry = ledger_entry(&response, utc_now_rfc3339(), Instant::now());
                 let encoded = codec::encode_response(&response, format, bus.as_deref());
-                Prepared::Settle(id, Settle::Reply { request_id: id, response: encoded, ledger: Some(entry) })
+                Prepared::Settle(
+                    id,
+                    Settle::Reply {
+                        request_id: id,
+                        response: encoded,
+                        ledger: Some(entry),
+                    },
+                )
             }
             None => {
                 tracing::error!(row_id = id, reason = %m.reason, "request without a correlation id moved to the failure queue");
-                Prepared::Settle(id, Settle::Fail { request_id: id, reason: m.reason })
+                Prepared::Settle(
+                    id,
+                    Settle::Fail {
+                        request_id: id,
+                        reason: m.reason,
+                    },
+                )
             }
         },
         // classify_row only hands over request rows.
-        None => Prepared::Settle(id, Settle::Fail { request_id: id, reason: format!("not a request: {}", decoded.class) }),
+        None => Prepared::Settle(
+            id,
+            Settle::Fail {
+                request_id: id,
+                reason: format!("not a request: {}", decoded.class),
+            },
+        ),
     }
 }
 
@@ -353,26 +422,51 @@ impl Task {
         self.in_flight.lock().await.remove(&id);
     }
 
-    async fn run(&self, id: i64, request: ManagerRequest, decoded: Box<Decoded>, received_at: String) {
+    async fn run(
+        &self,
+        id: i64,
+        request: ManagerRequest,
+        decoded: Box<Decoded>,
+        received_at: String,
+    ) {
         let started = Instant::now();
         let format = response_format(&self.options, decoded.format);
         let bus = decoded.bus_name.as_deref();
         if let Some(response) = self.recent.get(&request.correlation_id) {
             let encoded = codec::encode_response(&response, format, bus);
-            self.finish(id, Settle::Reply { request_id: id, response: encoded, ledger: None }).await;
+            self.finish(
+                id,
+                Settle::Reply {
+                    request_id: id,
+                    response: encoded,
+                    ledger: None,
+                },
+            )
+            .await;
             return;
         }
         let response = self.manager.execute(&request).await;
         self.recent.put(&response);
         let entry = ledger_entry(&response, received_at, started);
         let encoded = codec::encode_response(&response, format, bus);
-        self.finish(id, Settle::Reply { request_id: id, response: encoded, ledger: Some(entry) }).await;
+        self.finish(
+            id,
+            Settle::Reply {
+                request_id: id,
+                response: encoded,
+                ledger: Some(entry),
+            },
+        )
+        .await;
     }
 }
 
 /// Commits answers in batches: everything queued when the previous commit ends goes into the
 /// next transaction, so a busy queue pays one commit (one fsync) per batch.
-async fn write_settlements<T: Transport>(transport: Arc<T>, mut rx: mpsc::UnboundedReceiver<Settle>) {
+async fn write_settlements<T: Transport>(
+    transport: Arc<T>,
+    mut rx: mpsc::UnboundedReceiver<Settle>,
+) {
     let mut buf = Vec::with_capacity(512);
     while rx.recv_many(&mut buf, 512).await > 0 {
         let batch = std::mem::take(&mut buf);
@@ -397,7 +491,11 @@ async fn write_settlements<T: Transport>(transport: Arc<T>, mut rx: mpsc::Unboun
 }
 
 /// Moves `delivered_at` of running requests forward so no consumer takes them again.
-async fn keep_alive<T: Transport>(transport: Arc<T>, in_flight: Arc<Mutex<HashSet<i64>>>, every: Duration) {
+async fn keep_alive<T: Transport>(
+    transport: Arc<T>,
+    in_flight: Arc<Mutex<HashSet<i64>>>,
+    every: Duration,
+) {
     let mut tick = tokio::time::interval(every.max(Duration::from_millis(100)));
     tick.tick().await;
     loop {

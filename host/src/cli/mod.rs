@@ -46,7 +46,13 @@ struct GlobalArgs {
     plugins_dir: Option<PathBuf>,
     /// The queue: postgres://… or sqlite://… with Symfony's options [default: `[transport]
     /// dsn`, else sqlite://marvin.db?queue_name=manager_messages]
-    #[arg(long, global = true, env = "MARVIN_DSN", value_name = "DSN", hide_env_values = true)]
+    #[arg(
+        long,
+        global = true,
+        env = "MARVIN_DSN",
+        value_name = "DSN",
+        hide_env_values = true
+    )]
     dsn: Option<String>,
 }
 
@@ -180,5 +186,12 @@ pub(crate) fn new_correlation_id() -> String {
     b[6] = (b[6] & 0x0f) | 0x40;
     b[8] = (b[8] & 0x3f) | 0x80;
     let h: String = b.iter().map(|x| format!("{x:02x}")).collect();
-    format!("{}-{}-{}-{}-{}", &h[0..8], &h[8..12], &h[12..16], &h[16..20], &h[20..32])
+    format!(
+        "{}-{}-{}-{}-{}",
+        &h[0..8],
+        &h[8..12],
+        &h[12..16],
+        &h[16..20],
+        &h[20..32]
+    )
 }

@@ -275,7 +275,9 @@ fn since(s: &str) -> anyhow::Result<String> {
     }
     let t = chrono::DateTime::parse_from_rfc3339(s)
         .with_context(|| format!("--since {s}: use RFC 3339 or an age such as 30m, 2h, 7d"))?;
-    Ok(t.with_timezone(&chrono::Utc).format("%Y-%m-%dT%H:%M:%S%.3fZ").to_string())
+    Ok(t.with_timezone(&chrono::Utc)
+        .format("%Y-%m-%dT%H:%M:%S%.3fZ")
+        .to_string())
 }
 
 pub(super) async fn actions(global: &GlobalArgs, args: ActionsArgs) -> anyhow::Result<ExitCode> {
@@ -298,7 +300,12 @@ pub(super) async fn actions(global: &GlobalArgs, args: ActionsArgs) -> anyhow::R
             .iter()
             .map(|f| serde_json::json!({"row_id": f.id, "queue": f.original_queue, "reason": f.reason}))
             .collect();
-        println!("{}", serde_json::to_string_pretty(&serde_json::json!({"actions": entries, "failure_queue": parked}))?);
+        println!(
+            "{}",
+            serde_json::to_string_pretty(
+                &serde_json::json!({"actions": entries, "failure_queue": parked})
+            )?
+        );
         return Ok(ExitCode::SUCCESS);
     }
     if entries.is_empty() {
@@ -314,7 +321,10 @@ pub(super) async fn actions(global: &GlobalArgs, args: ActionsArgs) -> anyhow::R
             if e.success { "ok" } else { "FAILED" },
             e.duration_ms,
             e.plugin.as_deref().unwrap_or("-"),
-            e.error.as_deref().map(|m| format!("  {m}")).unwrap_or_default()
+            e.error
+                .as_deref()
+                .map(|m| format!("  {m}"))
+                .unwrap_or_default()
         );
     }
     if !parked.is_empty() {

@@ -177,7 +177,9 @@ impl Dsn {
                         "json" => Some(Format::Json),
                         "" | "auto" => None,
                         _ => {
-                            return Err(Error::Settings(format!("serializer={v}: use php or json")));
+                            return Err(Error::Settings(format!(
+                                "serializer={v}: use php or json"
+                            )));
                         }
                     }
                 }

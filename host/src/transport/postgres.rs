@@ -11,11 +11,10 @@ use tokio::sync::Mutex;
 
 use crate::codec::{self, request_class_needle};
 
+use super::schema::{LEDGER_COLUMNS, Names};
 use super::{
     Delivery, Error, FailedRow, HistoryFilter, LedgerEntry, Settle, Transport, TransportOptions,
     ago_text, classify_row, now_text, schema, utc_now_rfc3339,
-};
-use super::schema::{LEDGER_COLUMNS, Names
 };
 
 /// The PostgreSQL transport.
@@ -78,7 +77,6 @@ fn entry_from_row(r: &sqlx::postgres::PgRow) -> Result<LedgerEntry, sqlx::Error>
     })
 }
 
-
 impl Transport for PgTransport {
     async fn setup(&self) -> Result<(), Error> {
         let mut tx = self.pool.begin().await?;
@@ -140,7 +138,10 @@ impl Transport for PgTransport {
 
     async fn complete(&self, batch: Vec<Settle>) -> Result<(), Error> {
         #[allow(unused_variables)]
-        let Names { ledger: ledger_table, failures: failures_table } = &self.names;
+        let Names {
+            ledger: ledger_table,
+            failures: failures_table,
+        } = &self.names;
         if batch.is_empty() {
             return Ok(());
         }
@@ -308,7 +309,10 @@ impl Transport for PgTransport {
         correlation_ids: Vec<String>,
     ) -> Result<HashMap<String, LedgerEntry>, Error> {
         #[allow(unused_variables)]
-        let Names { ledger: ledger_table, failures: failures_table } = &self.names;
+        let Names {
+            ledger: ledger_table,
+            failures: failures_table,
+        } = &self.names;
         if correlation_ids.is_empty() {
             return Ok(HashMap::new());
         }
@@ -326,7 +330,10 @@ impl Transport for PgTransport {
 
     async fn history(&self, f: HistoryFilter) -> Result<Vec<LedgerEntry>, Error> {
         #[allow(unused_variables)]
-        let Names { ledger: ledger_table, failures: failures_table } = &self.names;
+        let Names {
+            ledger: ledger_table,
+            failures: failures_table,
+        } = &self.names;
         let mut q = sqlx::QueryBuilder::<Postgres>::new(format!(
             "SELECT {LEDGER_COLUMNS} FROM {ledger_table} WHERE TRUE"
         ));
@@ -350,7 +357,10 @@ impl Transport for PgTransport {
 
     async fn failed_rows(&self) -> Result<Vec<FailedRow>, Error> {
         #[allow(unused_variables)]
-        let Names { ledger: ledger_table, failures: failures_table } = &self.names;
+        let Names {
+            ledger: ledger_table,
+            failures: failures_table,
+        } = &self.names;
         let rows = sqlx::query(&format!(
             "SELECT row_id, original_queue, reason FROM {failures_table} ORDER BY row_id"
         ))

@@ -88,9 +88,15 @@ fn own_tables(n: &Names) -> Vec<String> {
         format!(
             "CREATE TABLE IF NOT EXISTS {ledger} (correlation_id VARCHAR(190) NOT NULL PRIMARY KEY, entity_id TEXT NOT NULL, action TEXT NOT NULL, plugin TEXT DEFAULT NULL, success BOOLEAN NOT NULL, error TEXT DEFAULT NULL, response TEXT NOT NULL, received_at VARCHAR(32) NOT NULL, finished_at VARCHAR(32) NOT NULL, duration_ms BIGINT NOT NULL)"
         ),
-        format!("CREATE INDEX IF NOT EXISTS marvin_manager_ledger_received ON {ledger} (received_at)"),
-        format!("CREATE INDEX IF NOT EXISTS marvin_manager_ledger_entity ON {ledger} (entity_id, received_at)"),
-        format!("CREATE TABLE IF NOT EXISTS {failures} (row_id BIGINT NOT NULL PRIMARY KEY, original_queue VARCHAR(190) NOT NULL, reason TEXT NOT NULL, failed_at VARCHAR(32) NOT NULL)"),
+        format!(
+            "CREATE INDEX IF NOT EXISTS marvin_manager_ledger_received ON {ledger} (received_at)"
+        ),
+        format!(
+            "CREATE INDEX IF NOT EXISTS marvin_manager_ledger_entity ON {ledger} (entity_id, received_at)"
+        ),
+        format!(
+            "CREATE TABLE IF NOT EXISTS {failures} (row_id BIGINT NOT NULL PRIMARY KEY, original_queue VARCHAR(190) NOT NULL, reason TEXT NOT NULL, failed_at VARCHAR(32) NOT NULL)"
+        ),
     ]
 }
 

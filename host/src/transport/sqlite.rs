@@ -14,11 +14,10 @@ use sqlx::{QueryBuilder, Row, Sqlite};
 
 use crate::codec::{self, request_class_needle};
 
+use super::schema::{LEDGER_COLUMNS, Names};
 use super::{
     Delivery, Error, FailedRow, HistoryFilter, LedgerEntry, Settle, Transport, TransportOptions,
     ago_text, classify_row, now_text, schema, utc_now_rfc3339,
-};
-use super::schema::{LEDGER_COLUMNS, Names
 };
 
 /// How often an idle consumer looks at the table (SQLite has no notifications).
@@ -31,7 +30,6 @@ pub struct SqliteTransport {
     needle: String,
     names: Names,
 }
-
 
 impl SqliteTransport {
     /// Opens (creating the file when missing) the database at `url` (`sqlite://path`).
@@ -133,7 +131,10 @@ impl SqliteTransport {
         batch: Vec<Settle>,
     ) -> Result<(), Error> {
         #[allow(unused_variables)]
-        let Names { ledger: ledger_table, failures: failures_table } = &self.names;
+        let Names {
+            ledger: ledger_table,
+            failures: failures_table,
+        } = &self.names;
         let t = self.table();
         let now = now_text(&self.options);
         let finished = utc_now_rfc3339();
@@ -287,7 +288,10 @@ impl Transport for SqliteTransport {
         correlation_ids: Vec<String>,
     ) -> Result<HashMap<String, LedgerEntry>, Error> {
         #[allow(unused_variables)]
-        let Names { ledger: ledger_table, failures: failures_table } = &self.names;
+        let Names {
+            ledger: ledger_table,
+            failures: failures_table,
+        } = &self.names;
         if correlation_ids.is_empty() {
             return Ok(HashMap::new());
         }
@@ -308,7 +312,10 @@ impl Transport for SqliteTransport {
 
     async fn history(&self, f: HistoryFilter) -> Result<Vec<LedgerEntry>, Error> {
         #[allow(unused_variables)]
-        let Names { ledger: ledger_table, failures: failures_table } = &self.names;
+        let Names {
+            ledger: ledger_table,
+            failures: failures_table,
+        } = &self.names;
         let mut q = QueryBuilder::<Sqlite>::new(format!(
             "SELECT {LEDGER_COLUMNS} FROM {ledger_table} WHERE 1 = 1"
         ));
@@ -332,7 +339,10 @@ impl Transport for SqliteTransport {
 
     async fn failed_rows(&self) -> Result<Vec<FailedRow>, Error> {
         #[allow(unused_variables)]
-        let Names { ledger: ledger_table, failures: failures_table } = &self.names;
+        let Names {
+            ledger: ledger_table,
+            failures: failures_table,
+        } = &self.names;
         let rows = sqlx::query(&format!(
             "SELECT row_id, original_queue, reason FROM {failures_table} ORDER BY row_id"
         ))

@@ -14,6 +14,8 @@ use marvin_manager::service::Manager;
 
 pub use test_programs as guests;
 
+pub mod db;
+
 /// A temp folder with a `plugins` directory holding copies of the given guests.
 pub struct Setup {
     pub tmp: tempfile::TempDir,

@@ -1,0 +1,181 @@
+//! Databases for transport tests: a fresh schema on the real PostgreSQL server that
+//! `scripts/test` starts (`MARVIN_TEST_PG`), or a fresh SQLite file.
+#![allow(dead_code)]
+
+use marvin_manager::codec::{self, Format};
+use marvin_manager::message::ManagerRequest;
+use marvin_manager::transport::postgres::PgTransport;
+use marvin_manager::transport::sqlite::SqliteTransport;
+use marvin_manager::transport::{Dsn, Transport};
+use sqlx::Row;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Db {
+    Pg,
+    Sqlite,
+}
+
+/// One isolated queue: a PostgreSQL schema or an SQLite file.
+pub struct TestDb {
+    pub db: Db,
+    base: String,
+    table: String,
+    _tmp: Option<tempfile::TempDir>,
+}
+
+pub fn pg_base() -> String {
+    std::env::var("MARVIN_TEST_PG").unwrap_or_else(|_| {
+        panic!(
+            "MARVIN_TEST_PG is not set: these tests need a real PostgreSQL server. \
+             Run them with `bash scripts/test`, or `. scripts/services` first."
+        )
+    })
+}
+
+fn unique() -> String {
+    use std::sync::atomic::{AtomicU32, Ordering};
+    static N: AtomicU32 = AtomicU32::new(0);
+    format!(
+        "t{}_{}_{}",
+        std::process::id(),
+        N.fetch_add(1, Ordering::SeqCst),
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .subsec_nanos()
+    )
+}
+
+impl TestDb {
+    pub async fn new(db: Db) -> Self {
+        match db {
+            Db::Pg => {
+                let base = pg_base();
+                let schema = unique();
+                let pool = sqlx::PgPool::connect(&base).await.unwrap();
+                sqlx::query(&format!("CREATE SCHEMA {schema}"))
+                    .execute(&pool)
+                    .await
+                    .unwrap();
+                pool.close().await;
+                Self {
+                    db,
+                    base,
+                    table: format!("{schema}.messenger_messages"),
+                    _tmp: None,
+                }
+            }
+            Db::Sqlite => {
+                let tmp = tempfile::tempdir().unwrap();
+                let base = format!("sqlite://{}", tmp.path().join("queue.db").display());
+                Self {
+                    db,
+                    base,
+                    table: "messenger_messages".into(),
+                    _tmp: Some(tmp),
+                }
+            }
+        }
+    }
+
+    pub fn table(&self) -> &str {
+        &self.table
+    }
+
+    /// The DSN with this queue's table and `extra` options.
+    pub fn dsn(&self, extra: &str) -> String {
+        let mut q = format!(
+            "table_name={}&queue_name=requests&response_queue_name=responses",
+            self.table
+        );
+        if !extra.is_empty() {
+            q.push('&');
+            q.push_str(extra);
+        }
+        format!("{}?{q}", self.base)
+    }
+
+    pub async fn pg(&self, extra: &str) -> PgTransport {
+        let d = Dsn::parse(&self.dsn(extra)).unwrap();
+        PgTransport::connect(&d.url, d.options, 8).await.unwrap()
+    }
+
+    pub async fn sqlite(&self, extra: &str) -> SqliteTransport {
+        let d = Dsn::parse(&self.dsn(extra)).unwrap();
+        SqliteTransport::connect(&d.url, d.options).await.unwrap()
+    }
+
+    /// Runs SQL (bind-free) and returns the rows as strings (NULL as None).
+    pub async fn query(&self, sql: &str) -> Vec<Vec<Option<String>>> {
+        let sql = sql.replace("{t}", &self.table);
+        match self.db {
+            Db::Pg => {
+                let pool = sqlx::PgPool::connect(&self.base).await.unwrap();
+                let rows = sqlx::query(&sql).fetch_all(&pool).await.unwrap();
+                let out = rows
+                    .iter()
+                    .map(|r| {
+                        (0..r.len())
+                            .map(|i| r.try_get::<Option<String>, _>(i).unwrap())
+                            .collect()
+                    })
+                    .collect();
+                pool.close().await;
+                out
+            }
+            Db::Sqlite => {
+                let pool = sqlx::SqlitePool::connect(&self.base).await.unwrap();
+                let rows = sqlx::query(&sql).fetch_all(&pool).await.unwrap();
+                let out = rows
+                    .iter()
+                    .map(|r| {
+                        (0..r.len())
+                            .map(|i| r.try_get::<Option<String>, _>(i).unwrap())
+                            .collect()
+                    })
+                    .collect();
+                pool.close().await;
+                out
+            }
+        }
+    }
+
+    /// `delivered_at`-style timestamp text: PostgreSQL needs a cast to read it as text.
+    pub fn ts(&self, column: &str) -> String {
+        match self.db {
+            Db::Pg => format!("to_char({column}, 'YYYY-MM-DD HH24:MI:SS')"),
+            Db::Sqlite => column.to_owned(),
+        }
+    }
+
+    /// `now + secs` as a SQL expression in the table's timestamp type (UTC).
+    pub fn at(&self, secs: i64) -> String {
+        let t = chrono::Utc::now() + chrono::Duration::seconds(secs);
+        format!("'{}'", t.format("%Y-%m-%d %H:%M:%S"))
+    }
+
+    pub async fn exec(&self, sql: &str) {
+        let _ = self.query(sql).await;
+    }
+}
+
+pub fn request(correlation_id: &str, entity: &str, action: &str) -> ManagerRequest {
+    ManagerRequest {
+        container_id: entity.into(),
+        correlation_id: correlation_id.into(),
+        action: action.into(),
+        command: None,
+        args: serde_json::json!([]),
+        timeout: 10,
+    }
+}
+
+pub async fn send<T: Transport>(t: &T, req: &ManagerRequest, format: Format) -> i64 {
+    let queue = t.options().queue_name.clone();
+    t.send(
+        &queue,
+        codec::encode_request(req, format, Some("messenger.bus.default")),
+    )
+    .await
+    .unwrap()
+}

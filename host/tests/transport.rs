@@ -1,0 +1,402 @@
+//! One transport suite, run against a real PostgreSQL server and SQLite.
+
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+mod common;
+
+use std::collections::HashSet;
+
+use common::db::{Db, TestDb, request, send};
+use marvin_manager::codec::{self, Format};
+use marvin_manager::message::{EntityKind, ManagerResponse};
+use marvin_manager::transport::{HistoryFilter, LedgerEntry, Settle, Transport};
+
+/// Runs `$case` against both databases, with the transport each one gives.
+macro_rules! suite {
+    ($($case:ident),* $(,)?) => {
+        mod pg {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $case() {
+                    let db = super::TestDb::new(super::Db::Pg).await;
+                    super::$case(&db, async |extra: &str| db.pg(extra).await).await;
+                }
+            )*
+        }
+        mod sqlite {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $case() {
+                    let db = super::TestDb::new(super::Db::Sqlite).await;
+                    super::$case(&db, async |extra: &str| db.sqlite(extra).await).await;
+                }
+            )*
+        }
+    };
+}
+
+suite!(
+    setup_creates_symfonys_table,
+    a_request_round_trips_in_one_transaction,
+    other_classes_are_never_touched,
+    available_at_and_redelivery_follow_symfony,
+    fetch_takes_batches_oldest_first,
+    concurrent_consumers_never_share_a_row,
+    bad_rows_go_to_the_failure_queue,
+    keepalive_moves_delivered_at,
+    timestamps_follow_the_configured_zone,
+);
+
+fn response_for(correlation_id: &str) -> ManagerResponse {
+    ManagerResponse {
+        correlation_id: correlation_id.into(),
+        entity_type: EntityKind::Container,
+        entity_id: "c1".into(),
+        action: "start".into(),
+        success: true,
+        output: Some("started ✓".into()),
+        error: None,
+        metadata: serde_json::Map::new(),
+    }
+}
+
+fn entry(r: &ManagerResponse) -> LedgerEntry {
+    LedgerEntry {
+        correlation_id: r.correlation_id.clone(),
+        entity_id: r.entity_id.clone(),
+        action: r.action.clone(),
+        plugin: Some("echo".into()),
+        success: r.success,
+        error: r.error.clone(),
+        response: serde_json::to_value(r).unwrap(),
+        received_at: marvin_manager::transport::utc_now_rfc3339(),
+        finished_at: String::new(),
+        duration_ms: 3,
+    }
+}
+
+async fn setup_creates_symfonys_table<T: Transport>(db: &TestDb, mk: impl AsyncFn(&str) -> T) {
+    let t = mk("").await;
+    t.setup().await.unwrap();
+    t.setup().await.unwrap();
+    let cols: Vec<String> = match db.db {
+        Db::Pg => {
+            let (schema, table) = db.table().split_once('.').unwrap();
+            db.query(&format!(
+                "SELECT column_name::text || ' ' || data_type::text FROM information_schema.columns \
+                 WHERE table_schema = '{schema}' AND table_name = '{table}' ORDER BY ordinal_position"
+            ))
+            .await
+        }
+        Db::Sqlite => db.query("SELECT name || ' ' || type FROM pragma_table_info('messenger_messages')").await,
+    }
+    .into_iter()
+    .map(|r| r[0].clone().unwrap())
+    .collect();
+    let expected = match db.db {
+        Db::Pg => vec![
+            "id bigint",
+            "body text",
+            "headers text",
+            "queue_name character varying",
+            "created_at timestamp without time zone",
+            "available_at timestamp without time zone",
+            "delivered_at timestamp without time zone",
+        ],
+        Db::Sqlite => vec![
+            "id INTEGER",
+            "body CLOB",
+            "headers CLOB",
+            "queue_name VARCHAR(190)",
+            "created_at DATETIME",
+            "available_at DATETIME",
+            "delivered_at DATETIME",
+        ],
+    };
+    assert_eq!(cols, expected);
+    if db.db == Db::Pg {
+        let schema = db.table().split_once('.').unwrap().0;
+        let trig = db
+            .query(&format!(
+                "SELECT tgname::text FROM pg_trigger t JOIN pg_class c ON c.oid = t.tgrelid \
+                 JOIN pg_namespace n ON n.oid = c.relnamespace WHERE n.nspname = '{schema}' AND NOT tgisinternal"
+            ))
+            .await;
+        assert_eq!(trig, vec![vec![Some("notify_trigger".to_owned())]]);
+    }
+}
+
+async fn a_request_round_trips_in_one_transaction<T: Transport>(
+    db: &TestDb,
+    mk: impl AsyncFn(&str) -> T,
+) {
+    let t = mk("").await;
+    t.setup().await.unwrap();
+    for (i, format) in [Format::Php, Format::Json].into_iter().enumerate() {
+        let cid = format!("corr-rt-{i}");
+        let id = send(&t, &request(&cid, "c1", "start"), format).await;
+        let got = t.fetch(10).await.unwrap();
+        assert_eq!(got.len(), 1);
+        assert_eq!(got[0].id, id);
+        assert!(!got[0].redelivered);
+        let d = got[0].decoded.as_ref().unwrap();
+        assert_eq!(d.format, format);
+        assert_eq!(d.bus_name.as_deref(), Some("messenger.bus.default"));
+        assert_eq!(
+            d.request.as_ref().unwrap().as_ref().unwrap().correlation_id,
+            cid
+        );
+        let delivered = db
+            .query(&format!(
+                "SELECT {} FROM {{t}} WHERE id = {id}",
+                db.ts("delivered_at")
+            ))
+            .await;
+        assert!(delivered[0][0].is_some(), "fetch marks the row delivered");
+        assert!(
+            t.fetch(10).await.unwrap().is_empty(),
+            "a delivered row is not taken twice"
+        );
+
+        let r = response_for(&cid);
+        t.complete(vec![Settle::Reply {
+            request_id: id,
+            response: codec::encode_response(&r, format, Some("messenger.bus.default")),
+            ledger: Some(entry(&r)),
+        }])
+        .await
+        .unwrap();
+        assert!(
+            db.query(&format!(
+                "SELECT CAST(id AS TEXT) FROM {{t}} WHERE id = {id}"
+            ))
+            .await
+            .is_empty()
+        );
+        let rows = db
+            .query("SELECT body, headers, queue_name FROM {t} WHERE queue_name = 'responses' ORDER BY id DESC")
+            .await;
+        let (body, headers) = (rows[0][0].clone().unwrap(), rows[0][1].clone().unwrap());
+        assert_eq!(
+            codec::decode_response(body.as_bytes(), &headers).unwrap(),
+            r
+        );
+        let ledger = t.ledger(vec![cid.clone()]).await.unwrap();
+        assert_eq!(ledger[&cid].response, serde_json::to_value(&r).unwrap());
+    }
+    let h = t
+        .history(HistoryFilter {
+            limit: 10,
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    assert_eq!(h.len(), 2);
+    assert_eq!(h[0].correlation_id, "corr-rt-1", "newest first");
+}
+
+async fn other_classes_are_never_touched<T: Transport>(db: &TestDb, mk: impl AsyncFn(&str) -> T) {
+    // The seed configuration: requests and responses share one queue.
+    let t = mk("queue_name=shared&response_queue_name=shared").await;
+    t.setup().await.unwrap();
+    let resp = codec::encode_response(
+        &response_for("r-1"),
+        Format::Php,
+        Some("messenger.bus.default"),
+    );
+    let other_json = codec::Encoded {
+        body: "{\"x\":1}".into(),
+        headers: "{\"type\":\"App\\\\Message\\\\Other\"}".into(),
+    };
+    t.send("shared", resp).await.unwrap();
+    t.send("shared", other_json).await.unwrap();
+    let req_id = send(&t, &request("q-1", "c1", "start"), Format::Php).await;
+    let got = t.fetch(10).await.unwrap();
+    assert_eq!(got.iter().map(|d| d.id).collect::<Vec<_>>(), vec![req_id]);
+    let untouched = db
+        .query(&format!("SELECT CAST(id AS TEXT) FROM {{t}} WHERE queue_name = 'shared' AND delivered_at IS NULL AND id <> {req_id}"))
+        .await;
+    assert_eq!(untouched.len(), 2, "other classes keep delivered_at NULL");
+    let r = response_for("q-1");
+    t.complete(vec![Settle::Reply {
+        request_id: req_id,
+        response: codec::encode_response(&r, Format::Php, None),
+        ledger: None,
+    }])
+    .await
+    .unwrap();
+    // Our own response on the shared queue is not taken either.
+    assert!(t.fetch(10).await.unwrap().is_empty());
+    assert_eq!(
+        db.query("SELECT CAST(id AS TEXT) FROM {t} WHERE delivered_at IS NOT NULL")
+            .await
+            .len(),
+        0
+    );
+    assert_eq!(db.query("SELECT CAST(id AS TEXT) FROM {t}").await.len(), 3);
+}
+
+async fn insert_raw(
+    db: &TestDb,
+    body: &str,
+    headers: &str,
+    available: i64,
+    delivered: Option<i64>,
+) -> i64 {
+    let delivered = delivered.map_or("NULL".to_owned(), |d| db.at(d));
+    let sql = format!(
+        "INSERT INTO {{t}} (body, headers, queue_name, created_at, available_at, delivered_at) VALUES ('{}', '{}', 'requests', {}, {}, {delivered})",
+        body.replace('\'', "''"),
+        headers.replace('\'', "''"),
+        db.at(0),
+        db.at(available)
+    );
+    db.exec(&sql).await;
+    db.query("SELECT CAST(MAX(id) AS TEXT) FROM {t}").await[0][0]
+        .clone()
+        .unwrap()
+        .parse()
+        .unwrap()
+}
+
+fn request_row(cid: &str) -> (String, String) {
+    let e = codec::encode_request(&request(cid, "c1", "start"), Format::Php, None);
+    (e.body, e.headers)
+}
+
+async fn available_at_and_redelivery_follow_symfony<T: Transport>(
+    db: &TestDb,
+    mk: impl AsyncFn(&str) -> T,
+) {
+    let t = mk("redeliver_timeout=3600").await;
+    t.setup().await.unwrap();
+    let (b, h) = request_row("later");
+    insert_raw(db, &b, &h, 3600, None).await;
+    let (b, h) = request_row("stale");
+    let stale = insert_raw(db, &b, &h, -7300, Some(-7200)).await;
+    let (b, h) = request_row("running");
+    insert_raw(db, &b, &h, -20, Some(-10)).await;
+    let got = t.fetch(10).await.unwrap();
+    assert_eq!(got.len(), 1, "only the row past its redeliver timeout");
+    assert_eq!(got[0].id, stale);
+    assert!(got[0].redelivered);
+}
+
+async fn fetch_takes_batches_oldest_first<T: Transport>(db: &TestDb, mk: impl AsyncFn(&str) -> T) {
+    let t = mk("").await;
+    t.setup().await.unwrap();
+    let mut ids = Vec::new();
+    for i in 0..5 {
+        let (b, h) = request_row(&format!("b{i}"));
+        ids.push(insert_raw(db, &b, &h, -100 + i, None).await);
+    }
+    let first: Vec<i64> = t.fetch(3).await.unwrap().iter().map(|d| d.id).collect();
+    assert_eq!(first, ids[..3]);
+    let rest: Vec<i64> = t.fetch(10).await.unwrap().iter().map(|d| d.id).collect();
+    assert_eq!(rest, ids[3..]);
+}
+
+async fn concurrent_consumers_never_share_a_row<T: Transport>(
+    _db: &TestDb,
+    mk: impl AsyncFn(&str) -> T,
+) {
+    let a = mk("").await;
+    let b = mk("").await;
+    a.setup().await.unwrap();
+    let mut all = HashSet::new();
+    for i in 0..60 {
+        all.insert(send(&a, &request(&format!("cc{i}"), "c1", "start"), Format::Php).await);
+    }
+    let take = async |t: &T| {
+        let mut got = Vec::new();
+        loop {
+            let batch = t.fetch(4).await.unwrap();
+            if batch.is_empty() {
+                return got;
+            }
+            got.extend(batch.into_iter().map(|d| d.id));
+        }
+    };
+    let (ga, gb) = tokio::join!(take(&a), take(&b));
+    let sa: HashSet<i64> = ga.iter().copied().collect();
+    let sb: HashSet<i64> = gb.iter().copied().collect();
+    assert!(sa.is_disjoint(&sb), "a row went to both consumers");
+    assert_eq!(sa.len() + sb.len(), 60);
+    assert_eq!(&sa | &sb, all);
+}
+
+async fn bad_rows_go_to_the_failure_queue<T: Transport>(db: &TestDb, mk: impl AsyncFn(&str) -> T) {
+    let t = mk("failure_queue_name=failed").await;
+    t.setup().await.unwrap();
+    let needle = codec::request_class_needle();
+    let garbage = format!("O:99:\\\"{needle}\\\":broken}}");
+    let id = insert_raw(db, &garbage, "[]", -5, None).await;
+    let got = t.fetch(10).await.unwrap();
+    assert_eq!(got.len(), 1);
+    let reason = got[0].decoded.clone().unwrap_err();
+    t.complete(vec![Settle::Fail {
+        request_id: id,
+        reason: reason.clone(),
+    }])
+    .await
+    .unwrap();
+    let row = db
+        .query(&format!(
+            "SELECT queue_name, body FROM {{t}} WHERE id = {id}"
+        ))
+        .await;
+    assert_eq!(row[0][0].as_deref(), Some("failed"));
+    assert_eq!(
+        row[0][1].as_deref(),
+        Some(garbage.as_str()),
+        "the row is kept as it was"
+    );
+    let failed = t.failed_rows().await.unwrap();
+    assert_eq!(failed.len(), 1);
+    assert_eq!(failed[0].id, id);
+    assert_eq!(failed[0].original_queue, "requests");
+    assert_eq!(failed[0].reason, reason);
+    assert!(t.fetch(10).await.unwrap().is_empty());
+}
+
+async fn keepalive_moves_delivered_at<T: Transport>(db: &TestDb, mk: impl AsyncFn(&str) -> T) {
+    let t = mk("").await;
+    t.setup().await.unwrap();
+    let (b, h) = request_row("ka");
+    let id = insert_raw(db, &b, &h, -100, Some(-50)).await;
+    t.keepalive(vec![id]).await.unwrap();
+    let got = db
+        .query(&format!(
+            "SELECT {} FROM {{t}} WHERE id = {id}",
+            db.ts("delivered_at")
+        ))
+        .await;
+    let now = chrono::Utc::now().naive_utc();
+    let at =
+        chrono::NaiveDateTime::parse_from_str(got[0][0].as_deref().unwrap(), "%Y-%m-%d %H:%M:%S")
+            .unwrap();
+    assert!((now - at).num_seconds().abs() <= 2, "{at} vs {now}");
+}
+
+async fn timestamps_follow_the_configured_zone<T: Transport>(
+    db: &TestDb,
+    mk: impl AsyncFn(&str) -> T,
+) {
+    let t = mk("timezone=Asia/Tokyo").await;
+    t.setup().await.unwrap();
+    let id = send(&t, &request("tz", "c1", "start"), Format::Php).await;
+    let got = db
+        .query(&format!(
+            "SELECT {}, {} FROM {{t}} WHERE id = {id}",
+            db.ts("created_at"),
+            db.ts("available_at")
+        ))
+        .await;
+    let created = got[0][0].clone().unwrap();
+    assert_eq!(created.len(), 19, "whole seconds, no zone: {created}");
+    let at = chrono::NaiveDateTime::parse_from_str(&created, "%Y-%m-%d %H:%M:%S").unwrap();
+    let tokyo = chrono::Utc::now().naive_utc() + chrono::Duration::hours(9);
+    assert!((tokyo - at).num_seconds().abs() <= 2, "{at} vs {tokyo}");
+    // And it is fetchable by a consumer in the same zone.
+    assert_eq!(t.fetch(1).await.unwrap().len(), 1);
+}
