@@ -1,0 +1,207 @@
+//! The consume loop end to end on both databases: answers, dedup, bad rows, graceful stop,
+//! keepalive.
+
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+mod common;
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use common::db::{Db, TestDb, request, send};
+use common::{ENTITIES, Setup, guests};
+use marvin_manager::codec::{self, Format};
+use marvin_manager::consumer::{ConsumeOptions, ConsumeStats, consume};
+use marvin_manager::message::ManagerResponse;
+use marvin_manager::service::Manager;
+use marvin_manager::transport::{HistoryFilter, Transport};
+
+macro_rules! suite {
+    ($($case:ident),* $(,)?) => {
+        mod pg {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $case() {
+                    let db = super::TestDb::new(super::Db::Pg).await;
+                    super::$case(&db, async |extra: &str| db.pg(extra).await).await;
+                }
+            )*
+        }
+        mod sqlite {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $case() {
+                    let db = super::TestDb::new(super::Db::Sqlite).await;
+                    super::$case(&db, async |extra: &str| db.sqlite(extra).await).await;
+                }
+            )*
+        }
+    };
+}
+
+suite!(
+    every_request_is_answered_in_its_format,
+    a_completed_correlation_id_is_answered_from_the_ledger,
+    bad_rows_never_stop_the_service,
+    stop_finishes_what_is_in_flight,
+    keepalive_keeps_a_long_action_from_redelivery,
+);
+
+async fn manager(s: &Setup) -> Arc<Manager> {
+    Arc::new(s.manager(ENTITIES).await)
+}
+
+async fn run_until_idle<T: Transport>(t: Arc<T>, m: Arc<Manager>, limit: u64) -> ConsumeStats {
+    let opts = ConsumeOptions {
+        limit: Some(limit),
+        time_limit: Some(Duration::from_secs(30)),
+        poll: Duration::from_millis(50),
+        ..ConsumeOptions::default()
+    };
+    consume(t, m, opts, std::future::pending()).await
+}
+
+async fn responses(db: &TestDb) -> Vec<ManagerResponse> {
+    db.query("SELECT body, headers FROM {t} WHERE queue_name = 'responses' ORDER BY id")
+        .await
+        .into_iter()
+        .map(|r| codec::decode_response(r[0].as_deref().unwrap().as_bytes(), r[1].as_deref().unwrap()).unwrap())
+        .collect()
+}
+
+async fn every_request_is_answered_in_its_format<T: Transport>(db: &TestDb, mk: impl AsyncFn(&str) -> T) {
+    let s = Setup::new(&[(guests::ECHO, "echo.wasm")]);
+    let t = Arc::new(mk("").await);
+    t.setup().await.unwrap();
+    for i in 0..40 {
+        let format = if i % 2 == 0 { Format::Php } else { Format::Json };
+        let entity = if i % 3 == 0 { "w1" } else { "c1" };
+        send(&*t, &request(&format!("e2e-{i}"), entity, "restart"), format).await;
+    }
+    let stats = run_until_idle(t.clone(), manager(&s).await, 40).await;
+    assert_eq!(stats.answered, 40);
+    let rows = db.query("SELECT headers FROM {t} WHERE queue_name = 'responses' ORDER BY id").await;
+    assert_eq!(rows.len(), 40);
+    let json = rows.iter().filter(|r| r[0].as_deref() != Some("[]")).count();
+    assert_eq!(json, 20, "each response in its request's format");
+    let answers = responses(db).await;
+    for r in &answers {
+        assert!(r.success, "{r:?}");
+        assert_eq!(r.metadata["plugin"], "echo");
+    }
+    assert_eq!(db.query("SELECT body FROM {t} WHERE queue_name = 'requests'").await.len(), 0);
+    let history = t.history(HistoryFilter { limit: 100, ..Default::default() }).await.unwrap();
+    assert_eq!(history.len(), 40);
+}
+
+async fn a_completed_correlation_id_is_answered_from_the_ledger<T: Transport>(db: &TestDb, mk: impl AsyncFn(&str) -> T) {
+    let s = Setup::new(&[(guests::RELOAD_V1, "reload.wasm")]);
+    let t = Arc::new(mk("").await);
+    t.setup().await.unwrap();
+    let m = manager(&s).await;
+    let mut req = request("dup-1", "w1", "start");
+    req.args = serde_json::json!({"sleep_ms": 300});
+    send(&*t, &req, Format::Php).await;
+    let first = run_until_idle(t.clone(), m.clone(), 1).await;
+    assert_eq!((first.answered, first.from_ledger), (1, 0));
+    // Core (or a redelivery) sends the same correlation id again.
+    send(&*t, &req, Format::Json).await;
+    let started = Instant::now();
+    let second = run_until_idle(t.clone(), m, 1).await;
+    assert_eq!((second.answered, second.from_ledger), (1, 1));
+    assert!(started.elapsed() < Duration::from_millis(250), "the action ran again");
+    let answers = responses(db).await;
+    assert_eq!(answers.len(), 2);
+    assert_eq!(answers[0], answers[1], "the same answer, not a second run");
+    assert_eq!(t.history(HistoryFilter { limit: 10, ..Default::default() }).await.unwrap().len(), 1);
+}
+
+async fn bad_rows_never_stop_the_service<T: Transport>(db: &TestDb, mk: impl AsyncFn(&str) -> T) {
+    let s = Setup::new(&[(guests::ECHO, "echo.wasm")]);
+    let t = Arc::new(mk("").await);
+    t.setup().await.unwrap();
+    let needle = codec::request_class_needle();
+    // Undecodable, no correlation id to answer to: parked in the failure queue.
+    t.send("requests", codec::Encoded { body: format!("O:3:\\\"{needle}\\\"}}"), headers: "[]".into() })
+        .await
+        .unwrap();
+    // Decodable, wrong field type, correlation id known: an error response.
+    let headers = format!("{{\"type\":{}}}", codec::php_json(&serde_json::json!(codec::REQUEST_CLASS)));
+    t.send(
+        "requests",
+        codec::Encoded {
+            body: r#"{"containerId":"c1","correlationId":"bad-1","action":"start","timeout":"soon"}"#.into(),
+            headers,
+        },
+    )
+    .await
+    .unwrap();
+    send(&*t, &request("good-1", "c1", "start"), Format::Php).await;
+    let stats = run_until_idle(t.clone(), manager(&s).await, 3).await;
+    assert_eq!(stats.failed_rows, 1);
+    assert_eq!(stats.answered, 2);
+    let answers = responses(db).await;
+    let bad = answers.iter().find(|r| r.correlation_id == "bad-1").unwrap();
+    assert!(!bad.success);
+    assert!(bad.error.as_deref().unwrap().contains("`timeout` is not an integer"), "{bad:?}");
+    assert!(answers.iter().any(|r| r.correlation_id == "good-1" && r.success));
+    let parked = t.failed_rows().await.unwrap();
+    assert_eq!(parked.len(), 1);
+    assert!(!parked[0].reason.is_empty());
+    assert_eq!(db.query("SELECT body FROM {t} WHERE queue_name = 'failed'").await.len(), 1);
+}
+
+async fn stop_finishes_what_is_in_flight<T: Transport>(db: &TestDb, mk: impl AsyncFn(&str) -> T) {
+    let s = Setup::new(&[(guests::RELOAD_V1, "reload.wasm")]);
+    let t = Arc::new(mk("").await);
+    t.setup().await.unwrap();
+    let mut req = request("slow-1", "w1", "start");
+    req.args = serde_json::json!({"sleep_ms": 1000});
+    send(&*t, &req, Format::Php).await;
+    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+    let opts = ConsumeOptions { poll: Duration::from_millis(50), ..ConsumeOptions::default() };
+    let run = tokio::spawn(consume(t.clone(), manager(&s).await, opts, async {
+        let _ = stop_rx.await;
+    }));
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let stopped_at = Instant::now();
+    stop_tx.send(()).unwrap();
+    // A request that arrives after the stop is left for the next consumer.
+    send(&*t, &request("late-1", "w1", "start"), Format::Php).await;
+    let stats = run.await.unwrap();
+    assert!(stopped_at.elapsed() >= Duration::from_millis(500), "returned before the action finished");
+    assert_eq!(stats.answered, 1);
+    let answers = responses(db).await;
+    assert_eq!(answers.len(), 1);
+    assert_eq!(answers[0].output.as_deref(), Some("1.0.0"));
+    let left = db.query(&format!("SELECT {} FROM {{t}} WHERE queue_name = 'requests'", db.ts("delivered_at"))).await;
+    assert_eq!(left, vec![vec![None]], "the late request is untouched");
+}
+
+async fn keepalive_keeps_a_long_action_from_redelivery<T: Transport>(db: &TestDb, mk: impl AsyncFn(&str) -> T) {
+    let s = Setup::new(&[(guests::RELOAD_V1, "reload.wasm")]);
+    let t = Arc::new(mk("redeliver_timeout=1").await);
+    let thief = mk("redeliver_timeout=1").await;
+    t.setup().await.unwrap();
+    let mut req = request("long-1", "w1", "start");
+    req.args = serde_json::json!({"sleep_ms": 3500});
+    send(&*t, &req, Format::Php).await;
+    let opts = ConsumeOptions {
+        limit: Some(1),
+        poll: Duration::from_millis(50),
+        keepalive: Duration::from_millis(300),
+        ..ConsumeOptions::default()
+    };
+    let run = tokio::spawn(consume(t.clone(), manager(&s).await, opts, std::future::pending()));
+    // Another consumer keeps looking while the action runs: the row must never be due.
+    let watch_until = Instant::now() + Duration::from_millis(3200);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    while Instant::now() < watch_until {
+        let stolen = thief.fetch(10).await.unwrap();
+        assert!(stolen.is_empty(), "another consumer took a running request");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let stats = run.await.unwrap();
+    assert_eq!(stats.answered, 1);
+    assert_eq!(responses(db).await.len(), 1);
+}
