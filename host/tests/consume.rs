@@ -65,36 +65,73 @@ async fn responses(db: &TestDb) -> Vec<ManagerResponse> {
     db.query("SELECT body, headers FROM {t} WHERE queue_name = 'responses' ORDER BY id")
         .await
         .into_iter()
-        .map(|r| codec::decode_response(r[0].as_deref().unwrap().as_bytes(), r[1].as_deref().unwrap()).unwrap())
+        .map(|r| {
+            codec::decode_response(
+                r[0].as_deref().unwrap().as_bytes(),
+                r[1].as_deref().unwrap(),
+            )
+            .unwrap()
+        })
         .collect()
 }
 
-async fn every_request_is_answered_in_its_format<T: Transport>(db: &TestDb, mk: impl AsyncFn(&str) -> T) {
+async fn every_request_is_answered_in_its_format<T: Transport>(
+    db: &TestDb,
+    mk: impl AsyncFn(&str) -> T,
+) {
     let s = Setup::new(&[(guests::ECHO, "echo.wasm")]);
     let t = Arc::new(mk("").await);
     t.setup().await.unwrap();
     for i in 0..40 {
-        let format = if i % 2 == 0 { Format::Php } else { Format::Json };
+        let format = if i % 2 == 0 {
+            Format::Php
+        } else {
+            Format::Json
+        };
         let entity = if i % 3 == 0 { "w1" } else { "c1" };
-        send(&*t, &request(&format!("e2e-{i}"), entity, "restart"), format).await;
+        send(
+            &*t,
+            &request(&format!("e2e-{i}"), entity, "restart"),
+            format,
+        )
+        .await;
     }
     let stats = run_until_idle(t.clone(), manager(&s).await, 40).await;
     assert_eq!(stats.answered, 40);
-    let rows = db.query("SELECT headers FROM {t} WHERE queue_name = 'responses' ORDER BY id").await;
+    let rows = db
+        .query("SELECT headers FROM {t} WHERE queue_name = 'responses' ORDER BY id")
+        .await;
     assert_eq!(rows.len(), 40);
-    let json = rows.iter().filter(|r| r[0].as_deref() != Some("[]")).count();
+    let json = rows
+        .iter()
+        .filter(|r| r[0].as_deref() != Some("[]"))
+        .count();
     assert_eq!(json, 20, "each response in its request's format");
     let answers = responses(db).await;
     for r in &answers {
         assert!(r.success, "{r:?}");
         assert_eq!(r.metadata["plugin"], "echo");
     }
-    assert_eq!(db.query("SELECT body FROM {t} WHERE queue_name = 'requests'").await.len(), 0);
-    let history = t.history(HistoryFilter { limit: 100, ..Default::default() }).await.unwrap();
+    assert_eq!(
+        db.query("SELECT body FROM {t} WHERE queue_name = 'requests'")
+            .await
+            .len(),
+        0
+    );
+    let history = t
+        .history(HistoryFilter {
+            limit: 100,
+            ..Default::default()
+        })
+        .await
+        .unwrap();
     assert_eq!(history.len(), 40);
 }
 
-async fn a_completed_correlation_id_is_answered_from_the_ledger<T: Transport>(db: &TestDb, mk: impl AsyncFn(&str) -> T) {
+async fn a_completed_correlation_id_is_answered_from_the_ledger<T: Transport>(
+    db: &TestDb,
+    mk: impl AsyncFn(&str) -> T,
+) {
     let s = Setup::new(&[(guests::RELOAD_V1, "reload.wasm")]);
     let t = Arc::new(mk("").await);
     t.setup().await.unwrap();
@@ -109,11 +146,23 @@ async fn a_completed_correlation_id_is_answered_from_the_ledger<T: Transport>(db
     let started = Instant::now();
     let second = run_until_idle(t.clone(), m, 1).await;
     assert_eq!((second.answered, second.from_ledger), (1, 1));
-    assert!(started.elapsed() < Duration::from_millis(250), "the action ran again");
+    assert!(
+        started.elapsed() < Duration::from_millis(250),
+        "the action ran again"
+    );
     let answers = responses(db).await;
     assert_eq!(answers.len(), 2);
     assert_eq!(answers[0], answers[1], "the same answer, not a second run");
-    assert_eq!(t.history(HistoryFilter { limit: 10, ..Default::default() }).await.unwrap().len(), 1);
+    assert_eq!(
+        t.history(HistoryFilter {
+            limit: 10,
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .len(),
+        1
+    );
 }
 
 async fn bad_rows_never_stop_the_service<T: Transport>(db: &TestDb, mk: impl AsyncFn(&str) -> T) {
@@ -122,15 +171,26 @@ async fn bad_rows_never_stop_the_service<T: Transport>(db: &TestDb, mk: impl Asy
     t.setup().await.unwrap();
     let needle = codec::request_class_needle();
     // Undecodable, no correlation id to answer to: parked in the failure queue.
-    t.send("requests", codec::Encoded { body: format!("O:3:\\\"{needle}\\\"}}"), headers: "[]".into() })
-        .await
-        .unwrap();
-    // Decodable, wrong field type, correlation id known: an error response.
-    let headers = format!("{{\"type\":{}}}", codec::php_json(&serde_json::json!(codec::REQUEST_CLASS)));
     t.send(
         "requests",
         codec::Encoded {
-            body: r#"{"containerId":"c1","correlationId":"bad-1","action":"start","timeout":"soon"}"#.into(),
+            body: format!("O:3:\\\"{needle}\\\"}}"),
+            headers: "[]".into(),
+        },
+    )
+    .await
+    .unwrap();
+    // Decodable, wrong field type, correlation id known: an error response.
+    let headers = format!(
+        "{{\"type\":{}}}",
+        codec::php_json(&serde_json::json!(codec::REQUEST_CLASS))
+    );
+    t.send(
+        "requests",
+        codec::Encoded {
+            body:
+                r#"{"containerId":"c1","correlationId":"bad-1","action":"start","timeout":"soon"}"#
+                    .into(),
             headers,
         },
     )
@@ -141,14 +201,32 @@ async fn bad_rows_never_stop_the_service<T: Transport>(db: &TestDb, mk: impl Asy
     assert_eq!(stats.failed_rows, 1);
     assert_eq!(stats.answered, 2);
     let answers = responses(db).await;
-    let bad = answers.iter().find(|r| r.correlation_id == "bad-1").unwrap();
+    let bad = answers
+        .iter()
+        .find(|r| r.correlation_id == "bad-1")
+        .unwrap();
     assert!(!bad.success);
-    assert!(bad.error.as_deref().unwrap().contains("`timeout` is not an integer"), "{bad:?}");
-    assert!(answers.iter().any(|r| r.correlation_id == "good-1" && r.success));
+    assert!(
+        bad.error
+            .as_deref()
+            .unwrap()
+            .contains("`timeout` is not an integer"),
+        "{bad:?}"
+    );
+    assert!(
+        answers
+            .iter()
+            .any(|r| r.correlation_id == "good-1" && r.success)
+    );
     let parked = t.failed_rows().await.unwrap();
     assert_eq!(parked.len(), 1);
     assert!(!parked[0].reason.is_empty());
-    assert_eq!(db.query("SELECT body FROM {t} WHERE queue_name = 'failed'").await.len(), 1);
+    assert_eq!(
+        db.query("SELECT body FROM {t} WHERE queue_name = 'failed'")
+            .await
+            .len(),
+        1
+    );
 }
 
 async fn stop_finishes_what_is_in_flight<T: Transport>(db: &TestDb, mk: impl AsyncFn(&str) -> T) {
@@ -159,7 +237,10 @@ async fn stop_finishes_what_is_in_flight<T: Transport>(db: &TestDb, mk: impl Asy
     req.args = serde_json::json!({"sleep_ms": 1000});
     send(&*t, &req, Format::Php).await;
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
-    let opts = ConsumeOptions { poll: Duration::from_millis(50), ..ConsumeOptions::default() };
+    let opts = ConsumeOptions {
+        poll: Duration::from_millis(50),
+        ..ConsumeOptions::default()
+    };
     let run = tokio::spawn(consume(t.clone(), manager(&s).await, opts, async {
         let _ = stop_rx.await;
     }));
@@ -169,16 +250,27 @@ async fn stop_finishes_what_is_in_flight<T: Transport>(db: &TestDb, mk: impl Asy
     // A request that arrives after the stop is left for the next consumer.
     send(&*t, &request("late-1", "w1", "start"), Format::Php).await;
     let stats = run.await.unwrap();
-    assert!(stopped_at.elapsed() >= Duration::from_millis(500), "returned before the action finished");
+    assert!(
+        stopped_at.elapsed() >= Duration::from_millis(500),
+        "returned before the action finished"
+    );
     assert_eq!(stats.answered, 1);
     let answers = responses(db).await;
     assert_eq!(answers.len(), 1);
     assert_eq!(answers[0].output.as_deref(), Some("1.0.0"));
-    let left = db.query(&format!("SELECT {} FROM {{t}} WHERE queue_name = 'requests'", db.ts("delivered_at"))).await;
+    let left = db
+        .query(&format!(
+            "SELECT {} FROM {{t}} WHERE queue_name = 'requests'",
+            db.ts("delivered_at")
+        ))
+        .await;
     assert_eq!(left, vec![vec![None]], "the late request is untouched");
 }
 
-async fn keepalive_keeps_a_long_action_from_redelivery<T: Transport>(db: &TestDb, mk: impl AsyncFn(&str) -> T) {
+async fn keepalive_keeps_a_long_action_from_redelivery<T: Transport>(
+    db: &TestDb,
+    mk: impl AsyncFn(&str) -> T,
+) {
     let s = Setup::new(&[(guests::RELOAD_V1, "reload.wasm")]);
     let t = Arc::new(mk("redeliver_timeout=1").await);
     let thief = mk("redeliver_timeout=1").await;
@@ -192,7 +284,12 @@ async fn keepalive_keeps_a_long_action_from_redelivery<T: Transport>(db: &TestDb
         keepalive: Duration::from_millis(300),
         ..ConsumeOptions::default()
     };
-    let run = tokio::spawn(consume(t.clone(), manager(&s).await, opts, std::future::pending()));
+    let run = tokio::spawn(consume(
+        t.clone(),
+        manager(&s).await,
+        opts,
+        std::future::pending(),
+    ));
     // Another consumer keeps looking while the action runs: the row must never be due.
     let watch_until = Instant::now() + Duration::from_millis(3200);
     tokio::time::sleep(Duration::from_millis(300)).await;

@@ -78,6 +78,11 @@ impl TestDb {
         }
     }
 
+    /// The database URL without options.
+    pub fn base(&self) -> &str {
+        &self.base
+    }
+
     pub fn table(&self) -> &str {
         &self.table
     }
