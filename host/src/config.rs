@@ -330,6 +330,15 @@ mod tests {
     }
 
     #[test]
+    fn the_annotated_example_is_valid() {
+        let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../examples/manager.toml");
+        let c = Config::load(Path::new(path)).unwrap();
+        assert_eq!(c.entities.len(), 2);
+        assert!(c.transport.dsn.is_some());
+        assert!(c.runtime.plugins_dir.unwrap().ends_with("examples/plugins"));
+    }
+
+    #[test]
     fn unknown_keys_and_bad_entities_are_refused() {
         let e = Config::parse("[plugins.x]\ngrant = 1\n").unwrap_err();
         assert!(e.contains("unknown field `grant`"), "{e}");

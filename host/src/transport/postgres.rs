@@ -20,6 +20,8 @@ use super::{
 /// The PostgreSQL transport.
 pub struct PgTransport {
     pool: PgPool,
+    /// Connections with `synchronous_commit = off`, for marking rows delivered.
+    fetch_pool: PgPool,
     options: TransportOptions,
     listener: Mutex<Option<PgListener>>,
     needle: String,
@@ -36,14 +38,24 @@ impl PgTransport {
         let connect: PgConnectOptions = url
             .parse()
             .map_err(|e| Error::Settings(format!("invalid PostgreSQL DSN: {e}")))?;
+        // No ping before each acquire: a dead connection fails the statement, which the
+        // caller retries; a ping would add a round trip to every step of every request.
         let pool = PgPoolOptions::new()
             .max_connections(max_connections.max(2))
             .acquire_timeout(Duration::from_secs(10))
-            .connect_with(connect)
+            .test_before_acquire(false)
+            .connect_with(connect.clone())
+            .await?;
+        let fetch_pool = PgPoolOptions::new()
+            .max_connections(2)
+            .acquire_timeout(Duration::from_secs(10))
+            .test_before_acquire(false)
+            .connect_with(connect.options([("synchronous_commit", "off")]))
             .await?;
         let names = Names::for_table(&options.table_name);
         Ok(Self {
             pool,
+            fetch_pool,
             options,
             listener: Mutex::new(None),
             needle: request_class_needle(),
@@ -93,60 +105,75 @@ impl Transport for PgTransport {
 
     async fn fetch(&self, max: usize) -> Result<Vec<Delivery>, Error> {
         let t = self.table();
-        let mut tx = self.pool.begin().await?;
+        // One statement: pick (SKIP LOCKED) and mark in the same round trip, on a connection
+        // with synchronous_commit off: a mark lost in a crash only means the row is taken
+        // again, which the ledger answers. ORDER BY available_at alone, as Symfony does: it
+        // lets PostgreSQL walk the available_at index and stop at LIMIT, where a tie-breaker
+        // forces a sort of the whole backlog (57 ms instead of 0.15 ms for 20,000 rows).
         let rows = sqlx::query(&format!(
-            "SELECT id, body, headers, delivered_at IS NOT NULL AS redelivered FROM {t} \
-             WHERE queue_name = $1 AND (delivered_at IS NULL OR delivered_at < $2::timestamp) \
-             AND available_at <= $3::timestamp \
-             AND (position($4 in body) > 0 OR position($4 in headers) > 0 OR (headers = '[]' AND right(body, 1) <> '}}')) \
-             ORDER BY available_at ASC, id ASC LIMIT $5 FOR UPDATE SKIP LOCKED"
+            "WITH picked AS (SELECT id, delivered_at FROM {t} \
+               WHERE queue_name = $1 AND (delivered_at IS NULL OR delivered_at < $2::timestamp) \
+               AND available_at <= $3::timestamp \
+               AND (position($4 in body) > 0 OR position($4 in headers) > 0 OR (headers = '[]' AND right(body, 1) <> '}}')) \
+               ORDER BY available_at ASC LIMIT $5 FOR UPDATE SKIP LOCKED) \
+             UPDATE {t} m SET delivered_at = $3::timestamp FROM picked WHERE m.id = picked.id \
+             RETURNING m.id, m.body, m.headers, m.available_at, picked.delivered_at AS previous"
         ))
         .bind(&self.options.queue_name)
         .bind(ago_text(&self.options, self.options.redeliver_timeout_secs))
         .bind(now_text(&self.options))
         .bind(&self.needle)
         .bind(i64::try_from(max).unwrap_or(i64::MAX))
-        .fetch_all(&mut *tx)
+        .fetch_all(&self.fetch_pool)
         .await?;
         let mut taken = Vec::with_capacity(rows.len());
+        let mut foreign: Vec<(i64, Option<chrono::NaiveDateTime>)> = Vec::new();
         for row in rows {
             let id: i64 = row.try_get("id")?;
             let body: String = row.try_get("body")?;
             let headers: String = row.try_get("headers")?;
-            // Another class's row: leave it exactly as it is.
-            if let Some(decoded) = classify_row(&body, &headers) {
-                taken.push(Delivery {
-                    id,
-                    decoded,
-                    redelivered: row.try_get("redelivered")?,
-                });
+            let previous: Option<chrono::NaiveDateTime> = row.try_get("previous")?;
+            let available: chrono::NaiveDateTime = row.try_get("available_at")?;
+            match classify_row(&body, &headers) {
+                Some(decoded) => taken.push((
+                    available,
+                    Delivery {
+                        id,
+                        decoded,
+                        redelivered: previous.is_some(),
+                    },
+                )),
+                None => foreign.push((id, previous)),
             }
         }
-        if !taken.is_empty() {
-            let ids: Vec<i64> = taken.iter().map(|d| d.id).collect();
+        if !foreign.is_empty() {
+            // Another class's row that the SQL filter could not tell apart (its text names the
+            // request class, or it is base64): put its delivered_at back as it was.
+            let ids: Vec<i64> = foreign.iter().map(|f| f.0).collect();
+            let previous: Vec<Option<chrono::NaiveDateTime>> = foreign.iter().map(|f| f.1).collect();
             sqlx::query(&format!(
-                "UPDATE {t} SET delivered_at = $1::timestamp WHERE id = ANY($2)"
+                "UPDATE {t} m SET delivered_at = x.p FROM UNNEST($1::bigint[], $2::timestamp[]) AS x(id, p) WHERE m.id = x.id"
             ))
-            .bind(now_text(&self.options))
             .bind(&ids)
-            .execute(&mut *tx)
+            .bind(&previous)
+            .execute(&self.pool)
             .await?;
         }
-        tx.commit().await?;
-        Ok(taken)
+        taken.sort_by(|a, b| a.0.cmp(&b.0).then(a.1.id.cmp(&b.1.id)));
+        Ok(taken.into_iter().map(|(_, d)| d).collect())
     }
 
     async fn complete(&self, batch: Vec<Settle>) -> Result<(), Error> {
-        #[allow(unused_variables)]
-        let Names {
-            ledger: ledger_table,
-            failures: failures_table,
-        } = &self.names;
         if batch.is_empty() {
             return Ok(());
         }
         let t = self.table();
+        let Names {
+            ledger: ledger_table,
+            failures: failures_table,
+        } = &self.names;
         let now = now_text(&self.options);
+        let finished = utc_now_rfc3339();
         let (mut bodies, mut headers, mut done) = (Vec::new(), Vec::new(), Vec::new());
         let mut ledger: Vec<LedgerEntry> = Vec::new();
         let (mut failed, mut reasons) = (Vec::new(), Vec::new());
@@ -168,70 +195,49 @@ impl Transport for PgTransport {
                 }
             }
         }
-        let mut tx = self.pool.begin().await?;
-        if !done.is_empty() {
-            // Bulk statements: three round trips for the whole batch.
-            sqlx::query(&format!(
-                "INSERT INTO {t} (body, headers, queue_name, created_at, available_at) \
-                 SELECT b, h, $3, $4::timestamp, $4::timestamp FROM UNNEST($1::text[], $2::text[]) AS x(b, h)"
-            ))
-            .bind(&bodies)
-            .bind(&headers)
-            .bind(&self.options.response_queue_name)
-            .bind(&now)
-            .execute(&mut *tx)
-            .await?;
-            sqlx::query(&format!("DELETE FROM {t} WHERE id = ANY($1)"))
-                .bind(&done)
-                .execute(&mut *tx)
-                .await?;
-        }
-        if !ledger.is_empty() {
-            let col = |f: fn(&LedgerEntry) -> String| ledger.iter().map(f).collect::<Vec<String>>();
-            let plugin: Vec<Option<String>> = ledger.iter().map(|e| e.plugin.clone()).collect();
-            let error: Vec<Option<String>> = ledger.iter().map(|e| e.error.clone()).collect();
-            let success: Vec<bool> = ledger.iter().map(|e| e.success).collect();
-            let duration: Vec<i64> = ledger.iter().map(|e| e.duration_ms).collect();
-            sqlx::query(&format!(
-                "INSERT INTO {ledger_table} ({LEDGER_COLUMNS}) \
-                 SELECT * FROM UNNEST($1::text[], $2::text[], $3::text[], $4::text[], $5::bool[], $6::text[], $7::text[], $8::text[], $9::text[], $10::bigint[]) \
-                 ON CONFLICT (correlation_id) DO NOTHING"
-            ))
-            .bind(col(|e| e.correlation_id.clone()))
-            .bind(col(|e| e.entity_id.clone()))
-            .bind(col(|e| e.action.clone()))
-            .bind(plugin)
-            .bind(success)
-            .bind(error)
-            .bind(col(|e| e.response.to_string()))
-            .bind(col(|e| e.received_at.clone()))
-            .bind(vec![utc_now_rfc3339(); ledger.len()])
-            .bind(duration)
-            .execute(&mut *tx)
-            .await?;
-        }
-        if !failed.is_empty() {
-            sqlx::query(&format!(
-                "INSERT INTO {failures_table} (row_id, original_queue, reason, failed_at) \
-                 SELECT id, $2, r, $4 FROM UNNEST($1::bigint[], $3::text[]) AS x(id, r) \
-                 ON CONFLICT (row_id) DO UPDATE SET reason = EXCLUDED.reason, failed_at = EXCLUDED.failed_at"
-            ))
-            .bind(&failed)
-            .bind(&self.options.queue_name)
-            .bind(&reasons)
-            .bind(utc_now_rfc3339())
-            .execute(&mut *tx)
-            .await?;
-            sqlx::query(&format!(
-                "UPDATE {t} SET queue_name = $1, delivered_at = NULL, available_at = $2::timestamp WHERE id = ANY($3)"
-            ))
-            .bind(&self.options.failure_queue_name)
-            .bind(&now)
-            .bind(&failed)
-            .execute(&mut *tx)
-            .await?;
-        }
-        tx.commit().await?;
+        let col = |f: fn(&LedgerEntry) -> String| ledger.iter().map(f).collect::<Vec<String>>();
+        let plugin: Vec<Option<String>> = ledger.iter().map(|e| e.plugin.clone()).collect();
+        let error: Vec<Option<String>> = ledger.iter().map(|e| e.error.clone()).collect();
+        let success: Vec<bool> = ledger.iter().map(|e| e.success).collect();
+        let duration: Vec<i64> = ledger.iter().map(|e| e.duration_ms).collect();
+        // One statement, so one round trip and one commit for the whole batch: responses in,
+        // requests out, ledger rows, failures parked. A statement is atomic on its own.
+        sqlx::query(&format!(
+            "WITH replies AS (\
+               INSERT INTO {t} (body, headers, queue_name, created_at, available_at) \
+               SELECT b, h, $3, $4::timestamp, $4::timestamp FROM UNNEST($1::text[], $2::text[]) AS x(b, h)), \
+             answered AS (DELETE FROM {t} WHERE id = ANY($5)), \
+             ledger AS (\
+               INSERT INTO {ledger_table} ({LEDGER_COLUMNS}) \
+               SELECT a, b, c, d, e, f, g, h, $16, j FROM UNNEST($6::text[], $7::text[], $8::text[], $9::text[], $10::bool[], $11::text[], $12::text[], $13::text[], $14::bigint[]) AS x(a, b, c, d, e, f, g, h, j) \
+               ON CONFLICT (correlation_id) DO NOTHING), \
+             parked AS (\
+               INSERT INTO {failures_table} (row_id, original_queue, reason, failed_at) \
+               SELECT id, $17, r, $16 FROM UNNEST($15::bigint[], $18::text[]) AS x(id, r) \
+               ON CONFLICT (row_id) DO UPDATE SET reason = EXCLUDED.reason, failed_at = EXCLUDED.failed_at) \
+             UPDATE {t} SET queue_name = $19, delivered_at = NULL, available_at = $4::timestamp WHERE id = ANY($15)"
+        ))
+        .bind(&bodies)
+        .bind(&headers)
+        .bind(&self.options.response_queue_name)
+        .bind(&now)
+        .bind(&done)
+        .bind(col(|e| e.correlation_id.clone()))
+        .bind(col(|e| e.entity_id.clone()))
+        .bind(col(|e| e.action.clone()))
+        .bind(plugin)
+        .bind(success)
+        .bind(error)
+        .bind(col(|e| e.response.to_string()))
+        .bind(col(|e| e.received_at.clone()))
+        .bind(duration)
+        .bind(&failed)
+        .bind(&finished)
+        .bind(&self.options.queue_name)
+        .bind(&reasons)
+        .bind(&self.options.failure_queue_name)
+        .execute(&self.pool)
+        .await?;
         Ok(())
     }
 
@@ -245,7 +251,7 @@ impl Transport for PgTransport {
         ))
         .bind(now_text(&self.options))
         .bind(&ids)
-        .execute(&self.pool)
+        .execute(&self.fetch_pool)
         .await?;
         Ok(())
     }

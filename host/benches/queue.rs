@@ -1,0 +1,153 @@
+//! End to end through PostgreSQL: throughput of no-op actions against a PHP Symfony consumer
+//! doing the same work on the same server in the same run, and dispatch-to-response latency
+//! with LISTEN/NOTIFY at low load. Prints numbers and ratios; asserts nothing.
+//!
+//!   . scripts/services && cargo bench -p marvin-manager --bench queue
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, missing_docs)]
+
+use std::process::Command;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use marvin_manager::capabilities::Backends;
+use marvin_manager::codec::{self, Format};
+use marvin_manager::config::Config;
+use marvin_manager::consumer::{ConsumeOptions, consume};
+use marvin_manager::message::ManagerRequest;
+use marvin_manager::registry::Registry;
+use marvin_manager::runtime::plugins::PluginDir;
+use marvin_manager::runtime::{Runtime, RuntimeSettings};
+use marvin_manager::service::Manager;
+use marvin_manager::transport::postgres::PgTransport;
+use marvin_manager::transport::{Dsn, Transport};
+use sqlx::postgres::PgListener;
+
+const RUST_ACTIONS: usize = 20_000;
+const PHP_ACTIONS: usize = 600;
+const LATENCY_SAMPLES: usize = 400;
+
+fn request(i: usize) -> ManagerRequest {
+    ManagerRequest {
+        container_id: "c1".into(),
+        correlation_id: format!("bench-{i}-{}", std::process::id()),
+        action: "noop".into(),
+        command: None,
+        args: serde_json::json!([]),
+        timeout: 10,
+    }
+}
+
+async fn fill(pool: &sqlx::PgPool, table: &str, queue: &str, from: usize, n: usize) {
+    for chunk in (from..from + n).collect::<Vec<_>>().chunks(1000) {
+        let bodies: Vec<String> = chunk
+            .iter()
+            .map(|&i| codec::encode_request(&request(i), Format::Php, Some("messenger.bus.default")).body)
+            .collect();
+        sqlx::query(&format!(
+            "INSERT INTO {table} (body, headers, queue_name, created_at, available_at) \
+             SELECT b, '[]', $2, now() AT TIME ZONE 'UTC' - interval '1 second', now() AT TIME ZONE 'UTC' - interval '1 second' FROM UNNEST($1::text[]) AS x(b)"
+        ))
+        .bind(&bodies)
+        .bind(queue)
+        .execute(pool)
+        .await
+        .unwrap();
+    }
+}
+
+fn pct(samples: &mut [Duration], q: f64) -> f64 {
+    samples.sort_unstable();
+    samples[((samples.len() as f64 - 1.0) * q).round() as usize].as_secs_f64() * 1e3
+}
+
+fn main() {
+    let base = std::env::var("MARVIN_TEST_PG").expect("MARVIN_TEST_PG: run `. scripts/services` first");
+    let php = std::env::var("MARVIN_TEST_PHP").unwrap_or_else(|_| "php".into());
+    let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build().unwrap();
+    rt.block_on(async {
+        let schema = format!("bench_{}", std::process::id());
+        let admin = sqlx::PgPool::connect(&base).await.unwrap();
+        sqlx::query(&format!("CREATE SCHEMA {schema}")).execute(&admin).await.unwrap();
+        let table = format!("{schema}.messenger_messages");
+        let dsn = Dsn::parse(&format!("{base}?table_name={table}&queue_name=requests&response_queue_name=responses")).unwrap();
+        let transport = Arc::new(PgTransport::connect(&dsn.url, dsn.options.clone(), 8).await.unwrap());
+        transport.setup().await.unwrap();
+
+        let plugins = tempfile::tempdir().unwrap();
+        std::fs::copy(test_programs::NOOP, plugins.path().join("noop.wasm")).unwrap();
+        let config = Config::parse("[entities.c1]\nkind = \"container\"\nproject = \"p\"\nservice = \"s\"\n").unwrap();
+        let runtime = Arc::new(Runtime::new(RuntimeSettings { max_instances: 128, ..Default::default() }, Backends::default()).unwrap());
+        let dir = PluginDir::open(runtime.clone(), plugins.path().to_owned()).await;
+        let manager = Arc::new(Manager::new(Registry::from_config(&config), runtime, dir));
+
+        // 1. Rust throughput: a backlog of no-op requests drained by `consume`.
+        fill(&admin, &table, "requests", 0, RUST_ACTIONS).await;
+        let opts = ConsumeOptions { limit: Some(RUST_ACTIONS as u64), poll: Duration::from_millis(20), ..Default::default() };
+        let t = Instant::now();
+        let stats = consume(transport.clone(), manager.clone(), opts, std::future::pending()).await;
+        let rust_secs = t.elapsed().as_secs_f64();
+        assert_eq!(stats.answered, RUST_ACTIONS as u64);
+        let rust_rate = RUST_ACTIONS as f64 / rust_secs;
+
+        // 2. PHP Symfony consumer, same server, same work (take, answer, acknowledge).
+        fill(&admin, &table, "php_requests", RUST_ACTIONS, PHP_ACTIONS).await;
+        let script = format!("{}/../tests/php/bench_consumer.php", env!("CARGO_MANIFEST_DIR"));
+        let out = Command::new(&php)
+            .args([&script, &base, &table, "php_requests", "php_responses", &PHP_ACTIONS.to_string()])
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        let text = String::from_utf8_lossy(&out.stdout);
+        let mut parts = text.split_whitespace();
+        let php_n: f64 = parts.next().unwrap().parse().unwrap();
+        let php_secs: f64 = parts.next().unwrap().parse().unwrap();
+        let php_rate = php_n / php_secs;
+
+        // 3. Latency at low load: one request at a time while `consume` waits on LISTEN.
+        let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+        let opts = ConsumeOptions { poll: Duration::from_secs(5), ..Default::default() };
+        let consumer = tokio::spawn(consume(transport.clone(), manager.clone(), opts, async { let _ = stop_rx.await; }));
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        let mut listener = PgListener::connect(&base).await.unwrap();
+        listener.listen(&table).await.unwrap();
+        // The floor: one INSERT and its NOTIFY coming back, no consumer involved.
+        let mut floor = Vec::with_capacity(LATENCY_SAMPLES);
+        for _ in 0..LATENCY_SAMPLES {
+            let t = Instant::now();
+            transport.send("ping", codec::Encoded { body: "x".into(), headers: "[]".into() }).await.unwrap();
+            loop {
+                if listener.recv().await.unwrap().payload() == "ping" {
+                    break;
+                }
+            }
+            floor.push(t.elapsed());
+        }
+        let mut samples = Vec::with_capacity(LATENCY_SAMPLES);
+        for i in 0..LATENCY_SAMPLES {
+            let row = codec::encode_request(&request(1_000_000 + i), Format::Php, Some("messenger.bus.default"));
+            let t = Instant::now();
+            transport.send("requests", row).await.unwrap();
+            loop {
+                let n = listener.recv().await.unwrap();
+                if n.payload() == "responses" {
+                    break;
+                }
+            }
+            samples.push(t.elapsed());
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        let _ = stop_tx.send(());
+        consumer.await.unwrap();
+        let (p50, p99) = (pct(&mut samples, 0.50), pct(&mut samples, 0.99));
+
+        println!("end to end through PostgreSQL, no-op plugin");
+        println!("  manager:      {RUST_ACTIONS} actions in {rust_secs:.2} s = {rust_rate:.0} actions/s");
+        println!("  PHP Symfony:  {php_n:.0} actions in {php_secs:.2} s = {php_rate:.0} actions/s");
+        println!("  ratio:        {:.1}x (target >= 20x; throughput target >= 3000/s: {})", rust_rate / php_rate, if rust_rate >= 3000.0 { "met" } else { "NOT met" });
+        println!("latency, dispatch to response committed, LISTEN/NOTIFY, {LATENCY_SAMPLES} sequential requests");
+        println!("  p50 {p50:.2} ms (target <= 5), p99 {p99:.2} ms (target <= 25)");
+        println!("  floor (INSERT + its NOTIFY back, no consumer): p50 {:.2} ms, p99 {:.2} ms", pct(&mut floor, 0.5), pct(&mut floor, 0.99));
+
+        sqlx::query(&format!("DROP SCHEMA {schema} CASCADE")).execute(&admin).await.unwrap();
+    });
+}
