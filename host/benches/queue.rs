@@ -63,6 +63,9 @@ fn pct(samples: &mut [Duration], q: f64) -> f64 {
 fn main() {
     let base = std::env::var("MARVIN_TEST_PG").expect("MARVIN_TEST_PG: run `. scripts/services` first");
     let php = std::env::var("MARVIN_TEST_PHP").unwrap_or_else(|_| "php".into());
+    if std::env::var_os("RUST_LOG").is_some() {
+        marvin_manager::cli::init_tracing("warn");
+    }
     let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build().unwrap();
     rt.block_on(async {
         let schema = format!("bench_{}", std::process::id());
@@ -103,7 +106,11 @@ fn main() {
         let php_secs: f64 = parts.next().unwrap().parse().unwrap();
         let php_rate = php_n / php_secs;
 
-        // 3. Latency at low load: one request at a time while `consume` waits on LISTEN.
+        // 3. Latency at low load: one request at a time while `consume` waits on LISTEN. Start
+        //    from the table as a deployment has it in steady state: Core has consumed the
+        //    answers and autovacuum has run (here: done by hand, so the run is repeatable).
+        sqlx::query(&format!("DELETE FROM {table} WHERE queue_name <> 'requests'")).execute(&admin).await.unwrap();
+        sqlx::query(&format!("VACUUM ANALYZE {table}")).execute(&admin).await.unwrap();
         let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
         let opts = ConsumeOptions { poll: Duration::from_secs(5), ..Default::default() };
         let consumer = tokio::spawn(consume(transport.clone(), manager.clone(), opts, async { let _ = stop_rx.await; }));
@@ -121,6 +128,28 @@ fn main() {
                 }
             }
             floor.push(t.elapsed());
+        }
+        // The SQL path alone, no consumer loop: send, fetch, ledger lookup, complete, NOTIFY.
+        let dsn2 = Dsn::parse(&format!("{base}?table_name={table}&queue_name=direct&response_queue_name=direct_responses")).unwrap();
+        let direct = PgTransport::connect(&dsn2.url, dsn2.options, 4).await.unwrap();
+        let mut sql_path = Vec::with_capacity(LATENCY_SAMPLES);
+        for i in 0..LATENCY_SAMPLES {
+            let req = request(2_000_000 + i);
+            let t = Instant::now();
+            direct.send("direct", codec::encode_request(&req, Format::Php, None)).await.unwrap();
+            let got = direct.fetch(1).await.unwrap();
+            let _ = direct.ledger(vec![req.correlation_id.clone()]).await.unwrap();
+            let resp = marvin_manager::message::ManagerResponse::failure(&req, marvin_manager::message::EntityKind::Container, "x");
+            direct
+                .complete(vec![marvin_manager::transport::Settle::Reply { request_id: got[0].id, response: codec::encode_response(&resp, Format::Php, None), ledger: None }])
+                .await
+                .unwrap();
+            loop {
+                if listener.recv().await.unwrap().payload() == "direct_responses" {
+                    break;
+                }
+            }
+            sql_path.push(t.elapsed());
         }
         let mut samples = Vec::with_capacity(LATENCY_SAMPLES);
         for i in 0..LATENCY_SAMPLES {
@@ -147,6 +176,7 @@ fn main() {
         println!("latency, dispatch to response committed, LISTEN/NOTIFY, {LATENCY_SAMPLES} sequential requests");
         println!("  p50 {p50:.2} ms (target <= 5), p99 {p99:.2} ms (target <= 25)");
         println!("  floor (INSERT + its NOTIFY back, no consumer): p50 {:.2} ms, p99 {:.2} ms", pct(&mut floor, 0.5), pct(&mut floor, 0.99));
+        println!("  SQL path alone (send, fetch, ledger, complete, NOTIFY): p50 {:.2} ms, p99 {:.2} ms", pct(&mut sql_path, 0.5), pct(&mut sql_path, 0.99));
 
         sqlx::query(&format!("DROP SCHEMA {schema} CASCADE")).execute(&admin).await.unwrap();
     });

@@ -16,6 +16,9 @@ use crate::transport::{
     Delivery, LedgerEntry, Settle, Transport, TransportOptions, response_format, utc_now_rfc3339,
 };
 
+/// How long a busy loop waits for more free slots before fetching fewer rows.
+const BATCH_WAIT: Duration = Duration::from_millis(2);
+
 /// How the loop runs.
 #[derive(Debug, Clone)]
 pub struct ConsumeOptions {
@@ -162,29 +165,43 @@ pub async fn consume<T: Transport>(
         if time_left == Some(Duration::ZERO) {
             break;
         }
-        // Wait for a free slot before taking rows, so nothing waits marked-but-idle.
-        let first = tokio::select! {
+        // Take rows only for free slots, so nothing waits marked-but-idle. When work is in
+        // flight, give it a moment to free more slots, so a busy queue is fetched in batches
+        // rather than one row per returning slot.
+        let mut held = tokio::select! {
             () = &mut shutdown => break,
-            p = permits.clone().acquire_owned() => match p { Ok(p) => p, Err(_) => break },
+            p = permits.clone().acquire_many_owned(1) => match p { Ok(p) => p, Err(_) => break },
         };
-        let free = permits.available_permits() + 1;
-        let want = free
-            .min(options.batch.max(1))
-            .min(options.limit.map_or(usize::MAX, |l| {
-                usize::try_from(l - taken).unwrap_or(usize::MAX)
-            }));
+        let cap = options.batch.max(1).min(concurrency);
+        if let Ok(more) = permits.clone().try_acquire_many_owned(
+            u32::try_from(permits.available_permits().min(cap - 1)).unwrap_or(0),
+        ) {
+            held.merge(more);
+        }
+        let busy = concurrency.saturating_sub(permits.available_permits() + held.num_permits());
+        let target = (cap / 2).max(1);
+        if busy > 0 && held.num_permits() < target {
+            let missing = u32::try_from(target - held.num_permits()).unwrap_or(0);
+            if let Ok(Ok(more)) = tokio::time::timeout(BATCH_WAIT, permits.clone().acquire_many_owned(missing)).await {
+                held.merge(more);
+            }
+        }
+        let want = held
+            .num_permits()
+            .min(options.limit.map_or(usize::MAX, |l| usize::try_from(l - taken).unwrap_or(usize::MAX)));
         let fetched = tokio::select! {
             () = &mut shutdown => break,
             r = transport.fetch(want) => r,
         };
         let rows = match fetched {
             Ok(rows) => {
+                tracing::debug!(asked = want, got = rows.len(), "fetched");
                 backoff = Duration::from_millis(50);
                 rows
             }
             Err(e) => {
                 tracing::error!(cause = %e, "cannot fetch from the queue");
-                drop(first);
+                drop(held);
                 tokio::select! {
                     () = &mut shutdown => break,
                     () = tokio::time::sleep(backoff) => {}
@@ -194,7 +211,7 @@ pub async fn consume<T: Transport>(
             }
         };
         if rows.is_empty() {
-            drop(first);
+            drop(held);
             let wait = time_left.map_or(options.poll, |t| t.min(options.poll));
             tokio::select! {
                 () = &mut shutdown => break,
@@ -204,14 +221,10 @@ pub async fn consume<T: Transport>(
         }
         taken += rows.len() as u64;
         let known = ledger_for(&*transport, &rows).await;
-        let mut first = Some(first);
         for row in rows {
-            let permit = match first.take() {
-                Some(p) => p,
-                None => match permits.clone().acquire_owned().await {
-                    Ok(p) => p,
-                    Err(_) => break,
-                },
+            // One slot per row; `held` has at least as many as rows were fetched.
+            let Some(permit) = held.split(1) else {
+                break;
             };
             in_flight.lock().await.insert(row.id);
             let ctx = Task {
@@ -472,8 +485,12 @@ async fn write_settlements<T: Transport>(
         let batch = std::mem::take(&mut buf);
         let mut delay = Duration::from_millis(100);
         for attempt in 1.. {
+            let t = Instant::now();
             match transport.complete(batch.clone()).await {
-                Ok(()) => break,
+                Ok(()) => {
+                    tracing::debug!(rows = batch.len(), elapsed_us = t.elapsed().as_micros() as u64, "answers committed");
+                    break;
+                }
                 Err(e) if attempt < 10 => {
                     tracing::error!(cause = %e, attempt, "cannot commit answers, retrying");
                     tokio::time::sleep(delay).await;

@@ -90,7 +90,8 @@ pub fn init_tracing(default: &str) {
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .init();
+        .try_init()
+        .ok();
 }
 
 /// Runs the command.

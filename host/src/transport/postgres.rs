@@ -2,7 +2,8 @@
 //! queue; LISTEN/NOTIFY on Symfony's trigger wakes an idle consumer at once, with a fallback
 //! poll because notifications are lost while disconnected and the trigger may be missing.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
 use std::time::Duration;
 
 use sqlx::postgres::{PgConnectOptions, PgListener, PgPool, PgPoolOptions};
@@ -22,6 +23,7 @@ pub struct PgTransport {
     pool: PgPool,
     /// Connections with `synchronous_commit = off`, for marking rows delivered.
     fetch_pool: PgPool,
+    own_pids: Arc<std::sync::Mutex<HashSet<u32>>>,
     options: TransportOptions,
     listener: Mutex<Option<PgListener>>,
     needle: String,
@@ -46,16 +48,30 @@ impl PgTransport {
             .test_before_acquire(false)
             .connect_with(connect.clone())
             .await?;
+        // The backends that mark rows: their own NOTIFYs are not news to this consumer.
+        let own_pids: Arc<std::sync::Mutex<HashSet<u32>>> = Arc::default();
+        let pids = own_pids.clone();
         let fetch_pool = PgPoolOptions::new()
             .max_connections(2)
             .acquire_timeout(Duration::from_secs(10))
             .test_before_acquire(false)
+            .after_connect(move |conn, _| {
+                let pids = pids.clone();
+                Box::pin(async move {
+                    let pid: i32 = sqlx::query_scalar("SELECT pg_backend_pid()").fetch_one(&mut *conn).await?;
+                    if let Ok(pid) = u32::try_from(pid) {
+                        pids.lock().unwrap_or_else(|e| e.into_inner()).insert(pid);
+                    }
+                    Ok(())
+                })
+            })
             .connect_with(connect.options([("synchronous_commit", "off")]))
             .await?;
         let names = Names::for_table(&options.table_name);
         Ok(Self {
             pool,
             fetch_pool,
+            own_pids,
             options,
             listener: Mutex::new(None),
             needle: request_class_needle(),
@@ -119,6 +135,9 @@ impl Transport for PgTransport {
              UPDATE {t} m SET delivered_at = $3::timestamp FROM picked WHERE m.id = picked.id \
              RETURNING m.id, m.body, m.headers, m.available_at, picked.delivered_at AS previous"
         ))
+        // Planned for these values every time: PostgreSQL's generic plan for this statement
+        // joins the whole table by hash (5-20 ms on a 20,000-row backlog instead of 0.6 ms).
+        .persistent(false)
         .bind(&self.options.queue_name)
         .bind(ago_text(&self.options, self.options.redeliver_timeout_secs))
         .bind(now_text(&self.options))
@@ -217,6 +236,7 @@ impl Transport for PgTransport {
                ON CONFLICT (row_id) DO UPDATE SET reason = EXCLUDED.reason, failed_at = EXCLUDED.failed_at) \
              UPDATE {t} SET queue_name = $19, delivered_at = NULL, available_at = $4::timestamp WHERE id = ANY($15)"
         ))
+        .persistent(false)
         .bind(&bodies)
         .bind(&headers)
         .bind(&self.options.response_queue_name)
@@ -282,7 +302,16 @@ impl Transport for PgTransport {
         loop {
             match tokio::time::timeout_at(deadline, listener.try_recv()).await {
                 Err(_) => return,
-                Ok(Ok(Some(n))) if n.payload() == self.options.queue_name => return,
+                Ok(Ok(Some(n)))
+                    if n.payload() == self.options.queue_name
+                        && !self
+                            .own_pids
+                            .lock()
+                            .unwrap_or_else(|e| e.into_inner())
+                            .contains(&n.process_id()) =>
+                {
+                    return;
+                }
                 Ok(Ok(Some(_))) => {}
                 // The connection dropped: notifications may be lost, so look at the table now.
                 Ok(Ok(None)) => return,
@@ -325,6 +354,7 @@ impl Transport for PgTransport {
         let rows = sqlx::query(&format!(
             "SELECT {LEDGER_COLUMNS} FROM {ledger_table} WHERE correlation_id = ANY($1)"
         ))
+        .persistent(false)
         .bind(&correlation_ids)
         .fetch_all(&self.pool)
         .await?;
