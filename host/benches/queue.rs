@@ -41,7 +41,9 @@ async fn fill(pool: &sqlx::PgPool, table: &str, queue: &str, from: usize, n: usi
     for chunk in (from..from + n).collect::<Vec<_>>().chunks(1000) {
         let bodies: Vec<String> = chunk
             .iter()
-            .map(|&i| codec::encode_request(&request(i), Format::Php, Some("messenger.bus.default")).body)
+            .map(|&i| {
+                codec::encode_request(&request(i), Format::Php, Some("messenger.bus.default")).body
+            })
             .collect();
         sqlx::query(&format!(
             "INSERT INTO {table} (body, headers, queue_name, created_at, available_at) \
@@ -61,12 +63,16 @@ fn pct(samples: &mut [Duration], q: f64) -> f64 {
 }
 
 fn main() {
-    let base = std::env::var("MARVIN_TEST_PG").expect("MARVIN_TEST_PG: run `. scripts/services` first");
+    let base =
+        std::env::var("MARVIN_TEST_PG").expect("MARVIN_TEST_PG: run `. scripts/services` first");
     let php = std::env::var("MARVIN_TEST_PHP").unwrap_or_else(|_| "php".into());
     if std::env::var_os("RUST_LOG").is_some() {
         marvin_manager::cli::init_tracing("warn");
     }
-    let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build().unwrap();
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .unwrap();
     rt.block_on(async {
         let schema = format!("bench_{}", std::process::id());
         let admin = sqlx::PgPool::connect(&base).await.unwrap();
@@ -79,7 +85,7 @@ fn main() {
         let plugins = tempfile::tempdir().unwrap();
         std::fs::copy(test_programs::NOOP, plugins.path().join("noop.wasm")).unwrap();
         let config = Config::parse("[entities.c1]\nkind = \"container\"\nproject = \"p\"\nservice = \"s\"\n").unwrap();
-        let runtime = Arc::new(Runtime::new(RuntimeSettings { max_instances: 128, ..Default::default() }, Backends::default()).unwrap());
+        let runtime = Arc::new(Runtime::new(RuntimeSettings::default(), Backends::default()).unwrap());
         let dir = PluginDir::open(runtime.clone(), plugins.path().to_owned()).await;
         let manager = Arc::new(Manager::new(Registry::from_config(&config), runtime, dir));
 

@@ -182,13 +182,17 @@ pub async fn consume<T: Transport>(
         let target = (cap / 2).max(1);
         if busy > 0 && held.num_permits() < target {
             let missing = u32::try_from(target - held.num_permits()).unwrap_or(0);
-            if let Ok(Ok(more)) = tokio::time::timeout(BATCH_WAIT, permits.clone().acquire_many_owned(missing)).await {
+            if let Ok(Ok(more)) =
+                tokio::time::timeout(BATCH_WAIT, permits.clone().acquire_many_owned(missing)).await
+            {
                 held.merge(more);
             }
         }
         let want = held
             .num_permits()
-            .min(options.limit.map_or(usize::MAX, |l| usize::try_from(l - taken).unwrap_or(usize::MAX)));
+            .min(options.limit.map_or(usize::MAX, |l| {
+                usize::try_from(l - taken).unwrap_or(usize::MAX)
+            }));
         let fetched = tokio::select! {
             () = &mut shutdown => break,
             r = transport.fetch(want) => r,
@@ -382,7 +386,7 @@ fn prepare(
                     Settle::Reply {
                         request_id: id,
                         response: encoded,
-                        ledger: Some(entry),
+                        ledger: Some(Box::new(entry)),
                     },
                 )
             }
@@ -467,7 +471,7 @@ impl Task {
             Settle::Reply {
                 request_id: id,
                 response: encoded,
-                ledger: Some(entry),
+                ledger: Some(Box::new(entry)),
             },
         )
         .await;
@@ -488,7 +492,11 @@ async fn write_settlements<T: Transport>(
             let t = Instant::now();
             match transport.complete(batch.clone()).await {
                 Ok(()) => {
-                    tracing::debug!(rows = batch.len(), elapsed_us = t.elapsed().as_micros() as u64, "answers committed");
+                    tracing::debug!(
+                        rows = batch.len(),
+                        elapsed_us = t.elapsed().as_micros() as u64,
+                        "answers committed"
+                    );
                     break;
                 }
                 Err(e) if attempt < 10 => {

@@ -30,7 +30,9 @@ fn serve(cwd: &Path) -> Child {
     marvin(cwd)
         .arg("serve")
         .stdout(Stdio::null())
-        .stderr(Stdio::from(std::fs::File::create(cwd.join("serve.log")).unwrap()))
+        .stderr(Stdio::from(
+            std::fs::File::create(cwd.join("serve.log")).unwrap(),
+        ))
         .spawn()
         .unwrap()
 }
@@ -51,22 +53,48 @@ fn the_embedded_default_serves_with_no_config_at_all() {
     let s = Setup::new(&[(guests::ECHO, "echo.wasm")]);
     let mut child = serve(s.path());
     // No manager.toml: `all` has no project, and an unknown entity is an error Core can show.
-    let o = run(s.path(), &["dispatch", "--entity", "x", "--action", "start", "--wait"]);
-    assert_eq!(o.status.code(), Some(1), "{}", String::from_utf8_lossy(&o.stderr));
+    let o = run(
+        s.path(),
+        &["dispatch", "--entity", "x", "--action", "start", "--wait"],
+    );
+    assert_eq!(
+        o.status.code(),
+        Some(1),
+        "{}",
+        String::from_utf8_lossy(&o.stderr)
+    );
     let r: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
     assert_eq!(r["error"], "unknown entity 'x'");
-    let o = run(s.path(), &["dispatch", "--entity", "supervisor", "--action", "reread", "--serializer", "json", "--wait"]);
+    let o = run(
+        s.path(),
+        &[
+            "dispatch",
+            "--entity",
+            "supervisor",
+            "--action",
+            "reread",
+            "--serializer",
+            "json",
+            "--wait",
+        ],
+    );
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
     let r: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
     assert_eq!(r["success"], true);
     assert_eq!(r["metadata"]["plugin"], "echo");
-    assert!(s.path().join("marvin.db").exists(), "the SQLite queue lives in the working directory");
+    assert!(
+        s.path().join("marvin.db").exists(),
+        "the SQLite queue lives in the working directory"
+    );
 
     let o = run(s.path(), &["actions"]);
     let out = String::from_utf8_lossy(&o.stdout);
     assert!(out.contains("supervisor reread  ok"), "{out}");
     assert!(out.contains("x start  FAILED"), "{out}");
-    let o = run(s.path(), &["actions", "--failed", "--json", "--since", "1h"]);
+    let o = run(
+        s.path(),
+        &["actions", "--failed", "--json", "--since", "1h"],
+    );
     let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
     assert_eq!(v["actions"].as_array().unwrap().len(), 1);
 
@@ -77,12 +105,39 @@ fn the_embedded_default_serves_with_no_config_at_all() {
 #[test]
 fn sigterm_finishes_the_action_in_flight() {
     let s = Setup::new(&[(guests::RELOAD_V1, "reload.wasm")]);
-    std::fs::write(s.path().join("manager.toml"), "[entities.w1]\nkind = \"worker\"\nprogram = \"p\"\n").unwrap();
+    std::fs::write(
+        s.path().join("manager.toml"),
+        "[entities.w1]\nkind = \"worker\"\nprogram = \"p\"\n",
+    )
+    .unwrap();
     let mut child = serve(s.path());
-    let o = run(s.path(), &["dispatch", "--entity", "w1", "--action", "start", "--args", "{\"sleep_ms\":0}", "--wait"]);
+    let o = run(
+        s.path(),
+        &[
+            "dispatch",
+            "--entity",
+            "w1",
+            "--action",
+            "start",
+            "--args",
+            "{\"sleep_ms\":0}",
+            "--wait",
+        ],
+    );
     assert!(o.status.success(), "the service is up");
     let slow = marvin(s.path())
-        .args(["dispatch", "--entity", "w1", "--action", "start", "--args", "{\"sleep_ms\":1500}", "--wait", "--correlation-id", "slow-1"])
+        .args([
+            "dispatch",
+            "--entity",
+            "w1",
+            "--action",
+            "start",
+            "--args",
+            "{\"sleep_ms\":1500}",
+            "--wait",
+            "--correlation-id",
+            "slow-1",
+        ])
         .stdout(Stdio::piped())
         .stderr(Stdio::null())
         .spawn()
@@ -92,7 +147,10 @@ fn sigterm_finishes_the_action_in_flight() {
     unsafe_kill(child.id(), "TERM");
     let status = wait_exit(&mut child, Duration::from_secs(10));
     assert!(status.success());
-    assert!(t.elapsed() >= Duration::from_millis(400), "exited before the action finished");
+    assert!(
+        t.elapsed() >= Duration::from_millis(400),
+        "exited before the action finished"
+    );
     let o = slow.wait_with_output().unwrap();
     let r: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
     assert_eq!(r["correlationId"], "slow-1");
@@ -102,6 +160,10 @@ fn sigterm_finishes_the_action_in_flight() {
 }
 
 fn unsafe_kill(pid: u32, signal: &str) {
-    let ok = Command::new("kill").arg(format!("-{signal}")).arg(pid.to_string()).status().unwrap();
+    let ok = Command::new("kill")
+        .arg(format!("-{signal}"))
+        .arg(pid.to_string())
+        .status()
+        .unwrap();
     assert!(ok.success());
 }

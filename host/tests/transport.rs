@@ -162,7 +162,7 @@ async fn a_request_round_trips_in_one_transaction<T: Transport>(
         t.complete(vec![Settle::Reply {
             request_id: id,
             response: codec::encode_response(&r, format, Some("messenger.bus.default")),
-            ledger: Some(entry(&r)),
+            ledger: Some(Box::new(entry(&r))),
         }])
         .await
         .unwrap();
@@ -213,8 +213,12 @@ async fn other_classes_are_never_touched<T: Transport>(db: &TestDb, mk: impl Asy
     // An answer whose text names the request class: the SQL filter cannot tell it apart.
     let mut grep = response_for("r-2");
     grep.output = Some(format!("src/Handler.php: use {};", codec::REQUEST_CLASS));
-    t.send("shared", codec::encode_response(&grep, Format::Php, None)).await.unwrap();
-    t.send("shared", codec::encode_response(&grep, Format::Json, None)).await.unwrap();
+    t.send("shared", codec::encode_response(&grep, Format::Php, None))
+        .await
+        .unwrap();
+    t.send("shared", codec::encode_response(&grep, Format::Json, None))
+        .await
+        .unwrap();
     let req_id = send(&t, &request("q-1", "c1", "start"), Format::Php).await;
     let got = t.fetch(10).await.unwrap();
     assert_eq!(got.iter().map(|d| d.id).collect::<Vec<_>>(), vec![req_id]);

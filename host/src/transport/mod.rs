@@ -77,7 +77,7 @@ pub enum Settle {
         /// The response row.
         response: codec::Encoded,
         /// The ledger entry; none when answering from the ledger.
-        ledger: Option<LedgerEntry>,
+        ledger: Option<Box<LedgerEntry>>,
     },
     /// Move the row to the failure queue with the reason.
     Fail {

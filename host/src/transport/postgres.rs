@@ -58,7 +58,9 @@ impl PgTransport {
             .after_connect(move |conn, _| {
                 let pids = pids.clone();
                 Box::pin(async move {
-                    let pid: i32 = sqlx::query_scalar("SELECT pg_backend_pid()").fetch_one(&mut *conn).await?;
+                    let pid: i32 = sqlx::query_scalar("SELECT pg_backend_pid()")
+                        .fetch_one(&mut *conn)
+                        .await?;
                     if let Ok(pid) = u32::try_from(pid) {
                         pids.lock().unwrap_or_else(|e| e.into_inner()).insert(pid);
                     }
@@ -169,7 +171,8 @@ impl Transport for PgTransport {
             // Another class's row that the SQL filter could not tell apart (its text names the
             // request class, or it is base64): put its delivered_at back as it was.
             let ids: Vec<i64> = foreign.iter().map(|f| f.0).collect();
-            let previous: Vec<Option<chrono::NaiveDateTime>> = foreign.iter().map(|f| f.1).collect();
+            let previous: Vec<Option<chrono::NaiveDateTime>> =
+                foreign.iter().map(|f| f.1).collect();
             sqlx::query(&format!(
                 "UPDATE {t} m SET delivered_at = x.p FROM UNNEST($1::bigint[], $2::timestamp[]) AS x(id, p) WHERE m.id = x.id"
             ))
@@ -206,7 +209,7 @@ impl Transport for PgTransport {
                     bodies.push(response.body);
                     headers.push(response.headers);
                     done.push(request_id);
-                    ledger.extend(entry);
+                    ledger.extend(entry.map(|e| *e));
                 }
                 Settle::Fail { request_id, reason } => {
                     failed.push(request_id);

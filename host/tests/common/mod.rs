@@ -1,5 +1,5 @@
 //! Shared helpers: a plugins directory of test guests in a temp dir, a manager over it.
-#![allow(dead_code, unreachable_pub)]
+#![allow(dead_code, unreachable_pub, unused_imports)]
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
