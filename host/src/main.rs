@@ -17,7 +17,11 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    match runtime.block_on(marvin_manager::cli::run(cli)) {
+    let result = runtime.block_on(marvin_manager::cli::run(cli));
+    // Everything that matters has finished (serve drains before returning); do not let a
+    // stray blocking task hold the exit.
+    runtime.shutdown_timeout(std::time::Duration::from_secs(2));
+    match result {
         Ok(code) => code,
         Err(e) => {
             eprintln!("error: {e:#}");

@@ -37,13 +37,17 @@ fn serve(cwd: &Path) -> Child {
         .unwrap()
 }
 
-fn wait_exit(child: &mut Child, limit: Duration) -> std::process::ExitStatus {
+fn wait_exit(child: &mut Child, limit: Duration, cwd: &Path) -> std::process::ExitStatus {
     let t = Instant::now();
     loop {
         if let Some(s) = child.try_wait().unwrap() {
             return s;
         }
-        assert!(t.elapsed() < limit, "serve did not exit within {limit:?}");
+        if t.elapsed() > limit {
+            let _ = child.kill();
+            let log = std::fs::read_to_string(cwd.join("serve.log")).unwrap_or_default();
+            panic!("serve did not exit within {limit:?}; its log:\n{log}");
+        }
         std::thread::sleep(Duration::from_millis(20));
     }
 }
@@ -99,7 +103,7 @@ fn the_embedded_default_serves_with_no_config_at_all() {
     assert_eq!(v["actions"].as_array().unwrap().len(), 1);
 
     unsafe_kill(child.id(), "TERM");
-    assert!(wait_exit(&mut child, Duration::from_secs(10)).success());
+    assert!(wait_exit(&mut child, Duration::from_secs(10), s.path()).success());
 }
 
 #[test]
@@ -145,7 +149,7 @@ fn sigterm_finishes_the_action_in_flight() {
     std::thread::sleep(Duration::from_millis(600));
     let t = Instant::now();
     unsafe_kill(child.id(), "TERM");
-    let status = wait_exit(&mut child, Duration::from_secs(10));
+    let status = wait_exit(&mut child, Duration::from_secs(10), s.path());
     assert!(status.success());
     assert!(
         t.elapsed() >= Duration::from_millis(400),

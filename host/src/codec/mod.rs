@@ -205,6 +205,18 @@ fn php_request(props: &[(Vec<u8>, Value)]) -> Result<ManagerRequest, Malformed> 
         };
         Ok((command, args, timeout))
     })();
+    assemble(correlation_id, entity_id, action, rest)
+}
+
+type Field = Result<String, String>;
+
+/// A request from its decoded fields, or what is wrong with them (keeping what was readable).
+fn assemble(
+    correlation_id: Field,
+    entity_id: Field,
+    action: Field,
+    rest: Result<(Option<String>, Json, i64), String>,
+) -> Result<ManagerRequest, Malformed> {
     match (correlation_id, entity_id, action, rest) {
         (Ok(correlation_id), Ok(container_id), Ok(action), Ok((command, args, timeout))) => {
             Ok(ManagerRequest {
@@ -374,32 +386,7 @@ fn json_request(f: &Map<String, Json>) -> Result<ManagerRequest, Malformed> {
         };
         Ok((command, args, timeout))
     })();
-    match (correlation_id, entity_id, action, rest) {
-        (Ok(correlation_id), Ok(container_id), Ok(action), Ok((command, args, timeout))) => {
-            Ok(ManagerRequest {
-                container_id,
-                correlation_id,
-                action,
-                command,
-                args,
-                timeout,
-            })
-        }
-        (c, e, a, r) => {
-            let reason = [&c, &e, &a]
-                .iter()
-                .filter_map(|r| r.as_ref().err().cloned())
-                .chain(r.err())
-                .collect::<Vec<_>>()
-                .join(", ");
-            Err(Malformed {
-                correlation_id: c.ok(),
-                entity_id: e.ok(),
-                action: a.ok(),
-                reason: format!("malformed ManagerRequestCommand: {reason}"),
-            })
-        }
-    }
+    assemble(correlation_id, entity_id, action, rest)
 }
 
 /// A row to insert: body and headers columns.

@@ -148,6 +148,46 @@ pub trait Transport: Send + Sync + 'static {
     fn options(&self) -> &TransportOptions;
 }
 
+/// Reads a ledger row (same columns on both databases).
+pub(crate) fn entry_from_row<'r, R>(r: &'r R) -> Result<LedgerEntry, sqlx::Error>
+where
+    R: sqlx::Row,
+    &'static str: sqlx::ColumnIndex<R>,
+    String: sqlx::Decode<'r, R::Database> + sqlx::Type<R::Database>,
+    Option<String>: sqlx::Decode<'r, R::Database> + sqlx::Type<R::Database>,
+    bool: sqlx::Decode<'r, R::Database> + sqlx::Type<R::Database>,
+    i64: sqlx::Decode<'r, R::Database> + sqlx::Type<R::Database>,
+{
+    let response: String = r.try_get("response")?;
+    Ok(LedgerEntry {
+        correlation_id: r.try_get("correlation_id")?,
+        entity_id: r.try_get("entity_id")?,
+        action: r.try_get("action")?,
+        plugin: r.try_get("plugin")?,
+        success: r.try_get("success")?,
+        error: r.try_get("error")?,
+        response: serde_json::from_str(&response).unwrap_or(serde_json::Value::Null),
+        received_at: r.try_get("received_at")?,
+        finished_at: r.try_get("finished_at")?,
+        duration_ms: r.try_get("duration_ms")?,
+    })
+}
+
+/// Reads a failure-queue row (same columns on both databases).
+pub(crate) fn failed_from_row<'r, R>(r: &'r R) -> Result<FailedRow, sqlx::Error>
+where
+    R: sqlx::Row,
+    &'static str: sqlx::ColumnIndex<R>,
+    String: sqlx::Decode<'r, R::Database> + sqlx::Type<R::Database>,
+    i64: sqlx::Decode<'r, R::Database> + sqlx::Type<R::Database>,
+{
+    Ok(FailedRow {
+        id: r.try_get("row_id")?,
+        original_queue: r.try_get("original_queue")?,
+        reason: r.try_get("reason")?,
+    })
+}
+
 /// Decodes a candidate row; `None` when it is another class's row, to be left alone.
 pub(crate) fn classify_row(body: &str, headers: &str) -> Option<Result<Decoded, String>> {
     match codec::decode(body.as_bytes(), headers) {

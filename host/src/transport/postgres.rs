@@ -15,7 +15,7 @@ use crate::codec::{self, request_class_needle};
 use super::schema::{LEDGER_COLUMNS, Names};
 use super::{
     Delivery, Error, FailedRow, HistoryFilter, LedgerEntry, Settle, Transport, TransportOptions,
-    ago_text, classify_row, now_text, schema, utc_now_rfc3339,
+    ago_text, classify_row, entry_from_row, failed_from_row, now_text, schema, utc_now_rfc3339,
 };
 
 /// The PostgreSQL transport.
@@ -89,22 +89,6 @@ impl PgTransport {
     fn table(&self) -> &str {
         &self.options.table_name
     }
-}
-
-fn entry_from_row(r: &sqlx::postgres::PgRow) -> Result<LedgerEntry, sqlx::Error> {
-    let response: String = r.try_get("response")?;
-    Ok(LedgerEntry {
-        correlation_id: r.try_get("correlation_id")?,
-        entity_id: r.try_get("entity_id")?,
-        action: r.try_get("action")?,
-        plugin: r.try_get("plugin")?,
-        success: r.try_get("success")?,
-        error: r.try_get("error")?,
-        response: serde_json::from_str(&response).unwrap_or(serde_json::Value::Null),
-        received_at: r.try_get("received_at")?,
-        finished_at: r.try_get("finished_at")?,
-        duration_ms: r.try_get("duration_ms")?,
-    })
 }
 
 impl Transport for PgTransport {
@@ -346,11 +330,7 @@ impl Transport for PgTransport {
         &self,
         correlation_ids: Vec<String>,
     ) -> Result<HashMap<String, LedgerEntry>, Error> {
-        #[allow(unused_variables)]
-        let Names {
-            ledger: ledger_table,
-            failures: failures_table,
-        } = &self.names;
+        let ledger_table = &self.names.ledger;
         if correlation_ids.is_empty() {
             return Ok(HashMap::new());
         }
@@ -368,11 +348,7 @@ impl Transport for PgTransport {
     }
 
     async fn history(&self, f: HistoryFilter) -> Result<Vec<LedgerEntry>, Error> {
-        #[allow(unused_variables)]
-        let Names {
-            ledger: ledger_table,
-            failures: failures_table,
-        } = &self.names;
+        let ledger_table = &self.names.ledger;
         let mut q = sqlx::QueryBuilder::<Postgres>::new(format!(
             "SELECT {LEDGER_COLUMNS} FROM {ledger_table} WHERE TRUE"
         ));
@@ -395,25 +371,15 @@ impl Transport for PgTransport {
     }
 
     async fn failed_rows(&self) -> Result<Vec<FailedRow>, Error> {
-        #[allow(unused_variables)]
-        let Names {
-            ledger: ledger_table,
-            failures: failures_table,
-        } = &self.names;
+        let failures_table = &self.names.failures;
         let rows = sqlx::query(&format!(
             "SELECT row_id, original_queue, reason FROM {failures_table} ORDER BY row_id"
         ))
         .fetch_all(&self.pool)
         .await?;
         rows.iter()
-            .map(|r| {
-                Ok(FailedRow {
-                    id: r.try_get("row_id")?,
-                    original_queue: r.try_get("original_queue")?,
-                    reason: r.try_get("reason")?,
-                })
-            })
-            .collect::<Result<_, sqlx::Error>>()
+            .map(failed_from_row)
+            .collect::<Result<_, _>>()
             .map_err(Error::from)
     }
 

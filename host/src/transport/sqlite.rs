@@ -17,7 +17,7 @@ use crate::codec::{self, request_class_needle};
 use super::schema::{LEDGER_COLUMNS, Names};
 use super::{
     Delivery, Error, FailedRow, HistoryFilter, LedgerEntry, Settle, Transport, TransportOptions,
-    ago_text, classify_row, now_text, schema, utc_now_rfc3339,
+    ago_text, classify_row, entry_from_row, failed_from_row, now_text, schema, utc_now_rfc3339,
 };
 
 /// How often an idle consumer looks at the table (SQLite has no notifications).
@@ -130,7 +130,6 @@ impl SqliteTransport {
         conn: &mut PoolConnection<Sqlite>,
         batch: Vec<Settle>,
     ) -> Result<(), Error> {
-        #[allow(unused_variables)]
         let Names {
             ledger: ledger_table,
             failures: failures_table,
@@ -203,22 +202,6 @@ impl SqliteTransport {
     }
 }
 
-fn entry_from_row(r: &sqlx::sqlite::SqliteRow) -> Result<LedgerEntry, sqlx::Error> {
-    let response: String = r.try_get("response")?;
-    Ok(LedgerEntry {
-        correlation_id: r.try_get("correlation_id")?,
-        entity_id: r.try_get("entity_id")?,
-        action: r.try_get("action")?,
-        plugin: r.try_get("plugin")?,
-        success: r.try_get("success")?,
-        error: r.try_get("error")?,
-        response: serde_json::from_str(&response).unwrap_or(serde_json::Value::Null),
-        received_at: r.try_get("received_at")?,
-        finished_at: r.try_get("finished_at")?,
-        duration_ms: r.try_get("duration_ms")?,
-    })
-}
-
 impl Transport for SqliteTransport {
     async fn setup(&self) -> Result<(), Error> {
         let mut conn = self.begin_immediate().await?;
@@ -287,11 +270,7 @@ impl Transport for SqliteTransport {
         &self,
         correlation_ids: Vec<String>,
     ) -> Result<HashMap<String, LedgerEntry>, Error> {
-        #[allow(unused_variables)]
-        let Names {
-            ledger: ledger_table,
-            failures: failures_table,
-        } = &self.names;
+        let ledger_table = &self.names.ledger;
         if correlation_ids.is_empty() {
             return Ok(HashMap::new());
         }
@@ -311,11 +290,7 @@ impl Transport for SqliteTransport {
     }
 
     async fn history(&self, f: HistoryFilter) -> Result<Vec<LedgerEntry>, Error> {
-        #[allow(unused_variables)]
-        let Names {
-            ledger: ledger_table,
-            failures: failures_table,
-        } = &self.names;
+        let ledger_table = &self.names.ledger;
         let mut q = QueryBuilder::<Sqlite>::new(format!(
             "SELECT {LEDGER_COLUMNS} FROM {ledger_table} WHERE 1 = 1"
         ));
@@ -338,25 +313,15 @@ impl Transport for SqliteTransport {
     }
 
     async fn failed_rows(&self) -> Result<Vec<FailedRow>, Error> {
-        #[allow(unused_variables)]
-        let Names {
-            ledger: ledger_table,
-            failures: failures_table,
-        } = &self.names;
+        let failures_table = &self.names.failures;
         let rows = sqlx::query(&format!(
             "SELECT row_id, original_queue, reason FROM {failures_table} ORDER BY row_id"
         ))
         .fetch_all(&self.pool)
         .await?;
         rows.iter()
-            .map(|r| {
-                Ok(FailedRow {
-                    id: r.try_get("row_id")?,
-                    original_queue: r.try_get("original_queue")?,
-                    reason: r.try_get("reason")?,
-                })
-            })
-            .collect::<Result<_, sqlx::Error>>()
+            .map(failed_from_row)
+            .collect::<Result<_, _>>()
             .map_err(Error::from)
     }
 
