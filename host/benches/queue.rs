@@ -57,6 +57,30 @@ async fn fill(pool: &sqlx::PgPool, table: &str, queue: &str, from: usize, n: usi
     }
 }
 
+/// CPU seconds (user + system) used so far by this process and by every `postgres` process.
+fn cpu_seconds() -> (f64, f64) {
+    let ticks = 100.0; // USER_HZ on Linux
+    let read = |path: &std::path::Path| -> Option<(String, f64)> {
+        let stat = std::fs::read_to_string(path.join("stat")).ok()?;
+        let (head, rest) = stat.rsplit_once(") ")?;
+        let comm = head.split_once(" (")?.1.to_owned();
+        let f: Vec<&str> = rest.split_whitespace().collect();
+        let t = f.get(11)?.parse::<f64>().ok()? + f.get(12)?.parse::<f64>().ok()?;
+        Some((comm, t / ticks))
+    };
+    let ours = read(std::path::Path::new("/proc/self")).map_or(0.0, |(_, t)| t);
+    let pg = std::fs::read_dir("/proc")
+        .map(|d| {
+            d.flatten()
+                .filter_map(|e| read(&e.path()))
+                .filter(|(comm, _)| comm == "postgres")
+                .map(|(_, t)| t)
+                .sum()
+        })
+        .unwrap_or(0.0);
+    (ours, pg)
+}
+
 fn pct(samples: &mut [Duration], q: f64) -> f64 {
     samples.sort_unstable();
     samples[((samples.len() as f64 - 1.0) * q).round() as usize].as_secs_f64() * 1e3
@@ -92,9 +116,12 @@ fn main() {
         // 1. Rust throughput: a backlog of no-op requests drained by `consume`.
         fill(&admin, &table, "requests", 0, RUST_ACTIONS).await;
         let opts = ConsumeOptions { limit: Some(RUST_ACTIONS as u64), poll: Duration::from_millis(20), ..Default::default() };
+        let (ours0, pg0) = cpu_seconds();
         let t = Instant::now();
         let stats = consume(transport.clone(), manager.clone(), opts, std::future::pending()).await;
         let rust_secs = t.elapsed().as_secs_f64();
+        let (ours1, pg1) = cpu_seconds();
+        let per_action = |s: f64| s / RUST_ACTIONS as f64 * 1e6;
         assert_eq!(stats.answered, RUST_ACTIONS as u64);
         let rust_rate = RUST_ACTIONS as f64 / rust_secs;
 
@@ -177,6 +204,11 @@ fn main() {
 
         println!("end to end through PostgreSQL, no-op plugin");
         println!("  manager:      {RUST_ACTIONS} actions in {rust_secs:.2} s = {rust_rate:.0} actions/s");
+        println!(
+            "  CPU per action (less noisy than rates): manager {:.0} µs + PostgreSQL {:.0} µs",
+            per_action(ours1 - ours0),
+            per_action(pg1 - pg0)
+        );
         println!("  PHP Symfony:  {php_n:.0} actions in {php_secs:.2} s = {php_rate:.0} actions/s");
         println!("  ratio:        {:.1}x (target >= 20x; throughput target >= 3000/s: {})", rust_rate / php_rate, if rust_rate >= 3000.0 { "met" } else { "NOT met" });
         println!("latency, dispatch to response committed, LISTEN/NOTIFY, {LATENCY_SAMPLES} sequential requests");

@@ -41,7 +41,7 @@ impl Default for ConsumeOptions {
         Self {
             limit: None,
             time_limit: None,
-            concurrency: 64,
+            concurrency: 128,
             batch: 256,
             poll: Duration::from_secs(1),
             keepalive: Duration::from_secs(60),

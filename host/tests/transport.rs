@@ -409,3 +409,46 @@ async fn timestamps_follow_the_configured_zone<T: Transport>(
     // And it is fetchable by a consumer in the same zone.
     assert_eq!(t.fetch(1).await.unwrap().len(), 1);
 }
+
+/// A queue drained faster than autovacuum runs gets vacuumed and analyzed by the consumer,
+/// so the fetch keeps its index plan (statistics from an empty table made it 30x slower).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pg_maintains_a_fast_draining_queue() {
+    let db = TestDb::new(Db::Pg).await;
+    let t = db.pg("").await;
+    t.setup().await.unwrap();
+    let (schema, table) = db.table().split_once('.').unwrap();
+    let last = || async {
+        db.query(&format!(
+            "SELECT CAST(last_vacuum AS TEXT), CAST(last_analyze AS TEXT) FROM pg_stat_user_tables WHERE schemaname = '{schema}' AND relname = '{table}'"
+        ))
+        .await
+    };
+    assert_eq!(last().await, vec![vec![None, None]]);
+    for i in 0..260 {
+        send(&t, &request(&format!("v{i}"), "c1", "start"), Format::Php).await;
+    }
+    let mut batch = Vec::new();
+    for d in t.fetch(300).await.unwrap() {
+        let r = response_for(&format!("v{}", d.id));
+        batch.push(Settle::Reply {
+            request_id: d.id,
+            response: codec::encode_response(&r, Format::Php, None),
+            ledger: None,
+        });
+    }
+    assert_eq!(batch.len(), 260);
+    t.complete(batch).await.unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    loop {
+        let row = last().await;
+        if row[0][0].is_some() && row[0][1].is_some() {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no vacuum/analyze: {row:?}"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+}

@@ -82,7 +82,7 @@ pub(super) struct ServeArgs {
     /// Stop after this many seconds.
     #[arg(long, value_name = "SECONDS")]
     time_limit: Option<u64>,
-    /// Requests carried out at once [default: `[transport] concurrency`, else 64].
+    /// Requests carried out at once [default: `[transport] concurrency`, else 128].
     #[arg(long)]
     concurrency: Option<usize>,
 }
@@ -93,7 +93,26 @@ pub(super) async fn serve(global: &GlobalArgs, args: ServeArgs) -> anyhow::Resul
     let concurrency = args
         .concurrency
         .or(settings.config.transport.concurrency)
-        .unwrap_or(64);
+        .unwrap_or(128);
+    // Every running request holds a plugin instance from the pool: never run more at once
+    // than the pool has (a few stay free for loading plugins).
+    let instances = settings
+        .config
+        .runtime
+        .max_instances
+        .map_or(256, |n| n as usize);
+    let concurrency = if concurrency + 8 > instances {
+        let clamped = instances.saturating_sub(8).max(1);
+        tracing::warn!(
+            concurrency,
+            max_instances = instances,
+            clamped,
+            "concurrency above the plugin instance pool; lowered"
+        );
+        clamped
+    } else {
+        concurrency
+    };
     let opened = open(&dsn, 8).await?;
     let manager = Arc::new(settings.manager().await?);
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);

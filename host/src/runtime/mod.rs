@@ -177,7 +177,7 @@ impl Runtime {
             settings.default_max_memory_bytes = DEFAULT_MAX_MEMORY_BYTES;
         }
         if settings.max_instances == 0 {
-            settings.max_instances = 128;
+            settings.max_instances = 256;
         }
         let n = settings.max_instances;
         let mut pool = PoolingAllocationConfig::default();

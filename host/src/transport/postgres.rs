@@ -24,13 +24,76 @@ pub struct PgTransport {
     /// Connections with `synchronous_commit = off`, for marking rows delivered.
     fetch_pool: PgPool,
     own_pids: Arc<std::sync::Mutex<HashSet<u32>>>,
+    /// Rows deleted since the last vacuum (see `after_delete`).
+    deleted: Arc<std::sync::atomic::AtomicU64>,
+    vacuumed_once: Arc<std::sync::atomic::AtomicBool>,
+    vacuum: Arc<tokio::sync::Mutex<VacuumState>>,
     options: TransportOptions,
     listener: Mutex<Option<PgListener>>,
     needle: String,
     names: Names,
 }
 
+/// Rows answered between two vacuums of the queue table; the first comes sooner, because
+/// statistics taken on an empty table are the worst.
+const VACUUM_EVERY: u64 = 10_000;
+const FIRST_VACUUM: u64 = 200;
+
+#[derive(Debug, Default)]
+enum VacuumState {
+    #[default]
+    Idle,
+    Running,
+    /// Not allowed (not the table's owner): autovacuum has to do.
+    Disabled,
+}
+
 impl PgTransport {
+    /// A queue that fills and drains by thousands of rows a second outruns autovacuum: with
+    /// statistics from when the table was empty, PostgreSQL plans the fetch as a bitmap scan
+    /// of the whole backlog plus a sort (31 ms per call on a 20,000-row backlog instead of
+    /// 0.6 ms), and dead rows pile up at the head of the `available_at` index. Symfony's own
+    /// consumer suffers the same. Vacuum and analyze the table every few thousand answers, in
+    /// the background, one at a time; stop trying if the role may not.
+    fn after_delete(&self, rows: u64) {
+        let total = self
+            .deleted
+            .fetch_add(rows, std::sync::atomic::Ordering::Relaxed)
+            + rows;
+        let threshold = if self
+            .vacuumed_once
+            .load(std::sync::atomic::Ordering::Relaxed)
+        {
+            VACUUM_EVERY
+        } else {
+            FIRST_VACUUM
+        };
+        if total < threshold {
+            return;
+        }
+        self.vacuumed_once
+            .store(true, std::sync::atomic::Ordering::Relaxed);
+        let Ok(mut state) = self.vacuum.clone().try_lock_owned() else {
+            return;
+        };
+        if !matches!(*state, VacuumState::Idle) {
+            return;
+        }
+        *state = VacuumState::Running;
+        self.deleted.store(0, std::sync::atomic::Ordering::Relaxed);
+        let pool = self.pool.clone();
+        let sql = format!("VACUUM (ANALYZE) {}", self.table());
+        tokio::spawn(async move {
+            *state = match sqlx::query(&sql).persistent(false).execute(&pool).await {
+                Ok(_) => VacuumState::Idle,
+                Err(e) => {
+                    tracing::debug!(cause = %e, "cannot vacuum the queue table; leaving it to autovacuum");
+                    VacuumState::Disabled
+                }
+            };
+        });
+    }
+
     /// Connects (the URL without our options).
     pub async fn connect(
         url: &str,
@@ -74,6 +137,9 @@ impl PgTransport {
             pool,
             fetch_pool,
             own_pids,
+            deleted: Arc::default(),
+            vacuumed_once: Arc::default(),
+            vacuum: Arc::default(),
             options,
             listener: Mutex::new(None),
             needle: request_class_needle(),
@@ -245,6 +311,7 @@ impl Transport for PgTransport {
         .bind(&self.options.failure_queue_name)
         .execute(&self.pool)
         .await?;
+        self.after_delete(done.len() as u64);
         Ok(())
     }
 
