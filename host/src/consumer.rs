@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 use tokio::sync::{Mutex, Semaphore, mpsc, oneshot};
 
 use crate::codec::{self, Decoded};
-use crate::message::{EntityKind, ManagerRequest, ManagerResponse};
+use crate::message::{ManagerRequest, ManagerResponse};
 use crate::service::Manager;
 use crate::transport::{
     Delivery, LedgerEntry, Settle, Transport, TransportOptions, response_format, utc_now_rfc3339,
@@ -118,14 +118,6 @@ fn ledger_entry(r: &ManagerResponse, received_at: String, started: Instant) -> L
         received_at,
         finished_at: String::new(),
         duration_ms: i64::try_from(started.elapsed().as_millis()).unwrap_or(i64::MAX),
-    }
-}
-
-fn guess_kind(action: &str) -> EntityKind {
-    if matches!(action, "reread" | "update") {
-        EntityKind::Worker
-    } else {
-        EntityKind::Container
     }
 }
 
@@ -371,7 +363,7 @@ fn prepare(
                 let action = m.action.unwrap_or_default();
                 let response = ManagerResponse {
                     correlation_id,
-                    entity_type: guess_kind(&action),
+                    entity_type: crate::service::guess_kind(&action),
                     entity_id: m.entity_id.unwrap_or_default(),
                     action,
                     success: false,

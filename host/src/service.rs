@@ -104,7 +104,7 @@ impl Manager {
 }
 
 /// The kind an unknown entity most likely has, for `entityType` of the error response.
-fn guess_kind(action: &str) -> EntityKind {
+pub(crate) fn guess_kind(action: &str) -> EntityKind {
     let worker_only = crate::router::contract_actions(EntityKind::Worker)
         .iter()
         .any(|a| {

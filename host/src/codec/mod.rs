@@ -21,6 +21,14 @@ const ENVELOPE_CLASS: &str = "Symfony\\Component\\Messenger\\Envelope";
 const BUS_NAME_STAMP: &str = "Symfony\\Component\\Messenger\\Stamp\\BusNameStamp";
 const STAMP_HEADER: &str = "X-Message-Stamp-";
 
+/// PHP's `base64_decode` is not strict about padding.
+const LENIENT_BASE64: base64::engine::GeneralPurpose = base64::engine::GeneralPurpose::new(
+    &base64::alphabet::STANDARD,
+    base64::engine::GeneralPurposeConfig::new()
+        .with_decode_padding_mode(base64::engine::DecodePaddingMode::Indifferent)
+        .with_decode_allow_trailing_bits(true),
+);
+
 /// The request class as it appears in stored rows (both formats escape the backslashes), for
 /// filtering a shared queue in SQL.
 pub fn request_class_needle() -> String {
@@ -87,11 +95,8 @@ fn decode_php(body: &[u8]) -> Result<Decoded, String> {
             .copied()
             .filter(|b| !b.is_ascii_whitespace())
             .collect();
-        base64::engine::general_purpose::STANDARD
+        LENIENT_BASE64
             .decode(&clean)
-            .or_else(|_| {
-                base64::engine::general_purpose::STANDARD_NO_PAD.decode(clean.trim_ascii_end_eq())
-            })
             .map_err(|_| "body is neither serialized PHP nor base64".to_owned())?
     };
     let raw = php::stripslashes(&text);
@@ -123,20 +128,6 @@ fn decode_php(body: &[u8]) -> Result<Decoded, String> {
         bus_name,
         request,
     })
-}
-
-trait TrimPad {
-    fn trim_ascii_end_eq(&self) -> &[u8];
-}
-
-impl TrimPad for Vec<u8> {
-    fn trim_ascii_end_eq(&self) -> &[u8] {
-        let mut s = self.as_slice();
-        while let [rest @ .., b'='] = s {
-            s = rest;
-        }
-        s
-    }
 }
 
 fn eq_class(a: &[u8], b: &str) -> bool {
@@ -578,9 +569,7 @@ pub fn decode_response(body: &[u8], headers: &str) -> Result<ManagerResponse, St
             let text = if body.last() == Some(&b'}') {
                 body.to_vec()
             } else {
-                base64::engine::general_purpose::STANDARD
-                    .decode(body)
-                    .map_err(|e| e.to_string())?
+                LENIENT_BASE64.decode(body).map_err(|e| e.to_string())?
             };
             match php::parse(&php::stripslashes(&text)).map_err(|e| e.to_string())? {
                 Value::Object(_, props) => props
