@@ -16,30 +16,7 @@ use marvin_manager::message::ManagerResponse;
 use marvin_manager::service::Manager;
 use marvin_manager::transport::{HistoryFilter, Transport};
 
-macro_rules! suite {
-    ($($case:ident),* $(,)?) => {
-        mod pg {
-            $(
-                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-                async fn $case() {
-                    let db = super::TestDb::new(super::Db::Pg).await;
-                    super::$case(&db, async |extra: &str| db.pg(extra).await).await;
-                }
-            )*
-        }
-        mod sqlite {
-            $(
-                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-                async fn $case() {
-                    let db = super::TestDb::new(super::Db::Sqlite).await;
-                    super::$case(&db, async |extra: &str| db.sqlite(extra).await).await;
-                }
-            )*
-        }
-    };
-}
-
-suite!(
+on_both_databases!(
     every_request_is_answered_in_its_format,
     a_completed_correlation_id_is_answered_from_the_ledger,
     bad_rows_never_stop_the_service,

@@ -11,31 +11,7 @@ use marvin_manager::codec::{self, Format};
 use marvin_manager::message::{EntityKind, ManagerResponse};
 use marvin_manager::transport::{HistoryFilter, LedgerEntry, Settle, Transport};
 
-/// Runs `$case` against both databases, with the transport each one gives.
-macro_rules! suite {
-    ($($case:ident),* $(,)?) => {
-        mod pg {
-            $(
-                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-                async fn $case() {
-                    let db = super::TestDb::new(super::Db::Pg).await;
-                    super::$case(&db, async |extra: &str| db.pg(extra).await).await;
-                }
-            )*
-        }
-        mod sqlite {
-            $(
-                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-                async fn $case() {
-                    let db = super::TestDb::new(super::Db::Sqlite).await;
-                    super::$case(&db, async |extra: &str| db.sqlite(extra).await).await;
-                }
-            )*
-        }
-    };
-}
-
-suite!(
+on_both_databases!(
     setup_creates_symfonys_table,
     a_request_round_trips_in_one_transaction,
     other_classes_are_never_touched,

@@ -173,6 +173,34 @@ where
     })
 }
 
+/// The ledger history query, the same SQL on both databases.
+pub(crate) fn history_query<'a, DB>(
+    ledger_table: &str,
+    f: HistoryFilter,
+) -> sqlx::QueryBuilder<'a, DB>
+where
+    DB: sqlx::Database,
+    String: sqlx::Encode<'a, DB> + sqlx::Type<DB>,
+    i64: sqlx::Encode<'a, DB> + sqlx::Type<DB>,
+{
+    let mut q = sqlx::QueryBuilder::<DB>::new(format!(
+        "SELECT {} FROM {ledger_table} WHERE 1 = 1",
+        schema::LEDGER_COLUMNS
+    ));
+    if let Some(e) = f.entity_id {
+        q.push(" AND entity_id = ").push_bind(e);
+    }
+    if f.failed_only {
+        q.push(" AND NOT success");
+    }
+    if let Some(s) = f.since {
+        q.push(" AND received_at >= ").push_bind(s);
+    }
+    q.push(" ORDER BY received_at DESC LIMIT ")
+        .push_bind(f.limit.max(1));
+    q
+}
+
 /// Reads a failure-queue row (same columns on both databases).
 pub(crate) fn failed_from_row<'r, R>(r: &'r R) -> Result<FailedRow, sqlx::Error>
 where

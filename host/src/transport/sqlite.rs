@@ -17,7 +17,8 @@ use crate::codec::{self, request_class_needle};
 use super::schema::{LEDGER_COLUMNS, Names};
 use super::{
     Delivery, Error, FailedRow, HistoryFilter, LedgerEntry, Settle, Transport, TransportOptions,
-    ago_text, classify_row, entry_from_row, failed_from_row, now_text, schema, utc_now_rfc3339,
+    ago_text, classify_row, entry_from_row, failed_from_row, history_query, now_text, schema,
+    utc_now_rfc3339,
 };
 
 /// How often an idle consumer looks at the table (SQLite has no notifications).
@@ -290,21 +291,7 @@ impl Transport for SqliteTransport {
     }
 
     async fn history(&self, f: HistoryFilter) -> Result<Vec<LedgerEntry>, Error> {
-        let ledger_table = &self.names.ledger;
-        let mut q = QueryBuilder::<Sqlite>::new(format!(
-            "SELECT {LEDGER_COLUMNS} FROM {ledger_table} WHERE 1 = 1"
-        ));
-        if let Some(e) = f.entity_id {
-            q.push(" AND entity_id = ").push_bind(e);
-        }
-        if f.failed_only {
-            q.push(" AND NOT success");
-        }
-        if let Some(s) = f.since {
-            q.push(" AND received_at >= ").push_bind(s);
-        }
-        q.push(" ORDER BY received_at DESC LIMIT ")
-            .push_bind(f.limit.max(1));
+        let mut q = history_query::<Sqlite>(&self.names.ledger, f);
         let rows = q.build().fetch_all(&self.pool).await?;
         rows.iter()
             .map(entry_from_row)

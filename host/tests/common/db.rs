@@ -184,3 +184,28 @@ pub async fn send<T: Transport>(t: &T, req: &ManagerRequest, format: Format) -> 
     .await
     .unwrap()
 }
+
+/// Runs each `$case(db, make_transport)` against a real PostgreSQL and against SQLite.
+#[macro_export]
+macro_rules! on_both_databases {
+    ($($case:ident),* $(,)?) => {
+        mod pg {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $case() {
+                    let db = super::TestDb::new(super::Db::Pg).await;
+                    super::$case(&db, async |extra: &str| db.pg(extra).await).await;
+                }
+            )*
+        }
+        mod sqlite {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $case() {
+                    let db = super::TestDb::new(super::Db::Sqlite).await;
+                    super::$case(&db, async |extra: &str| db.sqlite(extra).await).await;
+                }
+            )*
+        }
+    };
+}
