@@ -426,10 +426,6 @@ fn php_body(envelope: &Value) -> String {
     }
 }
 
-fn opt_str(s: Option<&str>) -> Value {
-    s.map_or(Value::Null, |s| Value::Str(s.as_bytes().to_vec()))
-}
-
 /// PHP's `json_encode` escaping: `/` as `\/`, non-ASCII as `\uXXXX`.
 pub fn php_json(v: &Json) -> String {
     let s = v.to_string();
@@ -463,100 +459,70 @@ fn json_headers(class: &str, bus_name: Option<&str>) -> String {
     h
 }
 
-/// Encodes a response in `format`, with the request's bus name stamp.
-pub fn encode_response(r: &ManagerResponse, format: Format, bus_name: Option<&str>) -> Encoded {
+/// Encodes a message of `class` whose public properties are `fields`, in declaration order.
+/// One description serves both formats: PHP gets the fields as `json_decode(…, true)` would
+/// build them, JSON gets them as `json_encode` writes them.
+fn encode_message(
+    class: &str,
+    fields: Map<String, Json>,
+    format: Format,
+    bus_name: Option<&str>,
+) -> Encoded {
     match format {
         Format::Php => {
-            let message = Value::Object(
-                RESPONSE_CLASS.as_bytes().to_vec(),
-                vec![
-                    (
-                        b"correlationId".to_vec(),
-                        Value::Str(r.correlation_id.as_bytes().to_vec()),
-                    ),
-                    (
-                        b"entityType".to_vec(),
-                        Value::Str(r.entity_type.as_str().as_bytes().to_vec()),
-                    ),
-                    (
-                        b"entityId".to_vec(),
-                        Value::Str(r.entity_id.as_bytes().to_vec()),
-                    ),
-                    (b"action".to_vec(), Value::Str(r.action.as_bytes().to_vec())),
-                    (b"success".to_vec(), Value::Bool(r.success)),
-                    (b"output".to_vec(), opt_str(r.output.as_deref())),
-                    (b"error".to_vec(), opt_str(r.error.as_deref())),
-                    (
-                        b"metadata".to_vec(),
-                        json_to_php(&Json::Object(r.metadata.clone())),
-                    ),
-                ],
-            );
+            let props = fields
+                .iter()
+                .map(|(k, v)| (k.as_bytes().to_vec(), json_to_php(v)))
+                .collect();
             Encoded {
-                body: php_body(&envelope(message, bus_name)),
+                body: php_body(&envelope(
+                    Value::Object(class.as_bytes().to_vec(), props),
+                    bus_name,
+                )),
                 headers: "[]".into(),
             }
         }
-        Format::Json => {
-            let body = serde_json::json!({
-                "correlationId": r.correlation_id,
-                "entityType": r.entity_type.as_str(),
-                "entityId": r.entity_id,
-                "action": r.action,
-                "success": r.success,
-                "output": r.output,
-                "error": r.error,
-                "metadata": if r.metadata.is_empty() { Json::Array(vec![]) } else { Json::Object(r.metadata.clone()) },
-            });
-            Encoded {
-                body: php_json(&body),
-                headers: json_headers(RESPONSE_CLASS, bus_name),
-            }
-        }
+        Format::Json => Encoded {
+            body: php_json(&Json::Object(fields)),
+            headers: json_headers(class, bus_name),
+        },
     }
+}
+
+fn fields(v: Json) -> Map<String, Json> {
+    match v {
+        Json::Object(m) => m,
+        _ => Map::new(),
+    }
+}
+
+/// Encodes a response in `format`, with the request's bus name stamp.
+pub fn encode_response(r: &ManagerResponse, format: Format, bus_name: Option<&str>) -> Encoded {
+    let body = serde_json::json!({
+        "correlationId": r.correlation_id,
+        "entityType": r.entity_type.as_str(),
+        "entityId": r.entity_id,
+        "action": r.action,
+        "success": r.success,
+        "output": r.output,
+        "error": r.error,
+        // An empty PHP array is `[]` in JSON, whatever it means.
+        "metadata": if r.metadata.is_empty() { Json::Array(vec![]) } else { Json::Object(r.metadata.clone()) },
+    });
+    encode_message(RESPONSE_CLASS, fields(body), format, bus_name)
 }
 
 /// Encodes a request as Core dispatches it (for `dispatch` and tests).
 pub fn encode_request(r: &ManagerRequest, format: Format, bus_name: Option<&str>) -> Encoded {
-    match format {
-        Format::Php => {
-            let message = Value::Object(
-                REQUEST_CLASS.as_bytes().to_vec(),
-                vec![
-                    (
-                        b"containerId".to_vec(),
-                        Value::Str(r.container_id.as_bytes().to_vec()),
-                    ),
-                    (
-                        b"correlationId".to_vec(),
-                        Value::Str(r.correlation_id.as_bytes().to_vec()),
-                    ),
-                    (b"action".to_vec(), Value::Str(r.action.as_bytes().to_vec())),
-                    (b"command".to_vec(), opt_str(r.command.as_deref())),
-                    (b"args".to_vec(), json_to_php(&r.args)),
-                    (b"timeout".to_vec(), Value::Int(r.timeout)),
-                ],
-            );
-            Encoded {
-                body: php_body(&envelope(message, bus_name)),
-                headers: "[]".into(),
-            }
-        }
-        Format::Json => {
-            let body = serde_json::json!({
-                "containerId": r.container_id,
-                "correlationId": r.correlation_id,
-                "action": r.action,
-                "command": r.command,
-                "args": r.args,
-                "timeout": r.timeout,
-            });
-            Encoded {
-                body: php_json(&body),
-                headers: json_headers(REQUEST_CLASS, bus_name),
-            }
-        }
-    }
+    let body = serde_json::json!({
+        "containerId": r.container_id,
+        "correlationId": r.correlation_id,
+        "action": r.action,
+        "command": r.command,
+        "args": r.args,
+        "timeout": r.timeout,
+    });
+    encode_message(REQUEST_CLASS, fields(body), format, bus_name)
 }
 
 /// Decodes a response row (for `dispatch --wait` and tests).
