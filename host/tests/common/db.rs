@@ -116,29 +116,13 @@ impl TestDb {
         match self.db {
             Db::Pg => {
                 let pool = sqlx::PgPool::connect(&self.base).await.unwrap();
-                let rows = sqlx::query(&sql).fetch_all(&pool).await.unwrap();
-                let out = rows
-                    .iter()
-                    .map(|r| {
-                        (0..r.len())
-                            .map(|i| r.try_get::<Option<String>, _>(i).unwrap())
-                            .collect()
-                    })
-                    .collect();
+                let out = texts(&sqlx::query(&sql).fetch_all(&pool).await.unwrap());
                 pool.close().await;
                 out
             }
             Db::Sqlite => {
                 let pool = sqlx::SqlitePool::connect(&self.base).await.unwrap();
-                let rows = sqlx::query(&sql).fetch_all(&pool).await.unwrap();
-                let out = rows
-                    .iter()
-                    .map(|r| {
-                        (0..r.len())
-                            .map(|i| r.try_get::<Option<String>, _>(i).unwrap())
-                            .collect()
-                    })
-                    .collect();
+                let out = texts(&sqlx::query(&sql).fetch_all(&pool).await.unwrap());
                 pool.close().await;
                 out
             }
@@ -162,6 +146,22 @@ impl TestDb {
     pub async fn exec(&self, sql: &str) {
         let _ = self.query(sql).await;
     }
+}
+
+/// Every column of every row as text (NULL as None).
+fn texts<R>(rows: &[R]) -> Vec<Vec<Option<String>>>
+where
+    R: Row,
+    usize: sqlx::ColumnIndex<R>,
+    for<'r> Option<String>: sqlx::Decode<'r, R::Database> + sqlx::Type<R::Database>,
+{
+    rows.iter()
+        .map(|r| {
+            (0..r.len())
+                .map(|i| r.try_get::<Option<String>, _>(i).unwrap())
+                .collect()
+        })
+        .collect()
 }
 
 pub fn request(correlation_id: &str, entity: &str, action: &str) -> ManagerRequest {
