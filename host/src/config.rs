@@ -63,6 +63,11 @@ pub struct TransportConfig {
 pub struct DockerConfig {
     /// The compose project the special entity id `all` (restart_all) acts on.
     pub default_project: Option<String>,
+    /// The engine: `unix:///var/run/docker.sock` (the default, or `DOCKER_HOST`),
+    /// `tcp://host:2375`.
+    pub endpoint: Option<String>,
+    /// Whether containers labelled `marvin.entity-id` become entities (default: yes).
+    pub discovery: Option<bool>,
 }
 
 /// `[plugins.<name>]`.

@@ -1,9 +1,21 @@
 //! Entity id -> entity: what Core's `containerId` names, and where an action on it lands.
+//!
+//! Two sources: the config file's `[entities]`, and discovery — a container carrying the
+//! label `marvin.entity-id` is the entity of that id, with its compose project and service.
+//! The config wins when both name an id. Discovered entities are remembered for
+//! [`DISCOVERY_TTL`]; an id nobody knows costs one filtered container listing.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
+use crate::capabilities::DockerBackend;
+use crate::capabilities::docker::engine::label;
 use crate::config::Config;
 use crate::message::EntityKind;
+
+/// How long a discovered entity is trusted before the engine is asked again.
+pub const DISCOVERY_TTL: Duration = Duration::from_secs(30);
 
 /// The entity id of `restart_all`: every service of the default compose project.
 pub const ALL: &str = "all";
@@ -38,11 +50,18 @@ pub struct Entity {
 }
 
 /// The entities the manager knows.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct Registry {
     entities: BTreeMap<String, Entity>,
     /// The project of `all`, or why there is none.
     default_project: Result<String, String>,
+    discovery: Option<Arc<Discovery>>,
+}
+
+/// Entities found by their containers' `marvin.entity-id` label.
+struct Discovery {
+    docker: Arc<dyn DockerBackend>,
+    found: Mutex<HashMap<String, (Entity, Instant)>>,
 }
 
 impl Registry {
@@ -87,11 +106,33 @@ impl Registry {
         Self {
             entities,
             default_project,
+            discovery: None,
         }
     }
 
+    /// Also finds entities by the `marvin.entity-id` label of containers `docker` lists.
+    pub fn with_discovery(mut self, docker: Arc<dyn DockerBackend>) -> Self {
+        self.discovery = Some(Arc::new(Discovery {
+            docker,
+            found: Mutex::new(HashMap::new()),
+        }));
+        self
+    }
+
     /// The entity Core means by `id`, or an error Core can show.
-    pub fn resolve(&self, id: &str) -> Result<Entity, String> {
+    pub async fn resolve(&self, id: &str) -> Result<Entity, String> {
+        match self.resolve_configured(id) {
+            Ok(e) => Ok(e),
+            Err(e) if id == ALL || id == SUPERVISOR => Err(e),
+            Err(unknown) => match &self.discovery {
+                Some(d) => d.resolve(id).await.map_err(|why| format!("{unknown}{why}")),
+                None => Err(unknown),
+            },
+        }
+    }
+
+    /// Resolves `id` from the config file and the special ids only.
+    pub fn resolve_configured(&self, id: &str) -> Result<Entity, String> {
         match id {
             ALL => Ok(Entity {
                 id: ALL.into(),
@@ -118,6 +159,99 @@ impl Registry {
     pub fn entities(&self) -> impl Iterator<Item = &Entity> {
         self.entities.values()
     }
+
+    /// Every entity discovered now, by id (an engine that cannot be reached: none).
+    pub async fn discovered(&self) -> Result<Vec<Entity>, String> {
+        let Some(d) = &self.discovery else {
+            return Ok(Vec::new());
+        };
+        let containers = d
+            .docker
+            .labelled(label::ENTITY_ID, None)
+            .await
+            .map_err(|e| crate::capabilities::error_text(&e))?;
+        let mut by_id: BTreeMap<String, Entity> = BTreeMap::new();
+        for c in containers.iter().filter(|c| !c.oneoff) {
+            if let Some((_, id)) = c.labels.iter().find(|(k, _)| k == label::ENTITY_ID)
+                && !self.entities.contains_key(id)
+            {
+                by_id.entry(id.clone()).or_insert_with(|| entity_of(id, c));
+            }
+        }
+        Ok(by_id.into_values().collect())
+    }
+}
+
+fn entity_of(id: &str, c: &crate::runtime::bindings::docker::Container) -> Entity {
+    Entity {
+        id: id.to_owned(),
+        kind: EntityKind::Container,
+        target: Target::Compose {
+            project: c.project.clone(),
+            service: Some(c.service.clone()),
+        },
+    }
+}
+
+impl Discovery {
+    /// The entity of label `marvin.entity-id=id`, or why there is none (appended to
+    /// "unknown entity").
+    async fn resolve(&self, id: &str) -> Result<Entity, String> {
+        if let Ok(found) = self.found.lock()
+            && let Some((e, at)) = found.get(id)
+            && at.elapsed() < DISCOVERY_TTL
+        {
+            return Ok(e.clone());
+        }
+        let listed = self.docker.labelled(label::ENTITY_ID, Some(id)).await;
+        let containers = match listed {
+            Ok(c) => c,
+            Err(e) => {
+                // Serve what was found before while the engine is away.
+                if let Ok(found) = self.found.lock()
+                    && let Some((e, _)) = found.get(id)
+                {
+                    return Ok(e.clone());
+                }
+                return Err(format!(
+                    " (not in the config; discovery by label failed: {})",
+                    crate::capabilities::error_text(&e)
+                ));
+            }
+        };
+        let services: BTreeSet<(&str, &str)> = containers
+            .iter()
+            .filter(|c| !c.oneoff && !c.project.is_empty())
+            .map(|c| (c.project.as_str(), c.service.as_str()))
+            .collect();
+        let first = containers
+            .iter()
+            .find(|c| !c.oneoff && !c.project.is_empty());
+        let entity = match (services.len(), first) {
+            (1, Some(c)) => entity_of(id, c),
+            (0, _) => {
+                if let Ok(mut found) = self.found.lock() {
+                    found.remove(id);
+                }
+                return Err(format!(
+                    " (not in the config, and no compose container has the label {}={id})",
+                    label::ENTITY_ID
+                ));
+            }
+            _ => {
+                let list: Vec<String> = services.iter().map(|(p, s)| format!("{p}/{s}")).collect();
+                return Err(format!(
+                    ": the label {}={id} is on containers of several services ({})",
+                    label::ENTITY_ID,
+                    list.join(", ")
+                ));
+            }
+        };
+        if let Ok(mut found) = self.found.lock() {
+            found.insert(id.to_owned(), (entity.clone(), Instant::now()));
+        }
+        Ok(entity)
+    }
 }
 
 #[cfg(test)]
@@ -135,36 +269,36 @@ mod tests {
              [entities.w1]\nkind = \"worker\"\nprogram = \"consumer\"\n",
         );
         assert_eq!(
-            r.resolve("c1").unwrap().target,
+            r.resolve_configured("c1").unwrap().target,
             Target::Compose {
                 project: "marvin".into(),
                 service: Some("web".into())
             }
         );
-        assert_eq!(r.resolve("w1").unwrap().kind, EntityKind::Worker);
+        assert_eq!(r.resolve_configured("w1").unwrap().kind, EntityKind::Worker);
         assert_eq!(
-            r.resolve("all").unwrap().target,
+            r.resolve_configured("all").unwrap().target,
             Target::Compose {
                 project: "marvin".into(),
                 service: None
             }
         );
-        assert_eq!(r.resolve("supervisor").unwrap().target, Target::Supervisord);
-        assert_eq!(r.resolve("nope").unwrap_err(), "unknown entity 'nope'");
+        assert_eq!(r.resolve_configured("supervisor").unwrap().target, Target::Supervisord);
+        assert_eq!(r.resolve_configured("nope").unwrap_err(), "unknown entity 'nope'");
     }
 
     #[test]
     fn all_needs_a_project() {
         let r = registry("");
-        assert!(r.resolve("all").unwrap_err().contains("default_project"));
+        assert!(r.resolve_configured("all").unwrap_err().contains("default_project"));
         let r = registry(
             "[entities.a]\nkind = \"container\"\nproject = \"p1\"\nservice = \"s\"\n\
              [entities.b]\nkind = \"container\"\nproject = \"p2\"\nservice = \"s\"\n",
         );
-        assert!(r.resolve("all").unwrap_err().contains("p1, p2"));
+        assert!(r.resolve_configured("all").unwrap_err().contains("p1, p2"));
         let r = registry("[docker]\ndefault_project = \"x\"\n");
         assert!(
-            matches!(r.resolve("all").unwrap().target, Target::Compose { project, .. } if project == "x")
+            matches!(r.resolve_configured("all").unwrap().target, Target::Compose { project, .. } if project == "x")
         );
     }
 }

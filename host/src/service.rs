@@ -47,7 +47,7 @@ impl Manager {
 
     async fn execute_inner(&self, req: &ManagerRequest) -> ManagerResponse {
         let started = Instant::now();
-        let entity = match self.registry.resolve(&req.container_id) {
+        let entity = match self.registry.resolve(&req.container_id).await {
             Ok(e) => e,
             Err(e) => {
                 tracing::warn!(reason = %e, "request refused");

@@ -16,6 +16,8 @@ const GUESTS: &[(&str, &str)] = &[
     ("RELOAD_V2", "reload_v2"),
     ("WRONG_WORLD", "wrong-world"),
     ("HELLO_EXAMPLE", "hello_plugin"),
+    ("DOCKER_COMPOSE", "docker_compose"),
+    ("EXEC_CMD", "exec_cmd"),
 ];
 
 fn build(manifest: &Path, target: &Path) {
@@ -51,10 +53,9 @@ fn main() {
     let sources = [
         root.join("tests/guests"),
         root.join("examples/hello-plugin"),
+        root.join("plugins"),
     ];
-    for dir in sources
-        .iter()
-        .chain(&[root.join("plugins/sdk"), root.join("wit")])
+    for dir in sources.iter().chain(&[root.join("wit")])
     {
         println!("cargo:rerun-if-changed={}", dir.display());
     }

@@ -42,6 +42,7 @@ pub struct Capabilities {
     pub(crate) backends: Backends,
     pub(crate) deadline: Instant,
     pub(crate) log: log::LogBudget,
+    pub(crate) seen: docker::Seen,
 }
 
 impl Capabilities {
@@ -58,6 +59,7 @@ impl Capabilities {
             backends,
             deadline,
             log: log::LogBudget::default(),
+            seen: docker::Seen::default(),
         }
     }
 

@@ -208,8 +208,9 @@ impl Policy {
         }
     }
 
-    /// May the plugin build from `dir` (an absolute, normalised path).
-    pub fn docker_build(&self, dir: &Path) -> Result<(), Denied> {
+    /// May the plugin build from `dir` (absolute): the granted directory holding it and `dir`
+    /// itself, both normalised.
+    pub fn docker_build(&self, dir: &Path) -> Result<(PathBuf, PathBuf), Denied> {
         self.requested_or_deny(Capability::DockerBuild)?;
         let dirs = self
             .grants
@@ -217,8 +218,14 @@ impl Policy {
             .as_ref()
             .map(|d| d.build_dirs.as_slice())
             .unwrap_or(&[]);
-        if within_any(dir, dirs) {
-            Ok(())
+        let found = normalise(dir).and_then(|d| {
+            dirs.iter()
+                .filter_map(|g| normalise(g))
+                .find(|g| d.starts_with(g))
+                .map(|g| (g, d))
+        });
+        if let Some(found) = found {
+            Ok(found)
         } else {
             Err(self.deny(
                 Capability::DockerBuild,

@@ -14,6 +14,7 @@ use anyhow::Context;
 use clap::{Args, Parser, Subcommand};
 
 use crate::capabilities::Backends;
+use crate::capabilities::docker::engine::Engine;
 use crate::config::Config;
 use crate::registry::Registry;
 use crate::runtime::plugins::PluginDir;
@@ -111,6 +112,7 @@ struct Settings {
     config: Config,
     plugins_dir: PathBuf,
     cache_dir: Option<PathBuf>,
+    backends: std::sync::OnceLock<Backends>,
 }
 
 impl GlobalArgs {
@@ -130,6 +132,7 @@ impl GlobalArgs {
             config,
             plugins_dir,
             cache_dir,
+            backends: std::sync::OnceLock::new(),
         })
     }
 }
@@ -153,19 +156,42 @@ impl Settings {
             plugins: self.config.plugins.clone(),
         };
         Ok(Arc::new(
-            Runtime::new(settings, Backends::default())
+            Runtime::new(settings, self.backends())
                 .context("cannot start the plugin runtime")?,
         ))
+    }
+
+    /// The engines capability calls reach; built once, shared by the runtime and discovery.
+    fn backends(&self) -> Backends {
+        self.backends
+            .get_or_init(|| {
+                let endpoint = self
+                    .config
+                    .docker
+                    .endpoint
+                    .clone()
+                    .unwrap_or_else(Engine::default_endpoint);
+                Backends {
+                    docker: Arc::new(Engine::new(endpoint)),
+                    ..Backends::default()
+                }
+            })
+            .clone()
+    }
+
+    fn registry(&self) -> Registry {
+        let registry = Registry::from_config(&self.config);
+        if self.config.docker.discovery.unwrap_or(true) {
+            registry.with_discovery(self.backends().docker)
+        } else {
+            registry
+        }
     }
 
     async fn manager(&self) -> anyhow::Result<Manager> {
         let runtime = self.runtime()?;
         let dir = PluginDir::open(runtime.clone(), self.plugins_dir.clone()).await;
-        Ok(Manager::new(
-            Registry::from_config(&self.config),
-            runtime,
-            dir,
-        ))
+        Ok(Manager::new(self.registry(), runtime, dir))
     }
 }
 

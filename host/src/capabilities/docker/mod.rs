@@ -2,8 +2,18 @@
 //!
 //! Calls that name a container by id first inspect it, so the grant is checked against the
 //! compose project and service the container really belongs to, not what the plugin claims.
+//! Containers the plugin got from `list-containers` in the same request are known already.
+
+pub mod context;
+pub mod engine;
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
+use futures_util::future::join_all;
 
 use crate::runtime::bindings::docker::{
     BuildOptions, BuildOutput, Container, ExecOptions, ExecOutput, Host,
@@ -21,6 +31,8 @@ pub trait DockerBackend: Send + Sync {
         project: &str,
         service: Option<&str>,
     ) -> Result<Vec<Container>, Error>;
+    /// Containers carrying label `key` (with `value` when given), in any project.
+    async fn labelled(&self, key: &str, value: Option<&str>) -> Result<Vec<Container>, Error>;
     /// One container.
     async fn inspect(&self, id: &str) -> Result<Container, Error>;
     /// Starts a container.
@@ -29,8 +41,9 @@ pub trait DockerBackend: Send + Sync {
     async fn stop(&self, id: &str, timeout_secs: Option<u32>) -> Result<(), Error>;
     /// Restarts a container.
     async fn restart(&self, id: &str, timeout_secs: Option<u32>) -> Result<(), Error>;
-    /// Builds an image.
-    async fn build(&self, options: BuildOptions) -> Result<BuildOutput, Error>;
+    /// Builds an image; `options.context` is absolute and normalised, inside `root`, the
+    /// granted directory it is read through.
+    async fn build(&self, root: PathBuf, options: BuildOptions) -> Result<BuildOutput, Error>;
     /// Runs a command in a container.
     async fn exec(&self, id: &str, options: ExecOptions) -> Result<ExecOutput, Error>;
 }
@@ -50,6 +63,9 @@ impl DockerBackend for Unconfigured {
     async fn list_containers(&self, _: &str, _: Option<&str>) -> Result<Vec<Container>, Error> {
         unconfigured()
     }
+    async fn labelled(&self, _: &str, _: Option<&str>) -> Result<Vec<Container>, Error> {
+        unconfigured()
+    }
     async fn inspect(&self, _: &str) -> Result<Container, Error> {
         unconfigured()
     }
@@ -62,7 +78,7 @@ impl DockerBackend for Unconfigured {
     async fn restart(&self, _: &str, _: Option<u32>) -> Result<(), Error> {
         unconfigured()
     }
-    async fn build(&self, _: BuildOptions) -> Result<BuildOutput, Error> {
+    async fn build(&self, _: PathBuf, _: BuildOptions) -> Result<BuildOutput, Error> {
         unconfigured()
     }
     async fn exec(&self, _: &str, _: ExecOptions) -> Result<ExecOutput, Error> {
@@ -70,18 +86,58 @@ impl DockerBackend for Unconfigured {
     }
 }
 
+/// The containers a request has seen, by id: their project and service (labels never change).
+#[derive(Debug, Default)]
+pub struct Seen(Mutex<HashMap<String, (String, String)>>);
+
+impl Seen {
+    fn get(&self, id: &str) -> Option<(String, String)> {
+        self.0.lock().ok().and_then(|m| m.get(id).cloned())
+    }
+    fn add(&self, c: &Container) {
+        if let Ok(mut m) = self.0.lock() {
+            m.insert(c.id.clone(), (c.project.clone(), c.service.clone()));
+        }
+    }
+}
+
+/// What an exec keeps of the request's time to report a timeout before the request ends.
+const EXEC_MARGIN: Duration = Duration::from_millis(100);
+
 const SHELLS: &[&str] = &["sh", "bash", "dash", "ash", "zsh", "ksh"];
 
 impl Capabilities {
-    /// Inspects `id` and checks that its project and service are granted.
-    async fn granted_container(&self, id: &str) -> Result<Container, Error> {
+    /// The full id of container `id` once its project and service are known to be granted.
+    async fn granted_id(&self, id: &str) -> Result<String, Error> {
         self.policy.docker_any().map_err(|d| self.denied(d))?;
-        let docker = self.backends.docker.clone();
-        let c = self.bounded("docker inspect", docker.inspect(id)).await?;
+        let (full, project, service) = match self.seen.get(id) {
+            Some((p, s)) => (id.to_owned(), p, s),
+            None => {
+                let docker = self.backends.docker.clone();
+                let c = self.bounded("docker inspect", docker.inspect(id)).await?;
+                self.seen.add(&c);
+                (c.id, c.project, c.service)
+            }
+        };
         self.policy
-            .docker_project(&c.project, Some(&c.service))
+            .docker_project(&project, Some(&service))
             .map_err(|d| self.denied(d))?;
-        Ok(c)
+        Ok(full)
+    }
+
+    /// Runs `call` on each granted container at once; one result per id, in order.
+    async fn each<F, Fut>(&self, what: &str, ids: Vec<String>, call: F) -> Vec<Result<(), Error>>
+    where
+        F: Fn(std::sync::Arc<dyn DockerBackend>, String) -> Fut,
+        Fut: Future<Output = Result<(), Error>>,
+    {
+        let call = &call;
+        join_all(ids.into_iter().map(|id| async move {
+            let full = self.granted_id(&id).await?;
+            self.bounded(what, call(self.backends.docker.clone(), full))
+                .await
+        }))
+        .await
     }
 }
 
@@ -95,58 +151,65 @@ impl Host for Capabilities {
             return Ok(Err(self.denied(d)));
         }
         let docker = self.backends.docker.clone();
-        Ok(self
+        let listed = self
             .bounded(
                 "docker list",
                 docker.list_containers(&project, service.as_deref()),
             )
-            .await)
+            .await;
+        if let Ok(list) = &listed {
+            list.iter().for_each(|c| self.seen.add(c));
+        }
+        Ok(listed)
     }
 
     async fn inspect(&mut self, id: String) -> wasmtime::Result<Result<Container, Error>> {
-        Ok(self.granted_container(&id).await)
-    }
-
-    async fn start(&mut self, id: String) -> wasmtime::Result<Result<(), Error>> {
         let r = async {
-            let c = self.granted_container(&id).await?;
+            self.policy.docker_any().map_err(|d| self.denied(d))?;
             let docker = self.backends.docker.clone();
-            self.bounded("docker start", docker.start(&c.id)).await
+            let c = self.bounded("docker inspect", docker.inspect(&id)).await?;
+            self.policy
+                .docker_project(&c.project, Some(&c.service))
+                .map_err(|d| self.denied(d))?;
+            self.seen.add(&c);
+            Ok(c)
         };
         Ok(r.await)
+    }
+
+    async fn start(&mut self, ids: Vec<String>) -> wasmtime::Result<Vec<Result<(), Error>>> {
+        Ok(self
+            .each("docker start", ids, |d, id| async move { d.start(&id).await })
+            .await)
     }
 
     async fn stop(
         &mut self,
-        id: String,
+        ids: Vec<String>,
         timeout_secs: Option<u32>,
-    ) -> wasmtime::Result<Result<(), Error>> {
-        let r = async {
-            let c = self.granted_container(&id).await?;
-            let docker = self.backends.docker.clone();
-            self.bounded("docker stop", docker.stop(&c.id, timeout_secs))
-                .await
-        };
-        Ok(r.await)
+    ) -> wasmtime::Result<Vec<Result<(), Error>>> {
+        Ok(self
+            .each("docker stop", ids, |d, id| async move {
+                d.stop(&id, timeout_secs).await
+            })
+            .await)
     }
 
     async fn restart(
         &mut self,
-        id: String,
+        ids: Vec<String>,
         timeout_secs: Option<u32>,
-    ) -> wasmtime::Result<Result<(), Error>> {
-        let r = async {
-            let c = self.granted_container(&id).await?;
-            let docker = self.backends.docker.clone();
-            self.bounded("docker restart", docker.restart(&c.id, timeout_secs))
-                .await
-        };
-        Ok(r.await)
+    ) -> wasmtime::Result<Vec<Result<(), Error>>> {
+        Ok(self
+            .each("docker restart", ids, |d, id| async move {
+                d.restart(&id, timeout_secs).await
+            })
+            .await)
     }
 
     async fn build(
         &mut self,
-        options: BuildOptions,
+        mut options: BuildOptions,
     ) -> wasmtime::Result<Result<BuildOutput, Error>> {
         let check = self
             .policy
@@ -155,17 +218,21 @@ impl Host for Capabilities {
                 self.policy
                     .docker_build(std::path::Path::new(&options.context))
             });
-        if let Err(d) = check {
-            return Ok(Err(self.denied(d)));
-        }
+        let (root, context) = match check {
+            Ok(found) => found,
+            Err(d) => return Ok(Err(self.denied(d))),
+        };
+        options.context = context.display().to_string();
         let docker = self.backends.docker.clone();
-        Ok(self.bounded("docker build", docker.build(options)).await)
+        Ok(self
+            .bounded("docker build", docker.build(root, options))
+            .await)
     }
 
     async fn exec(
         &mut self,
         id: String,
-        options: ExecOptions,
+        mut options: ExecOptions,
     ) -> wasmtime::Result<Result<ExecOutput, Error>> {
         let r = async {
             let Some(program) = options.argv.first() else {
@@ -176,9 +243,17 @@ impl Host for Capabilities {
             self.policy
                 .docker_exec(&options.argv.join(" "), shell)
                 .map_err(|d| self.denied(d))?;
-            let c = self.granted_container(&id).await?;
+            let full = self.granted_id(&id).await?;
+            // The command is killed by the engine backend before the request's deadline, so
+            // the plugin learns that it timed out and the process does not outlive it.
+            let left = self
+                .deadline
+                .saturating_duration_since(Instant::now())
+                .saturating_sub(EXEC_MARGIN);
+            let left = u32::try_from(left.as_millis()).unwrap_or(u32::MAX);
+            options.timeout_ms = Some(options.timeout_ms.map_or(left, |t| t.min(left)));
             let docker = self.backends.docker.clone();
-            self.bounded("docker exec", docker.exec(&c.id, options))
+            self.bounded("docker exec", docker.exec(&full, options))
                 .await
         };
         Ok(r.await)
@@ -230,6 +305,9 @@ mod tests {
             self.calls.fetch_add(1, Ordering::SeqCst);
             Ok(vec![container("c1")])
         }
+        async fn labelled(&self, _: &str, _: Option<&str>) -> Result<Vec<Container>, Error> {
+            unconfigured()
+        }
         async fn inspect(&self, id: &str) -> Result<Container, Error> {
             self.calls.fetch_add(1, Ordering::SeqCst);
             Ok(container(id))
@@ -247,7 +325,7 @@ mod tests {
             self.calls.fetch_add(1, Ordering::SeqCst);
             Ok(())
         }
-        async fn build(&self, _: BuildOptions) -> Result<BuildOutput, Error> {
+        async fn build(&self, _: PathBuf, _: BuildOptions) -> Result<BuildOutput, Error> {
             unconfigured()
         }
         async fn exec(&self, _: &str, _: ExecOptions) -> Result<ExecOutput, Error> {
@@ -288,8 +366,8 @@ mod tests {
             matches!(&e, Error::PermissionDenied(m) if m.contains("docker.projects")),
             "{e}"
         );
-        let e = c.stop("c1".into(), None).await.unwrap().unwrap_err();
-        assert!(matches!(e, Error::PermissionDenied(_)));
+        let r = c.stop(vec!["c1".into()], None).await.unwrap();
+        assert!(matches!(&r[..], [Err(Error::PermissionDenied(_))]), "{r:?}");
         assert_eq!(fake.calls.load(Ordering::SeqCst), 0);
         let e = c
             .exec(
@@ -317,15 +395,26 @@ mod tests {
         let fake = Arc::new(Fake::default());
         // The grant covers another project: inspect happens, the stop does not.
         let mut c = caps(&["other"], fake.clone(), Duration::from_secs(5));
-        let e = c.stop("c1".into(), None).await.unwrap().unwrap_err();
+        let r = c.stop(vec!["c1".into(), "c2".into()], None).await.unwrap();
+        assert_eq!(r.len(), 2);
+        let e = r[0].clone().unwrap_err();
         assert!(
             crate::capabilities::error_text(&e).contains("docker project 'marvin' service 'web'"),
             "{e}"
         );
-        assert_eq!(fake.calls.load(Ordering::SeqCst), 1);
+        assert_eq!(fake.calls.load(Ordering::SeqCst), 2);
         let mut c = caps(&["marvin"], fake.clone(), Duration::from_secs(5));
-        c.stop("c1".into(), None).await.unwrap().unwrap();
-        assert_eq!(fake.calls.load(Ordering::SeqCst), 3);
+        let r = c.stop(vec!["c1".into()], None).await.unwrap();
+        assert!(matches!(&r[..], [Ok(())]));
+        assert_eq!(fake.calls.load(Ordering::SeqCst), 4);
+        // A container listed in this request is known: no second inspect.
+        c.list_containers("marvin".into(), None)
+            .await
+            .unwrap()
+            .unwrap();
+        let r = c.stop(vec!["c1".into()], None).await.unwrap();
+        assert!(matches!(&r[..], [Ok(())]));
+        assert_eq!(fake.calls.load(Ordering::SeqCst), 6);
     }
 
     #[tokio::test]
@@ -333,8 +422,8 @@ mod tests {
         let fake = Arc::new(Fake::default());
         let mut c = caps(&["marvin"], fake, Duration::from_millis(200));
         let t = Instant::now();
-        let e = c.start("c1".into()).await.unwrap().unwrap_err();
-        assert!(matches!(e, Error::TimedOut(_)));
+        let r = c.start(vec!["c1".into()]).await.unwrap();
+        assert!(matches!(&r[..], [Err(Error::TimedOut(_))]), "{r:?}");
         assert!(t.elapsed() < Duration::from_secs(5));
     }
 }
