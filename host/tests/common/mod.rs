@@ -15,6 +15,7 @@ use marvin_manager::service::Manager;
 pub use test_programs as guests;
 
 pub mod db;
+pub mod docker;
 
 /// A temp folder with a `plugins` directory holding copies of the given guests.
 pub struct Setup {
@@ -45,9 +46,34 @@ impl Setup {
         let dir = PluginDir::open(runtime.clone(), self.plugins.clone()).await;
         Manager::new(Registry::from_config(&config), runtime, dir)
     }
+
+    /// A manager whose docker capability and discovery reach the engine at `endpoint`.
+    pub async fn manager_with_docker(&self, config: &str, endpoint: &str) -> Manager {
+        use marvin_manager::capabilities::docker::engine::Engine;
+        let config = Config::parse(config).unwrap();
+        config.validate().unwrap();
+        let docker: Arc<dyn marvin_manager::capabilities::DockerBackend> =
+            Arc::new(Engine::new(endpoint));
+        let backends = Backends {
+            docker: docker.clone(),
+            ..Backends::default()
+        };
+        let runtime =
+            runtime_with(&config, Some(self.tmp.path().join("cache")), backends);
+        let dir = PluginDir::open(runtime.clone(), self.plugins.clone()).await;
+        Manager::new(
+            Registry::from_config(&config).with_discovery(docker),
+            runtime,
+            dir,
+        )
+    }
 }
 
 pub fn runtime(config: &Config, cache_dir: Option<PathBuf>) -> Arc<Runtime> {
+    runtime_with(config, cache_dir, Backends::default())
+}
+
+pub fn runtime_with(config: &Config, cache_dir: Option<PathBuf>, backends: Backends) -> Arc<Runtime> {
     Arc::new(
         Runtime::new(
             RuntimeSettings {
@@ -56,7 +82,7 @@ pub fn runtime(config: &Config, cache_dir: Option<PathBuf>) -> Arc<Runtime> {
                 default_max_memory_bytes: config.max_memory_bytes(""),
                 plugins: config.plugins.clone(),
             },
-            Backends::default(),
+            backends,
         )
         .unwrap(),
     )

@@ -133,10 +133,11 @@ fn stop_timeout(req: &Request, args: &Value) -> u32 {
     u32::try_from(asked.min(room)).unwrap_or(0)
 }
 
-/// Runs a batch call on `todo`, lists again, and reports the states after.
+/// Runs a batch call on `todo`, lists again, and reports the states after. `verb` is the
+/// action (`start`), `done` its past (`started`).
 fn act(
     clock: &mut Clock,
-    verb: &str,
+    (verb, done): (&str, &str),
     project: &str,
     service: Option<&str>,
     todo: &[&Container],
@@ -144,7 +145,7 @@ fn act(
 ) -> Outcome {
     let ids: Vec<String> = todo.iter().map(|c| c.id.clone()).collect();
     let results = clock.time(verb, || call(&ids));
-    let failures: Vec<String> = todo
+    let mut failures: Vec<String> = todo
         .iter()
         .zip(&results)
         .filter_map(|(c, r)| {
@@ -157,23 +158,46 @@ fn act(
         docker::list_containers(project, service).map_err(|e| error_text(&e))
     });
     let names: Vec<&str> = todo.iter().map(|c| c.name.as_str()).collect();
-    let outcome = if failures.is_empty() {
-        Outcome::ok(format!(
-            "{verb}: {} ({} of {})",
-            names.join(", "),
-            describe_target(project, service),
-            todo.len()
-        ))
+    // A container that disappeared meanwhile (`docker rm`): stopping it reached its goal,
+    // starting it did not.
+    let removed: Vec<&str> = match &after {
+        Ok(list) => todo
+            .iter()
+            .filter(|c| !list.iter().any(|a| a.id == c.id))
+            .map(|c| c.name.as_str())
+            .collect(),
+        Err(_) => Vec::new(),
+    };
+    if verb != "stop" {
+        for name in &removed {
+            if !failures.iter().any(|f| f.starts_with(&format!("{name}: "))) {
+                failures.push(format!("{name}: removed during the action"));
+            }
+        }
+    }
+    let target = describe_target(project, service);
+    let count = format!(
+        "{} container{}",
+        todo.len(),
+        if todo.len() == 1 { "" } else { "s" }
+    );
+    let mut outcome = if failures.is_empty() {
+        let mut text = format!("{done} {count} of {target}: {}", names.join(", "));
+        if !removed.is_empty() {
+            text.push_str(&format!(" ({} removed meanwhile)", removed.join(", ")));
+        }
+        Outcome::ok(text)
     } else {
         Outcome::fail(format!(
-            "{verb} failed for {} of {} containers of {}: {}",
+            "{verb} failed for {} of the {count} of {target}: {}",
             failures.len(),
-            todo.len(),
-            describe_target(project, service),
             failures.join("; ")
         ))
     };
-    let outcome = outcome.with("acted_on", json!(names));
+    outcome = outcome.with("acted_on", json!(names));
+    if !removed.is_empty() {
+        outcome = outcome.with("removed", json!(removed));
+    }
     match after {
         Ok(list) => {
             let states: Vec<Value> = list.iter().filter(|c| !c.oneoff).map(state).collect();
@@ -204,7 +228,7 @@ fn start(clock: &mut Clock, project: &str, service: Option<&str>) -> Outcome {
         .with("already", Value::Bool(true))
         .with("containers", Value::Array(states));
     }
-    act(clock, "started", project, service, &todo, |ids| {
+    act(clock, ("start", "started"), project, service, &todo, |ids| {
         docker::start(ids)
     })
     .with("already", Value::Bool(false))
@@ -228,7 +252,7 @@ fn stop(clock: &mut Clock, project: &str, service: Option<&str>, timeout: u32) -
         .with("already", Value::Bool(true))
         .with("containers", Value::Array(states));
     }
-    act(clock, "stopped", project, service, &todo, |ids| {
+    act(clock, ("stop", "stopped"), project, service, &todo, |ids| {
         docker::stop(ids, Some(timeout))
     })
     .with("already", Value::Bool(false))
@@ -240,7 +264,7 @@ fn restart(clock: &mut Clock, project: &str, service: Option<&str>, timeout: u32
         Err(e) => return Outcome::fail(e),
     };
     let todo: Vec<&Container> = list.iter().collect();
-    act(clock, "restarted", project, service, &todo, |ids| {
+    act(clock, ("restart", "restarted"), project, service, &todo, |ids| {
         docker::restart(ids, Some(timeout))
     })
 }
