@@ -283,14 +283,24 @@ mod tests {
                 service: None
             }
         );
-        assert_eq!(r.resolve_configured("supervisor").unwrap().target, Target::Supervisord);
-        assert_eq!(r.resolve_configured("nope").unwrap_err(), "unknown entity 'nope'");
+        assert_eq!(
+            r.resolve_configured("supervisor").unwrap().target,
+            Target::Supervisord
+        );
+        assert_eq!(
+            r.resolve_configured("nope").unwrap_err(),
+            "unknown entity 'nope'"
+        );
     }
 
     #[test]
     fn all_needs_a_project() {
         let r = registry("");
-        assert!(r.resolve_configured("all").unwrap_err().contains("default_project"));
+        assert!(
+            r.resolve_configured("all")
+                .unwrap_err()
+                .contains("default_project")
+        );
         let r = registry(
             "[entities.a]\nkind = \"container\"\nproject = \"p1\"\nservice = \"s\"\n\
              [entities.b]\nkind = \"container\"\nproject = \"p2\"\nservice = \"s\"\n",
@@ -300,5 +310,173 @@ mod tests {
         assert!(
             matches!(r.resolve_configured("all").unwrap().target, Target::Compose { project, .. } if project == "x")
         );
+    }
+
+    mod discovery {
+        use std::path::PathBuf;
+        use std::sync::Arc;
+        use std::sync::atomic::{AtomicU32, Ordering};
+
+        use async_trait::async_trait;
+
+        use super::*;
+        use crate::capabilities::DockerBackend;
+        use crate::runtime::bindings::docker::{
+            BuildOptions, BuildOutput, Container, ContainerState, ExecOptions, ExecOutput,
+        };
+        use crate::runtime::bindings::types::Error;
+
+        /// Containers labelled `marvin.entity-id`, or an engine that is down.
+        struct Labels {
+            containers: Vec<Container>,
+            down: bool,
+            calls: AtomicU32,
+        }
+
+        fn c(entity: &str, project: &str, service: &str, oneoff: bool) -> Container {
+            Container {
+                id: format!("{project}-{service}-{oneoff}"),
+                name: String::new(),
+                image: String::new(),
+                project: project.into(),
+                service: service.into(),
+                number: 1,
+                oneoff,
+                state: ContainerState {
+                    status: "running".into(),
+                    running: true,
+                    exit_code: 0,
+                    health: None,
+                    started_at: String::new(),
+                    finished_at: String::new(),
+                },
+                labels: vec![(label::ENTITY_ID.into(), entity.into())],
+            }
+        }
+
+        #[async_trait]
+        impl DockerBackend for Labels {
+            async fn list_containers(
+                &self,
+                _: &str,
+                _: Option<&str>,
+            ) -> Result<Vec<Container>, Error> {
+                Err(Error::Failed("unused".into()))
+            }
+            async fn labelled(
+                &self,
+                key: &str,
+                value: Option<&str>,
+            ) -> Result<Vec<Container>, Error> {
+                self.calls.fetch_add(1, Ordering::SeqCst);
+                if self.down {
+                    return Err(Error::Unavailable("engine down".into()));
+                }
+                Ok(self
+                    .containers
+                    .iter()
+                    .filter(|c| {
+                        c.labels
+                            .iter()
+                            .any(|(k, v)| k == key && value.is_none_or(|x| x == v))
+                    })
+                    .cloned()
+                    .collect())
+            }
+            async fn inspect(&self, _: &str) -> Result<Container, Error> {
+                Err(Error::Failed("unused".into()))
+            }
+            async fn start(&self, _: &str) -> Result<(), Error> {
+                Ok(())
+            }
+            async fn stop(&self, _: &str, _: Option<u32>) -> Result<(), Error> {
+                Ok(())
+            }
+            async fn restart(&self, _: &str, _: Option<u32>) -> Result<(), Error> {
+                Ok(())
+            }
+            async fn build(&self, _: PathBuf, _: BuildOptions) -> Result<BuildOutput, Error> {
+                Err(Error::Failed("unused".into()))
+            }
+            async fn exec(&self, _: &str, _: ExecOptions) -> Result<ExecOutput, Error> {
+                Err(Error::Failed("unused".into()))
+            }
+        }
+
+        fn labels(containers: Vec<Container>, down: bool) -> Arc<Labels> {
+            Arc::new(Labels {
+                containers,
+                down,
+                calls: AtomicU32::new(0),
+            })
+        }
+
+        #[tokio::test]
+        async fn labelled_containers_become_entities() {
+            let engine = labels(
+                vec![
+                    c("e1", "marvin", "web", false),
+                    c("e1", "marvin", "web", true),
+                    c("cfg", "marvin", "labelled", false),
+                    c("two", "marvin", "a", false),
+                    c("two", "marvin", "b", false),
+                    c("oneoff-only", "marvin", "x", true),
+                ],
+                false,
+            );
+            let r = registry(
+                "[entities.cfg]\nkind = \"container\"\nproject = \"p\"\nservice = \"configured\"\n",
+            )
+            .with_discovery(engine.clone());
+            let e = r.resolve("e1").await.unwrap();
+            assert_eq!(
+                e.target,
+                Target::Compose {
+                    project: "marvin".into(),
+                    service: Some("web".into())
+                }
+            );
+            assert_eq!(e.kind, EntityKind::Container);
+            r.resolve("e1").await.unwrap();
+            assert_eq!(engine.calls.load(Ordering::SeqCst), 1, "remembered");
+            // The config wins, without asking the engine.
+            let e = r.resolve("cfg").await.unwrap();
+            assert!(
+                matches!(e.target, Target::Compose { service: Some(s), .. } if s == "configured")
+            );
+            assert_eq!(engine.calls.load(Ordering::SeqCst), 1);
+            let err = r.resolve("two").await.unwrap_err();
+            assert!(
+                err.contains("several services (marvin/a, marvin/b)"),
+                "{err}"
+            );
+            let err = r.resolve("oneoff-only").await.unwrap_err();
+            assert!(err.contains("no compose container has the label"), "{err}");
+            let all: Vec<String> = r
+                .discovered()
+                .await
+                .unwrap()
+                .into_iter()
+                .map(|e| e.id)
+                .collect();
+            assert_eq!(all, ["e1", "two"]);
+        }
+
+        #[tokio::test]
+        async fn an_engine_that_is_down_is_named_in_the_error() {
+            let r = registry("").with_discovery(labels(vec![], true));
+            let err = r.resolve("x").await.unwrap_err();
+            assert!(
+                err.starts_with("unknown entity 'x'") && err.contains("engine down"),
+                "{err}"
+            );
+            // Special ids never go to discovery.
+            assert!(
+                r.resolve("all")
+                    .await
+                    .unwrap_err()
+                    .contains("default_project")
+            );
+        }
     }
 }

@@ -2,6 +2,8 @@
 //! engine, with compose projects made by the real `docker-compose`. Every effect is checked
 //! with `docker inspect` / `docker-compose ps`, never with the plugin's word.
 
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
 mod common;
 
 use std::time::{Duration, Instant};
@@ -55,7 +57,8 @@ async fn exec(m: &Manager, entity: &str, command: &str, timeout: i64) -> Manager
     m.execute(&req).await
 }
 
-const TWO_SERVICES: &str = "  web:\n    image: {image}\n  worker:\n    image: {image}\n    scale: 2\n";
+const TWO_SERVICES: &str =
+    "  web:\n    image: {image}\n  worker:\n    image: {image}\n    scale: 2\n";
 
 #[tokio::test]
 async fn start_stop_restart_act_on_every_replica_like_compose() {
@@ -74,7 +77,13 @@ async fn start_stop_restart_act_on_every_replica_like_compose() {
         p.container("web", 1),
     );
     // A one-off `run` container of the service is left alone, as compose does.
-    p.compose(&["run", "-d", "--name", &format!("{}_oneoff", p.name), "worker"]);
+    p.compose(&[
+        "run",
+        "-d",
+        "--name",
+        &format!("{}_oneoff", p.name),
+        "worker",
+    ]);
     let oneoff = format!("{}_oneoff", p.name);
 
     let r = run(&m, "w", "stop", json!({"stop_timeout": 5})).await;
@@ -82,7 +91,11 @@ async fn start_stop_restart_act_on_every_replica_like_compose() {
     assert_eq!(status(&w1), "exited");
     assert_eq!(status(&w2), "exited");
     assert_eq!(status(&web), "running", "another service is untouched");
-    assert_eq!(status(&oneoff), "running", "one-off containers are left alone");
+    assert_eq!(
+        status(&oneoff),
+        "running",
+        "one-off containers are left alone"
+    );
     let states = r.metadata["containers"].as_array().unwrap();
     assert_eq!(states.len(), 2);
     assert!(states.iter().all(|c| c["status"] == "exited"), "{states:?}");
@@ -103,8 +116,15 @@ async fn start_stop_restart_act_on_every_replica_like_compose() {
     let r = run(&m, "w", "start", json!({})).await;
     assert!(r.success, "{r:?}");
     assert_eq!(r.metadata["already"], true);
-    assert!(r.output.as_deref().unwrap().contains("already running"), "{r:?}");
-    assert_eq!(started_at(&w1), before.0, "an idempotent start touches nothing");
+    assert!(
+        r.output.as_deref().unwrap().contains("already running"),
+        "{r:?}"
+    );
+    assert_eq!(
+        started_at(&w1),
+        before.0,
+        "an idempotent start touches nothing"
+    );
 
     let r = run(&m, "w", "restart", json!({"stop_timeout": 5})).await;
     assert!(r.success, "{r:?}");
@@ -160,7 +180,10 @@ async fn discovered_entities_are_acted_on_by_their_label() {
     let r = run(&m, "nobody-has-this-label", "start", json!({})).await;
     assert!(!r.success);
     let e = r.error.unwrap();
-    assert!(e.contains("unknown entity") && e.contains("marvin.entity-id"), "{e}");
+    assert!(
+        e.contains("unknown entity") && e.contains("marvin.entity-id"),
+        "{e}"
+    );
 }
 
 #[tokio::test]
@@ -205,11 +228,17 @@ async fn build_reads_the_compose_file_and_tags_the_image_as_compose() {
 async fn a_failing_build_is_a_clear_error_and_the_host_keeps_serving() {
     let p = Project::with_files(
         "  app:\n    build: ./app\n",
-        &[("app/Dockerfile", "FROM {image}\nCMD [\"sleep\", \"86400\"]\n")],
+        &[(
+            "app/Dockerfile",
+            "FROM {image}\nCMD [\"sleep\", \"86400\"]\n",
+        )],
     );
     std::fs::write(
         p.path().join("app/Dockerfile"),
-        format!("FROM {}\nRUN echo about to fail && false\n", common::docker::image()),
+        format!(
+            "FROM {}\nRUN echo about to fail && false\n",
+            common::docker::image()
+        ),
     )
     .unwrap();
     let setup = Setup::new(&common::docker::plugins());
@@ -218,7 +247,10 @@ async fn a_failing_build_is_a_clear_error_and_the_host_keeps_serving() {
     assert!(!r.success, "{r:?}");
     let e = r.error.unwrap();
     assert!(e.contains("returned a non-zero code: 1"), "{e}");
-    assert!(e.contains("about to fail"), "the log tail is in the error: {e}");
+    assert!(
+        e.contains("about to fail"),
+        "the log tail is in the error: {e}"
+    );
     let r = run(&m, "app", "stop", json!({"stop_timeout": 1})).await;
     assert!(r.success, "{r:?}");
     assert_eq!(status(&p.container("app", 1)), "exited");
@@ -239,14 +271,23 @@ async fn exec_cmd_runs_argv_and_reports_exit_codes() {
     // The command's effect is visible from outside.
     let r = exec(&m, "web", "touch /made-by-exec", 10).await;
     assert!(r.success, "{r:?}");
-    docker(&["exec", &p.container("web", 1), "test", "-f", "/made-by-exec"]);
+    docker(&[
+        "exec",
+        &p.container("web", 1),
+        "test",
+        "-f",
+        "/made-by-exec",
+    ]);
 
     let r = exec(&m, "web", "echo out; echo oops >&2; exit 3", 10).await;
     assert!(!r.success);
     assert_eq!(r.metadata["exit_code"], 3);
     assert_eq!(r.metadata["shell"], true);
     let e = r.error.unwrap();
-    assert!(e.contains("exited with code 3") && e.contains("oops"), "{e}");
+    assert!(
+        e.contains("exited with code 3") && e.contains("oops"),
+        "{e}"
+    );
     assert_eq!(r.output.as_deref(), Some("out\n"));
 
     let r = exec(&m, "web", "no-such-binary --flag", 10).await;
@@ -302,10 +343,18 @@ async fn ungranted_projects_and_unknown_services_are_clear_errors() {
         e.contains("permission denied") && e.contains(&format!("docker project '{}'", other.name)),
         "{e}"
     );
-    assert_eq!(status(&other.container("web", 1)), "running", "nothing happened");
+    assert_eq!(
+        status(&other.container("web", 1)),
+        "running",
+        "nothing happened"
+    );
     let r = run(&m, "nope", "start", json!({})).await;
     assert!(!r.success);
-    assert!(r.error.unwrap().contains("no containers for service 'nope'"));
+    assert!(
+        r.error
+            .unwrap()
+            .contains("no containers for service 'nope'")
+    );
     // The host still serves.
     let r = run(&m, "all", "restart_all", json!({})).await;
     assert!(r.success, "{r:?}");
@@ -358,7 +407,10 @@ async fn a_daemon_that_is_down_is_unavailable_until_it_is_back() {
     let r = run(&m, "web", "stop", json!({})).await;
     assert!(!r.success);
     let e = r.error.unwrap();
-    assert!(e.contains("unavailable: cannot reach the Docker engine"), "{e}");
+    assert!(
+        e.contains("unavailable: cannot reach the Docker engine"),
+        "{e}"
+    );
     // The daemon comes back.
     std::fs::remove_file(&link).unwrap();
     let real = endpoint();

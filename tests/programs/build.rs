@@ -55,8 +55,7 @@ fn main() {
         root.join("examples/hello-plugin"),
         root.join("plugins"),
     ];
-    for dir in sources.iter().chain(&[root.join("wit")])
-    {
+    for dir in sources.iter().chain(&[root.join("wit")]) {
         println!("cargo:rerun-if-changed={}", dir.display());
     }
     // A target dir of its own: the outer cargo holds the lock on the workspace's.

@@ -156,8 +156,7 @@ impl Settings {
             plugins: self.config.plugins.clone(),
         };
         Ok(Arc::new(
-            Runtime::new(settings, self.backends())
-                .context("cannot start the plugin runtime")?,
+            Runtime::new(settings, self.backends()).context("cannot start the plugin runtime")?,
         ))
     }
 

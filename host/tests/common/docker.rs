@@ -1,8 +1,8 @@
 //! The real Docker engine for tests: compose projects made by the real `docker-compose`
 //! from the busybox image `scripts/services` builds FROM scratch, and `docker inspect`.
-#![allow(dead_code)]
+#![allow(dead_code, unreachable_pub)]
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::Command;
 
 use serde_json::Value;
@@ -87,7 +87,10 @@ impl Project {
             std::process::id(),
             N.fetch_add(1, Ordering::SeqCst)
         );
-        let dir = tempfile::Builder::new().prefix("compose-").tempdir().unwrap();
+        let dir = tempfile::Builder::new()
+            .prefix("compose-")
+            .tempdir()
+            .unwrap();
         let body = format!(
             "version: \"3.7\"\nservices:\n{}",
             services.replace("{image}", &image())
@@ -149,8 +152,4 @@ pub fn plugins() -> [(&'static str, &'static str); 2] {
         (test_programs::DOCKER_COMPOSE, "docker-compose.wasm"),
         (test_programs::EXEC_CMD, "exec-cmd.wasm"),
     ]
-}
-
-pub fn dir_of(p: &Project) -> PathBuf {
-    p.path().to_path_buf()
 }

@@ -58,8 +58,7 @@ impl Setup {
             docker: docker.clone(),
             ..Backends::default()
         };
-        let runtime =
-            runtime_with(&config, Some(self.tmp.path().join("cache")), backends);
+        let runtime = runtime_with(&config, Some(self.tmp.path().join("cache")), backends);
         let dir = PluginDir::open(runtime.clone(), self.plugins.clone()).await;
         Manager::new(
             Registry::from_config(&config).with_discovery(docker),
@@ -73,7 +72,11 @@ pub fn runtime(config: &Config, cache_dir: Option<PathBuf>) -> Arc<Runtime> {
     runtime_with(config, cache_dir, Backends::default())
 }
 
-pub fn runtime_with(config: &Config, cache_dir: Option<PathBuf>, backends: Backends) -> Arc<Runtime> {
+pub fn runtime_with(
+    config: &Config,
+    cache_dir: Option<PathBuf>,
+    backends: Backends,
+) -> Arc<Runtime> {
     Arc::new(
         Runtime::new(
             RuntimeSettings {

@@ -228,9 +228,14 @@ fn start(clock: &mut Clock, project: &str, service: Option<&str>) -> Outcome {
         .with("already", Value::Bool(true))
         .with("containers", Value::Array(states));
     }
-    act(clock, ("start", "started"), project, service, &todo, |ids| {
-        docker::start(ids)
-    })
+    act(
+        clock,
+        ("start", "started"),
+        project,
+        service,
+        &todo,
+        docker::start,
+    )
     .with("already", Value::Bool(false))
 }
 
@@ -264,9 +269,14 @@ fn restart(clock: &mut Clock, project: &str, service: Option<&str>, timeout: u32
         Err(e) => return Outcome::fail(e),
     };
     let todo: Vec<&Container> = list.iter().collect();
-    act(clock, ("restart", "restarted"), project, service, &todo, |ids| {
-        docker::restart(ids, Some(timeout))
-    })
+    act(
+        clock,
+        ("restart", "restarted"),
+        project,
+        service,
+        &todo,
+        |ids| docker::restart(ids, Some(timeout)),
+    )
 }
 
 fn build(clock: &mut Clock, args: &Value, project: &str, service: &str) -> Outcome {

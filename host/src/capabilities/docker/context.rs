@@ -54,9 +54,7 @@ impl Ignore {
 
 fn io_error(what: &str, path: &Path, e: std::io::Error) -> Error {
     match e.kind() {
-        std::io::ErrorKind::NotFound => {
-            Error::NotFound(format!("{what} {}: {e}", path.display()))
-        }
+        std::io::ErrorKind::NotFound => Error::NotFound(format!("{what} {}: {e}", path.display())),
         _ => Error::Failed(format!("{what} {}: {e}", path.display())),
     }
 }
@@ -177,9 +175,7 @@ fn add_dir(
                     MAX_CONTEXT_BYTES >> 20
                 )));
             }
-            let file = dir
-                .open(entry.file_name())
-                .map_err(|e| failed(&path, e))?;
+            let file = dir.open(entry.file_name()).map_err(|e| failed(&path, e))?;
             header.set_entry_type(tar::EntryType::Regular);
             header.set_size(meta.len());
             let reader = file.into_std().take(meta.len());

@@ -613,7 +613,10 @@ mod tests {
             ("p_web_1", "p", "web")
         );
         assert_eq!((c.number, c.oneoff), (2, false));
-        assert_eq!((c.state.status.as_str(), c.state.exit_code), ("exited", 137));
+        assert_eq!(
+            (c.state.status.as_str(), c.state.exit_code),
+            ("exited", 137)
+        );
         let c = from_summary(ContainerSummary {
             state: Some(bollard::models::ContainerSummaryStateEnum::RUNNING),
             status: Some("Up 3 minutes (healthy)".into()),

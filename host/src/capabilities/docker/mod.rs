@@ -179,7 +179,11 @@ impl Host for Capabilities {
 
     async fn start(&mut self, ids: Vec<String>) -> wasmtime::Result<Vec<Result<(), Error>>> {
         Ok(self
-            .each("docker start", ids, |d, id| async move { d.start(&id).await })
+            .each(
+                "docker start",
+                ids,
+                |d, id| async move { d.start(&id).await },
+            )
             .await)
     }
 
