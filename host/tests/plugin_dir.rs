@@ -248,3 +248,36 @@ async fn a_conflicting_newcomer_is_refused_and_the_holder_keeps_serving() {
         Some("twin")
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn built_in_plugins_serve_until_a_directory_plugin_takes_their_place() {
+    use marvin_manager::message::EntityKind;
+    use marvin_manager::runtime::plugins::BUILTIN;
+    let s = Setup::new(&[]);
+    let config = Config::parse("").unwrap();
+    let runtime = common::runtime(&config, Some(s.path().join("cache")));
+    let dir = PluginDir::open_with(runtime, s.plugins.clone(), BUILTIN).await;
+    let route = |kind, action| {
+        dir.snapshot()
+            .route(kind, action)
+            .map(|p| p.name.clone())
+            .unwrap_or_else(|e| e)
+    };
+    assert_eq!(route(EntityKind::Container, "start"), "docker-compose");
+    assert_eq!(route(EntityKind::Container, "exec_cmd"), "exec-cmd");
+    assert!(dir.snapshot().failures().is_empty());
+    // echo claims every container action: the built-ins step aside.
+    std::fs::copy(guests::ECHO, s.plugins.join("echo.wasm")).unwrap();
+    assert!(dir.rescan(false).await);
+    assert_eq!(route(EntityKind::Container, "start"), "echo");
+    assert_eq!(route(EntityKind::Container, "exec_cmd"), "echo");
+    assert!(dir.snapshot().get("docker-compose").is_none());
+    assert!(dir.snapshot().get("exec-cmd").is_none());
+    assert!(
+        dir.snapshot().failures().is_empty(),
+        "shadowing is not a failure"
+    );
+    std::fs::remove_file(s.plugins.join("echo.wasm")).unwrap();
+    assert!(dir.rescan(false).await);
+    assert_eq!(route(EntityKind::Container, "start"), "docker-compose");
+}

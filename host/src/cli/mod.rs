@@ -189,7 +189,12 @@ impl Settings {
 
     async fn manager(&self) -> anyhow::Result<Manager> {
         let runtime = self.runtime()?;
-        let dir = PluginDir::open(runtime.clone(), self.plugins_dir.clone()).await;
+        let dir = PluginDir::open_with(
+            runtime.clone(),
+            self.plugins_dir.clone(),
+            crate::runtime::plugins::BUILTIN,
+        )
+        .await;
         Ok(Manager::new(self.registry(), runtime, dir))
     }
 }

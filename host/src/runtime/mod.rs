@@ -234,6 +234,11 @@ impl Runtime {
     /// file is not a usable plugin.
     pub async fn load(&self, path: &Path) -> Result<LoadedPlugin, String> {
         let wasm = read_plugin_file(path)?;
+        self.load_bytes(path, wasm).await
+    }
+
+    /// Compiles (through the cache) and describes a plugin held in memory; `path` names it.
+    pub async fn load_bytes(&self, path: &Path, wasm: Vec<u8>) -> Result<LoadedPlugin, String> {
         let sha256 = cache::hex(&Sha256::digest(&wasm));
         let engine = self.engine.clone();
         let dir = self.cache_dir.clone();

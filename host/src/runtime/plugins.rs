@@ -1,6 +1,10 @@
 //! The plugins directory: every `*.wasm` in it loaded, routed, and kept in step with the
 //! directory. A change is applied by building a new [`PluginSet`] and swapping it in whole, so
 //! a request holds the `Arc` of the set (and plugin) it started with until it finishes.
+//!
+//! The shipped plugins are built into the binary ([`BUILTIN`]) and serve unless a plugin of
+//! the directory takes their name or one of their actions: dropping a newer
+//! `docker-compose.wasm` into the directory upgrades the built-in one.
 
 use std::collections::{BTreeMap, HashMap};
 use std::os::unix::fs::MetadataExt;
@@ -12,6 +16,13 @@ use crate::message::EntityKind;
 use crate::router::Routes;
 
 use super::{LoadedPlugin, Runtime};
+
+include!(concat!(env!("OUT_DIR"), "/builtin_plugins.rs"));
+
+/// Where a built-in plugin says it comes from.
+pub fn builtin_path(file: &str) -> PathBuf {
+    PathBuf::from(format!("(built-in)/{file}"))
+}
 
 /// How often the directory is looked at. A file is loaded once it has looked the same twice,
 /// so a half-copied file is not loaded; changes land within two polls plus the compile.
@@ -83,6 +94,25 @@ impl PluginSet {
         set
     }
 
+    /// Adds the built-in plugins that no plugin of the set shadows by name or action.
+    fn with_builtins(mut self, builtins: &[Arc<LoadedPlugin>]) -> Self {
+        for plugin in builtins {
+            let shadowed = self.plugins.iter().any(|p| p.name == plugin.name)
+                || plugin
+                    .handles
+                    .iter()
+                    .any(|(kind, action)| self.routes.get(*kind, action).is_some());
+            if shadowed {
+                continue;
+            }
+            for (kind, action) in &plugin.handles {
+                let _ = self.routes.claim(*kind, action, plugin.clone());
+            }
+            self.plugins.push(plugin.clone());
+        }
+        self
+    }
+
     /// The loaded plugins, in precedence order.
     pub fn plugins(&self) -> &[Arc<LoadedPlugin>] {
         &self.plugins
@@ -140,17 +170,39 @@ struct DirState {
 pub struct PluginDir {
     runtime: Arc<Runtime>,
     dir: PathBuf,
+    builtins: Vec<Arc<LoadedPlugin>>,
     current: RwLock<Arc<PluginSet>>,
     state: Mutex<DirState>,
 }
 
 impl PluginDir {
-    /// Loads every `*.wasm` in `dir` (a missing directory is an empty one).
+    /// Loads every `*.wasm` in `dir` (a missing directory is an empty one); no built-ins.
     pub async fn open(runtime: Arc<Runtime>, dir: PathBuf) -> Arc<Self> {
+        Self::open_with(runtime, dir, &[]).await
+    }
+
+    /// Loads `builtins` (file name, component bytes), then every `*.wasm` in `dir`.
+    pub async fn open_with(
+        runtime: Arc<Runtime>,
+        dir: PathBuf,
+        builtins: &[(&str, &[u8])],
+    ) -> Arc<Self> {
+        let mut loaded = Vec::new();
+        for (file, wasm) in builtins {
+            let path = builtin_path(file);
+            match runtime.load_bytes(&path, wasm.to_vec()).await {
+                Ok(p) => loaded.push(Arc::new(p)),
+                // A build of the manager whose plugins do not load is a bug; say it and serve
+                // the rest.
+                Err(reason) => tracing::error!(plugin = file, %reason, "built-in plugin skipped"),
+            }
+        }
+        let set = PluginSet::default().with_builtins(&loaded);
         let this = Arc::new(Self {
             runtime,
             dir,
-            current: RwLock::new(Arc::new(PluginSet::default())),
+            builtins: loaded,
+            current: RwLock::new(Arc::new(set)),
             state: Mutex::new(DirState::default()),
         });
         this.rescan(false).await;
@@ -261,7 +313,7 @@ impl PluginDir {
             .map(|(p, f)| (p.clone(), f.loaded.clone()))
             .collect();
         candidates.sort_by(|a, b| rank(&a.0).cmp(&rank(&b.0)).then_with(|| a.0.cmp(&b.0)));
-        let set = PluginSet::build(candidates);
+        let set = PluginSet::build(candidates).with_builtins(&self.builtins);
         for event in events {
             tracing::info!(dir = %self.dir.display(), "plugin {event}");
         }
