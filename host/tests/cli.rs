@@ -133,7 +133,11 @@ fn run_uses_manager_toml_from_the_working_directory() {
     let o = marvin(s.path(), &["run", "--entity", "nope", "--action", "start"]);
     assert_eq!(o.status.code(), Some(1));
     let r: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
-    assert_eq!(r["error"], "unknown entity 'nope'");
+    let e = r["error"].as_str().unwrap();
+    assert!(
+        e.starts_with("unknown entity 'nope' (not in the config"),
+        "{e}"
+    );
     assert_eq!(r["success"], false);
     assert!(r["correlationId"].as_str().unwrap().len() == 36);
 }

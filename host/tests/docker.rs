@@ -268,6 +268,20 @@ async fn exec_cmd_runs_argv_and_reports_exit_codes() {
     assert_eq!(r.metadata["exit_code"], 0);
     assert_eq!(r.metadata["shell"], false);
 
+    // env, working dir and user reach the process.
+    let req = ManagerRequest {
+        command: Some("sh -c 'echo $GREETING; pwd; id -u'".into()),
+        ..request(
+            "web",
+            "exec_cmd",
+            json!({"env": {"GREETING": "bonjour"}, "workdir": "/bin", "user": "1234"}),
+            10,
+        )
+    };
+    let r = m.execute(&req).await;
+    assert!(r.success, "{r:?}");
+    assert_eq!(r.output.as_deref(), Some("bonjour\n/bin\n1234\n"));
+
     // The command's effect is visible from outside.
     let r = exec(&m, "web", "touch /made-by-exec", 10).await;
     assert!(r.success, "{r:?}");
