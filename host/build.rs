@@ -1,5 +1,6 @@
 //! Builds the shipped plugins (`plugins/`) for wasm32-wasip2 and embeds them in the binary,
-//! so `marvin-manager serve` has docker-compose and exec-cmd with no plugins directory.
+//! so `marvin-manager serve` has docker-compose, exec-cmd and supervisor with no plugins
+//! directory.
 #![allow(clippy::expect_used, clippy::panic, clippy::unwrap_used)]
 
 use std::env;
@@ -10,6 +11,7 @@ use std::process::Command;
 const BUILTIN: &[(&str, &str)] = &[
     ("docker-compose.wasm", "docker_compose"),
     ("exec-cmd.wasm", "exec_cmd"),
+    ("supervisor.wasm", "supervisor"),
 ];
 
 fn main() {

@@ -24,6 +24,9 @@ pub struct Config {
     /// Docker settings shared by the capability and the registry.
     #[serde(default)]
     pub docker: DockerConfig,
+    /// Where supervisord listens.
+    #[serde(default)]
+    pub supervisor: SupervisorConfig,
     /// Per-plugin settings and grants, keyed by the plugin's name (from `describe`).
     #[serde(default)]
     pub plugins: BTreeMap<String, PluginConfig>,
@@ -68,6 +71,19 @@ pub struct DockerConfig {
     pub endpoint: Option<String>,
     /// Whether containers labelled `marvin.entity-id` become entities (default: yes).
     pub discovery: Option<bool>,
+}
+
+/// `[supervisor]`.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SupervisorConfig {
+    /// `unix:///var/run/supervisor.sock` (the default) or `http://127.0.0.1:9001`
+    /// (`inet_http_server`).
+    pub url: Option<String>,
+    /// Basic-auth user of supervisord's HTTP server.
+    pub username: Option<String>,
+    /// Its password.
+    pub password: Option<String>,
 }
 
 /// `[plugins.<name>]`.
@@ -222,6 +238,14 @@ impl Config {
                     }
                 }
             }
+        }
+        if let Some(url) = &self.supervisor.url
+            && !url.starts_with("unix://")
+            && !url.starts_with("http://")
+        {
+            return Err(format!(
+                "[supervisor] url = '{url}' must start with unix:// or http://"
+            ));
         }
         let caps = std::iter::once(("[runtime]".to_owned(), self.runtime.max_memory_bytes)).chain(
             self.plugins

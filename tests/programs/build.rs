@@ -18,10 +18,11 @@ const GUESTS: &[(&str, &str)] = &[
     ("HELLO_EXAMPLE", "hello_plugin"),
     ("DOCKER_COMPOSE", "docker_compose"),
     ("EXEC_CMD", "exec_cmd"),
+    ("SUPERVISOR", "supervisor"),
 ];
 
 /// Built from `plugins/`, not from the test guests.
-const PLUGINS: &[&str] = &["docker_compose", "exec_cmd"];
+const PLUGINS: &[&str] = &["docker_compose", "exec_cmd", "supervisor"];
 
 fn build(manifest: &Path, target: &Path) {
     let cargo = env::var("CARGO").unwrap_or_else(|_| "cargo".into());

@@ -15,6 +15,7 @@ use clap::{Args, Parser, Subcommand};
 
 use crate::capabilities::Backends;
 use crate::capabilities::docker::engine::Engine;
+use crate::capabilities::supervisor::rpc::Supervisord;
 use crate::config::Config;
 use crate::registry::Registry;
 use crate::runtime::plugins::PluginDir;
@@ -170,9 +171,20 @@ impl Settings {
                     .endpoint
                     .clone()
                     .unwrap_or_else(Engine::default_endpoint);
+                let sv = &self.config.supervisor;
+                let supervisor: Arc<dyn crate::capabilities::SupervisorBackend> =
+                    match Supervisord::new(
+                        sv.url.as_deref().unwrap_or(Supervisord::DEFAULT_URL),
+                        sv.username.as_deref(),
+                        sv.password.as_deref(),
+                    ) {
+                        Ok(s) => Arc::new(s),
+                        // validate() refused such a url already.
+                        Err(_) => Arc::new(crate::capabilities::supervisor::Unconfigured),
+                    };
                 Backends {
                     docker: Arc::new(Engine::new(endpoint)),
-                    ..Backends::default()
+                    supervisor,
                 }
             })
             .clone()

@@ -16,6 +16,7 @@ pub use test_programs as guests;
 
 pub mod db;
 pub mod docker;
+pub mod supervisor;
 
 /// A temp folder with a `plugins` directory holding copies of the given guests.
 pub struct Setup {
@@ -50,14 +51,36 @@ impl Setup {
     /// A manager whose docker capability and discovery reach the engine at `endpoint`.
     pub async fn manager_with_docker(&self, config: &str, endpoint: &str) -> Manager {
         use marvin_manager::capabilities::docker::engine::Engine;
-        let config = Config::parse(config).unwrap();
-        config.validate().unwrap();
         let docker: Arc<dyn marvin_manager::capabilities::DockerBackend> =
             Arc::new(Engine::new(endpoint));
-        let backends = Backends {
-            docker: docker.clone(),
-            ..Backends::default()
-        };
+        self.manager_with(
+            config,
+            Backends {
+                docker,
+                ..Backends::default()
+            },
+        )
+        .await
+    }
+
+    /// A manager whose supervisor capability reaches supervisord at `url`.
+    pub async fn manager_with_supervisor(&self, config: &str, url: &str) -> Manager {
+        use marvin_manager::capabilities::supervisor::rpc::Supervisord;
+        self.manager_with(
+            config,
+            Backends {
+                supervisor: Arc::new(Supervisord::new(url, None, None).unwrap()),
+                ..Backends::default()
+            },
+        )
+        .await
+    }
+
+    /// A manager over these backends, discovering entities through its docker backend.
+    pub async fn manager_with(&self, config: &str, backends: Backends) -> Manager {
+        let config = Config::parse(config).unwrap();
+        config.validate().unwrap();
+        let docker = backends.docker.clone();
         let runtime = runtime_with(&config, Some(self.tmp.path().join("cache")), backends);
         let dir = PluginDir::open(runtime.clone(), self.plugins.clone()).await;
         Manager::new(

@@ -1,5 +1,8 @@
 //! `supervisor`: supervisord's processes, checked against `[plugins.<name>.grants.supervisor]`.
 
+pub mod rpc;
+pub mod xmlrpc;
+
 use async_trait::async_trait;
 
 use crate::runtime::bindings::supervisor::{ConfigChanges, Host, Process, ProcessResult};
@@ -179,8 +182,21 @@ impl Host for Capabilities {
         let r = async {
             self.config()?;
             let b = self.backends.supervisor.clone();
-            self.bounded("supervisor reload config", b.reload_config())
-                .await
+            let changes = self
+                .bounded("supervisor reload config", b.reload_config())
+                .await?;
+            // Only the groups the plugin may see.
+            let keep = |names: Vec<String>| -> Vec<String> {
+                names
+                    .into_iter()
+                    .filter(|g| self.policy.supervisor_program(g).is_ok())
+                    .collect()
+            };
+            Ok(ConfigChanges {
+                added: keep(changes.added),
+                changed: keep(changes.changed),
+                removed: keep(changes.removed),
+            })
         };
         Ok(r.await)
     }

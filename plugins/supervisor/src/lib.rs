@@ -1,0 +1,485 @@
+//! The `supervisor` plugin: `start`, `stop`, `restart`, `reread` and `update` on supervisord,
+//! with the outcome `supervisorctl <action>` has on the same config.
+//!
+//! - names: `group:name` is one process, `group:*` (or `group:`) a whole group, and a bare
+//!   name is the process of that name in the group of that name (a plain `[program:x]`), as
+//!   supervisorctl reads it — else, when it names a group, the whole group;
+//! - idempotent: `start` of a running process succeeds and says so, `stop` of a stopped one
+//!   too;
+//! - `restart` stops what runs, then starts, as `supervisorctl restart` does;
+//! - `reread` (entity `supervisor`) reports added / changed / removed groups;
+//! - `update` (entity `supervisor`): removed groups stopped and removed, changed groups
+//!   stopped, removed and added again with the new config, new groups added (autostart
+//!   programs start) — `supervisorctl update`, also limited to `args.groups` when given.
+//!
+//! The response's metadata holds each affected process's state after the action.
+
+use marvin_plugin_sdk::supervisor::{self, Process, ProcessResult, ProcessState};
+use marvin_plugin_sdk::types::{Capability, EntityKind, Error, Target};
+use marvin_plugin_sdk::{Guest, PluginInfo, Request, Response, error_text};
+use serde_json::{Value, json};
+
+struct Supervisor;
+
+/// supervisord's per-process success in group results.
+const SUCCESS: i32 = 80;
+/// supervisord's per-process failure in group results.
+const FAILED: i32 = 30;
+
+/// What a name selects.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Selection {
+    /// One process, `group:name`.
+    Process(String),
+    /// A whole group.
+    Group(String),
+}
+
+/// `group:name` of a process.
+pub fn full_name(p: &Process) -> String {
+    format!("{}:{}", p.group, p.name)
+}
+
+/// What `name` selects among `all` (the processes the plugin may see).
+pub fn select(name: &str, all: &[(String, String)]) -> Option<Selection> {
+    let has_group = |g: &str| all.iter().any(|(group, _)| group == g);
+    match name.split_once(':') {
+        Some((g, "" | "*")) => has_group(g).then(|| Selection::Group(g.to_owned())),
+        Some((g, p)) => all
+            .iter()
+            .any(|(group, n)| group == g && n == p)
+            .then(|| Selection::Process(name.to_owned())),
+        None => {
+            if all.iter().any(|(group, n)| group == name && n == name) {
+                Some(Selection::Process(format!("{name}:{name}")))
+            } else if has_group(name) {
+                Some(Selection::Group(name.to_owned()))
+            } else {
+                None
+            }
+        }
+    }
+}
+
+fn state_name(s: ProcessState) -> &'static str {
+    match s {
+        ProcessState::Stopped => "STOPPED",
+        ProcessState::Starting => "STARTING",
+        ProcessState::Running => "RUNNING",
+        ProcessState::Backoff => "BACKOFF",
+        ProcessState::Stopping => "STOPPING",
+        ProcessState::Exited => "EXITED",
+        ProcessState::Fatal => "FATAL",
+        ProcessState::Unknown => "UNKNOWN",
+    }
+}
+
+fn describe(p: &Process) -> Value {
+    json!({
+        "name": full_name(p),
+        "group": p.group,
+        "state": state_name(p.state),
+        "pid": p.pid,
+        "exit_status": p.exit_status,
+        "description": p.description,
+        "spawn_error": (!p.spawn_error.is_empty()).then_some(&p.spawn_error),
+    })
+}
+
+fn running(p: &Process) -> bool {
+    matches!(
+        p.state,
+        ProcessState::Running | ProcessState::Starting | ProcessState::Backoff
+    )
+}
+
+/// The result of a request, turned into a response at the end.
+struct Outcome {
+    success: bool,
+    output: String,
+    error: Option<String>,
+    metadata: serde_json::Map<String, Value>,
+}
+
+impl Outcome {
+    fn ok(output: impl Into<String>) -> Self {
+        Self {
+            success: true,
+            output: output.into(),
+            error: None,
+            metadata: serde_json::Map::new(),
+        }
+    }
+    fn fail(error: impl Into<String>) -> Self {
+        Self {
+            success: false,
+            output: String::new(),
+            error: Some(error.into()),
+            metadata: serde_json::Map::new(),
+        }
+    }
+    fn with(mut self, key: &str, value: Value) -> Self {
+        self.metadata.insert(key.into(), value);
+        self
+    }
+}
+
+/// The processes `name` selects, with the selection; a clear error when none.
+fn resolve(name: &str) -> Result<(Selection, Vec<Process>), String> {
+    let all = supervisor::all_process_info().map_err(|e| error_text(&e))?;
+    let pairs: Vec<(String, String)> = all
+        .iter()
+        .map(|p| (p.group.clone(), p.name.clone()))
+        .collect();
+    match select(name, &pairs) {
+        Some(sel) => {
+            let chosen = all
+                .into_iter()
+                .filter(|p| match &sel {
+                    Selection::Process(full) => &full_name(p) == full,
+                    Selection::Group(g) => &p.group == g,
+                })
+                .collect();
+            Ok((sel, chosen))
+        }
+        // Not among what the plugin may see: ask supervisord by name, so an ungranted
+        // program is told apart from one that does not exist.
+        None => Err(match supervisor::process_info(name) {
+            Err(Error::NotFound(_)) | Ok(_) => {
+                format!("no supervisor program or group '{name}'")
+            }
+            Err(e) => error_text(&e),
+        }),
+    }
+}
+
+/// The states after an action, of the processes `sel` selects.
+fn states_after(sel: &Selection) -> Value {
+    match supervisor::all_process_info() {
+        Ok(all) => Value::Array(
+            all.iter()
+                .filter(|p| match sel {
+                    Selection::Process(full) => &full_name(p) == full,
+                    Selection::Group(g) => &p.group == g,
+                })
+                .map(describe)
+                .collect(),
+        ),
+        Err(e) => Value::String(error_text(&e)),
+    }
+}
+
+fn group_failures(results: &[ProcessResult]) -> Vec<String> {
+    results
+        .iter()
+        .filter(|r| r.status != SUCCESS)
+        .map(|r| format!("{}:{}: {}", r.group, r.name, r.description))
+        .collect()
+}
+
+/// A spawn error with what supervisord knows about it.
+fn spawn_failure(full: &str, e: &Error) -> String {
+    let mut text = format!("{full}: {}", error_text(e));
+    if let Ok(p) = supervisor::process_info(full) {
+        if !p.spawn_error.is_empty() && !text.contains(&p.spawn_error) {
+            text.push_str(&format!(" ({})", p.spawn_error));
+        }
+        if let Ok(log) = supervisor::tail_log(full, 2048) {
+            let log = log.trim();
+            if !log.is_empty() {
+                text.push_str(&format!("\n{log}"));
+            }
+        }
+    }
+    text
+}
+
+fn start(sel: &Selection, chosen: &[Process]) -> Result<Vec<String>, String> {
+    let todo: Vec<&Process> = chosen.iter().filter(|p| !running(p)).collect();
+    if todo.is_empty() {
+        return Ok(Vec::new());
+    }
+    match sel {
+        Selection::Process(full) => match supervisor::start_process(full, true) {
+            Ok(()) | Err(Error::AlreadyStarted(_)) => Ok(vec![full.clone()]),
+            Err(e) => Err(spawn_failure(full, &e)),
+        },
+        Selection::Group(g) => {
+            let results = supervisor::start_group(g, true).map_err(|e| error_text(&e))?;
+            let fails = group_failures(&results);
+            if fails.is_empty() {
+                Ok(results
+                    .iter()
+                    .map(|r| format!("{}:{}", r.group, r.name))
+                    .collect())
+            } else {
+                Err(fails.join("; "))
+            }
+        }
+    }
+}
+
+fn stop(sel: &Selection, chosen: &[Process]) -> Result<Vec<String>, String> {
+    let todo: Vec<&Process> = chosen
+        .iter()
+        .filter(|p| running(p) || p.state == ProcessState::Stopping)
+        .collect();
+    if todo.is_empty() {
+        return Ok(Vec::new());
+    }
+    match sel {
+        Selection::Process(full) => match supervisor::stop_process(full, true) {
+            Ok(()) | Err(Error::NotRunning(_)) => Ok(vec![full.clone()]),
+            Err(e) => Err(format!("{full}: {}", error_text(&e))),
+        },
+        Selection::Group(g) => {
+            let results = supervisor::stop_group(g, true).map_err(|e| error_text(&e))?;
+            let fails = group_failures(&results);
+            if fails.is_empty() {
+                Ok(results
+                    .iter()
+                    .map(|r| format!("{}:{}", r.group, r.name))
+                    .collect())
+            } else {
+                Err(fails.join("; "))
+            }
+        }
+    }
+}
+
+fn program_action(action: &str, name: &str) -> Outcome {
+    let (sel, chosen) = match resolve(name) {
+        Ok(r) => r,
+        Err(e) => return Outcome::fail(e),
+    };
+    let what = match &sel {
+        Selection::Process(full) => full.clone(),
+        Selection::Group(g) => format!("group {g}"),
+    };
+    let result = match action {
+        "start" => start(&sel, &chosen).map(|started| {
+            if started.is_empty() {
+                (format!("{what}: already running"), true, started)
+            } else {
+                (format!("{}: started", started.join(", ")), false, started)
+            }
+        }),
+        "stop" => stop(&sel, &chosen).map(|stopped| {
+            if stopped.is_empty() {
+                (format!("{what}: already stopped"), true, stopped)
+            } else {
+                (format!("{}: stopped", stopped.join(", ")), false, stopped)
+            }
+        }),
+        // supervisorctl restart: stop what runs, then start everything selected.
+        _ => stop(&sel, &chosen).and_then(|stopped| {
+            let after_stop: Vec<Process> = chosen
+                .iter()
+                .cloned()
+                .map(|mut p| {
+                    p.state = ProcessState::Stopped;
+                    p
+                })
+                .collect();
+            start(&sel, &after_stop).map(|started| {
+                let mut lines: Vec<String> =
+                    stopped.iter().map(|n| format!("{n}: stopped")).collect();
+                lines.extend(started.iter().map(|n| format!("{n}: started")));
+                (lines.join("\n"), false, started)
+            })
+        }),
+    };
+    let outcome = match result {
+        Ok((text, already, acted)) => {
+            let o = Outcome::ok(text).with("acted_on", json!(acted));
+            if action == "restart" {
+                o
+            } else {
+                o.with("already", Value::Bool(already))
+            }
+        }
+        Err(e) => Outcome::fail(format!("{action} {what} failed: {e}")),
+    };
+    outcome.with("processes", states_after(&sel))
+}
+
+fn reread() -> Outcome {
+    match supervisor::reload_config() {
+        Ok(c) => {
+            // As supervisorctl prints them: one line per group, sorted by name.
+            let mut changes: Vec<(&String, &str)> = Vec::new();
+            changes.extend(c.added.iter().map(|g| (g, "available")));
+            changes.extend(c.changed.iter().map(|g| (g, "changed")));
+            changes.extend(c.removed.iter().map(|g| (g, "disappeared")));
+            changes.sort();
+            let lines: Vec<String> = changes
+                .iter()
+                .map(|(g, what)| format!("{g}: {what}"))
+                .collect();
+            let text = if lines.is_empty() {
+                "No config updates to processes".to_owned()
+            } else {
+                lines.join("\n")
+            };
+            Outcome::ok(text)
+                .with("added", json!(c.added))
+                .with("changed", json!(c.changed))
+                .with("removed", json!(c.removed))
+        }
+        Err(e) => Outcome::fail(format!("reread failed: {}", error_text(&e))),
+    }
+}
+
+fn update(only: &[String]) -> Outcome {
+    let c = match supervisor::reload_config() {
+        Ok(c) => c,
+        Err(e) => return Outcome::fail(format!("update failed: {}", error_text(&e))),
+    };
+    let wanted = |g: &String| only.is_empty() || only.contains(g);
+    let mut lines = Vec::new();
+    let mut errors = Vec::new();
+    let mut touched = Vec::new();
+    for g in c.removed.iter().filter(|g| wanted(g)) {
+        match supervisor::stop_group(g, true) {
+            Ok(results) => {
+                lines.push(format!("{g}: stopped"));
+                if results.iter().any(|r| r.status == FAILED) {
+                    lines.push(format!("{g}: has problems; not removing"));
+                    errors.push(format!("{g}: has problems; not removing"));
+                    continue;
+                }
+            }
+            Err(e) => {
+                errors.push(format!("{g}: {}", error_text(&e)));
+                continue;
+            }
+        }
+        match supervisor::remove_group(g) {
+            Ok(()) => lines.push(format!("{g}: removed process group")),
+            Err(e) => errors.push(format!("{g}: {}", error_text(&e))),
+        }
+    }
+    for g in c.changed.iter().filter(|g| wanted(g)) {
+        touched.push(g.clone());
+        let r = supervisor::stop_group(g, true)
+            .map(|_| lines.push(format!("{g}: stopped")))
+            .and_then(|()| supervisor::remove_group(g))
+            .and_then(|()| supervisor::add_group(g));
+        match r {
+            Ok(()) => lines.push(format!("{g}: updated process group")),
+            Err(e) => errors.push(format!("{g}: {}", error_text(&e))),
+        }
+    }
+    for g in c.added.iter().filter(|g| wanted(g)) {
+        touched.push(g.clone());
+        match supervisor::add_group(g) {
+            Ok(()) => lines.push(format!("{g}: added process group")),
+            Err(e) => errors.push(format!("{g}: {}", error_text(&e))),
+        }
+    }
+    let processes = match supervisor::all_process_info() {
+        Ok(all) => Value::Array(
+            all.iter()
+                .filter(|p| touched.contains(&p.group))
+                .map(describe)
+                .collect(),
+        ),
+        Err(e) => Value::String(error_text(&e)),
+    };
+    let outcome = if errors.is_empty() {
+        Outcome::ok(if lines.is_empty() {
+            "No config updates to processes".to_owned()
+        } else {
+            lines.join("\n")
+        })
+    } else {
+        let mut o = Outcome::fail(format!("update failed: {}", errors.join("; ")));
+        o.output = lines.join("\n");
+        o
+    };
+    outcome
+        .with("added", json!(c.added))
+        .with("changed", json!(c.changed))
+        .with("removed", json!(c.removed))
+        .with("processes", processes)
+}
+
+impl Guest for Supervisor {
+    fn describe() -> PluginInfo {
+        marvin_plugin_sdk::info(
+            "supervisor",
+            env!("CARGO_PKG_VERSION"),
+            EntityKind::Worker,
+            &["start", "stop", "restart", "reread", "update"],
+            &[Capability::Supervisor, Capability::SupervisorConfig],
+        )
+    }
+
+    fn handle(req: Request) -> Response {
+        let outcome = match (&req.target, req.action.as_str()) {
+            (Target::Supervisord, "reread") => reread(),
+            (Target::Supervisord, "update") => {
+                let args = marvin_plugin_sdk::args(&req);
+                let only: Vec<String> = args
+                    .get("groups")
+                    .and_then(Value::as_array)
+                    .map(|a| {
+                        a.iter()
+                            .filter_map(|g| g.as_str().map(str::to_owned))
+                            .collect()
+                    })
+                    .unwrap_or_default();
+                update(&only)
+            }
+            (Target::Program(name), "start" | "stop" | "restart") => {
+                program_action(&req.action, name)
+            }
+            (Target::Supervisord, other) => Outcome::fail(format!(
+                "'{other}' needs a program or group; the entity 'supervisor' takes reread and update"
+            )),
+            (Target::Program(name), other) => Outcome::fail(format!(
+                "'{other}' acts on supervisord itself: send it to the entity 'supervisor', not '{name}'"
+            )),
+            (Target::Compose(_), _) => Outcome::fail("the supervisor plugin acts on workers"),
+        };
+        Response {
+            success: outcome.success,
+            output: (!outcome.output.is_empty()).then_some(outcome.output),
+            error: outcome.error,
+            metadata: Value::Object(outcome.metadata).to_string(),
+        }
+    }
+}
+
+marvin_plugin_sdk::export!(Supervisor);
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_are_read_as_supervisorctl_reads_them() {
+        let all: Vec<(String, String)> = [
+            ("web", "web"),
+            ("workers", "a"),
+            ("workers", "b"),
+            ("pool", "pool_00"),
+            ("pool", "pool_01"),
+        ]
+        .iter()
+        .map(|(g, n)| (g.to_string(), n.to_string()))
+        .collect();
+        let p = |s: &str| Some(Selection::Process(s.into()));
+        let g = |s: &str| Some(Selection::Group(s.into()));
+        assert_eq!(select("web", &all), p("web:web"));
+        assert_eq!(select("web:web", &all), p("web:web"));
+        assert_eq!(select("workers:a", &all), p("workers:a"));
+        assert_eq!(select("workers:*", &all), g("workers"));
+        assert_eq!(select("workers:", &all), g("workers"));
+        assert_eq!(select("workers", &all), g("workers"));
+        assert_eq!(select("pool", &all), g("pool"));
+        assert_eq!(select("workers:c", &all), None);
+        assert_eq!(select("nope", &all), None);
+        assert_eq!(select("nope:*", &all), None);
+    }
+}
