@@ -332,6 +332,11 @@ mod tests {
             max_memory_bytes = 33554432
             [docker]
             default_project = "marvin"
+            endpoint = "unix:///run/docker.sock"
+            [supervisor]
+            url = "http://127.0.0.1:9001"
+            username = "marvin"
+            password = "secret"
             [plugins.docker-compose]
             max_memory_bytes = 134217728
             [plugins.docker-compose.grants]
@@ -380,5 +385,7 @@ mod tests {
         assert_eq!(c.validate().unwrap_err(), "entity id 'all' is reserved");
         let c = Config::parse("[runtime]\nmax_memory_bytes = 10\n").unwrap();
         assert!(c.validate().unwrap_err().contains("outside 1 MiB"));
+        let c = Config::parse("[supervisor]\nurl = \"/run/supervisor.sock\"\n").unwrap();
+        assert!(c.validate().unwrap_err().contains("unix:// or http://"));
     }
 }

@@ -269,7 +269,7 @@ async fn errors_are_clear_and_the_host_keeps_serving() {
     assert!(!r.success);
     let e = r.error.unwrap();
     assert!(
-        e.contains("permission denied") && e.contains("supervisor program 'secret'"),
+        e.contains("permission denied") && e.contains("supervisor program 'secret:secret'"),
         "{e}"
     );
     assert_eq!(s.state("secret"), "RUNNING", "nothing happened");

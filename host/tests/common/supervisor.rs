@@ -138,6 +138,9 @@ impl Supervisord {
 
     /// Stops supervisord (and its programs) now.
     pub fn kill(&mut self) {
+        if let Ok(Some(_)) = self.child.try_wait() {
+            return;
+        }
         let _ = Command::new("kill")
             .arg("-TERM")
             .arg(self.child.id().to_string())

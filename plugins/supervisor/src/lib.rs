@@ -201,7 +201,7 @@ fn start(sel: &Selection, chosen: &[Process]) -> Result<Vec<String>, String> {
     }
     match sel {
         Selection::Process(full) => match supervisor::start_process(full, true) {
-            Ok(()) | Err(Error::AlreadyStarted(_)) => Ok(vec![full.clone()]),
+            Ok(_) | Err(Error::AlreadyStarted(_)) => Ok(vec![full.clone()]),
             Err(e) => Err(spawn_failure(full, &e)),
         },
         Selection::Group(g) => {
@@ -247,7 +247,104 @@ fn stop(sel: &Selection, chosen: &[Process]) -> Result<Vec<String>, String> {
     }
 }
 
+/// The process a name means without asking supervisord which groups exist: `group:name`,
+/// or a bare `name` read as `name:name` (as supervisorctl reads it). None for `group:*`.
+pub fn direct_process(name: &str) -> Option<String> {
+    match name.split_once(':') {
+        Some((_, "" | "*")) => None,
+        Some(_) => Some(name.to_owned()),
+        None => Some(format!("{name}:{name}")),
+    }
+}
+
+/// One process, straight to supervisord: its faults say whether it was already in the
+/// state asked for, so idempotence costs no extra call, and each call answers the state
+/// after. A `NotFound` lets a bare name fall back to the group of that name.
+fn process_action(action: &str, full: &str) -> Result<(Outcome, Option<Process>), Error> {
+    // Whether it was running; the state after comes from process-info.
+    let stop = || match supervisor::stop_process(full, true) {
+        Ok(()) => Ok(true),
+        Err(Error::NotRunning(_)) => Ok(false),
+        Err(e) => Err(e),
+    };
+    let start = || match supervisor::start_process(full, true) {
+        Ok(p) => Ok(Some(p)),
+        Err(Error::AlreadyStarted(_)) => Ok(None),
+        Err(e) => Err(e),
+    };
+    let (outcome, after) = match action {
+        "start" => {
+            let after = start()?;
+            let text = match after {
+                Some(_) => format!("{full}: started"),
+                None => format!("{full}: already running"),
+            };
+            (
+                Outcome::ok(text).with("already", Value::Bool(after.is_none())),
+                after,
+            )
+        }
+        "stop" => {
+            let acted = stop()?;
+            let text = if acted {
+                format!("{full}: stopped")
+            } else {
+                format!("{full}: already stopped")
+            };
+            (Outcome::ok(text).with("already", Value::Bool(!acted)), None)
+        }
+        // supervisorctl restart: stop when running, then start.
+        _ => {
+            let stopped = stop()?;
+            let after = start()?;
+            let mut text = String::new();
+            if stopped {
+                text.push_str(&format!("{full}: stopped\n"));
+            }
+            text.push_str(&format!("{full}: started"));
+            (Outcome::ok(text), after)
+        }
+    };
+    Ok((outcome.with("acted_on", json!([full])), after))
+}
+
 fn program_action(action: &str, name: &str) -> Outcome {
+    if let Some(full) = direct_process(name) {
+        // The state after: from the call itself, else asked.
+        let after = |o: Outcome, known: Option<Process>| {
+            let state = match known
+                .map(Ok)
+                .unwrap_or_else(|| supervisor::process_info(&full))
+            {
+                Ok(p) => json!([describe(&p)]),
+                Err(e) => Value::String(error_text(&e)),
+            };
+            o.with("processes", state)
+        };
+        match process_action(action, &full) {
+            Ok((o, known)) => return after(o, known),
+            // A bare name that is not a process may be a group.
+            Err(Error::NotFound(_)) if !name.contains(':') => {}
+            Err(Error::NotFound(_)) => {
+                return Outcome::fail(format!("no supervisor process '{name}'"));
+            }
+            Err(e @ (Error::SpawnError(_) | Error::Failed(_) | Error::TimedOut(_))) => {
+                let what = if full == format!("{name}:{name}") {
+                    name
+                } else {
+                    &full
+                };
+                return after(
+                    Outcome::fail(format!(
+                        "{action} {what} failed: {}",
+                        spawn_failure(&full, &e)
+                    )),
+                    None,
+                );
+            }
+            Err(e) => return Outcome::fail(error_text(&e)),
+        }
+    }
     let (sel, chosen) = match resolve(name) {
         Ok(r) => r,
         Err(e) => return Outcome::fail(e),

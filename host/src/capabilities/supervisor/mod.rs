@@ -17,8 +17,8 @@ pub trait SupervisorBackend: Send + Sync {
     async fn process_info(&self, name: &str) -> Result<Process, Error>;
     /// `getAllProcess`.
     async fn all_process_info(&self) -> Result<Vec<Process>, Error>;
-    /// `startProcess`.
-    async fn start_process(&self, name: &str, wait: bool) -> Result<(), Error>;
+    /// `startProcess`, then `getProcessInfo`.
+    async fn start_process(&self, name: &str, wait: bool) -> Result<Process, Error>;
     /// `stopProcess`.
     async fn stop_process(&self, name: &str, wait: bool) -> Result<(), Error>;
     /// `startProcessGroup`.
@@ -53,7 +53,7 @@ impl SupervisorBackend for Unconfigured {
     async fn all_process_info(&self) -> Result<Vec<Process>, Error> {
         unconfigured()
     }
-    async fn start_process(&self, _: &str, _: bool) -> Result<(), Error> {
+    async fn start_process(&self, _: &str, _: bool) -> Result<Process, Error> {
         unconfigured()
     }
     async fn stop_process(&self, _: &str, _: bool) -> Result<(), Error> {
@@ -126,7 +126,7 @@ impl Host for Capabilities {
         &mut self,
         name: String,
         wait: bool,
-    ) -> wasmtime::Result<Result<(), Error>> {
+    ) -> wasmtime::Result<Result<Process, Error>> {
         let r = async {
             self.program(&name)?;
             let b = self.backends.supervisor.clone();

@@ -101,48 +101,72 @@ impl Supervisord {
     }
 
     async fn exchange(&self, request: &[u8]) -> Result<Vec<u8>, Error> {
-        let mut answer = Vec::new();
         match &self.endpoint {
             Endpoint::Unix(path) => {
-                let mut s =
+                let s =
                     tokio::time::timeout(CONNECT_TIMEOUT, tokio::net::UnixStream::connect(path))
                         .await
                         .map_err(|_| self.unreachable("connecting timed out"))?
                         .map_err(|e| self.unreachable(e))?;
-                s.write_all(request)
-                    .await
-                    .map_err(|e| self.unreachable(e))?;
-                (&mut s)
-                    .take(MAX_RESPONSE_BYTES as u64 + 1)
-                    .read_to_end(&mut answer)
-                    .await
-                    .map_err(|e| self.unreachable(e))?;
+                self.roundtrip(s, request).await
             }
             Endpoint::Tcp { host_port } => {
-                let mut s = tokio::time::timeout(
+                let s = tokio::time::timeout(
                     CONNECT_TIMEOUT,
                     tokio::net::TcpStream::connect(host_port.as_str()),
                 )
                 .await
                 .map_err(|_| self.unreachable("connecting timed out"))?
                 .map_err(|e| self.unreachable(e))?;
-                s.write_all(request)
-                    .await
-                    .map_err(|e| self.unreachable(e))?;
-                (&mut s)
-                    .take(MAX_RESPONSE_BYTES as u64 + 1)
-                    .read_to_end(&mut answer)
-                    .await
-                    .map_err(|e| self.unreachable(e))?;
+                s.set_nodelay(true).map_err(|e| self.unreachable(e))?;
+                self.roundtrip(s, request).await
             }
         }
-        if answer.len() > MAX_RESPONSE_BYTES {
-            return Err(Error::Failed(format!(
-                "supervisord's answer is larger than {} MiB",
-                MAX_RESPONSE_BYTES >> 20
-            )));
+    }
+
+    /// Writes the request, reads the answer: the head, then `Content-Length` bytes (to the
+    /// end of the stream without one). The answer is done when its length is, not when
+    /// supervisord gets round to closing the connection.
+    async fn roundtrip<S>(&self, mut s: S, request: &[u8]) -> Result<Vec<u8>, Error>
+    where
+        S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+    {
+        s.write_all(request)
+            .await
+            .map_err(|e| self.unreachable(e))?;
+        let mut answer = Vec::with_capacity(4096);
+        let mut chunk = [0u8; 16 << 10];
+        let mut wanted: Option<usize> = None;
+        loop {
+            if let Some(total) = wanted
+                && answer.len() >= total
+            {
+                answer.truncate(total);
+                return Ok(answer);
+            }
+            let n = s.read(&mut chunk).await.map_err(|e| self.unreachable(e))?;
+            if n == 0 {
+                return Ok(answer);
+            }
+            answer.extend_from_slice(&chunk[..n]);
+            if answer.len() > MAX_RESPONSE_BYTES {
+                return Err(Error::Failed(format!(
+                    "supervisord's answer is larger than {} MiB",
+                    MAX_RESPONSE_BYTES >> 20
+                )));
+            }
+            if wanted.is_none()
+                && let Some(end) = answer.windows(4).position(|w| w == b"\r\n\r\n")
+            {
+                let head = String::from_utf8_lossy(&answer[..end]);
+                wanted = head
+                    .lines()
+                    .filter_map(|l| l.split_once(':'))
+                    .find(|(k, _)| k.trim().eq_ignore_ascii_case("content-length"))
+                    .and_then(|(_, v)| v.trim().parse::<usize>().ok())
+                    .map(|len| end + 4 + len);
+            }
         }
-        Ok(answer)
     }
 
     /// Calls `method`; a fault comes back as the typed error of its code.
@@ -162,7 +186,14 @@ impl Supervisord {
         }
         request.push_str("\r\n");
         request.push_str(&body);
-        let answer = self.exchange(request.as_bytes()).await?;
+        let started = std::time::Instant::now();
+        let answer = self.exchange(request.as_bytes()).await;
+        tracing::debug!(
+            method,
+            elapsed_ms = started.elapsed().as_millis() as u64,
+            "supervisord call"
+        );
+        let answer = answer?;
         let text = String::from_utf8_lossy(&answer);
         let Some((head, body)) = text.split_once("\r\n\r\n") else {
             return Err(self.unreachable("the connection closed before an answer"));
@@ -193,6 +224,57 @@ impl Supervisord {
                 "supervisord's answer to {method} is not XML-RPC: {m}"
             )),
         })
+    }
+}
+
+impl Supervisord {
+    /// `method(name, wait)` then `getProcessInfo(name)` in one `system.multicall` (supervisord
+    /// runs them in order, the second once the first is done, waiting included). Its wait is
+    /// polled like a waiting `startProcess`'s (every 50 ms).
+    async fn act_and_inspect(
+        &self,
+        method: &str,
+        name: &str,
+        wait: bool,
+    ) -> Result<Process, Error> {
+        let call = |m: &str, params: Vec<Value>| {
+            Value::Struct(vec![
+                ("methodName".into(), Value::Str(m.into())),
+                ("params".into(), Value::Array(params)),
+            ])
+        };
+        let calls = Value::Array(vec![
+            call(method, vec![Value::Str(name.into()), Value::Bool(wait)]),
+            call("supervisor.getProcessInfo", vec![Value::Str(name.into())]),
+        ]);
+        let v = self.call("system.multicall", &[calls]).await?;
+        let Value::Array(results) = v else {
+            return Err(Error::Failed(
+                "system.multicall did not answer a list".into(),
+            ));
+        };
+        let mut results = results.into_iter().map(multicall_result);
+        match (results.next(), results.next()) {
+            (Some(first), Some(info)) => {
+                first?;
+                Ok(process(&info?))
+            }
+            _ => Err(Error::Failed(
+                "system.multicall answered fewer results than calls".into(),
+            )),
+        }
+    }
+}
+
+/// One result of a multicall: a fault struct, a value wrapped in a one-item list (the
+/// multicall convention), or the bare value (supervisord's own).
+fn multicall_result(v: Value) -> Result<Value, Error> {
+    if let Some(code) = v.get("faultCode").and_then(Value::int) {
+        return Err(fault(code, v.text_of("faultString")));
+    }
+    match v {
+        Value::Array(mut items) if items.len() == 1 => Ok(items.remove(0)),
+        other => Ok(other),
     }
 }
 
@@ -279,16 +361,14 @@ impl SupervisorBackend for Supervisord {
         }
     }
 
-    async fn start_process(&self, name: &str, wait: bool) -> Result<(), Error> {
-        self.call(
-            "supervisor.startProcess",
-            &[Value::Str(name.into()), Value::Bool(wait)],
-        )
-        .await
-        .map(drop)
+    async fn start_process(&self, name: &str, wait: bool) -> Result<Process, Error> {
+        self.act_and_inspect("supervisor.startProcess", name, wait)
+            .await
     }
 
     async fn stop_process(&self, name: &str, wait: bool) -> Result<(), Error> {
+        // Not in a multicall: supervisord polls a waiting stopProcess continuously, but a
+        // multicall only every 50 ms while its loop is awake, else once a second.
         self.call(
             "supervisor.stopProcess",
             &[Value::Str(name.into()), Value::Bool(wait)],
@@ -396,6 +476,22 @@ mod tests {
         assert!(matches!(fault(70, String::new()), Error::NotRunning(_)));
         assert!(matches!(fault(50, String::new()), Error::SpawnError(_)));
         assert!(matches!(fault(92, String::new()), Error::Failed(_)));
+    }
+
+    #[test]
+    fn multicall_results_unwrap_and_faults_are_typed() {
+        let wrapped = Value::Array(vec![Value::Bool(true)]);
+        assert_eq!(multicall_result(wrapped).unwrap(), Value::Bool(true));
+        let bare = Value::Struct(vec![("name".into(), Value::Str("web".into()))]);
+        assert_eq!(multicall_result(bare.clone()).unwrap(), bare);
+        let f = Value::Struct(vec![
+            ("faultCode".into(), Value::Int(60)),
+            (
+                "faultString".into(),
+                Value::Str("ALREADY_STARTED: web".into()),
+            ),
+        ]);
+        assert!(matches!(multicall_result(f), Err(Error::AlreadyStarted(m)) if m.contains("web")));
     }
 
     #[tokio::test]
