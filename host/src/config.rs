@@ -4,7 +4,7 @@
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 
 use crate::message::EntityKind;
 
@@ -98,7 +98,7 @@ pub struct PluginConfig {
 }
 
 /// `[plugins.<name>.grants]`: what a plugin may reach. Everything absent is denied.
-#[derive(Debug, Clone, Default, Deserialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, Eq)]
 #[serde(deny_unknown_fields)]
 pub struct Grants {
     /// `[plugins.<name>.grants.docker]`.
@@ -111,7 +111,7 @@ pub struct Grants {
 }
 
 /// The docker part of a grant.
-#[derive(Debug, Clone, Default, Deserialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, Eq)]
 #[serde(deny_unknown_fields)]
 pub struct DockerGrant {
     /// Compose projects (`marvin`) or single services (`marvin/web`); `*` and `?` match.
@@ -129,7 +129,7 @@ pub struct DockerGrant {
 }
 
 /// The supervisor part of a grant.
-#[derive(Debug, Clone, Default, Deserialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, Eq)]
 #[serde(deny_unknown_fields)]
 pub struct SupervisorGrant {
     /// Program or group name patterns (`marvin-*`, `workers:*`).

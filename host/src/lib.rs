@@ -17,4 +17,5 @@ pub mod registry;
 pub mod router;
 pub mod runtime;
 pub mod service;
+pub mod testing;
 pub mod transport;

@@ -28,6 +28,11 @@ impl Manager {
         }
     }
 
+    /// The plugin runtime.
+    pub fn runtime(&self) -> &Arc<Runtime> {
+        &self.runtime
+    }
+
     /// The plugins directory.
     pub fn plugins(&self) -> &Arc<PluginDir> {
         &self.plugins

@@ -15,6 +15,7 @@ const GUESTS: &[(&str, &str)] = &[
     ("RELOAD_V1", "reload_v1"),
     ("RELOAD_V2", "reload_v2"),
     ("WRONG_WORLD", "wrong-world"),
+    ("COMPOSE_V2", "compose_v2"),
     ("HELLO_EXAMPLE", "hello_plugin"),
     ("DOCKER_COMPOSE", "docker_compose"),
     ("EXEC_CMD", "exec_cmd"),

@@ -92,6 +92,11 @@ impl Policy {
         &self.requested
     }
 
+    /// What the operator granted (before intersecting with what the plugin asked for).
+    pub fn grants(&self) -> &Grants {
+        &self.grants
+    }
+
     /// What the operator granted for `cap`, for listings; `None` when nothing.
     pub fn granted(&self, cap: Capability) -> Option<String> {
         let list = |v: &[String]| (!v.is_empty()).then(|| v.join(", "));

@@ -1,5 +1,6 @@
 //! The command line: subcommands, settings from `manager.toml` and flags, tracing.
 
+mod plugin_test;
 mod plugins;
 mod queue;
 mod run;
@@ -72,6 +73,8 @@ enum Command {
     Plugins(plugins::PluginsArgs),
     /// Carries out one request without any queue and prints the response as JSON.
     Run(run::RunArgs),
+    /// Works on one plugin file: `plugin test` runs it in isolation.
+    Plugin(plugin_test::PluginArgs),
 }
 
 impl Cli {
@@ -105,6 +108,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Dispatch(args) => queue::dispatch(&cli.global, args).await,
         Command::Actions(args) => queue::actions(&cli.global, args).await,
         Command::Run(args) => run::run(&cli.global, args).await,
+        Command::Plugin(args) => plugin_test::run(&cli.global, args).await,
     }
 }
 
@@ -138,7 +142,7 @@ impl GlobalArgs {
     }
 }
 
-fn default_cache_dir() -> Option<PathBuf> {
+pub(crate) fn default_cache_dir() -> Option<PathBuf> {
     if let Some(dir) = std::env::var_os("MARVIN_CACHE_DIR") {
         return Some(PathBuf::from(dir));
     }

@@ -85,6 +85,10 @@ pub(super) struct ServeArgs {
     /// Requests carried out at once [default: `[transport] concurrency`, else 128].
     #[arg(long)]
     concurrency: Option<usize>,
+    /// Writes each request's host calls, request and response to DIR/<correlation id>.json,
+    /// a trace `plugin test --replay` runs again.
+    #[arg(long, value_name = "DIR")]
+    record: Option<std::path::PathBuf>,
 }
 
 pub(super) async fn serve(global: &GlobalArgs, args: ServeArgs) -> anyhow::Result<ExitCode> {
@@ -115,6 +119,7 @@ pub(super) async fn serve(global: &GlobalArgs, args: ServeArgs) -> anyhow::Resul
     };
     let opened = open(&dsn, 8).await?;
     let manager = Arc::new(settings.manager().await?);
+    manager.runtime().set_record_dir(args.record.clone());
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     tokio::spawn(async move {
         wait_for_signal().await;

@@ -29,11 +29,16 @@ pub(super) struct RunArgs {
     /// The correlation id [default: a new UUID].
     #[arg(long)]
     correlation_id: Option<String>,
+    /// Writes the host calls, request and response to DIR/<correlation id>.json, a trace
+    /// `plugin test --replay` runs again.
+    #[arg(long, value_name = "DIR")]
+    record: Option<std::path::PathBuf>,
 }
 
 pub(super) async fn run(global: &GlobalArgs, args: RunArgs) -> anyhow::Result<ExitCode> {
     let settings = global.settings()?;
     let manager = settings.manager().await?;
+    manager.runtime().set_record_dir(args.record.clone());
     let request = ManagerRequest {
         container_id: args.entity,
         correlation_id: args.correlation_id.unwrap_or_else(new_correlation_id),

@@ -167,6 +167,8 @@ pub struct Runtime {
     cache_dir: Option<PathBuf>,
     settings: RuntimeSettings,
     backends: Backends,
+    /// Where each request's host-call trace is written, when recording.
+    record_dir: std::sync::RwLock<Option<PathBuf>>,
     _ticker: Ticker,
 }
 
@@ -226,6 +228,7 @@ impl Runtime {
             cache_dir,
             settings,
             backends,
+            record_dir: std::sync::RwLock::new(None),
             _ticker: Ticker(stop),
         })
     }
@@ -268,6 +271,7 @@ impl Runtime {
             "describe".into(),
             self.settings.default_max_memory_bytes,
             deadline,
+            self.backends.clone(),
         )?;
         let call = async {
             let plugin = pre.instantiate_async(&mut store).await?;
@@ -323,12 +327,19 @@ impl Runtime {
     }
 
     #[allow(clippy::type_complexity)]
+    /// Records each request's host calls, request and response into `dir` as
+    /// `<correlation id>.json`, a trace `plugin test --replay` runs again; `None` stops.
+    pub fn set_record_dir(&self, dir: Option<PathBuf>) {
+        *self.record_dir.write().unwrap_or_else(|e| e.into_inner()) = dir;
+    }
+
     fn store(
         &self,
         policy: Arc<Policy>,
         correlation_id: String,
         max_memory_bytes: u64,
         deadline: Instant,
+        backends: Backends,
     ) -> Result<(Store<HostState>, Capture, Capture), String> {
         let stdout = Capture::default();
         let stderr = Capture::default();
@@ -347,7 +358,7 @@ impl Runtime {
             wasi: wasi.build(),
             table: ResourceTable::new(),
             limiter: Limiter::new(max_memory_bytes),
-            caps: Capabilities::new(policy, correlation_id, self.backends.clone(), deadline),
+            caps: Capabilities::new(policy, correlation_id, backends, deadline),
         };
         let mut store = Store::new(&self.engine, state);
         store.limiter(|s| &mut s.limiter);
@@ -371,11 +382,23 @@ impl Runtime {
     ) -> PluginOutcome {
         let timeout = req.timeout();
         let deadline = Instant::now() + timeout;
+        let record_dir = self
+            .record_dir
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone();
+        let recorder = record_dir
+            .as_ref()
+            .map(|_| crate::testing::Recorder::new(self.backends.clone()));
+        let backends = recorder
+            .as_ref()
+            .map_or_else(|| self.backends.clone(), |r| r.backends());
         let (mut store, stdout, stderr) = match self.store(
             plugin.policy.clone(),
             req.correlation_id.clone(),
             plugin.max_memory_bytes,
             deadline,
+            backends,
         ) {
             Ok(s) => s,
             Err(e) => return PluginOutcome::failed(e),
@@ -425,7 +448,39 @@ impl Runtime {
             )),
         };
         drain(&plugin.name, &req.correlation_id, &stdout, &stderr);
+        if let (Some(dir), Some(recorder)) = (record_dir, recorder) {
+            let trace = crate::testing::Script::trace(
+                req,
+                entity,
+                plugin.policy.grants(),
+                recorder.calls(),
+                &outcome,
+            );
+            write_trace(&dir, &req.correlation_id, &trace);
+        }
         outcome
+    }
+}
+
+/// Writes a trace; a failure is logged, the request is not affected.
+fn write_trace(dir: &Path, correlation_id: &str, trace: &crate::testing::Script) {
+    let name: String = correlation_id
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || c == '-' || c == '_' {
+                c
+            } else {
+                '_'
+            }
+        })
+        .collect();
+    let path = dir.join(format!("{name}.json"));
+    let written = std::fs::create_dir_all(dir)
+        .and_then(|()| serde_json::to_vec_pretty(trace).map_err(std::io::Error::other))
+        .and_then(|bytes| std::fs::write(&path, bytes));
+    match written {
+        Ok(()) => tracing::debug!(path = %path.display(), "trace recorded"),
+        Err(e) => tracing::warn!(path = %path.display(), error = %e, "cannot write the trace"),
     }
 }
 

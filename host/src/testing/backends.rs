@@ -1,0 +1,502 @@
+//! Two capability backends for testing plugins: [`Scripted`] answers each host call from a
+//! script and notes every difference from it; [`Recorder`] passes calls to the real backends
+//! and writes down each call with its answer (a trace, which replays as a script).
+
+use std::collections::VecDeque;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+
+use async_trait::async_trait;
+use serde::{Deserialize, Serialize};
+use serde_json::{Value, json};
+
+use super::json::{Json, error_from_json, error_to_json};
+use crate::capabilities::{Backends, DockerBackend, SupervisorBackend};
+use crate::runtime::bindings::docker::{
+    BuildOptions, BuildOutput, Container, ExecOptions, ExecOutput,
+};
+use crate::runtime::bindings::supervisor::{ConfigChanges, Process, ProcessResult};
+use crate::runtime::bindings::types::Error;
+
+/// One host call as it reached the backend: its name (`docker.list-containers`), its
+/// arguments, and its answer (`ok`, or `err` as `{ <kind> = "text" }`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Call {
+    /// `docker.<call>` or `supervisor.<call>`.
+    pub call: String,
+    /// The arguments, by name; in a script, only those given are compared.
+    #[serde(default, skip_serializing_if = "is_empty")]
+    pub args: Value,
+    /// The answer, when the call succeeds.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ok: Option<Value>,
+    /// The answer, when the call fails.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub err: Option<Value>,
+}
+
+fn is_empty(v: &Value) -> bool {
+    v.is_null() || v.as_object().is_some_and(serde_json::Map::is_empty)
+}
+
+impl Call {
+    /// `docker.inspect {"id":"c1"}`.
+    pub fn describe(&self) -> String {
+        if is_empty(&self.args) {
+            self.call.clone()
+        } else {
+            format!("{} {}", self.call, self.args)
+        }
+    }
+
+    /// ` -> ok …` / ` -> not-found: …`.
+    pub fn describe_answer(&self) -> String {
+        match (&self.ok, &self.err) {
+            (_, Some(e)) => match e.as_object().and_then(|m| m.iter().next()) {
+                Some((k, v)) => format!("{k}: {}", v.as_str().unwrap_or_default()),
+                None => e.to_string(),
+            },
+            (Some(v), None) if !v.is_null() => {
+                let text = v.to_string();
+                if text.len() > 120 {
+                    format!("ok {}…", &text[..text.floor_char_boundary(117)])
+                } else {
+                    format!("ok {text}")
+                }
+            }
+            _ => "ok".into(),
+        }
+    }
+}
+
+/// Whether every field `want` gives is in `got`, recursively (lists must match in length
+/// and order).
+pub fn subset(want: &Value, got: &Value) -> bool {
+    match (want, got) {
+        (Value::Object(w), Value::Object(g)) => w
+            .iter()
+            .all(|(k, wv)| g.get(k).is_some_and(|gv| subset(wv, gv))),
+        (Value::Array(w), Value::Array(g)) => {
+            w.len() == g.len() && w.iter().zip(g).all(|(a, b)| subset(a, b))
+        }
+        (w, g) => w == g,
+    }
+}
+
+#[derive(Debug, Default)]
+struct ScriptState {
+    expected: VecDeque<Call>,
+    made: Vec<Call>,
+    problems: Vec<String>,
+}
+
+/// Answers host calls from a script, in order.
+#[derive(Debug, Clone, Default)]
+pub struct Scripted(Arc<Mutex<ScriptState>>);
+
+impl Scripted {
+    /// A backend that expects `calls`, in this order.
+    pub fn new(calls: Vec<Call>) -> Self {
+        Self(Arc::new(Mutex::new(ScriptState {
+            expected: calls.into(),
+            ..Default::default()
+        })))
+    }
+
+    /// Both capability backends, answering from this script.
+    pub fn backends(&self) -> Backends {
+        Backends {
+            docker: Arc::new(self.clone()),
+            supervisor: Arc::new(self.clone()),
+        }
+    }
+
+    /// The calls the plugin made (with the answers it got), and every difference from the
+    /// script, including expected calls it never made.
+    pub fn finish(&self) -> (Vec<Call>, Vec<String>) {
+        let mut st = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        let n = st.made.len();
+        let left: Vec<String> = st
+            .expected
+            .iter()
+            .enumerate()
+            .map(|(i, c)| {
+                format!(
+                    "call {}: expected {}, but the plugin made no more calls",
+                    n + i + 1,
+                    c.describe()
+                )
+            })
+            .collect();
+        st.problems.extend(left);
+        st.expected.clear();
+        (st.made.clone(), st.problems.clone())
+    }
+
+    fn answer<T: Json>(&self, call: &str, args: Value) -> Result<T, Error> {
+        let mut st = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        let n = st.made.len() + 1;
+        let mut made = Call {
+            call: call.into(),
+            args,
+            ok: None,
+            err: None,
+        };
+        let expected = st.expected.pop_front();
+        let result = match expected {
+            Some(exp) if exp.call == call => {
+                // No args in the script: any args.
+                if !exp.args.is_null() && !subset(&exp.args, &made.args) {
+                    st.problems.push(format!(
+                        "call {n}: expected {}, got {}",
+                        exp.describe(),
+                        made.describe()
+                    ));
+                }
+                match (&exp.ok, &exp.err) {
+                    (_, Some(e)) => Err(error_from_json(e).map_err(|m| {
+                        Error::Failed(format!("plugin test: call {n} has a bad `err`: {m}"))
+                    })?),
+                    (ok, None) => T::from_json(ok.as_ref().unwrap_or(&Value::Null)).map_err(|m| {
+                        Error::Failed(format!("plugin test: call {n} has a bad `ok`: {m}"))
+                    }),
+                }
+            }
+            Some(exp) => {
+                st.problems.push(format!(
+                    "call {n}: expected {}, got {}",
+                    exp.describe(),
+                    made.describe()
+                ));
+                // Keep the expected call for the next one: an extra call shows once.
+                st.expected.push_front(exp);
+                Err(Error::Failed(format!(
+                    "plugin test: unexpected host call {}",
+                    made.describe()
+                )))
+            }
+            None => {
+                st.problems.push(format!(
+                    "call {n}: the script expects no more calls, got {}",
+                    made.describe()
+                ));
+                Err(Error::Failed(format!(
+                    "plugin test: unexpected host call {}",
+                    made.describe()
+                )))
+            }
+        };
+        match &result {
+            Ok(v) => made.ok = Some(v.to_json()),
+            Err(e) => made.err = Some(error_to_json(e)),
+        }
+        st.made.push(made);
+        result
+    }
+}
+
+/// Passes host calls on to real backends and writes each down with its answer.
+#[derive(Clone)]
+pub struct Recorder {
+    inner: Backends,
+    calls: Arc<Mutex<Vec<Call>>>,
+}
+
+impl Recorder {
+    /// Records the calls that reach `inner`.
+    pub fn new(inner: Backends) -> Self {
+        Self {
+            inner,
+            calls: Arc::default(),
+        }
+    }
+
+    /// Both backends, recording.
+    pub fn backends(&self) -> Backends {
+        Backends {
+            docker: Arc::new(self.clone()),
+            supervisor: Arc::new(self.clone()),
+        }
+    }
+
+    /// The calls so far.
+    pub fn calls(&self) -> Vec<Call> {
+        self.calls.lock().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    /// Runs `f` and writes the call down in the order calls were made (calls made at once,
+    /// like the starts of a service's replicas, finish in any order).
+    async fn record<T: Json>(
+        &self,
+        call: &str,
+        args: Value,
+        f: impl Future<Output = Result<T, Error>>,
+    ) -> Result<T, Error> {
+        let slot = {
+            let mut calls = self.calls.lock().unwrap_or_else(|e| e.into_inner());
+            calls.push(Call {
+                call: call.into(),
+                args,
+                ok: None,
+                err: None,
+            });
+            calls.len() - 1
+        };
+        let result = f.await;
+        if let Some(c) = self
+            .calls
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get_mut(slot)
+        {
+            match &result {
+                Ok(v) => c.ok = Some(v.to_json()),
+                Err(e) => c.err = Some(error_to_json(e)),
+            }
+        }
+        result
+    }
+}
+
+#[async_trait]
+impl DockerBackend for Scripted {
+    async fn list_containers(
+        &self,
+        project: &str,
+        service: Option<&str>,
+    ) -> Result<Vec<Container>, Error> {
+        self.answer(
+            "docker.list-containers",
+            json!({"project": project, "service": service}),
+        )
+    }
+    async fn labelled(&self, key: &str, value: Option<&str>) -> Result<Vec<Container>, Error> {
+        self.answer("docker.labelled", json!({"key": key, "value": value}))
+    }
+    async fn inspect(&self, id: &str) -> Result<Container, Error> {
+        self.answer("docker.inspect", json!({"id": id}))
+    }
+    async fn start(&self, id: &str) -> Result<(), Error> {
+        self.answer("docker.start", json!({"id": id}))
+    }
+    async fn stop(&self, id: &str, timeout_secs: Option<u32>) -> Result<(), Error> {
+        self.answer(
+            "docker.stop",
+            json!({"id": id, "timeout_secs": timeout_secs}),
+        )
+    }
+    async fn restart(&self, id: &str, timeout_secs: Option<u32>) -> Result<(), Error> {
+        self.answer(
+            "docker.restart",
+            json!({"id": id, "timeout_secs": timeout_secs}),
+        )
+    }
+    async fn build(&self, root: PathBuf, options: BuildOptions) -> Result<BuildOutput, Error> {
+        let mut args = options.to_json();
+        args["root"] = json!(root.display().to_string());
+        self.answer("docker.build", args)
+    }
+    async fn exec(&self, id: &str, options: ExecOptions) -> Result<ExecOutput, Error> {
+        let mut args = options.to_json();
+        args["id"] = json!(id);
+        self.answer("docker.exec", args)
+    }
+}
+
+#[async_trait]
+impl DockerBackend for Recorder {
+    async fn list_containers(
+        &self,
+        project: &str,
+        service: Option<&str>,
+    ) -> Result<Vec<Container>, Error> {
+        let args = json!({"project": project, "service": service});
+        self.record(
+            "docker.list-containers",
+            args,
+            self.inner.docker.list_containers(project, service),
+        )
+        .await
+    }
+    async fn labelled(&self, key: &str, value: Option<&str>) -> Result<Vec<Container>, Error> {
+        let args = json!({"key": key, "value": value});
+        self.record(
+            "docker.labelled",
+            args,
+            self.inner.docker.labelled(key, value),
+        )
+        .await
+    }
+    async fn inspect(&self, id: &str) -> Result<Container, Error> {
+        self.record(
+            "docker.inspect",
+            json!({"id": id}),
+            self.inner.docker.inspect(id),
+        )
+        .await
+    }
+    async fn start(&self, id: &str) -> Result<(), Error> {
+        self.record(
+            "docker.start",
+            json!({"id": id}),
+            self.inner.docker.start(id),
+        )
+        .await
+    }
+    async fn stop(&self, id: &str, timeout_secs: Option<u32>) -> Result<(), Error> {
+        let args = json!({"id": id, "timeout_secs": timeout_secs});
+        self.record(
+            "docker.stop",
+            args,
+            self.inner.docker.stop(id, timeout_secs),
+        )
+        .await
+    }
+    async fn restart(&self, id: &str, timeout_secs: Option<u32>) -> Result<(), Error> {
+        let args = json!({"id": id, "timeout_secs": timeout_secs});
+        self.record(
+            "docker.restart",
+            args,
+            self.inner.docker.restart(id, timeout_secs),
+        )
+        .await
+    }
+    async fn build(&self, root: PathBuf, options: BuildOptions) -> Result<BuildOutput, Error> {
+        let mut args = options.to_json();
+        args["root"] = json!(root.display().to_string());
+        self.record("docker.build", args, self.inner.docker.build(root, options))
+            .await
+    }
+    async fn exec(&self, id: &str, options: ExecOptions) -> Result<ExecOutput, Error> {
+        let mut args = options.to_json();
+        args["id"] = json!(id);
+        self.record("docker.exec", args, self.inner.docker.exec(id, options))
+            .await
+    }
+}
+
+#[async_trait]
+impl SupervisorBackend for Scripted {
+    async fn process_info(&self, name: &str) -> Result<Process, Error> {
+        self.answer("supervisor.process-info", json!({"name": name}))
+    }
+    async fn all_process_info(&self) -> Result<Vec<Process>, Error> {
+        self.answer("supervisor.all-process-info", Value::Null)
+    }
+    async fn start_process(&self, name: &str, wait: bool) -> Result<Process, Error> {
+        self.answer(
+            "supervisor.start-process",
+            json!({"name": name, "wait": wait}),
+        )
+    }
+    async fn stop_process(&self, name: &str, wait: bool) -> Result<(), Error> {
+        self.answer(
+            "supervisor.stop-process",
+            json!({"name": name, "wait": wait}),
+        )
+    }
+    async fn start_group(&self, group: &str, wait: bool) -> Result<Vec<ProcessResult>, Error> {
+        self.answer(
+            "supervisor.start-group",
+            json!({"group": group, "wait": wait}),
+        )
+    }
+    async fn stop_group(&self, group: &str, wait: bool) -> Result<Vec<ProcessResult>, Error> {
+        self.answer(
+            "supervisor.stop-group",
+            json!({"group": group, "wait": wait}),
+        )
+    }
+    async fn reload_config(&self) -> Result<ConfigChanges, Error> {
+        self.answer("supervisor.reload-config", Value::Null)
+    }
+    async fn add_group(&self, group: &str) -> Result<(), Error> {
+        self.answer("supervisor.add-group", json!({"group": group}))
+    }
+    async fn remove_group(&self, group: &str) -> Result<(), Error> {
+        self.answer("supervisor.remove-group", json!({"group": group}))
+    }
+    async fn tail_log(&self, name: &str, bytes: u32) -> Result<String, Error> {
+        self.answer("supervisor.tail-log", json!({"name": name, "bytes": bytes}))
+    }
+}
+
+#[async_trait]
+impl SupervisorBackend for Recorder {
+    async fn process_info(&self, name: &str) -> Result<Process, Error> {
+        let s = &self.inner.supervisor;
+        self.record(
+            "supervisor.process-info",
+            json!({"name": name}),
+            s.process_info(name),
+        )
+        .await
+    }
+    async fn all_process_info(&self) -> Result<Vec<Process>, Error> {
+        let s = &self.inner.supervisor;
+        self.record(
+            "supervisor.all-process-info",
+            Value::Null,
+            s.all_process_info(),
+        )
+        .await
+    }
+    async fn start_process(&self, name: &str, wait: bool) -> Result<Process, Error> {
+        let s = &self.inner.supervisor;
+        let args = json!({"name": name, "wait": wait});
+        self.record(
+            "supervisor.start-process",
+            args,
+            s.start_process(name, wait),
+        )
+        .await
+    }
+    async fn stop_process(&self, name: &str, wait: bool) -> Result<(), Error> {
+        let s = &self.inner.supervisor;
+        let args = json!({"name": name, "wait": wait});
+        self.record("supervisor.stop-process", args, s.stop_process(name, wait))
+            .await
+    }
+    async fn start_group(&self, group: &str, wait: bool) -> Result<Vec<ProcessResult>, Error> {
+        let s = &self.inner.supervisor;
+        let args = json!({"group": group, "wait": wait});
+        self.record("supervisor.start-group", args, s.start_group(group, wait))
+            .await
+    }
+    async fn stop_group(&self, group: &str, wait: bool) -> Result<Vec<ProcessResult>, Error> {
+        let s = &self.inner.supervisor;
+        let args = json!({"group": group, "wait": wait});
+        self.record("supervisor.stop-group", args, s.stop_group(group, wait))
+            .await
+    }
+    async fn reload_config(&self) -> Result<ConfigChanges, Error> {
+        let s = &self.inner.supervisor;
+        self.record("supervisor.reload-config", Value::Null, s.reload_config())
+            .await
+    }
+    async fn add_group(&self, group: &str) -> Result<(), Error> {
+        let s = &self.inner.supervisor;
+        self.record(
+            "supervisor.add-group",
+            json!({"group": group}),
+            s.add_group(group),
+        )
+        .await
+    }
+    async fn remove_group(&self, group: &str) -> Result<(), Error> {
+        let s = &self.inner.supervisor;
+        self.record(
+            "supervisor.remove-group",
+            json!({"group": group}),
+            s.remove_group(group),
+        )
+        .await
+    }
+    async fn tail_log(&self, name: &str, bytes: u32) -> Result<String, Error> {
+        let s = &self.inner.supervisor;
+        let args = json!({"name": name, "bytes": bytes});
+        self.record("supervisor.tail-log", args, s.tail_log(name, bytes))
+            .await
+    }
+}
