@@ -5,6 +5,7 @@
 
 mod common;
 
+use std::path::Path;
 use std::process::{Command, Output};
 
 use common::{Setup, guests};
@@ -156,4 +157,103 @@ fn a_bad_config_file_is_a_clear_error() {
         err.contains("cannot read config file missing.toml"),
         "{err}"
     );
+}
+
+#[test]
+fn plugin_test_passes_fails_with_differences_and_takes_core_requests() {
+    let s = Setup::new(&[]);
+    let script = s.path().join("stop.toml");
+    std::fs::write(
+        &script,
+        r#"
+[entity]
+kind = "container"
+project = "marvin"
+service = "web"
+
+[[calls]]
+call = "docker.list-containers"
+args = { project = "marvin", service = "web" }
+ok = [{ id = "c1", name = "marvin_web_1", project = "marvin", service = "web" }]
+
+[[calls]]
+call = "docker.stop"
+args = { id = "c1" }
+
+[[calls]]
+call = "docker.list-containers"
+ok = [{ id = "c1", name = "marvin_web_1", project = "marvin", service = "web", status = "exited" }]
+
+[expect]
+success = true
+metadata = { already = false }
+"#,
+    )
+    .unwrap();
+    // The request as Core sends it, in its own file.
+    let request = s.path().join("request.json");
+    std::fs::write(
+        &request,
+        r#"{"containerId": "web", "correlationId": "c-1", "action": "stop", "args": {}, "timeout": 10}"#,
+    )
+    .unwrap();
+    let args = |script: &Path| {
+        vec![
+            "plugin".to_owned(),
+            "test".into(),
+            test_programs::DOCKER_COMPOSE.into(),
+            "--request".into(),
+            request.display().to_string(),
+            "--script".into(),
+            script.display().to_string(),
+        ]
+    };
+    let run = |a: Vec<String>| {
+        let refs: Vec<&str> = a.iter().map(String::as_str).collect();
+        marvin(s.path(), &refs)
+    };
+    let o = run(args(&script));
+    let out = stdout(&o);
+    assert_eq!(
+        o.status.code(),
+        Some(0),
+        "{out}{}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    assert!(
+        out.contains("2. docker.stop {\"id\":\"c1\",\"timeout_secs\":9} -> ok"),
+        "{out}"
+    );
+    assert!(out.ends_with("PASS\n"), "{out}");
+
+    // A plugin that does something else than the script says: exit 1, the differences.
+    let text = std::fs::read_to_string(&script).unwrap();
+    let wrong = s.path().join("wrong.toml");
+    std::fs::write(
+        &wrong,
+        text.replace("call = \"docker.stop\"", "call = \"docker.restart\"")
+            .replace("already = false", "already = true"),
+    )
+    .unwrap();
+    let o = run(args(&wrong));
+    let out = stdout(&o);
+    assert_eq!(o.status.code(), Some(1), "{out}");
+    assert!(
+        out.contains("call 2: expected docker.restart {\"id\":\"c1\"}, got docker.stop {\"id\":\"c1\",\"timeout_secs\":9}"),
+        "{out}"
+    );
+    assert!(
+        out.contains("response metadata.already: expected true, got false")
+            || out.contains("response success: expected true, got false"),
+        "{out}"
+    );
+    assert!(out.ends_with("FAIL\n"), "{out}");
+
+    // A bad script is a clear error.
+    let bad = s.path().join("bad.toml");
+    std::fs::write(&bad, "[[calls]]\ncal = 1\n").unwrap();
+    let o = run(args(&bad));
+    assert_ne!(o.status.code(), Some(0));
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(err.contains("unknown field `cal`"), "{err}");
 }

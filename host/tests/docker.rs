@@ -433,3 +433,61 @@ async fn a_daemon_that_is_down_is_unavailable_until_it_is_back() {
     assert!(r.success, "{r:?}");
     assert_eq!(status(&p.container("web", 1)), "exited");
 }
+
+#[tokio::test]
+async fn a_recorded_trace_replays_and_catches_a_plugin_that_changed_its_calls() {
+    use marvin_manager::testing::{self, Script};
+    let p = Project::up(TWO_SERVICES);
+    let setup = Setup::new(&common::docker::plugins());
+    let m = manager(&setup, &p, false, &entity("w", &p, "worker")).await;
+    docker(&["stop", "-t", "1", &p.container("worker", 2)]);
+    let traces = setup.path().join("traces");
+    m.runtime().set_record_dir(Some(traces.clone()));
+    let r = m
+        .execute(&marvin_manager::message::ManagerRequest {
+            correlation_id: "rec-1".into(),
+            ..request("w", "start", json!({}), 20)
+        })
+        .await;
+    assert!(r.success, "{r:?}");
+    assert_eq!(status(&p.container("worker", 2)), "running");
+    let trace = Script::load(&traces.join("rec-1.json")).unwrap();
+    let calls: Vec<&str> = trace.calls.iter().map(|c| c.call.as_str()).collect();
+    assert_eq!(
+        calls,
+        [
+            "docker.list-containers",
+            "docker.start",
+            "docker.list-containers"
+        ],
+        "only the stopped replica is started"
+    );
+    // Replayed without Docker: the same plugin passes, and nothing touches the engine.
+    docker(&["stop", "-t", "1", &p.container("worker", 1)]);
+    let cache = setup.path().join("replay-cache");
+    let same = testing::run(
+        std::path::Path::new(test_programs::DOCKER_COMPOSE),
+        &trace,
+        Some(cache.clone()),
+    )
+    .await
+    .unwrap();
+    assert!(same.passed(), "{}", same.render());
+    assert_eq!(
+        status(&p.container("worker", 1)),
+        "exited",
+        "replay reached Docker"
+    );
+    // A version that starts every replica without looking makes other calls: caught.
+    let changed = testing::run(
+        std::path::Path::new(test_programs::COMPOSE_V2),
+        &trace,
+        Some(cache),
+    )
+    .await
+    .unwrap();
+    assert!(!changed.passed());
+    let text = changed.render();
+    assert!(text.contains("call 2: expected docker.start"), "{text}");
+    assert!(text.contains("FAIL"), "{text}");
+}
