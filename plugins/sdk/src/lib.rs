@@ -5,19 +5,41 @@
 //! and only as far as the operator granted. Files under granted directories are readable
 //! with `std::fs` at their host path.
 //!
-//! ```ignore
-//! use marvin_plugin_sdk::{Guest, PluginInfo, Request, Response, types::EntityKind};
-//! struct Hello;
-//! impl Guest for Hello {
+//! A whole plugin — the `logs` action on workers answers the end of a program's log:
+//!
+//! ```no_run
+//! use marvin_plugin_sdk::types::{Capability, EntityKind, Target};
+//! use marvin_plugin_sdk::{Guest, PluginInfo, Request, Response, supervisor};
+//! use serde_json::json;
+//!
+//! struct Logs;
+//!
+//! impl Guest for Logs {
+//!     /// Once, at load: name, version, the (kind, action) pairs, the capabilities.
 //!     fn describe() -> PluginInfo {
-//!         marvin_plugin_sdk::info("hello", "0.1.0", EntityKind::Container, &["start"], &[])
+//!         marvin_plugin_sdk::info("logs", "0.1.0", EntityKind::Worker, &["logs"], &[Capability::Supervisor])
 //!     }
+//!
+//!     /// Per request, on a fresh instance.
 //!     fn handle(req: Request) -> Response {
-//!         marvin_plugin_sdk::ok(format!("hello {}", req.entity_id))
+//!         let Target::Program(program) = &req.target else {
+//!             return Response::fail("logs works on supervisor programs");
+//!         };
+//!         let bytes = marvin_plugin_sdk::arg_u64(&req, "bytes").unwrap_or(4096);
+//!         match supervisor::tail_log(program, bytes.min(1 << 20) as u32) {
+//!             Ok(text) => Response::ok(text).metadata(json!({ "program": program, "bytes": bytes })),
+//!             // The host's error names the missing grant or what supervisord said.
+//!             Err(e) => Response::error(&e),
+//!         }
 //!     }
 //! }
-//! marvin_plugin_sdk::export!(Hello);
+//!
+//! marvin_plugin_sdk::export!(Logs);
 //! ```
+//!
+//! Build it with `cargo build --target wasm32-wasip2 --release`, test it with `marvin-manager
+//! plugin test` (scripted host calls, no supervisord needed), drop the `.wasm` into the
+//! plugins directory: see `docs/writing-plugins.md`.
 
 #[doc(hidden)]
 pub use wit_bindgen;
@@ -66,6 +88,45 @@ pub fn handles(kind: EntityKind, actions: &[&str]) -> Vec<HandledAction> {
             action: (*a).into(),
         })
         .collect()
+}
+
+impl Response {
+    /// A successful response with `output`.
+    pub fn ok(output: impl Into<String>) -> Self {
+        ok(output)
+    }
+
+    /// A failed response with `error`.
+    pub fn fail(error: impl Into<String>) -> Self {
+        fail(error)
+    }
+
+    /// A failed response saying what a host call answered.
+    pub fn error(e: &types::Error) -> Self {
+        fail(error_text(e))
+    }
+
+    /// Sets the metadata object.
+    pub fn metadata(self, metadata: serde_json::Value) -> Self {
+        with_metadata(self, metadata)
+    }
+}
+
+/// `args.<key>` as text (numbers too), when present and not empty.
+pub fn arg_str(req: &Request, key: &str) -> Option<String> {
+    match args(req).get(key)? {
+        serde_json::Value::String(s) if !s.is_empty() => Some(s.clone()),
+        serde_json::Value::Number(n) => Some(n.to_string()),
+        _ => None,
+    }
+}
+
+/// `args.<key>` as a number (numeric text too).
+pub fn arg_u64(req: &Request, key: &str) -> Option<u64> {
+    let args = args(req);
+    let v = args.get(key)?;
+    v.as_u64()
+        .or_else(|| v.as_str().and_then(|s| s.trim().parse().ok()))
 }
 
 /// A successful response.
