@@ -500,3 +500,62 @@ impl SupervisorBackend for Recorder {
             .await
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn call(name: &str, args: Value, ok: Option<Value>) -> Call {
+        Call {
+            call: name.into(),
+            args,
+            ok,
+            err: None,
+        }
+    }
+
+    #[tokio::test]
+    async fn differences_are_noted_and_the_plugin_gets_clear_errors() {
+        let s = Scripted::new(vec![
+            call(
+                "docker.inspect",
+                json!({"id": "c1"}),
+                Some(json!({"name": "c1"})),
+            ),
+            call("docker.start", json!({"id": "c1"}), None),
+            call("docker.stop", Value::Null, None),
+        ]);
+        // Right call, other args: answered, noted.
+        let c = DockerBackend::inspect(&s, "c2").await.unwrap();
+        assert_eq!(c.name, "c1");
+        // A call the script does not expect here: refused, noted, the expected one kept.
+        let e = DockerBackend::restart(&s, "c1", None).await.unwrap_err();
+        assert!(
+            matches!(&e, Error::Failed(m) if m.contains("unexpected host call docker.restart"))
+        );
+        DockerBackend::start(&s, "c1").await.unwrap();
+        let (made, problems) = s.finish();
+        assert_eq!(made.len(), 3);
+        assert_eq!(
+            problems,
+            [
+                "call 1: expected docker.inspect {\"id\":\"c1\"}, got docker.inspect {\"id\":\"c2\"}",
+                "call 2: expected docker.start {\"id\":\"c1\"}, got docker.restart {\"id\":\"c1\",\"timeout_secs\":null}",
+                "call 4: expected docker.stop, but the plugin made no more calls",
+            ]
+        );
+        // A bad answer in the script is the plugin's error, naming the call.
+        let s = Scripted::new(vec![call(
+            "docker.list-containers",
+            Value::Null,
+            Some(json!(7)),
+        )]);
+        let e = DockerBackend::list_containers(&s, "p", None)
+            .await
+            .unwrap_err();
+        assert!(
+            matches!(&e, Error::Failed(m) if m.contains("call 1 has a bad `ok`")),
+            "{e:?}"
+        );
+    }
+}
