@@ -123,7 +123,23 @@ impl Registry {
     pub async fn resolve(&self, id: &str) -> Result<Entity, String> {
         match self.resolve_configured(id) {
             Ok(e) => Ok(e),
-            Err(e) if id == ALL || id == SUPERVISOR => Err(e),
+            Err(e) if id == ALL => match &self.discovery {
+                // No project configured: the one project of the labelled containers.
+                Some(d) => d
+                    .only_project()
+                    .await
+                    .map(|project| Entity {
+                        id: ALL.into(),
+                        kind: EntityKind::Container,
+                        target: Target::Compose {
+                            project,
+                            service: None,
+                        },
+                    })
+                    .map_err(|why| format!("{e}{why}")),
+                None => Err(e),
+            },
+            Err(e) if id == SUPERVISOR => Err(e),
             Err(unknown) => match &self.discovery {
                 Some(d) => d.resolve(id).await.map_err(|why| format!("{unknown}{why}")),
                 None => Err(unknown),
@@ -194,6 +210,33 @@ fn entity_of(id: &str, c: &crate::runtime::bindings::docker::Container) -> Entit
 }
 
 impl Discovery {
+    /// The project of every container labelled `marvin.entity-id`, when there is one.
+    async fn only_project(&self) -> Result<String, String> {
+        let containers = self
+            .docker
+            .labelled(label::ENTITY_ID, None)
+            .await
+            .map_err(|e| {
+                format!(
+                    " (discovery failed: {})",
+                    crate::capabilities::error_text(&e)
+                )
+            })?;
+        let projects: BTreeSet<&str> = containers
+            .iter()
+            .filter(|c| !c.oneoff && !c.project.is_empty())
+            .map(|c| c.project.as_str())
+            .collect();
+        match projects.len() {
+            1 => Ok(projects.into_iter().collect()),
+            0 => Err(", or containers labelled marvin.entity-id in one project".into()),
+            _ => Err(format!(
+                " (labelled containers span projects {})",
+                projects.into_iter().collect::<Vec<_>>().join(", ")
+            )),
+        }
+    }
+
     /// The entity of label `marvin.entity-id=id`, or why there is none (appended to
     /// "unknown entity").
     async fn resolve(&self, id: &str) -> Result<Entity, String> {

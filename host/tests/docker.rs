@@ -177,6 +177,29 @@ async fn discovered_entities_are_acted_on_by_their_label() {
     let r = run(&m, &id, "start", json!({})).await;
     assert!(r.success, "{r:?}");
     assert_eq!(status(&p.container("web", 1)), "running");
+    // `entities` lists it, found by its label, with no config at all.
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_marvin-manager"))
+        .args(["entities", "--json"])
+        .current_dir(setup.path())
+        .env("DOCKER_HOST", endpoint())
+        .env_remove("MARVIN_CONFIG")
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let listed: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let found = listed["entities"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|e| e["id"] == id.as_str())
+        .unwrap_or_else(|| panic!("{listed}"));
+    assert_eq!(found["source"], "label");
+    assert_eq!(found["target"]["project"], p.name.as_str());
+    assert_eq!(found["target"]["service"], "web");
     let r = run(&m, "nobody-has-this-label", "start", json!({})).await;
     assert!(!r.success);
     let e = r.error.unwrap();

@@ -1,5 +1,6 @@
 //! The command line: subcommands, settings from `manager.toml` and flags, tracing.
 
+mod entities;
 mod plugin_test;
 mod plugins;
 mod queue;
@@ -75,6 +76,9 @@ enum Command {
     Run(run::RunArgs),
     /// Works on one plugin file: `plugin test` runs it in isolation.
     Plugin(plugin_test::PluginArgs),
+    /// Lists the entity ids Core may send: configured, discovered by label, `all`,
+    /// `supervisor`, and what each names.
+    Entities(entities::EntitiesArgs),
 }
 
 impl Cli {
@@ -109,6 +113,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Actions(args) => queue::actions(&cli.global, args).await,
         Command::Run(args) => run::run(&cli.global, args).await,
         Command::Plugin(args) => plugin_test::run(&cli.global, args).await,
+        Command::Entities(args) => entities::run(&cli.global, args).await,
     }
 }
 

@@ -1,0 +1,92 @@
+//! `marvin-manager entities`: what each entity id Core may send names.
+
+use std::process::ExitCode;
+
+use clap::Args;
+use serde_json::json;
+
+use crate::registry::{ALL, Entity, SUPERVISOR, Target};
+
+use super::GlobalArgs;
+
+#[derive(Debug, Args)]
+pub(super) struct EntitiesArgs {
+    /// Print JSON instead of text.
+    #[arg(long)]
+    json: bool,
+}
+
+fn target_text(e: &Entity) -> String {
+    match &e.target {
+        Target::Compose {
+            project,
+            service: Some(s),
+        } => format!("compose project '{project}' service '{s}'"),
+        Target::Compose {
+            project,
+            service: None,
+        } => format!("every service of compose project '{project}'"),
+        Target::Program(p) => format!("supervisor program '{p}'"),
+        Target::Supervisord => "supervisord itself (reread, update)".into(),
+    }
+}
+
+fn target_json(e: &Entity) -> serde_json::Value {
+    match &e.target {
+        Target::Compose { project, service } => json!({"project": project, "service": service}),
+        Target::Program(p) => json!({"program": p}),
+        Target::Supervisord => json!({"supervisord": true}),
+    }
+}
+
+pub(super) async fn run(global: &GlobalArgs, args: EntitiesArgs) -> anyhow::Result<ExitCode> {
+    let settings = global.settings()?;
+    let registry = settings.registry();
+    let configured: Vec<Entity> = registry.entities().cloned().collect();
+    let discovered = registry.discovered().await;
+    let all = registry.resolve(ALL).await;
+    let supervisor = registry.resolve(SUPERVISOR).await;
+    if args.json {
+        let list = |v: &[Entity], source: &str| -> Vec<serde_json::Value> {
+            v.iter()
+                .map(|e| json!({"id": e.id, "kind": e.kind, "source": source, "target": target_json(e)}))
+                .collect()
+        };
+        let mut entities = list(&configured, "config");
+        if let Ok(d) = &discovered {
+            entities.extend(list(d, "label"));
+        }
+        let out = json!({
+            "entities": entities,
+            "discovery_error": discovered.as_ref().err(),
+            "all": all.as_ref().map(target_json).map_err(Clone::clone).unwrap_or_else(|e| json!({"error": e})),
+            "supervisor": supervisor.as_ref().map(target_json).ok(),
+        });
+        println!("{}", serde_json::to_string_pretty(&out)?);
+        return Ok(ExitCode::SUCCESS);
+    }
+    for e in &configured {
+        println!("{}  {}  {}  (config)", e.id, e.kind, target_text(e));
+    }
+    match &discovered {
+        Ok(d) => {
+            for e in d {
+                println!(
+                    "{}  {}  {}  (label marvin.entity-id)",
+                    e.id,
+                    e.kind,
+                    target_text(e)
+                );
+            }
+        }
+        Err(why) => println!("(no discovery: {why})"),
+    }
+    match &all {
+        Ok(e) => println!("{ALL}  {}  {}", e.kind, target_text(e)),
+        Err(why) => println!("{ALL}  unavailable: {why}"),
+    }
+    if let Ok(e) = &supervisor {
+        println!("{SUPERVISOR}  {}  {}", e.kind, target_text(e));
+    }
+    Ok(ExitCode::SUCCESS)
+}
