@@ -132,6 +132,8 @@ pub fn build_plan(files: &[PathBuf], service: &str) -> Result<Option<BuildPlan>,
     let mut found = false;
     let mut image = None;
     let mut build: Option<Value> = None;
+    // compose's environment: the project's `.env` (a plugin has no process environment).
+    let env = dot_env(&base);
     for file in files {
         let body = std::fs::read_to_string(file).map_err(|e| {
             format!(
@@ -139,6 +141,8 @@ pub fn build_plan(files: &[PathBuf], service: &str) -> Result<Option<BuildPlan>,
                 file.display()
             )
         })?;
+        let body = interpolate(&body, &env)
+            .map_err(|e| format!("compose file {}: {e}", file.display()))?;
         let doc: Value = serde_yaml::from_str(&body)
             .map_err(|e| format!("compose file {} is not valid YAML: {e}", file.display()))?;
         let Some(svc) = doc.get("services").and_then(|s| s.get(service)) else {
@@ -191,6 +195,93 @@ pub fn build_plan(files: &[PathBuf], service: &str) -> Result<Option<BuildPlan>,
     }))
 }
 
+/// The variables of `<dir>/.env`, as compose reads them (`KEY=value`, `#` comments, quotes
+/// removed); none when there is no such file.
+pub fn dot_env(dir: &Path) -> std::collections::HashMap<String, String> {
+    let Ok(text) = std::fs::read_to_string(dir.join(".env")) else {
+        return Default::default();
+    };
+    text.lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty() && !l.starts_with('#'))
+        .filter_map(|l| {
+            let l = l.strip_prefix("export ").unwrap_or(l);
+            let (k, v) = l.split_once('=')?;
+            let v = v.trim();
+            let v = v
+                .strip_prefix('"')
+                .and_then(|x| x.strip_suffix('"'))
+                .or_else(|| v.strip_prefix('\'').and_then(|x| x.strip_suffix('\'')))
+                .unwrap_or(v);
+            Some((k.trim().to_owned(), v.to_owned()))
+        })
+        .collect()
+}
+
+/// compose's variable substitution: `$$` is `$`; `${VAR}` and `$VAR` are the value (empty when
+/// unset, as compose does after a warning); `${VAR:-default}` / `${VAR-default}` fall back
+/// when unset or empty / unset; `${VAR:?message}` / `${VAR?message}` are errors then.
+pub fn interpolate(
+    text: &str,
+    env: &std::collections::HashMap<String, String>,
+) -> Result<String, String> {
+    let mut out = String::with_capacity(text.len());
+    let mut rest = text;
+    while let Some(i) = rest.find('$') {
+        out.push_str(&rest[..i]);
+        let after = &rest[i + 1..];
+        if let Some(r) = after.strip_prefix('$') {
+            out.push('$');
+            rest = r;
+        } else if let Some(body) = after.strip_prefix('{') {
+            let end = body
+                .find('}')
+                .ok_or_else(|| format!("unclosed ${{ in {:?}", &rest[..rest.len().min(40)]))?;
+            let expr = &body[..end];
+            let name_len = expr
+                .find(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
+                .unwrap_or(expr.len());
+            let (name, op) = expr.split_at(name_len);
+            let value = env.get(name).map(String::as_str);
+            let resolved = match op {
+                "" => value.unwrap_or_default().to_owned(),
+                _ if op.starts_with(":-") => match value {
+                    Some(v) if !v.is_empty() => v.to_owned(),
+                    _ => op[2..].to_owned(),
+                },
+                _ if op.starts_with('-') => value.map_or_else(|| op[1..].to_owned(), str::to_owned),
+                _ if op.starts_with(":?") || op.starts_with('?') => match value {
+                    Some(v) if !v.is_empty() || op.starts_with('?') => v.to_owned(),
+                    _ => {
+                        let message = op.trim_start_matches(':').trim_start_matches('?');
+                        return Err(format!(
+                            "required variable {name} is missing a value: {message}"
+                        ));
+                    }
+                },
+                _ => return Err(format!("invalid interpolation format for ${{{expr}}}")),
+            };
+            out.push_str(&resolved);
+            rest = &body[end + 1..];
+        } else {
+            let name_len = after
+                .find(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
+                .unwrap_or(after.len());
+            let name = &after[..name_len];
+            if name.is_empty() || name.starts_with(|c: char| c.is_ascii_digit()) {
+                // Not a variable (`$5`, a lone `$`): kept as written.
+                out.push('$');
+                rest = after;
+            } else {
+                out.push_str(env.get(name).map(String::as_str).unwrap_or_default());
+                rest = &after[name_len..];
+            }
+        }
+    }
+    out.push_str(rest);
+    Ok(out)
+}
+
 /// An override file's `build:` over the earlier one's (mappings merge key by key).
 fn merge(earlier: Option<Value>, later: Value) -> Value {
     match (earlier, later) {
@@ -235,6 +326,31 @@ pub fn image_tag(plan: &BuildPlan, project: &str, service: &str, existing: &[Con
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn variables_are_substituted_as_compose_does() {
+        let env: std::collections::HashMap<String, String> = [
+            ("TAG".to_string(), "1.2".to_string()),
+            ("EMPTY".to_string(), String::new()),
+        ]
+        .into();
+        let i = |t: &str| interpolate(t, &env);
+        assert_eq!(i("image: app:${TAG}").unwrap(), "image: app:1.2");
+        assert_eq!(i("image: app:$TAG").unwrap(), "image: app:1.2");
+        assert_eq!(
+            i("${NOPE:-dev} ${EMPTY:-x} ${EMPTY-y} ${NOPE-z}").unwrap(),
+            "dev x  z"
+        );
+        assert_eq!(i("cost $$5 and $5").unwrap(), "cost $5 and $5");
+        assert_eq!(i("${NOPE}").unwrap(), "");
+        assert!(
+            i("${NOPE:?set it}")
+                .unwrap_err()
+                .contains("NOPE is missing a value: set it")
+        );
+        assert!(i("${TAG").unwrap_err().contains("unclosed"));
+        assert!(i("${TAG/x}").unwrap_err().contains("invalid interpolation"));
+    }
 
     #[test]
     fn build_plans_follow_compose_rules() {
