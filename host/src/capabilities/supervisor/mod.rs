@@ -89,17 +89,31 @@ impl Capabilities {
     fn config(&self) -> Result<(), Error> {
         self.policy.supervisor_config().map_err(|d| self.denied(d))
     }
+
+    /// Checks that `name` is granted, then runs `call` on supervisord within the deadline.
+    async fn on_program<T, Fut>(
+        &self,
+        name: &str,
+        what: &str,
+        call: impl FnOnce(std::sync::Arc<dyn SupervisorBackend>) -> Fut,
+    ) -> Result<T, Error>
+    where
+        Fut: Future<Output = Result<T, Error>>,
+    {
+        self.program(name)?;
+        self.bounded(what, call(self.backends.supervisor.clone()))
+            .await
+    }
 }
 
 impl Host for Capabilities {
     async fn process_info(&mut self, name: String) -> wasmtime::Result<Result<Process, Error>> {
-        let r = async {
-            self.program(&name)?;
-            let b = self.backends.supervisor.clone();
-            self.bounded("supervisor process info", b.process_info(&name))
-                .await
-        };
-        Ok(r.await)
+        let n = &name;
+        Ok(self
+            .on_program(n, "supervisor process info", move |b| async move {
+                b.process_info(n).await
+            })
+            .await)
     }
 
     async fn all_process_info(&mut self) -> wasmtime::Result<Result<Vec<Process>, Error>> {
@@ -127,13 +141,12 @@ impl Host for Capabilities {
         name: String,
         wait: bool,
     ) -> wasmtime::Result<Result<Process, Error>> {
-        let r = async {
-            self.program(&name)?;
-            let b = self.backends.supervisor.clone();
-            self.bounded("supervisor start", b.start_process(&name, wait))
-                .await
-        };
-        Ok(r.await)
+        let n = &name;
+        Ok(self
+            .on_program(n, "supervisor start", move |b| async move {
+                b.start_process(n, wait).await
+            })
+            .await)
     }
 
     async fn stop_process(
@@ -141,13 +154,12 @@ impl Host for Capabilities {
         name: String,
         wait: bool,
     ) -> wasmtime::Result<Result<(), Error>> {
-        let r = async {
-            self.program(&name)?;
-            let b = self.backends.supervisor.clone();
-            self.bounded("supervisor stop", b.stop_process(&name, wait))
-                .await
-        };
-        Ok(r.await)
+        let n = &name;
+        Ok(self
+            .on_program(n, "supervisor stop", move |b| async move {
+                b.stop_process(n, wait).await
+            })
+            .await)
     }
 
     async fn start_group(
@@ -155,13 +167,12 @@ impl Host for Capabilities {
         group: String,
         wait: bool,
     ) -> wasmtime::Result<Result<Vec<ProcessResult>, Error>> {
-        let r = async {
-            self.program(&group)?;
-            let b = self.backends.supervisor.clone();
-            self.bounded("supervisor start group", b.start_group(&group, wait))
-                .await
-        };
-        Ok(r.await)
+        let n = &group;
+        Ok(self
+            .on_program(n, "supervisor start group", move |b| async move {
+                b.start_group(n, wait).await
+            })
+            .await)
     }
 
     async fn stop_group(
@@ -169,13 +180,12 @@ impl Host for Capabilities {
         group: String,
         wait: bool,
     ) -> wasmtime::Result<Result<Vec<ProcessResult>, Error>> {
-        let r = async {
-            self.program(&group)?;
-            let b = self.backends.supervisor.clone();
-            self.bounded("supervisor stop group", b.stop_group(&group, wait))
-                .await
-        };
-        Ok(r.await)
+        let n = &group;
+        Ok(self
+            .on_program(n, "supervisor stop group", move |b| async move {
+                b.stop_group(n, wait).await
+            })
+            .await)
     }
 
     async fn reload_config(&mut self) -> wasmtime::Result<Result<ConfigChanges, Error>> {
@@ -202,23 +212,25 @@ impl Host for Capabilities {
     }
 
     async fn add_group(&mut self, group: String) -> wasmtime::Result<Result<(), Error>> {
+        let n = &group;
         let r = async {
             self.config()?;
-            self.program(&group)?;
-            let b = self.backends.supervisor.clone();
-            self.bounded("supervisor add group", b.add_group(&group))
-                .await
+            self.on_program(n, "supervisor add group", move |b| async move {
+                b.add_group(n).await
+            })
+            .await
         };
         Ok(r.await)
     }
 
     async fn remove_group(&mut self, group: String) -> wasmtime::Result<Result<(), Error>> {
+        let n = &group;
         let r = async {
             self.config()?;
-            self.program(&group)?;
-            let b = self.backends.supervisor.clone();
-            self.bounded("supervisor remove group", b.remove_group(&group))
-                .await
+            self.on_program(n, "supervisor remove group", move |b| async move {
+                b.remove_group(n).await
+            })
+            .await
         };
         Ok(r.await)
     }
@@ -228,12 +240,11 @@ impl Host for Capabilities {
         name: String,
         bytes: u32,
     ) -> wasmtime::Result<Result<String, Error>> {
-        let r = async {
-            self.program(&name)?;
-            let b = self.backends.supervisor.clone();
-            self.bounded("supervisor tail log", b.tail_log(&name, bytes.min(1 << 20)))
-                .await
-        };
-        Ok(r.await)
+        let n = &name;
+        Ok(self
+            .on_program(n, "supervisor tail log", move |b| async move {
+                b.tail_log(n, bytes.min(1 << 20)).await
+            })
+            .await)
     }
 }
