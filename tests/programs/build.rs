@@ -3,8 +3,7 @@
 #![allow(clippy::expect_used, clippy::panic)]
 
 use std::env;
-use std::path::{Path, PathBuf};
-use std::process::Command;
+use std::path::PathBuf;
 
 const GUESTS: &[(&str, &str)] = &[
     ("NOOP", "noop"),
@@ -25,32 +24,8 @@ const GUESTS: &[(&str, &str)] = &[
 /// Built from `plugins/`, not from the test guests.
 const PLUGINS: &[&str] = &["docker_compose", "exec_cmd", "supervisor"];
 
-fn build(manifest: &Path, target: &Path) {
-    let cargo = env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-    let mut cmd = Command::new(cargo);
-    cmd.arg("build")
-        .arg("--release")
-        .arg("--target=wasm32-wasip2")
-        .arg("--manifest-path")
-        .arg(manifest)
-        .arg("--target-dir")
-        .arg(target);
-    // The outer build's flags are for the host, not for wasm.
-    for var in [
-        "CARGO_ENCODED_RUSTFLAGS",
-        "RUSTFLAGS",
-        "CARGO_BUILD_RUSTFLAGS",
-        "CARGO_TARGET_DIR",
-        "CARGO_BUILD_TARGET",
-        "RUSTC_WORKSPACE_WRAPPER",
-        "CARGO_PROFILE_RELEASE_DEBUG",
-        "CARGO_PROFILE_RELEASE_LTO",
-    ] {
-        cmd.env_remove(var);
-    }
-    let status = cmd.status().expect("run cargo for the test guests");
-    assert!(status.success(), "building {} failed", manifest.display());
-}
+#[path = "../../host/wasm_build.rs"]
+mod wasm_build;
 
 fn main() {
     let manifest = PathBuf::from(env::var("CARGO_MANIFEST_DIR").expect("CARGO_MANIFEST_DIR"));
@@ -65,30 +40,19 @@ fn main() {
     // A target dir of its own: the outer cargo holds the lock on the workspace's.
     let target = root.join("target/wasm-guests");
     for dir in &sources {
-        build(&dir.join("Cargo.toml"), &target);
+        wasm_build::build(&dir.join("Cargo.toml"), &target);
     }
-    // The shipped plugins, in the folder the host's build script builds them into (the
-    // second build finds them up to date).
-    let plugins_target = root.join("target/wasm-plugins");
-    for entry in std::fs::read_dir(root.join("plugins"))
-        .expect("read plugins/")
-        .flatten()
-    {
-        if entry.file_name() != "target" {
-            println!("cargo:rerun-if-changed={}", entry.path().display());
-        }
-    }
-    build(&root.join("plugins/Cargo.toml"), &plugins_target);
+    // The shipped plugins, where the host's build script builds them (the second build finds
+    // them up to date).
+    let plugins_release = wasm_build::shipped_plugins(&root);
     let mut consts = String::new();
     for (name, file) in GUESTS {
         let base = if PLUGINS.contains(file) {
-            &plugins_target
+            plugins_release.clone()
         } else {
-            &target
+            target.join("wasm32-wasip2/release")
         };
-        let path = base
-            .join("wasm32-wasip2/release")
-            .join(format!("{file}.wasm"));
+        let path = base.join(format!("{file}.wasm"));
         let path = path
             .canonicalize()
             .unwrap_or_else(|e| panic!("missing guest {}: {e}", path.display()));
