@@ -153,15 +153,12 @@ fn resolve(name: &str) -> Result<(Selection, Vec<Process>), String> {
     }
 }
 
-/// The states after an action, of the processes `sel` selects.
-fn states_after(sel: &Selection) -> Value {
+/// The states after an action, of the processes of `group`.
+fn group_states(group: &str) -> Value {
     match supervisor::all_process_info() {
         Ok(all) => Value::Array(
             all.iter()
-                .filter(|p| match sel {
-                    Selection::Process(full) => &full_name(p) == full,
-                    Selection::Group(g) => &p.group == g,
-                })
+                .filter(|p| p.group == group)
                 .map(describe)
                 .collect(),
         ),
@@ -194,57 +191,67 @@ fn spawn_failure(full: &str, e: &Error) -> String {
     text
 }
 
-fn start(sel: &Selection, chosen: &[Process]) -> Result<Vec<String>, String> {
-    let todo: Vec<&Process> = chosen.iter().filter(|p| !running(p)).collect();
-    if todo.is_empty() {
-        return Ok(Vec::new());
-    }
-    match sel {
-        Selection::Process(full) => match supervisor::start_process(full, true) {
-            Ok(_) | Err(Error::AlreadyStarted(_)) => Ok(vec![full.clone()]),
-            Err(e) => Err(spawn_failure(full, &e)),
-        },
-        Selection::Group(g) => {
-            let results = supervisor::start_group(g, true).map_err(|e| error_text(&e))?;
-            let fails = group_failures(&results);
-            if fails.is_empty() {
-                Ok(results
-                    .iter()
-                    .map(|r| format!("{}:{}", r.group, r.name))
-                    .collect())
-            } else {
-                Err(fails.join("; "))
-            }
-        }
+/// A group call (`start-group` or `stop-group`): the processes it acted on, or the
+/// failures it reported.
+fn group_call(
+    call: fn(&str, bool) -> Result<Vec<ProcessResult>, Error>,
+    group: &str,
+) -> Result<Vec<String>, String> {
+    let results = call(group, true).map_err(|e| error_text(&e))?;
+    let fails = group_failures(&results);
+    if fails.is_empty() {
+        Ok(results
+            .iter()
+            .map(|r| format!("{}:{}", r.group, r.name))
+            .collect())
+    } else {
+        Err(fails.join("; "))
     }
 }
 
-fn stop(sel: &Selection, chosen: &[Process]) -> Result<Vec<String>, String> {
-    let todo: Vec<&Process> = chosen
+/// start / stop / restart of a whole group; `chosen` are its processes as they were.
+fn group_action(action: &str, group: &str, chosen: &[Process]) -> Outcome {
+    let what = format!("group {group}");
+    let any_running = chosen
         .iter()
-        .filter(|p| running(p) || p.state == ProcessState::Stopping)
-        .collect();
-    if todo.is_empty() {
-        return Ok(Vec::new());
-    }
-    match sel {
-        Selection::Process(full) => match supervisor::stop_process(full, true) {
-            Ok(()) | Err(Error::NotRunning(_)) => Ok(vec![full.clone()]),
-            Err(e) => Err(format!("{full}: {}", error_text(&e))),
-        },
-        Selection::Group(g) => {
-            let results = supervisor::stop_group(g, true).map_err(|e| error_text(&e))?;
-            let fails = group_failures(&results);
-            if fails.is_empty() {
-                Ok(results
-                    .iter()
-                    .map(|r| format!("{}:{}", r.group, r.name))
-                    .collect())
+        .any(|p| running(p) || p.state == ProcessState::Stopping);
+    let all_running = chosen.iter().all(running);
+    let result = match action {
+        "start" if all_running => Ok((format!("{what}: already running"), true, Vec::new())),
+        "start" => group_call(supervisor::start_group, group)
+            .map(|started| (format!("{}: started", started.join(", ")), false, started)),
+        "stop" if !any_running => Ok((format!("{what}: already stopped"), true, Vec::new())),
+        "stop" => group_call(supervisor::stop_group, group)
+            .map(|stopped| (format!("{}: stopped", stopped.join(", ")), false, stopped)),
+        // supervisorctl restart: stop what runs, then start everything.
+        _ => {
+            let stopped = if any_running {
+                group_call(supervisor::stop_group, group)
             } else {
-                Err(fails.join("; "))
+                Ok(Vec::new())
+            };
+            stopped.and_then(|stopped| {
+                group_call(supervisor::start_group, group).map(|started| {
+                    let mut lines: Vec<String> =
+                        stopped.iter().map(|n| format!("{n}: stopped")).collect();
+                    lines.extend(started.iter().map(|n| format!("{n}: started")));
+                    (lines.join("\n"), false, started)
+                })
+            })
+        }
+    };
+    let outcome = match result {
+        Ok((text, already, acted)) => {
+            let o = Outcome::ok(text).with("acted_on", json!(acted));
+            if action == "restart" {
+                o
+            } else {
+                o.with("already", Value::Bool(already))
             }
         }
-    }
+        Err(e) => Outcome::fail(format!("{action} {what} failed: {e}")),
+    };
+    outcome.with("processes", group_states(group))
 }
 
 /// The process a name means without asking supervisord which groups exist: `group:name`,
@@ -308,96 +315,55 @@ fn process_action(action: &str, full: &str) -> Result<(Outcome, Option<Process>)
     Ok((outcome.with("acted_on", json!([full])), after))
 }
 
-fn program_action(action: &str, name: &str) -> Outcome {
-    if let Some(full) = direct_process(name) {
-        // The state after: from the call itself, else asked.
-        let after = |o: Outcome, known: Option<Process>| {
-            let state = match known
-                .map(Ok)
-                .unwrap_or_else(|| supervisor::process_info(&full))
-            {
-                Ok(p) => json!([describe(&p)]),
-                Err(e) => Value::String(error_text(&e)),
-            };
-            o.with("processes", state)
+/// One process: the outcome with its state after; `None` when a bare `name` is not a
+/// process (it may be a group).
+fn process_outcome(action: &str, name: &str, full: &str) -> Option<Outcome> {
+    // The state after: from the call itself, else asked.
+    let after = |o: Outcome, known: Option<Process>| {
+        let state = match known
+            .map(Ok)
+            .unwrap_or_else(|| supervisor::process_info(full))
+        {
+            Ok(p) => json!([describe(&p)]),
+            Err(e) => Value::String(error_text(&e)),
         };
-        match process_action(action, &full) {
-            Ok((o, known)) => return after(o, known),
-            // A bare name that is not a process may be a group.
-            Err(Error::NotFound(_)) if !name.contains(':') => {}
-            Err(Error::NotFound(_)) => {
-                return Outcome::fail(format!("no supervisor process '{name}'"));
-            }
-            Err(e @ (Error::SpawnError(_) | Error::Failed(_) | Error::TimedOut(_))) => {
-                let what = if full == format!("{name}:{name}") {
-                    name
-                } else {
-                    &full
-                };
-                return after(
-                    Outcome::fail(format!(
-                        "{action} {what} failed: {}",
-                        spawn_failure(&full, &e)
-                    )),
-                    None,
-                );
-            }
-            Err(e) => return Outcome::fail(error_text(&e)),
+        o.with("processes", state)
+    };
+    Some(match process_action(action, full) {
+        Ok((o, known)) => after(o, known),
+        Err(Error::NotFound(_)) if !name.contains(':') => return None,
+        Err(Error::NotFound(_)) => Outcome::fail(format!("no supervisor process '{name}'")),
+        Err(e @ (Error::SpawnError(_) | Error::Failed(_) | Error::TimedOut(_))) => {
+            let what = if full == format!("{name}:{name}") {
+                name
+            } else {
+                full
+            };
+            after(
+                Outcome::fail(format!(
+                    "{action} {what} failed: {}",
+                    spawn_failure(full, &e)
+                )),
+                None,
+            )
         }
+        Err(e) => Outcome::fail(error_text(&e)),
+    })
+}
+
+fn program_action(action: &str, name: &str) -> Outcome {
+    if let Some(outcome) =
+        direct_process(name).and_then(|full| process_outcome(action, name, &full))
+    {
+        return outcome;
     }
-    let (sel, chosen) = match resolve(name) {
-        Ok(r) => r,
-        Err(e) => return Outcome::fail(e),
-    };
-    let what = match &sel {
-        Selection::Process(full) => full.clone(),
-        Selection::Group(g) => format!("group {g}"),
-    };
-    let result = match action {
-        "start" => start(&sel, &chosen).map(|started| {
-            if started.is_empty() {
-                (format!("{what}: already running"), true, started)
-            } else {
-                (format!("{}: started", started.join(", ")), false, started)
-            }
-        }),
-        "stop" => stop(&sel, &chosen).map(|stopped| {
-            if stopped.is_empty() {
-                (format!("{what}: already stopped"), true, stopped)
-            } else {
-                (format!("{}: stopped", stopped.join(", ")), false, stopped)
-            }
-        }),
-        // supervisorctl restart: stop what runs, then start everything selected.
-        _ => stop(&sel, &chosen).and_then(|stopped| {
-            let after_stop: Vec<Process> = chosen
-                .iter()
-                .cloned()
-                .map(|mut p| {
-                    p.state = ProcessState::Stopped;
-                    p
-                })
-                .collect();
-            start(&sel, &after_stop).map(|started| {
-                let mut lines: Vec<String> =
-                    stopped.iter().map(|n| format!("{n}: stopped")).collect();
-                lines.extend(started.iter().map(|n| format!("{n}: started")));
-                (lines.join("\n"), false, started)
-            })
-        }),
-    };
-    let outcome = match result {
-        Ok((text, already, acted)) => {
-            let o = Outcome::ok(text).with("acted_on", json!(acted));
-            if action == "restart" {
-                o
-            } else {
-                o.with("already", Value::Bool(already))
-            }
-        }
-        Err(e) => Outcome::fail(format!("{action} {what} failed: {e}")),
-    };
-    outcome.with("processes", states_after(&sel))
+    match resolve(name) {
+        Err(e) => Outcome::fail(e),
+        Ok((Selection::Group(g), chosen)) => group_action(action, &g, &chosen),
+        // The process appeared since supervisord said it did not exist.
+        Ok((Selection::Process(full), _)) => process_outcome(action, name, &full)
+            .unwrap_or_else(|| Outcome::fail(format!("no supervisor program or group '{name}'"))),
+    }
 }
 
 fn reread() -> Outcome {
