@@ -21,7 +21,7 @@ use std::time::Instant;
 
 use marvin_plugin_sdk::docker::{self, BuildOptions, Container};
 use marvin_plugin_sdk::types::{Capability, EntityKind, Target};
-use marvin_plugin_sdk::{Guest, PluginInfo, Request, Response, error_text, log};
+use marvin_plugin_sdk::{Guest, Outcome, PluginInfo, Request, Response, error_text, log};
 use serde_json::{Value, json};
 
 struct DockerCompose;
@@ -66,37 +66,6 @@ fn state(c: &Container) -> Value {
         "exit_code": c.state.exit_code,
         "health": c.state.health,
     })
-}
-
-/// The outcome of one request, turned into a response at the end.
-struct Outcome {
-    success: bool,
-    output: String,
-    error: Option<String>,
-    metadata: serde_json::Map<String, Value>,
-}
-
-impl Outcome {
-    fn ok(output: String) -> Self {
-        Self {
-            success: true,
-            output,
-            error: None,
-            metadata: serde_json::Map::new(),
-        }
-    }
-    fn fail(error: String) -> Self {
-        Self {
-            success: false,
-            output: String::new(),
-            error: Some(error),
-            metadata: serde_json::Map::new(),
-        }
-    }
-    fn with(mut self, key: &str, value: Value) -> Self {
-        self.metadata.insert(key.into(), value);
-        self
-    }
 }
 
 fn describe_target(project: &str, service: Option<&str>) -> String {
@@ -375,18 +344,11 @@ impl Guest for DockerCompose {
             ("build", Some(s)) => build(&mut clock, &args, project, s),
             (other, _) => Outcome::fail(format!("docker-compose does not handle '{other}'")),
         };
-        let mut metadata = outcome.metadata;
-        metadata.insert("project".into(), project.into());
+        let mut outcome = outcome.with("project", project.into());
         if let Some(s) = service {
-            metadata.insert("service".into(), s.into());
+            outcome = outcome.with("service", s.into());
         }
-        metadata.insert("timings_ms".into(), clock.finish());
-        Response {
-            success: outcome.success,
-            output: (!outcome.output.is_empty()).then_some(outcome.output),
-            error: outcome.error,
-            metadata: Value::Object(metadata).to_string(),
-        }
+        outcome.with("timings_ms", clock.finish()).into_response()
     }
 }
 

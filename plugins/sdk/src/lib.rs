@@ -112,6 +112,58 @@ impl Response {
     }
 }
 
+/// A response built up while a request is carried out: metadata keys added one at a time,
+/// turned into the [`Response`] at the end.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Outcome {
+    /// Whether the action worked.
+    pub success: bool,
+    /// What it reports; empty is no output.
+    pub output: String,
+    /// Why it failed.
+    pub error: Option<String>,
+    /// The metadata object.
+    pub metadata: serde_json::Map<String, serde_json::Value>,
+}
+
+impl Outcome {
+    /// A success with `output`.
+    pub fn ok(output: impl Into<String>) -> Self {
+        Self {
+            success: true,
+            output: output.into(),
+            error: None,
+            metadata: serde_json::Map::new(),
+        }
+    }
+
+    /// A failure with `error`.
+    pub fn fail(error: impl Into<String>) -> Self {
+        Self {
+            success: false,
+            output: String::new(),
+            error: Some(error.into()),
+            metadata: serde_json::Map::new(),
+        }
+    }
+
+    /// Sets a metadata key.
+    pub fn with(mut self, key: &str, value: serde_json::Value) -> Self {
+        self.metadata.insert(key.into(), value);
+        self
+    }
+
+    /// The response.
+    pub fn into_response(self) -> Response {
+        Response {
+            success: self.success,
+            output: (!self.output.is_empty()).then_some(self.output),
+            error: self.error,
+            metadata: serde_json::Value::Object(self.metadata).to_string(),
+        }
+    }
+}
+
 /// `args.<key>` as text (numbers too), when present and not empty.
 pub fn arg_str(req: &Request, key: &str) -> Option<String> {
     match args(req).get(key)? {

@@ -16,7 +16,7 @@
 
 use marvin_plugin_sdk::supervisor::{self, Process, ProcessResult, ProcessState};
 use marvin_plugin_sdk::types::{Capability, EntityKind, Error, Target};
-use marvin_plugin_sdk::{Guest, PluginInfo, Request, Response, error_text};
+use marvin_plugin_sdk::{Guest, Outcome, PluginInfo, Request, Response, error_text};
 use serde_json::{Value, json};
 
 struct Supervisor;
@@ -91,37 +91,6 @@ fn running(p: &Process) -> bool {
         p.state,
         ProcessState::Running | ProcessState::Starting | ProcessState::Backoff
     )
-}
-
-/// The result of a request, turned into a response at the end.
-struct Outcome {
-    success: bool,
-    output: String,
-    error: Option<String>,
-    metadata: serde_json::Map<String, Value>,
-}
-
-impl Outcome {
-    fn ok(output: impl Into<String>) -> Self {
-        Self {
-            success: true,
-            output: output.into(),
-            error: None,
-            metadata: serde_json::Map::new(),
-        }
-    }
-    fn fail(error: impl Into<String>) -> Self {
-        Self {
-            success: false,
-            output: String::new(),
-            error: Some(error.into()),
-            metadata: serde_json::Map::new(),
-        }
-    }
-    fn with(mut self, key: &str, value: Value) -> Self {
-        self.metadata.insert(key.into(), value);
-        self
-    }
 }
 
 /// The processes `name` selects, with the selection; a clear error when none.
@@ -505,12 +474,7 @@ impl Guest for Supervisor {
             )),
             (Target::Compose(_), _) => Outcome::fail("the supervisor plugin acts on workers"),
         };
-        Response {
-            success: outcome.success,
-            output: (!outcome.output.is_empty()).then_some(outcome.output),
-            error: outcome.error,
-            metadata: Value::Object(outcome.metadata).to_string(),
-        }
+        outcome.into_response()
     }
 }
 
