@@ -26,6 +26,23 @@ fn s(v: &Value, key: &str) -> String {
     }
 }
 
+/// A text field, when present.
+fn opt(v: &Value, key: &str) -> Option<String> {
+    v.get(key).and_then(Value::as_str).map(str::to_owned)
+}
+
+/// A list of texts, empty when absent.
+fn strings(v: &Value, key: &str) -> Vec<String> {
+    v.get(key)
+        .and_then(Value::as_array)
+        .map(|t| {
+            t.iter()
+                .filter_map(|x| x.as_str().map(str::to_owned))
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
 fn i(v: &Value, key: &str) -> i64 {
     v.get(key).and_then(Value::as_i64).unwrap_or(0)
 }
@@ -93,7 +110,7 @@ impl Json for ContainerState {
                 .unwrap_or(status == "running"),
             status,
             exit_code: i(v, "exit_code"),
-            health: v.get("health").and_then(Value::as_str).map(str::to_owned),
+            health: opt(v, "health"),
             started_at: s(v, "started_at"),
             finished_at: s(v, "finished_at"),
         })
@@ -155,21 +172,10 @@ impl Json for BuildOptions {
     fn from_json(v: &Value) -> Result<Self, String> {
         Ok(Self {
             context: s(v, "context"),
-            dockerfile: v
-                .get("dockerfile")
-                .and_then(Value::as_str)
-                .map(str::to_owned),
-            tags: v
-                .get("tags")
-                .and_then(Value::as_array)
-                .map(|t| {
-                    t.iter()
-                        .filter_map(|x| x.as_str().map(str::to_owned))
-                        .collect()
-                })
-                .unwrap_or_default(),
+            dockerfile: opt(v, "dockerfile"),
+            tags: strings(v, "tags"),
             args: pairs(v.get("args")),
-            target: v.get("target").and_then(Value::as_str).map(str::to_owned),
+            target: opt(v, "target"),
             project: s(v, "project"),
             service: s(v, "service"),
         })
@@ -199,21 +205,10 @@ impl Json for ExecOptions {
     }
     fn from_json(v: &Value) -> Result<Self, String> {
         Ok(Self {
-            argv: v
-                .get("argv")
-                .and_then(Value::as_array)
-                .map(|t| {
-                    t.iter()
-                        .filter_map(|x| x.as_str().map(str::to_owned))
-                        .collect()
-                })
-                .unwrap_or_default(),
+            argv: strings(v, "argv"),
             env: pairs(v.get("env")),
-            working_dir: v
-                .get("working_dir")
-                .and_then(Value::as_str)
-                .map(str::to_owned),
-            user: v.get("user").and_then(Value::as_str).map(str::to_owned),
+            working_dir: opt(v, "working_dir"),
+            user: opt(v, "user"),
             timeout_ms: None,
         })
     }
@@ -326,20 +321,10 @@ impl Json for ConfigChanges {
         json!({ "added": self.added, "changed": self.changed, "removed": self.removed })
     }
     fn from_json(v: &Value) -> Result<Self, String> {
-        let list = |k: &str| {
-            v.get(k)
-                .and_then(Value::as_array)
-                .map(|t| {
-                    t.iter()
-                        .filter_map(|x| x.as_str().map(str::to_owned))
-                        .collect()
-                })
-                .unwrap_or_default()
-        };
         Ok(Self {
-            added: list("added"),
-            changed: list("changed"),
-            removed: list("removed"),
+            added: strings(v, "added"),
+            changed: strings(v, "changed"),
+            removed: strings(v, "removed"),
         })
     }
 }
