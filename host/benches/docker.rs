@@ -15,20 +15,18 @@
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, missing_docs)]
 
 mod common;
-#[path = "../tests/common/docker.rs"]
-mod docker_common;
+#[path = "../tests/common/mod.rs"]
+mod test_common;
 
 use std::collections::HashMap;
 use std::process::Command;
-use std::sync::Arc;
 use std::time::Instant;
 
 use bollard::Docker;
 use bollard::query_parameters::ListContainersOptions;
 use common::{line, ratio};
-use docker_common::Project;
-use marvin_manager::capabilities::Backends;
-use marvin_manager::capabilities::docker::engine::Engine;
+use test_common::Setup;
+use test_common::docker::{self as docker_common, Project};
 
 const ROUNDS: usize = 40;
 const PER_ROUND: usize = 10;
@@ -36,23 +34,14 @@ const PER_ROUND: usize = 10;
 fn main() {
     let endpoint = docker_common::endpoint();
     let project = Project::up("  web:\n    image: {image}\n  other:\n    image: {image}\n");
-    let tmp = tempfile::tempdir().unwrap();
     let rt = common::tokio();
     let config = format!(
         "[plugins.docker-compose.grants.docker]\nprojects = [\"{p}\"]\n\
          [entities.web]\nkind = \"container\"\nproject = \"{p}\"\nservice = \"web\"\n",
         p = project.name
     );
-    let manager = common::manager(
-        &rt,
-        &tmp,
-        (test_programs::DOCKER_COMPOSE, "docker-compose.wasm"),
-        &config,
-        Backends {
-            docker: Arc::new(Engine::new(endpoint.clone())),
-            ..Backends::default()
-        },
-    );
+    let setup = Setup::new(&[(test_programs::DOCKER_COMPOSE, "docker-compose.wasm")]);
+    let manager = rt.block_on(setup.manager_with_docker(&config, &endpoint));
     let bare = rt.block_on(async {
         Docker::connect_with_host(&endpoint)
             .unwrap()

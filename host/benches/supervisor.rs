@@ -19,18 +19,17 @@
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, missing_docs)]
 
 mod common;
-#[path = "../tests/common/supervisor.rs"]
-mod supervisor_common;
+#[path = "../tests/common/mod.rs"]
+mod test_common;
 
 use std::process::Command;
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use common::{line, ratio};
-use marvin_manager::capabilities::Backends;
 use marvin_manager::capabilities::supervisor::rpc::Supervisord as Rpc;
 use marvin_manager::capabilities::supervisor::xmlrpc::Value;
-use supervisor_common::Supervisord;
+use test_common::Setup;
+use test_common::supervisor::Supervisord;
 
 const ROUNDS: usize = 30;
 const PER_ROUND: usize = 5;
@@ -42,19 +41,13 @@ fn main() {
             .init();
     }
     let s = Supervisord::start("[program:web]\ncommand=/bin/sleep 3600\nstartsecs=0\n");
-    let tmp = tempfile::tempdir().unwrap();
     let rt = common::tokio();
-    let manager = common::manager(
-        &rt,
-        &tmp,
-        (test_programs::SUPERVISOR, "supervisor.wasm"),
+    let setup = Setup::new(&[(test_programs::SUPERVISOR, "supervisor.wasm")]);
+    let manager = rt.block_on(setup.manager_with_supervisor(
         "[plugins.supervisor.grants.supervisor]\nprograms = [\"web\"]\n\
          [entities.web]\nkind = \"worker\"\nprogram = \"web\"\n",
-        Backends {
-            supervisor: Arc::new(Rpc::new(&s.url(), None, None).unwrap()),
-            ..Backends::default()
-        },
-    );
+        &s.url(),
+    ));
     let raw = Rpc::new(&s.url(), None, None).unwrap();
     let request = common::request("web", "restart");
     let gap = || std::thread::sleep(Duration::from_millis(30));

@@ -1,17 +1,10 @@
-//! What the service benches share: a manager over one plugin and given backends, and the
-//! numbers they print.
+//! What the service benches share besides the tests' helpers: a runtime, a request, and
+//! the numbers they print.
 #![allow(dead_code, unreachable_pub, clippy::unwrap_used)]
 
-use std::sync::Arc;
 use std::time::Duration;
 
-use marvin_manager::capabilities::Backends;
-use marvin_manager::config::Config;
 use marvin_manager::message::ManagerRequest;
-use marvin_manager::registry::Registry;
-use marvin_manager::runtime::plugins::PluginDir;
-use marvin_manager::runtime::{Runtime, RuntimeSettings};
-use marvin_manager::service::Manager;
 
 /// A two-thread tokio runtime, as small as this machine.
 pub fn tokio() -> tokio::runtime::Runtime {
@@ -20,42 +13,6 @@ pub fn tokio() -> tokio::runtime::Runtime {
         .enable_all()
         .build()
         .unwrap()
-}
-
-/// A manager over `plugin` (path, file name) in a plugins dir inside `tmp`, with `config`
-/// (TOML) and `backends`; entities are also discovered through its docker backend.
-pub fn manager(
-    rt: &tokio::runtime::Runtime,
-    tmp: &tempfile::TempDir,
-    plugin: (&str, &str),
-    config: &str,
-    backends: Backends,
-) -> Manager {
-    let plugins = tmp.path().join("plugins");
-    std::fs::create_dir_all(&plugins).unwrap();
-    std::fs::copy(plugin.0, plugins.join(plugin.1)).unwrap();
-    let config = Config::parse(config).unwrap();
-    let docker = backends.docker.clone();
-    rt.block_on(async {
-        let runtime = Arc::new(
-            Runtime::new(
-                RuntimeSettings {
-                    cache_dir: Some(tmp.path().join("cache")),
-                    max_instances: 16,
-                    default_max_memory_bytes: config.max_memory_bytes(""),
-                    plugins: config.plugins.clone(),
-                },
-                backends,
-            )
-            .unwrap(),
-        );
-        let dir = PluginDir::open(runtime.clone(), plugins).await;
-        Manager::new(
-            Registry::from_config(&config).with_discovery(docker),
-            runtime,
-            dir,
-        )
-    })
 }
 
 /// A request as Core sends it.
