@@ -356,101 +356,26 @@ mod tests {
     }
 
     mod discovery {
-        use std::path::PathBuf;
         use std::sync::Arc;
-        use std::sync::atomic::{AtomicU32, Ordering};
-
-        use async_trait::async_trait;
 
         use super::*;
-        use crate::capabilities::DockerBackend;
-        use crate::runtime::bindings::docker::{
-            BuildOptions, BuildOutput, Container, ContainerState, ExecOptions, ExecOutput,
-        };
-        use crate::runtime::bindings::types::Error;
+        use crate::capabilities::docker::fake::{FakeEngine, container};
+        use crate::runtime::bindings::docker::Container;
 
-        /// Containers labelled `marvin.entity-id`, or an engine that is down.
-        struct Labels {
-            containers: Vec<Container>,
-            down: bool,
-            calls: AtomicU32,
-        }
-
+        /// A container of `project`/`service` labelled `marvin.entity-id` = `entity`.
         fn c(entity: &str, project: &str, service: &str, oneoff: bool) -> Container {
             Container {
-                id: format!("{project}-{service}-{oneoff}"),
-                name: String::new(),
-                image: String::new(),
-                project: project.into(),
-                service: service.into(),
-                number: 1,
                 oneoff,
-                state: ContainerState {
-                    status: "running".into(),
-                    running: true,
-                    exit_code: 0,
-                    health: None,
-                    started_at: String::new(),
-                    finished_at: String::new(),
-                },
                 labels: vec![(label::ENTITY_ID.into(), entity.into())],
+                ..container(&format!("{project}-{service}-{oneoff}"), project, service)
             }
         }
 
-        #[async_trait]
-        impl DockerBackend for Labels {
-            async fn list_containers(
-                &self,
-                _: &str,
-                _: Option<&str>,
-            ) -> Result<Vec<Container>, Error> {
-                Err(Error::Failed("unused".into()))
-            }
-            async fn labelled(
-                &self,
-                key: &str,
-                value: Option<&str>,
-            ) -> Result<Vec<Container>, Error> {
-                self.calls.fetch_add(1, Ordering::SeqCst);
-                if self.down {
-                    return Err(Error::Unavailable("engine down".into()));
-                }
-                Ok(self
-                    .containers
-                    .iter()
-                    .filter(|c| {
-                        c.labels
-                            .iter()
-                            .any(|(k, v)| k == key && value.is_none_or(|x| x == v))
-                    })
-                    .cloned()
-                    .collect())
-            }
-            async fn inspect(&self, _: &str) -> Result<Container, Error> {
-                Err(Error::Failed("unused".into()))
-            }
-            async fn start(&self, _: &str) -> Result<(), Error> {
-                Ok(())
-            }
-            async fn stop(&self, _: &str, _: Option<u32>) -> Result<(), Error> {
-                Ok(())
-            }
-            async fn restart(&self, _: &str, _: Option<u32>) -> Result<(), Error> {
-                Ok(())
-            }
-            async fn build(&self, _: PathBuf, _: BuildOptions) -> Result<BuildOutput, Error> {
-                Err(Error::Failed("unused".into()))
-            }
-            async fn exec(&self, _: &str, _: ExecOptions) -> Result<ExecOutput, Error> {
-                Err(Error::Failed("unused".into()))
-            }
-        }
-
-        fn labels(containers: Vec<Container>, down: bool) -> Arc<Labels> {
-            Arc::new(Labels {
-                containers,
-                down,
-                calls: AtomicU32::new(0),
+        fn labels(containers: Vec<Container>, down: bool) -> Arc<FakeEngine> {
+            Arc::new(if down {
+                FakeEngine::down()
+            } else {
+                FakeEngine::new(containers)
             })
         }
 
@@ -481,13 +406,13 @@ mod tests {
             );
             assert_eq!(e.kind, EntityKind::Container);
             r.resolve("e1").await.unwrap();
-            assert_eq!(engine.calls.load(Ordering::SeqCst), 1, "remembered");
+            assert_eq!(engine.calls(), 1, "remembered");
             // The config wins, without asking the engine.
             let e = r.resolve("cfg").await.unwrap();
             assert!(
                 matches!(e.target, Target::Compose { service: Some(s), .. } if s == "configured")
             );
-            assert_eq!(engine.calls.load(Ordering::SeqCst), 1);
+            assert_eq!(engine.calls(), 1);
             let err = r.resolve("two").await.unwrap_err();
             assert!(
                 err.contains("several services (marvin/a, marvin/b)"),

@@ -117,6 +117,42 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     }
 }
 
+/// The request flags of `dispatch` and `run`: Core's `ManagerRequestCommand`, field by field.
+#[derive(Debug, Args)]
+struct RequestArgs {
+    /// The entity id (as Core's `containerId`), or `all` / `supervisor`.
+    #[arg(long)]
+    entity: String,
+    /// The action, e.g. start.
+    #[arg(long)]
+    action: String,
+    /// The command of exec_cmd.
+    #[arg(long)]
+    command: Option<String>,
+    /// The timeout in seconds.
+    #[arg(long, default_value_t = crate::message::DEFAULT_TIMEOUT_SECS)]
+    timeout: i64,
+    /// Core's `args`, as JSON (Core sends `[]` when there are none).
+    #[arg(long, default_value = "[]")]
+    args: String,
+    /// The correlation id [default: a new UUID].
+    #[arg(long)]
+    correlation_id: Option<String>,
+}
+
+impl RequestArgs {
+    fn into_request(self) -> anyhow::Result<crate::message::ManagerRequest> {
+        Ok(crate::message::ManagerRequest {
+            container_id: self.entity,
+            correlation_id: self.correlation_id.unwrap_or_else(new_correlation_id),
+            action: self.action,
+            command: self.command,
+            args: serde_json::from_str(&self.args).context("--args is not valid JSON")?,
+            timeout: self.timeout,
+        })
+    }
+}
+
 /// The configuration and the paths, after flags, environment and defaults.
 struct Settings {
     config: Config,

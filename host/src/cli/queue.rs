@@ -9,13 +9,12 @@ use clap::Args;
 
 use crate::codec::{self, Format};
 use crate::consumer::{ConsumeOptions, consume};
-use crate::message::{DEFAULT_TIMEOUT_SECS, ManagerRequest};
 use crate::transport::dsn::{Dsn, Kind, redact};
 use crate::transport::postgres::PgTransport;
 use crate::transport::sqlite::SqliteTransport;
 use crate::transport::{HistoryFilter, Transport};
 
-use super::{GlobalArgs, new_correlation_id};
+use super::{GlobalArgs, RequestArgs};
 
 /// The queue of the embedded default: an SQLite file in the working directory, on the queue
 /// name of Marvin's seed configuration.
@@ -192,30 +191,14 @@ enum Serializer {
 
 #[derive(Debug, Args)]
 pub(super) struct DispatchArgs {
-    /// The entity id.
-    #[arg(long)]
-    entity: String,
-    /// The action.
-    #[arg(long)]
-    action: String,
-    /// The command of exec_cmd.
-    #[arg(long)]
-    command: Option<String>,
-    /// The timeout in seconds.
-    #[arg(long, default_value_t = DEFAULT_TIMEOUT_SECS)]
-    timeout: i64,
-    /// Core's `args`, as JSON.
-    #[arg(long, default_value = "[]")]
-    args: String,
+    #[command(flatten)]
+    request: RequestArgs,
     /// How Core's transport serializes.
     #[arg(long, value_enum, default_value = "php")]
     serializer: Serializer,
     /// The bus name stamp.
     #[arg(long, default_value = "messenger.bus.default")]
     bus: String,
-    /// The correlation id [default: a new UUID].
-    #[arg(long)]
-    correlation_id: Option<String>,
     /// Wait for the answer and print it.
     #[arg(long)]
     wait: bool,
@@ -225,14 +208,7 @@ pub(super) async fn dispatch(global: &GlobalArgs, args: DispatchArgs) -> anyhow:
     let settings = global.settings()?;
     let dsn = global.dsn(settings.config.transport.dsn.as_deref());
     let opened = open(&dsn, 2).await?;
-    let request = ManagerRequest {
-        container_id: args.entity,
-        correlation_id: args.correlation_id.unwrap_or_else(new_correlation_id),
-        action: args.action,
-        command: args.command,
-        args: serde_json::from_str(&args.args).context("--args is not valid JSON")?,
-        timeout: args.timeout,
-    };
+    let request = args.request.into_request()?;
     let format = match args.serializer {
         Serializer::Php => Format::Php,
         Serializer::Json => Format::Json,

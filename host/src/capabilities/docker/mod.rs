@@ -6,6 +6,8 @@
 
 pub mod context;
 pub mod engine;
+#[cfg(test)]
+pub(crate) mod fake;
 
 use std::collections::HashMap;
 use std::path::PathBuf;
@@ -267,78 +269,23 @@ impl Host for Capabilities {
 #[cfg(test)]
 mod tests {
     use std::sync::Arc;
-    use std::sync::atomic::{AtomicU32, Ordering};
     use std::time::{Duration, Instant};
 
+    use super::fake::{FakeEngine, container};
     use super::*;
     use crate::capabilities::policy::{Capability, Policy};
     use crate::capabilities::{Backends, supervisor};
     use crate::config::{DockerGrant, Grants};
-    use crate::runtime::bindings::docker::ContainerState;
 
-    /// Answers every call for a container of project `marvin`, service `web`, and counts calls.
-    #[derive(Default)]
-    struct Fake {
-        calls: AtomicU32,
+    /// Containers c1 and c2 of project `marvin`, service `web`.
+    fn fake() -> Arc<FakeEngine> {
+        Arc::new(FakeEngine::new(vec![
+            container("c1", "marvin", "web"),
+            container("c2", "marvin", "web"),
+        ]))
     }
 
-    fn container(id: &str) -> Container {
-        Container {
-            id: id.into(),
-            name: "marvin-web-1".into(),
-            image: "busybox".into(),
-            project: "marvin".into(),
-            service: "web".into(),
-            number: 1,
-            oneoff: false,
-            state: ContainerState {
-                status: "running".into(),
-                running: true,
-                exit_code: 0,
-                health: None,
-                started_at: String::new(),
-                finished_at: String::new(),
-            },
-            labels: vec![],
-        }
-    }
-
-    #[async_trait]
-    impl DockerBackend for Fake {
-        async fn list_containers(&self, _: &str, _: Option<&str>) -> Result<Vec<Container>, Error> {
-            self.calls.fetch_add(1, Ordering::SeqCst);
-            Ok(vec![container("c1")])
-        }
-        async fn labelled(&self, _: &str, _: Option<&str>) -> Result<Vec<Container>, Error> {
-            unconfigured()
-        }
-        async fn inspect(&self, id: &str) -> Result<Container, Error> {
-            self.calls.fetch_add(1, Ordering::SeqCst);
-            Ok(container(id))
-        }
-        async fn start(&self, _: &str) -> Result<(), Error> {
-            self.calls.fetch_add(1, Ordering::SeqCst);
-            tokio::time::sleep(Duration::from_secs(60)).await;
-            Ok(())
-        }
-        async fn stop(&self, _: &str, _: Option<u32>) -> Result<(), Error> {
-            self.calls.fetch_add(1, Ordering::SeqCst);
-            Ok(())
-        }
-        async fn restart(&self, _: &str, _: Option<u32>) -> Result<(), Error> {
-            self.calls.fetch_add(1, Ordering::SeqCst);
-            Ok(())
-        }
-        async fn build(&self, _: PathBuf, _: BuildOptions) -> Result<BuildOutput, Error> {
-            unconfigured()
-        }
-        async fn exec(&self, _: &str, _: ExecOptions) -> Result<ExecOutput, Error> {
-            self.calls.fetch_add(1, Ordering::SeqCst);
-            unconfigured()
-        }
-    }
-
-    fn caps(projects: &[&str], fake: Arc<Fake>, deadline: Duration) -> Capabilities {
+    fn caps(projects: &[&str], fake: Arc<FakeEngine>, deadline: Duration) -> Capabilities {
         let grants = Grants {
             docker: Some(DockerGrant {
                 projects: projects.iter().map(|s| s.to_string()).collect(),
@@ -359,7 +306,7 @@ mod tests {
 
     #[tokio::test]
     async fn denied_calls_never_reach_the_backend() {
-        let fake = Arc::new(Fake::default());
+        let fake = fake();
         let mut c = caps(&[], fake.clone(), Duration::from_secs(5));
         let e = c
             .list_containers("marvin".into(), None)
@@ -372,7 +319,7 @@ mod tests {
         );
         let r = c.stop(vec!["c1".into()], None).await.unwrap();
         assert!(matches!(&r[..], [Err(Error::PermissionDenied(_))]), "{r:?}");
-        assert_eq!(fake.calls.load(Ordering::SeqCst), 0);
+        assert_eq!(fake.calls(), 0);
         let e = c
             .exec(
                 "c1".into(),
@@ -391,12 +338,12 @@ mod tests {
             crate::capabilities::error_text(&e).contains("docker-exec"),
             "{e}"
         );
-        assert_eq!(fake.calls.load(Ordering::SeqCst), 0);
+        assert_eq!(fake.calls(), 0);
     }
 
     #[tokio::test]
     async fn id_calls_check_the_real_project() {
-        let fake = Arc::new(Fake::default());
+        let fake = fake();
         // The grant covers another project: inspect happens, the stop does not.
         let mut c = caps(&["other"], fake.clone(), Duration::from_secs(5));
         let r = c.stop(vec!["c1".into(), "c2".into()], None).await.unwrap();
@@ -406,11 +353,11 @@ mod tests {
             crate::capabilities::error_text(&e).contains("docker project 'marvin' service 'web'"),
             "{e}"
         );
-        assert_eq!(fake.calls.load(Ordering::SeqCst), 2);
+        assert_eq!(fake.calls(), 2);
         let mut c = caps(&["marvin"], fake.clone(), Duration::from_secs(5));
         let r = c.stop(vec!["c1".into()], None).await.unwrap();
         assert!(matches!(&r[..], [Ok(())]));
-        assert_eq!(fake.calls.load(Ordering::SeqCst), 4);
+        assert_eq!(fake.calls(), 4);
         // A container listed in this request is known: no second inspect.
         c.list_containers("marvin".into(), None)
             .await
@@ -418,12 +365,15 @@ mod tests {
             .unwrap();
         let r = c.stop(vec!["c1".into()], None).await.unwrap();
         assert!(matches!(&r[..], [Ok(())]));
-        assert_eq!(fake.calls.load(Ordering::SeqCst), 6);
+        assert_eq!(fake.calls(), 6);
     }
 
     #[tokio::test]
     async fn host_calls_end_at_the_deadline() {
-        let fake = Arc::new(Fake::default());
+        let fake = Arc::new(
+            FakeEngine::new(vec![container("c1", "marvin", "web")])
+                .with_start_delay(Duration::from_secs(60)),
+        );
         let mut c = caps(&["marvin"], fake, Duration::from_millis(200));
         let t = Instant::now();
         let r = c.start(vec!["c1".into()]).await.unwrap();
