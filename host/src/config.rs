@@ -108,6 +108,10 @@ pub struct Grants {
     /// Directories preopened read-only, at the same path inside the plugin.
     #[serde(default)]
     pub files: Vec<PathBuf>,
+    /// The environment variables the plugin sees: names of the manager's own (`*` and `?`
+    /// match: `COMPOSE_*`), or fixed `NAME=value` pairs, which win. None by default.
+    #[serde(default)]
+    pub env: Vec<String>,
 }
 
 /// The docker part of a grant.

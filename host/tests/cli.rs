@@ -256,4 +256,20 @@ metadata = { already = false }
     assert_ne!(o.status.code(), Some(0));
     let err = String::from_utf8_lossy(&o.stderr);
     assert!(err.contains("unknown field `cal`"), "{err}");
+
+    // A shipped script with fixtures next to it (`{script_dir}`), run from elsewhere.
+    let shipped = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../plugins/docker-compose/tests/build-env.toml"
+    );
+    let o = run(vec![
+        "plugin".into(),
+        "test".into(),
+        test_programs::DOCKER_COMPOSE.into(),
+        "--script".into(),
+        shipped.into(),
+    ]);
+    let out = stdout(&o);
+    assert_eq!(o.status.code(), Some(0), "{out}");
+    assert!(out.ends_with("PASS\n"), "{out}");
 }

@@ -17,8 +17,15 @@ use serde_json::json;
 /// A manager with both plugins granted `project` (build and files under `dir`, exec of
 /// anything, shell as `shell` says), and `entities` (TOML).
 async fn manager(setup: &Setup, p: &Project, shell: bool, entities: &str) -> Manager {
+    setup
+        .manager_with_docker(&config(p, shell, entities), &endpoint())
+        .await
+}
+
+/// The config of [`manager`].
+fn config(p: &Project, shell: bool, entities: &str) -> String {
     let dir = p.path().display().to_string();
-    let config = format!(
+    format!(
         r#"
 [docker]
 default_project = "{name}"
@@ -34,8 +41,7 @@ exec_shell = {shell}
 {entities}
 "#,
         name = p.name
-    );
-    setup.manager_with_docker(&config, &endpoint()).await
+    )
 }
 
 fn entity(id: &str, p: &Project, service: &str) -> String {
@@ -245,6 +251,68 @@ async fn build_reads_the_compose_file_and_tags_the_image_as_compose() {
     assert!(!ls.contains("secret"), "the context honours .dockerignore");
     // The running container is not recreated by a build, as with compose.
     assert_eq!(status(&p.container("app", 1)), "running");
+}
+
+#[tokio::test]
+async fn build_sees_the_granted_environment_as_compose_does() {
+    let p = Project::with_files(
+        "  app:\n    build:\n      context: ./app\n      args:\n        GREETING: ${GREETING:-first}\n        SECRET:\n",
+        &[(
+            "app/Dockerfile",
+            "FROM {image}\nARG GREETING\nARG SECRET\nRUN echo \"$GREETING\" > /greeting && echo \"$SECRET\" > /secret\nCMD [\"sleep\", \"86400\"]\n",
+        )],
+    );
+    let tag = format!("{}_app", p.name);
+    let greeting = || docker(&["run", "--rm", &tag, "cat", "/greeting"]);
+    assert_eq!(
+        greeting().trim(),
+        "first",
+        "compose up ran without GREETING"
+    );
+    // The manager runs in an environment that has both; only GREETING is granted.
+    let setup = Setup::new(&[]);
+    let config = config(&p, false, &entity("app", &p, "app")).replace(
+        "[plugins.docker-compose.grants]\n",
+        "[plugins.docker-compose.grants]\nenv = [\"GREETING\"]\n",
+    );
+    std::fs::write(setup.path().join("manager.toml"), config).unwrap();
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_marvin-manager"))
+        .args([
+            "run",
+            "--entity",
+            "app",
+            "--action",
+            "build",
+            "--timeout",
+            "60",
+        ])
+        .current_dir(setup.path())
+        .env("DOCKER_HOST", endpoint())
+        .env("GREETING", "from the manager's environment")
+        .env("SECRET", "not granted")
+        .env_remove("MARVIN_CONFIG")
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}\n{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(greeting().trim(), "from the manager's environment");
+    let secret = docker(&["run", "--rm", &tag, "cat", "/secret"]);
+    assert_eq!(secret.trim(), "", "an ungranted variable stays out");
+    // `plugins` names the variables a plugin sees, never their values.
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_marvin-manager"))
+        .args(["plugins"])
+        .current_dir(setup.path())
+        .env("GREETING", "hidden value")
+        .env_remove("MARVIN_CONFIG")
+        .output()
+        .unwrap();
+    let listing = String::from_utf8_lossy(&out.stdout);
+    assert!(listing.contains("environment:  GREETING"), "{listing}");
+    assert!(!listing.contains("hidden value"), "{listing}");
 }
 
 #[tokio::test]

@@ -284,6 +284,18 @@ impl Policy {
         }
     }
 
+    /// The environment the plugin sees, sorted by name: the manager's variables whose names a
+    /// granted pattern matches, then the granted `NAME=value` pairs over them. Variables whose
+    /// name or value is not UTF-8 are left out.
+    pub fn environment(&self) -> Vec<(String, String)> {
+        if self.grants.env.is_empty() {
+            return Vec::new();
+        }
+        let own = std::env::vars_os()
+            .filter_map(|(k, v)| Some((k.into_string().ok()?, v.into_string().ok()?)));
+        environment(&self.grants.env, own)
+    }
+
     /// The directories to preopen read-only.
     pub fn preopens(&self) -> &[PathBuf] {
         if self.requested.contains(&Capability::Files) {
@@ -292,6 +304,24 @@ impl Policy {
             &[]
         }
     }
+}
+
+/// The variables `grants` (patterns of names, or `NAME=value`) give a plugin, from `own`.
+fn environment(
+    grants: &[String],
+    own: impl Iterator<Item = (String, String)>,
+) -> Vec<(String, String)> {
+    let (fixed, patterns): (Vec<&String>, Vec<&String>) =
+        grants.iter().partition(|g| g.contains('='));
+    let mut env: std::collections::BTreeMap<String, String> = own
+        .filter(|(k, _)| patterns.iter().any(|p| glob(p, k)))
+        .collect();
+    for pair in fixed {
+        if let Some((k, v)) = pair.split_once('=') {
+            env.insert(k.to_owned(), v.to_owned());
+        }
+    }
+    env.into_iter().collect()
 }
 
 /// `*` matches any run of characters, `?` one character; everything else is literal.
@@ -374,8 +404,49 @@ mod tests {
                     config: false,
                 }),
                 files: vec!["/srv/marvin".into()],
+                env: Vec::new(),
             },
         )
+    }
+
+    #[test]
+    fn environment_is_what_is_granted_and_nothing_else() {
+        let own = || {
+            [
+                ("TAG", "v1"),
+                ("COMPOSE_PROFILES", "web"),
+                ("COMPOSE_FILE", "a.yml"),
+                ("SECRET", "s3cr3t"),
+                ("REGISTRY", "from-shell"),
+            ]
+            .into_iter()
+            .map(|(k, v)| (k.to_owned(), v.to_owned()))
+        };
+        assert!(environment(&[], own()).is_empty());
+        let granted =
+            ["TAG", "COMPOSE_*", "REGISTRY=local", "EXTRA=a=b", "ABSENT"].map(String::from);
+        let env = environment(&granted, own());
+        let pairs: Vec<(&str, &str)> = env.iter().map(|(k, v)| (&**k, &**v)).collect();
+        assert_eq!(
+            pairs,
+            [
+                ("COMPOSE_FILE", "a.yml"),
+                ("COMPOSE_PROFILES", "web"),
+                ("EXTRA", "a=b"),
+                ("REGISTRY", "local"),
+                ("TAG", "v1"),
+            ]
+        );
+        // The real process environment, through a policy.
+        let grants = Grants {
+            env: vec!["PATH".into()],
+            ..Default::default()
+        };
+        let p = Policy::new("p", [], grants);
+        assert_eq!(
+            p.environment(),
+            [("PATH".to_owned(), std::env::var("PATH").unwrap())]
+        );
     }
 
     #[test]

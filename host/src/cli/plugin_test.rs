@@ -49,21 +49,8 @@ pub(super) async fn run(_global: &GlobalArgs, args: PluginArgs) -> anyhow::Resul
     let Some(path) = args.script.as_ref().or(args.replay.as_ref()) else {
         bail!("plugin test needs --script FILE or --replay TRACE");
     };
-    let text =
-        std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))?;
-    let mut doc: Value = if path.extension().is_some_and(|e| e == "json") {
-        serde_json::from_str(&text)
-            .with_context(|| format!("{} is not valid JSON", path.display()))?
-    } else {
-        let t: toml::Value = toml::from_str(&text).map_err(|e| {
-            anyhow::anyhow!(
-                "{} is not valid TOML: {}",
-                path.display(),
-                e.to_string().trim_end()
-            )
-        })?;
-        serde_json::to_value(t)?
-    };
+    // The same reader as `testing::Script::load` (`{script_dir}` included).
+    let mut doc = testing::load_doc(path).map_err(|e| anyhow::anyhow!(e))?;
     if let Some(req) = &args.request {
         let text = std::fs::read_to_string(req)
             .with_context(|| format!("cannot read {}", req.display()))?;

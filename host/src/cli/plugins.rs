@@ -39,6 +39,8 @@ pub(super) async fn run(global: &GlobalArgs, args: PluginsArgs) -> anyhow::Resul
                         "granted": p.policy.granted(*c),
                         "effective": p.policy.effective(*c),
                     })).collect::<Vec<_>>(),
+                    // Names only: values may be secrets.
+                    "env": p.policy.environment().into_iter().map(|(k, _)| k).collect::<Vec<_>>(),
                 })
             })
             .collect();
@@ -78,6 +80,10 @@ pub(super) async fn run(global: &GlobalArgs, args: PluginsArgs) -> anyhow::Resul
                 caps.join("; ")
             }
         );
+        let env: Vec<String> = p.policy.environment().into_iter().map(|(k, _)| k).collect();
+        if !env.is_empty() {
+            println!("  environment:  {}", env.join(", "));
+        }
         println!("  memory cap:   {} MiB", p.max_memory_bytes >> 20);
     }
     if !set.failures().is_empty() {

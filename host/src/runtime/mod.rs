@@ -343,10 +343,11 @@ impl Runtime {
     ) -> Result<(Store<HostState>, Capture, Capture), String> {
         let stdout = Capture::default();
         let stderr = Capture::default();
-        // No environment, arguments, stdin, network or inherited stdio: WasiCtxBuilder denies
-        // all of them unless asked. Only granted directories, read-only.
+        // No arguments, stdin, network or inherited stdio: WasiCtxBuilder denies all of them
+        // unless asked. Only granted environment variables and directories, read-only.
         let mut wasi = WasiCtx::builder();
         wasi.stdout(stdout.clone()).stderr(stderr.clone());
+        wasi.envs(&policy.environment());
         for dir in policy.preopens() {
             let guest = dir.to_string_lossy();
             wasi.preopened_dir(dir, guest.as_ref(), FsPerms::ReadOnly)

@@ -305,6 +305,7 @@ pub fn grant_everything() -> Grants {
             config: true,
         }),
         files: Vec::new(),
+        env: Vec::new(),
     }
 }
 

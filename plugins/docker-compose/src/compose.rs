@@ -101,29 +101,44 @@ fn text(v: &Value) -> Option<String> {
     }
 }
 
-/// The build args of a `build:` mapping: a map, or a list of `KEY=value` (a bare `KEY`
-/// takes its value from compose's environment, which a plugin has not: it is left out).
-fn build_args(v: Option<&Value>) -> Vec<(String, String)> {
+/// The build args of a `build:` mapping: a map, or a list of `KEY=value`. A key without a
+/// value takes it from compose's environment `env`, and is left out when that has none.
+fn build_args(v: Option<&Value>, env: &Env) -> Vec<(String, String)> {
+    let from_env = |k: String| env.get(&k).map(|v| (k, v.clone()));
     match v {
         Some(Value::Mapping(m)) => m
             .iter()
-            .filter_map(|(k, v)| Some((text(k)?, text(v)?)))
+            .filter_map(|(k, v)| match (text(k)?, v) {
+                (k, Value::Null) => from_env(k),
+                (k, v) => Some((k, text(v)?)),
+            })
             .collect(),
         Some(Value::Sequence(s)) => s
             .iter()
             .filter_map(|e| {
                 let e = text(e)?;
-                let (k, v) = e.split_once('=')?;
-                Some((k.to_owned(), v.to_owned()))
+                match e.split_once('=') {
+                    Some((k, v)) => Some((k.to_owned(), v.to_owned())),
+                    None => from_env(e),
+                }
             })
             .collect(),
         _ => Vec::new(),
     }
 }
 
+/// Variables by name.
+pub type Env = std::collections::HashMap<String, String>;
+
 /// The build of `service` from `files` (later files override earlier ones, as compose
-/// merges them); `None` when the service only uses an image.
-pub fn build_plan(files: &[PathBuf], service: &str) -> Result<Option<BuildPlan>, String> {
+/// merges them); `None` when the service only uses an image. `shell` is the environment
+/// compose would run in (the plugin's: what the operator granted); it wins over the
+/// project's `.env`, as with compose.
+pub fn build_plan(
+    files: &[PathBuf],
+    service: &str,
+    shell: &Env,
+) -> Result<Option<BuildPlan>, String> {
     let base = files
         .first()
         .and_then(|f| f.parent())
@@ -132,8 +147,8 @@ pub fn build_plan(files: &[PathBuf], service: &str) -> Result<Option<BuildPlan>,
     let mut found = false;
     let mut image = None;
     let mut build: Option<Value> = None;
-    // compose's environment: the project's `.env` (a plugin has no process environment).
-    let env = dot_env(&base);
+    let mut env = dot_env(&base);
+    env.extend(shell.iter().map(|(k, v)| (k.clone(), v.clone())));
     for file in files {
         let body = std::fs::read_to_string(file).map_err(|e| {
             format!(
@@ -171,7 +186,7 @@ pub fn build_plan(files: &[PathBuf], service: &str) -> Result<Option<BuildPlan>,
                 .and_then(text)
                 .unwrap_or_else(|| ".".into()),
             build.get("dockerfile").and_then(text),
-            build_args(build.get("args")),
+            build_args(build.get("args"), &env),
             build.get("target").and_then(text),
         ),
         _ => {
@@ -197,7 +212,7 @@ pub fn build_plan(files: &[PathBuf], service: &str) -> Result<Option<BuildPlan>,
 
 /// The variables of `<dir>/.env`, as compose reads them (`KEY=value`, `#` comments, quotes
 /// removed); none when there is no such file.
-pub fn dot_env(dir: &Path) -> std::collections::HashMap<String, String> {
+pub fn dot_env(dir: &Path) -> Env {
     let Ok(text) = std::fs::read_to_string(dir.join(".env")) else {
         return Default::default();
     };
@@ -221,10 +236,7 @@ pub fn dot_env(dir: &Path) -> std::collections::HashMap<String, String> {
 /// compose's variable substitution: `$$` is `$`; `${VAR}` and `$VAR` are the value (empty when
 /// unset, as compose does after a warning); `${VAR:-default}` / `${VAR-default}` fall back
 /// when unset or empty / unset; `${VAR:?message}` / `${VAR?message}` are errors then.
-pub fn interpolate(
-    text: &str,
-    env: &std::collections::HashMap<String, String>,
-) -> Result<String, String> {
+pub fn interpolate(text: &str, env: &Env) -> Result<String, String> {
     let mut out = String::with_capacity(text.len());
     let mut rest = text;
     while let Some(i) = rest.find('$') {
@@ -329,7 +341,7 @@ mod tests {
 
     #[test]
     fn variables_are_substituted_as_compose_does() {
-        let env: std::collections::HashMap<String, String> = [
+        let env: Env = [
             ("TAG".to_string(), "1.2".to_string()),
             ("EMPTY".to_string(), String::new()),
         ]
@@ -364,16 +376,34 @@ mod tests {
         )
         .unwrap();
         std::fs::write(&over, "services:\n  web:\n    build:\n      dockerfile: Dockerfile.prod\n      args: [\"B=2\", \"C\"]\n").unwrap();
-        let plan = build_plan(&[main.clone(), over], "web").unwrap().unwrap();
+        let none = Env::new();
+        let plan = build_plan(&[main.clone(), over.clone()], "web", &none)
+            .unwrap()
+            .unwrap();
         assert_eq!(plan.context, dir.join("app"));
         assert_eq!(plan.dockerfile, "Dockerfile.prod");
         assert_eq!(plan.args, [("B".to_string(), "2".to_string())]);
-        assert_eq!(build_plan(std::slice::from_ref(&main), "db").unwrap(), None);
-        let short = build_plan(std::slice::from_ref(&main), "short")
+        // A bare `C` takes its value from the environment.
+        let shell: Env = [("C".to_string(), "3".to_string())].into();
+        let plan = build_plan(&[main.clone(), over], "web", &shell)
+            .unwrap()
+            .unwrap();
+        assert_eq!(
+            plan.args,
+            [
+                ("B".to_string(), "2".to_string()),
+                ("C".to_string(), "3".to_string())
+            ]
+        );
+        assert_eq!(
+            build_plan(std::slice::from_ref(&main), "db", &none).unwrap(),
+            None
+        );
+        let short = build_plan(std::slice::from_ref(&main), "short", &none)
             .unwrap()
             .unwrap();
         assert_eq!(short.context, dir.parent().unwrap().join("short"));
-        let e = build_plan(std::slice::from_ref(&main), "nope").unwrap_err();
+        let e = build_plan(std::slice::from_ref(&main), "nope", &none).unwrap_err();
         assert!(e.contains("no service 'nope'"), "{e}");
         assert_eq!(
             image_tag(&plan, "p", "web", &[]),
@@ -395,6 +425,43 @@ mod tests {
             ]
         );
         assert!(files(None, None).unwrap_err().contains("args.compose_file"));
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn the_environment_wins_over_dot_env() {
+        let dir = std::env::temp_dir().join(format!("compose-env-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let main = dir.join("docker-compose.yml");
+        std::fs::write(dir.join(".env"), "TAG=from-dot-env\nARG1=dot\n").unwrap();
+        std::fs::write(
+            &main,
+            "services:\n  web:\n    image: app:${TAG}\n    build:\n      context: .\n      args:\n        ARG1:\n        ARG2:\n",
+        )
+        .unwrap();
+        let plan = |shell: &[(&str, &str)]| {
+            let shell: Env = shell
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect();
+            build_plan(std::slice::from_ref(&main), "web", &shell)
+                .unwrap()
+                .unwrap()
+        };
+        let p = plan(&[]);
+        assert_eq!(p.image.as_deref(), Some("app:from-dot-env"));
+        assert_eq!(p.args, [("ARG1".to_string(), "dot".to_string())]);
+        let p = plan(&[("TAG", "v2"), ("ARG2", "shell")]);
+        assert_eq!(p.image.as_deref(), Some("app:v2"));
+        let mut args = p.args.clone();
+        args.sort();
+        assert_eq!(
+            args,
+            [
+                ("ARG1".to_string(), "dot".to_string()),
+                ("ARG2".to_string(), "shell".to_string())
+            ]
+        );
         std::fs::remove_dir_all(&dir).unwrap();
     }
 }

@@ -260,7 +260,13 @@ fn build(clock: &mut Clock, args: &Value, project: &str, service: &str) -> Outco
         Ok(f) => f,
         Err(e) => return Outcome::fail(e),
     };
-    let plan = match clock.time("read_compose", || compose::build_plan(&files, service)) {
+    let plan = match clock.time("read_compose", || {
+        // The environment the operator granted this plugin (`grants.env`).
+        let shell: compose::Env = std::env::vars_os()
+            .filter_map(|(k, v)| Some((k.into_string().ok()?, v.into_string().ok()?)))
+            .collect();
+        compose::build_plan(&files, service, &shell)
+    }) {
         Ok(p) => p,
         Err(e) => return Outcome::fail(e),
     };
