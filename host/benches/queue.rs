@@ -5,6 +5,10 @@
 //!   . scripts/services && cargo bench -p marvin-manager --bench queue
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, missing_docs)]
 
+/// The allocator the service runs with (see `main.rs`), so the numbers are the service's.
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 use std::process::Command;
 use std::sync::Arc;
 use std::time::{Duration, Instant};

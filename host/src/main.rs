@@ -4,6 +4,12 @@ use std::process::ExitCode;
 
 use clap::Parser;
 
+/// mimalloc rather than glibc's malloc: the consumer allocates and frees small buffers per
+/// request on several threads; measured with the queue bench, the manager's CPU per action
+/// went from 88–113 µs to 73–87 µs.
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 fn main() -> ExitCode {
     let cli = marvin_manager::cli::Cli::parse();
     marvin_manager::cli::init_tracing(cli.default_log_level());

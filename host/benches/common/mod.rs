@@ -2,6 +2,10 @@
 //! the numbers they print.
 #![allow(dead_code, unreachable_pub, clippy::unwrap_used)]
 
+/// The allocator the service runs with (see `main.rs`), so the numbers are the service's.
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 use std::time::Duration;
 
 use marvin_manager::message::ManagerRequest;
