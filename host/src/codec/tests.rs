@@ -252,6 +252,37 @@ proptest! {
     }
 
     #[test]
+    fn slashes_match_php_byte_by_byte(raw in prop::collection::vec(prop::sample::select(vec![0u8, b'\'', b'"', b'\\', b'0', b'a', 0xFF]), 0..64)) {
+        // PHP's definitions, one byte at a time.
+        let mut added = Vec::new();
+        for &b in &raw {
+            match b {
+                0 => added.extend_from_slice(b"\\0"),
+                b'\'' | b'"' | b'\\' => added.extend_from_slice(&[b'\\', b]),
+                _ => added.push(b),
+            }
+        }
+        prop_assert_eq!(&php::addslashes(&raw), &added);
+        prop_assert_eq!(&php::stripslashes(&added), &raw);
+        let mut stripped = Vec::new();
+        let mut i = 0;
+        while i < raw.len() {
+            if raw[i] == b'\\' {
+                match raw.get(i + 1) {
+                    Some(b'0') => stripped.push(0),
+                    Some(&c) => stripped.push(c),
+                    None => {}
+                }
+                i += 2;
+            } else {
+                stripped.push(raw[i]);
+                i += 1;
+            }
+        }
+        prop_assert_eq!(php::stripslashes(&raw), stripped);
+    }
+
+    #[test]
     fn responses_round_trip(output in proptest::option::of(".{0,60}"), meta in prop::collection::vec(("[a-z]{1,6}", arb_json()), 0..5), json_format in any::<bool>()) {
         let format = if json_format { Format::Json } else { Format::Php };
         let mut r = fixture_response();
