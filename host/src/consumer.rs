@@ -19,6 +19,10 @@ use crate::transport::{
 /// How long a busy loop waits for more free slots before fetching fewer rows.
 const BATCH_WAIT: Duration = Duration::from_millis(2);
 
+/// How long a stop waits for a fetch under way: the rows it takes are marked delivered, so they
+/// are run rather than left for the redeliver timeout, unless the database does not answer.
+const FETCH_GRACE: Duration = Duration::from_secs(5);
+
 /// How the loop runs.
 #[derive(Debug, Clone)]
 pub struct ConsumeOptions {
@@ -146,9 +150,11 @@ pub async fn consume<T: Transport>(
     let stats = Arc::new(Stats::default());
     let mut taken: u64 = 0;
     let mut backoff = Duration::from_millis(50);
+    // Set when the stop came during a fetch: `shutdown` has completed and is not polled again.
+    let mut stopping = false;
 
     loop {
-        if options.limit.is_some_and(|l| taken >= l) {
+        if stopping || options.limit.is_some_and(|l| taken >= l) {
             break;
         }
         let time_left = options
@@ -185,9 +191,17 @@ pub async fn consume<T: Transport>(
             .min(options.limit.map_or(usize::MAX, |l| {
                 usize::try_from(l - taken).unwrap_or(usize::MAX)
             }));
+        let fetch = transport.fetch(want);
+        tokio::pin!(fetch);
         let fetched = tokio::select! {
-            () = &mut shutdown => break,
-            r = transport.fetch(want) => r,
+            r = &mut fetch => r,
+            () = &mut shutdown => match tokio::time::timeout(FETCH_GRACE, fetch).await {
+                Ok(r) => {
+                    stopping = true;
+                    r
+                }
+                Err(_) => break,
+            },
         };
         let rows = match fetched {
             Ok(rows) => {
@@ -198,6 +212,9 @@ pub async fn consume<T: Transport>(
             Err(e) => {
                 tracing::error!(cause = %e, "cannot fetch from the queue");
                 drop(held);
+                if stopping {
+                    break;
+                }
                 tokio::select! {
                     () = &mut shutdown => break,
                     () = tokio::time::sleep(backoff) => {}
@@ -208,6 +225,9 @@ pub async fn consume<T: Transport>(
         };
         if rows.is_empty() {
             drop(held);
+            if stopping {
+                break;
+            }
             let wait = time_left.map_or(options.poll, |t| t.min(options.poll));
             tokio::select! {
                 () = &mut shutdown => break,

@@ -18,6 +18,7 @@ on_both_databases!(
     available_at_and_redelivery_follow_symfony,
     fetch_takes_batches_oldest_first,
     concurrent_consumers_never_share_a_row,
+    a_cancelled_fetch_leaves_the_queue_usable,
     bad_rows_go_to_the_failure_queue,
     keepalive_moves_delivered_at,
     timestamps_follow_the_configured_zone,
@@ -308,6 +309,40 @@ async fn concurrent_consumers_never_share_a_row<T: Transport>(
     assert!(sa.is_disjoint(&sb), "a row went to both consumers");
     assert_eq!(sa.len() + sb.len(), 60);
     assert_eq!(&sa | &sb, all);
+}
+
+/// A fetch dropped part-way (a `select!` that picked another branch) must not keep a
+/// transaction, and the database's write lock, open on a pooled connection: the next fetch and
+/// the answers' commit would wait out the busy timeout (seen as a SIGTERM that hung `serve`).
+async fn a_cancelled_fetch_leaves_the_queue_usable<T: Transport>(
+    _db: &TestDb,
+    mk: impl AsyncFn(&str) -> T,
+) {
+    let t = mk("").await;
+    // Another consumer: its own connections, so a lock left on one of `t`'s shows.
+    let other = mk("").await;
+    t.setup().await.unwrap();
+    let id = send(&t, &request("cancel-1", "c1", "start"), Format::Php).await;
+    // Cancel at many points: after 0, 1, 2, … polls, with the worker threads' timing between.
+    for polls in 0..40u32 {
+        let mut fetch = Box::pin(t.fetch(1));
+        for _ in 0..polls {
+            let woken = futures_util::poll!(fetch.as_mut());
+            if woken.is_ready() {
+                break;
+            }
+            tokio::time::sleep(std::time::Duration::from_micros(200)).await;
+        }
+        drop(fetch);
+        // Whatever the cancelled fetch did, the queue still answers promptly.
+        let next =
+            tokio::time::timeout(std::time::Duration::from_secs(5), other.keepalive(vec![id]))
+                .await
+                .unwrap_or_else(|_| {
+                    panic!("the queue is locked after a fetch cancelled at poll {polls}")
+                });
+        next.unwrap();
+    }
 }
 
 async fn bad_rows_go_to_the_failure_queue<T: Transport>(db: &TestDb, mk: impl AsyncFn(&str) -> T) {

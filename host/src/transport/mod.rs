@@ -29,6 +29,10 @@ pub enum Error {
     /// The DSN or an option is wrong.
     #[error("invalid transport settings: {0}")]
     Settings(String),
+    /// The task running a transaction ended abnormally (a panic in it, or the runtime
+    /// shutting down).
+    #[error("the database task did not finish: {0}")]
+    Task(String),
 }
 
 /// A row taken from the queue.

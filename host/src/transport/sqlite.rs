@@ -4,13 +4,14 @@
 
 use std::collections::HashMap;
 use std::str::FromStr;
+use std::sync::Arc;
 use std::time::Duration;
 
-use sqlx::pool::PoolConnection;
 use sqlx::sqlite::{
-    SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous,
+    SqliteConnectOptions, SqliteConnection, SqliteJournalMode, SqlitePool, SqlitePoolOptions,
+    SqliteSynchronous,
 };
-use sqlx::{QueryBuilder, Row, Sqlite};
+use sqlx::{QueryBuilder, Row, Sqlite, Transaction};
 
 use crate::codec::{self, request_class_needle};
 
@@ -25,11 +26,33 @@ use super::{
 const POLL: Duration = Duration::from_millis(100);
 
 /// The SQLite transport.
-pub struct SqliteTransport {
+pub struct SqliteTransport(Arc<Inner>);
+
+/// What a transaction needs, shared with the task that runs it.
+pub struct Inner {
     pool: SqlitePool,
     options: TransportOptions,
     needle: String,
     names: Names,
+}
+
+impl std::ops::Deref for SqliteTransport {
+    type Target = Inner;
+    fn deref(&self) -> &Inner {
+        &self.0
+    }
+}
+
+/// Runs a transaction to its end (commit or rollback) even when the caller stops waiting: a
+/// `BEGIN IMMEDIATE` dropped part-way would keep the database's write lock on a pooled
+/// connection, and every other write (answers, keepalives, other consumers) would wait out
+/// the busy timeout. sqlx's own cancellation handling leaves a window for custom `BEGIN`s.
+async fn detached<T: Send + 'static>(
+    work: impl Future<Output = Result<T, Error>> + Send + 'static,
+) -> Result<T, Error> {
+    tokio::spawn(work)
+        .await
+        .map_err(|e| Error::Task(e.to_string()))?
 }
 
 impl SqliteTransport {
@@ -46,14 +69,16 @@ impl SqliteTransport {
             .connect_with(connect)
             .await?;
         let names = Names::for_table(&options.table_name);
-        Ok(Self {
+        Ok(Self(Arc::new(Inner {
             pool,
             options,
             needle: request_class_needle(),
             names,
-        })
+        })))
     }
+}
 
+impl Inner {
     /// The pool, for tests and tools.
     pub fn pool(&self) -> &SqlitePool {
         &self.pool
@@ -63,20 +88,21 @@ impl SqliteTransport {
         &self.options.table_name
     }
 
-    async fn begin_immediate(&self) -> Result<PoolConnection<Sqlite>, Error> {
-        let mut conn = self.pool.acquire().await?;
-        sqlx::query("BEGIN IMMEDIATE").execute(&mut *conn).await?;
-        Ok(conn)
+    /// A write transaction, taken at once (`BEGIN IMMEDIATE`). Through sqlx's `Transaction`, so a
+    /// caller that stops waiting (a dropped future) rolls it back: a hand-sent `BEGIN` would stay
+    /// open on the pooled connection and hold the database's write lock.
+    async fn begin_immediate(&self) -> Result<Transaction<'static, Sqlite>, Error> {
+        Ok(self.pool.begin_with("BEGIN IMMEDIATE").await?)
     }
 
-    async fn finish<T>(conn: &mut PoolConnection<Sqlite>, r: Result<T, Error>) -> Result<T, Error> {
+    async fn finish<T>(tx: Transaction<'static, Sqlite>, r: Result<T, Error>) -> Result<T, Error> {
         match r {
             Ok(v) => {
-                sqlx::query("COMMIT").execute(&mut **conn).await?;
+                tx.commit().await?;
                 Ok(v)
             }
             Err(e) => {
-                let _ = sqlx::query("ROLLBACK").execute(&mut **conn).await;
+                let _ = tx.rollback().await;
                 Err(e)
             }
         }
@@ -84,7 +110,7 @@ impl SqliteTransport {
 
     async fn fetch_in(
         &self,
-        conn: &mut PoolConnection<Sqlite>,
+        conn: &mut SqliteConnection,
         max: usize,
     ) -> Result<Vec<Delivery>, Error> {
         let t = self.table();
@@ -99,7 +125,7 @@ impl SqliteTransport {
         .bind(now_text(&self.options))
         .bind(&self.needle)
         .bind(i64::try_from(max).unwrap_or(i64::MAX))
-        .fetch_all(&mut **conn)
+        .fetch_all(&mut *conn)
         .await?;
         let mut taken = Vec::with_capacity(rows.len());
         for row in rows {
@@ -121,14 +147,14 @@ impl SqliteTransport {
                 sep.push_bind(d.id);
             }
             q.push(")");
-            q.build().execute(&mut **conn).await?;
+            q.build().execute(&mut *conn).await?;
         }
         Ok(taken)
     }
 
     async fn complete_in(
         &self,
-        conn: &mut PoolConnection<Sqlite>,
+        conn: &mut SqliteConnection,
         batch: Vec<Settle>,
     ) -> Result<(), Error> {
         let Names {
@@ -152,11 +178,11 @@ impl SqliteTransport {
                     .bind(response.headers)
                     .bind(&self.options.response_queue_name)
                     .bind(&now)
-                    .execute(&mut **conn)
+                    .execute(&mut *conn)
                     .await?;
                     sqlx::query(&format!("DELETE FROM {t} WHERE id = ?1"))
                         .bind(request_id)
-                        .execute(&mut **conn)
+                        .execute(&mut *conn)
                         .await?;
                     if let Some(e) = ledger {
                         sqlx::query(&format!(
@@ -173,7 +199,7 @@ impl SqliteTransport {
                         .bind(e.received_at)
                         .bind(&finished)
                         .bind(e.duration_ms)
-                        .execute(&mut **conn)
+                        .execute(&mut *conn)
                         .await?;
                     }
                 }
@@ -186,7 +212,7 @@ impl SqliteTransport {
                     .bind(&self.options.queue_name)
                     .bind(reason)
                     .bind(&finished)
-                    .execute(&mut **conn)
+                    .execute(&mut *conn)
                     .await?;
                     sqlx::query(&format!(
                         "UPDATE {t} SET queue_name = ?1, delivered_at = NULL, available_at = ?2 WHERE id = ?3"
@@ -194,7 +220,7 @@ impl SqliteTransport {
                     .bind(&self.options.failure_queue_name)
                     .bind(&now)
                     .bind(request_id)
-                    .execute(&mut **conn)
+                    .execute(&mut *conn)
                     .await?;
                 }
             }
@@ -205,30 +231,42 @@ impl SqliteTransport {
 
 impl Transport for SqliteTransport {
     async fn setup(&self) -> Result<(), Error> {
-        let mut conn = self.begin_immediate().await?;
-        let r = async {
-            for stmt in schema::sqlite(self.table()) {
-                sqlx::query(&stmt).execute(&mut *conn).await?;
+        let inner = self.0.clone();
+        detached(async move {
+            let mut tx = inner.begin_immediate().await?;
+            let r = async {
+                for stmt in schema::sqlite(inner.table()) {
+                    sqlx::query(&stmt).execute(&mut *tx).await?;
+                }
+                Ok(())
             }
-            Ok(())
-        }
-        .await;
-        Self::finish(&mut conn, r).await
+            .await;
+            Inner::finish(tx, r).await
+        })
+        .await
     }
 
     async fn fetch(&self, max: usize) -> Result<Vec<Delivery>, Error> {
-        let mut conn = self.begin_immediate().await?;
-        let r = self.fetch_in(&mut conn, max).await;
-        Self::finish(&mut conn, r).await
+        let inner = self.0.clone();
+        detached(async move {
+            let mut tx = inner.begin_immediate().await?;
+            let r = inner.fetch_in(&mut tx, max).await;
+            Inner::finish(tx, r).await
+        })
+        .await
     }
 
     async fn complete(&self, batch: Vec<Settle>) -> Result<(), Error> {
         if batch.is_empty() {
             return Ok(());
         }
-        let mut conn = self.begin_immediate().await?;
-        let r = self.complete_in(&mut conn, batch).await;
-        Self::finish(&mut conn, r).await
+        let inner = self.0.clone();
+        detached(async move {
+            let mut tx = inner.begin_immediate().await?;
+            let r = inner.complete_in(&mut tx, batch).await;
+            Inner::finish(tx, r).await
+        })
+        .await
     }
 
     async fn keepalive(&self, ids: Vec<i64>) -> Result<(), Error> {
