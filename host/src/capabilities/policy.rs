@@ -61,6 +61,8 @@ pub struct Policy {
     plugin: String,
     requested: BTreeSet<Capability>,
     grants: Grants,
+    /// The environment the plugin sees, resolved once: the manager's own does not change.
+    environment: Vec<(String, String)>,
 }
 
 /// A refused call; the text names the grant to add.
@@ -75,10 +77,18 @@ impl Policy {
         requested: impl IntoIterator<Item = Capability>,
         grants: Grants,
     ) -> Self {
+        let environment = if grants.env.is_empty() {
+            Vec::new()
+        } else {
+            let own = std::env::vars_os()
+                .filter_map(|(k, v)| Some((k.into_string().ok()?, v.into_string().ok()?)));
+            environment(&grants.env, own)
+        };
         Self {
             plugin: plugin.to_owned(),
             requested: requested.into_iter().collect(),
             grants,
+            environment,
         }
     }
 
@@ -287,13 +297,8 @@ impl Policy {
     /// The environment the plugin sees, sorted by name: the manager's variables whose names a
     /// granted pattern matches, then the granted `NAME=value` pairs over them. Variables whose
     /// name or value is not UTF-8 are left out.
-    pub fn environment(&self) -> Vec<(String, String)> {
-        if self.grants.env.is_empty() {
-            return Vec::new();
-        }
-        let own = std::env::vars_os()
-            .filter_map(|(k, v)| Some((k.into_string().ok()?, v.into_string().ok()?)));
-        environment(&self.grants.env, own)
+    pub fn environment(&self) -> &[(String, String)] {
+        &self.environment
     }
 
     /// The directories to preopen read-only.

@@ -40,7 +40,7 @@ pub(super) async fn run(global: &GlobalArgs, args: PluginsArgs) -> anyhow::Resul
                         "effective": p.policy.effective(*c),
                     })).collect::<Vec<_>>(),
                     // Names only: values may be secrets.
-                    "env": p.policy.environment().into_iter().map(|(k, _)| k).collect::<Vec<_>>(),
+                    "env": p.policy.environment().iter().map(|(k, _)| k).collect::<Vec<_>>(),
                 })
             })
             .collect();
@@ -80,7 +80,12 @@ pub(super) async fn run(global: &GlobalArgs, args: PluginsArgs) -> anyhow::Resul
                 caps.join("; ")
             }
         );
-        let env: Vec<String> = p.policy.environment().into_iter().map(|(k, _)| k).collect();
+        let env: Vec<&str> = p
+            .policy
+            .environment()
+            .iter()
+            .map(|(k, _)| k.as_str())
+            .collect();
         if !env.is_empty() {
             println!("  environment:  {}", env.join(", "));
         }

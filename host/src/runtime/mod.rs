@@ -326,7 +326,6 @@ impl Runtime {
         })
     }
 
-    #[allow(clippy::type_complexity)]
     /// Records each request's host calls, request and response into `dir` as
     /// `<correlation id>.json`, a trace `plugin test --replay` runs again; `None` stops.
     pub fn set_record_dir(&self, dir: Option<PathBuf>) {
@@ -347,7 +346,7 @@ impl Runtime {
         // unless asked. Only granted environment variables and directories, read-only.
         let mut wasi = WasiCtx::builder();
         wasi.stdout(stdout.clone()).stderr(stderr.clone());
-        wasi.envs(&policy.environment());
+        wasi.envs(policy.environment());
         for dir in policy.preopens() {
             let guest = dir.to_string_lossy();
             wasi.preopened_dir(dir, guest.as_ref(), FsPerms::ReadOnly)
