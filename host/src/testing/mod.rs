@@ -381,45 +381,26 @@ pub fn compare(expect: &Expect, o: &PluginOutcome) -> Vec<String> {
             show(&o.error)
         ));
     }
-    if let Some(want) = &expect.output
-        && o.output.as_deref() != Some(want.as_str())
-    {
-        problems.push(format!(
-            "response output: expected {want:?}, got {}",
-            show(&o.output)
-        ));
-    }
-    if let Some(want) = &expect.output_contains
-        && !o
-            .output
-            .as_deref()
-            .unwrap_or_default()
-            .contains(want.as_str())
-    {
-        problems.push(format!(
-            "response output: expected it to contain {want:?}, got {}",
-            show(&o.output)
-        ));
-    }
-    if let Some(want) = &expect.error
-        && o.error.as_deref() != Some(want.as_str())
-    {
-        problems.push(format!(
-            "response error: expected {want:?}, got {}",
-            show(&o.error)
-        ));
-    }
-    if let Some(want) = &expect.error_contains
-        && !o
-            .error
-            .as_deref()
-            .unwrap_or_default()
-            .contains(want.as_str())
-    {
-        problems.push(format!(
-            "response error: expected it to contain {want:?}, got {}",
-            show(&o.error)
-        ));
+    for (field, exact, part, got) in [
+        ("output", &expect.output, &expect.output_contains, &o.output),
+        ("error", &expect.error, &expect.error_contains, &o.error),
+    ] {
+        if let Some(want) = exact
+            && got.as_deref() != Some(want.as_str())
+        {
+            problems.push(format!(
+                "response {field}: expected {want:?}, got {}",
+                show(got)
+            ));
+        }
+        if let Some(want) = part
+            && !got.as_deref().unwrap_or_default().contains(want.as_str())
+        {
+            problems.push(format!(
+                "response {field}: expected it to contain {want:?}, got {}",
+                show(got)
+            ));
+        }
     }
     if let Some(Value::Object(want)) = &expect.metadata {
         for (k, v) in want {
