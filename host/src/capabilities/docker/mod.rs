@@ -109,22 +109,30 @@ const EXEC_MARGIN: Duration = Duration::from_millis(100);
 const SHELLS: &[&str] = &["sh", "bash", "dash", "ash", "zsh", "ksh"];
 
 impl Capabilities {
-    /// The full id of container `id` once its project and service are known to be granted.
-    async fn granted_id(&self, id: &str) -> Result<String, Error> {
+    /// Container `id` as the engine sees it now, once its real project and service are
+    /// known to be granted.
+    async fn inspect_granted(&self, id: &str) -> Result<Container, Error> {
         self.policy.docker_any().map_err(|d| self.denied(d))?;
-        let (full, project, service) = match self.seen.get(id) {
-            Some((p, s)) => (id.to_owned(), p, s),
-            None => {
-                let docker = self.backends.docker.clone();
-                let c = self.bounded("docker inspect", docker.inspect(id)).await?;
-                self.seen.add(&c);
-                (c.id, c.project, c.service)
-            }
+        let docker = self.backends.docker.clone();
+        let c = self.bounded("docker inspect", docker.inspect(id)).await?;
+        self.seen.add(&c);
+        self.policy
+            .docker_project(&c.project, Some(&c.service))
+            .map_err(|d| self.denied(d))?;
+        Ok(c)
+    }
+
+    /// The full id of container `id` once its project and service are known to be granted;
+    /// a container seen in this request is not inspected again.
+    async fn granted_id(&self, id: &str) -> Result<String, Error> {
+        let Some((project, service)) = self.seen.get(id) else {
+            return Ok(self.inspect_granted(id).await?.id);
         };
+        self.policy.docker_any().map_err(|d| self.denied(d))?;
         self.policy
             .docker_project(&project, Some(&service))
             .map_err(|d| self.denied(d))?;
-        Ok(full)
+        Ok(id.to_owned())
     }
 
     /// Runs `call` on each granted container at once; one result per id, in order.
@@ -166,17 +174,7 @@ impl Host for Capabilities {
     }
 
     async fn inspect(&mut self, id: String) -> wasmtime::Result<Result<Container, Error>> {
-        let r = async {
-            self.policy.docker_any().map_err(|d| self.denied(d))?;
-            let docker = self.backends.docker.clone();
-            let c = self.bounded("docker inspect", docker.inspect(&id)).await?;
-            self.policy
-                .docker_project(&c.project, Some(&c.service))
-                .map_err(|d| self.denied(d))?;
-            self.seen.add(&c);
-            Ok(c)
-        };
-        Ok(r.await)
+        Ok(self.inspect_granted(&id).await)
     }
 
     async fn start(&mut self, ids: Vec<String>) -> wasmtime::Result<Vec<Result<(), Error>>> {
