@@ -18,11 +18,11 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use marvin_manager::bindings::{Request, Response, types};
 use marvin_manager::capabilities::Backends;
 use marvin_manager::config::Config;
-use marvin_manager::message::{EntityKind, ManagerRequest};
-use marvin_manager::registry::{Entity, Registry, Target};
-use marvin_manager::runtime::bindings::{Request, Response, types};
+use marvin_manager::message::{Entity, EntityKind, ManagerRequest, Target};
+use marvin_manager::registry::Registry;
 use marvin_manager::runtime::plugins::PluginDir;
 use marvin_manager::runtime::{Runtime, RuntimeSettings};
 use marvin_manager::service::Manager;
@@ -132,14 +132,7 @@ async fn bare(wasm: &Path) -> Stats {
 }
 
 fn request() -> ManagerRequest {
-    ManagerRequest {
-        container_id: "c1".into(),
-        correlation_id: "bench".into(),
-        action: "noop".into(),
-        command: None,
-        args: serde_json::json!({}),
-        timeout: 10,
-    }
+    ManagerRequest::new("bench", "c1", "noop").with_args(serde_json::json!({}))
 }
 
 async fn runtime_handle(wasm: &Path) -> Stats {
@@ -149,6 +142,7 @@ async fn runtime_handle(wasm: &Path) -> Stats {
             ..Default::default()
         },
         Backends::default(),
+        None,
     )
     .unwrap();
     let plugin = runtime.load(wasm).await.unwrap();
@@ -162,7 +156,7 @@ async fn runtime_handle(wasm: &Path) -> Stats {
     };
     let req = request();
     measure(async || {
-        let out = runtime.handle(&plugin, &entity, &req).await;
+        let out = runtime.handle(&plugin, &entity, &req).await.unwrap();
         assert!(out.success);
     })
     .await
@@ -181,6 +175,7 @@ async fn manager_execute(wasm: &Path) -> Stats {
                 ..Default::default()
             },
             Backends::default(),
+            None,
         )
         .unwrap(),
     );

@@ -16,14 +16,14 @@ use std::time::{Duration, Instant};
 use marvin_manager::capabilities::Backends;
 use marvin_manager::codec::{self, Format};
 use marvin_manager::config::Config;
-use marvin_manager::consumer::{ConsumeOptions, consume};
 use marvin_manager::message::ManagerRequest;
 use marvin_manager::registry::Registry;
 use marvin_manager::runtime::plugins::PluginDir;
 use marvin_manager::runtime::{Runtime, RuntimeSettings};
 use marvin_manager::service::Manager;
+use marvin_manager::service::{ConsumeOptions, consume};
 use marvin_manager::transport::postgres::PgTransport;
-use marvin_manager::transport::{Dsn, Transport};
+use marvin_manager::transport::{Dsn, Queue};
 use sqlx::postgres::PgListener;
 
 const RUST_ACTIONS: usize = 20_000;
@@ -31,14 +31,7 @@ const PHP_ACTIONS: usize = 600;
 const LATENCY_SAMPLES: usize = 400;
 
 fn request(i: usize) -> ManagerRequest {
-    ManagerRequest {
-        container_id: "c1".into(),
-        correlation_id: format!("bench-{i}-{}", std::process::id()),
-        action: "noop".into(),
-        command: None,
-        args: serde_json::json!([]),
-        timeout: 10,
-    }
+    ManagerRequest::new(format!("bench-{i}-{}", std::process::id()), "c1", "noop")
 }
 
 async fn fill(pool: &sqlx::PgPool, table: &str, queue: &str, from: usize, n: usize) {
@@ -113,7 +106,7 @@ fn main() {
         let plugins = tempfile::tempdir().unwrap();
         std::fs::copy(test_programs::NOOP, plugins.path().join("noop.wasm")).unwrap();
         let config = Config::parse("[entities.c1]\nkind = \"container\"\nproject = \"p\"\nservice = \"s\"\n").unwrap();
-        let runtime = Arc::new(Runtime::new(RuntimeSettings::default(), Backends::default()).unwrap());
+        let runtime = Arc::new(Runtime::new(RuntimeSettings::default(), Backends::default(), None).unwrap());
         let dir = PluginDir::open(runtime.clone(), plugins.path().to_owned()).await;
         let manager = Arc::new(Manager::new(Registry::from_config(&config), runtime, dir));
 
@@ -175,7 +168,7 @@ fn main() {
             let t = Instant::now();
             direct.send("direct", codec::encode_request(&req, Format::Php, None)).await.unwrap();
             let got = direct.fetch(1).await.unwrap();
-            let _ = direct.ledger(vec![req.correlation_id.clone()]).await.unwrap();
+            let _ = direct.answered(vec![req.correlation_id.clone()]).await.unwrap();
             let resp = marvin_manager::message::ManagerResponse::failure(&req, marvin_manager::message::EntityKind::Container, "x");
             direct
                 .complete(vec![marvin_manager::transport::Settle::Reply { request_id: got[0].id, response: codec::encode_response(&resp, Format::Php, None), ledger: None }])

@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
-use crate::message::EntityKind;
+use crate::message::{ALL, EntityKind, SUPERVISOR};
 
 /// The default memory cap of one plugin instance.
 pub const DEFAULT_MAX_MEMORY_BYTES: u64 = 64 << 20;
@@ -217,7 +217,7 @@ impl Config {
     /// Checks what serde cannot.
     pub fn validate(&self) -> Result<(), String> {
         for (id, entity) in &self.entities {
-            if id == crate::registry::ALL || id == crate::registry::SUPERVISOR {
+            if id == ALL || id == SUPERVISOR {
                 return Err(format!("entity id '{id}' is reserved"));
             }
             match entity.kind {
@@ -287,32 +287,6 @@ impl Config {
             }
         }
     }
-
-    /// The memory cap of the named plugin.
-    pub fn max_memory_bytes(&self, plugin: &str) -> u64 {
-        self.plugins
-            .get(plugin)
-            .and_then(|p| p.max_memory_bytes)
-            .or(self.runtime.max_memory_bytes)
-            .unwrap_or(DEFAULT_MAX_MEMORY_BYTES)
-    }
-
-    /// The largest memory cap any plugin can get (sizes the instance pool).
-    pub fn largest_memory_cap(&self) -> u64 {
-        self.plugins
-            .values()
-            .filter_map(|p| p.max_memory_bytes)
-            .chain(self.runtime.max_memory_bytes)
-            .fold(DEFAULT_MAX_MEMORY_BYTES, u64::max)
-    }
-
-    /// The grants of the named plugin (empty when it has no section).
-    pub fn grants(&self, plugin: &str) -> Grants {
-        self.plugins
-            .get(plugin)
-            .map(|p| p.grants.clone())
-            .unwrap_or_default()
-    }
 }
 
 #[cfg(test)]
@@ -323,8 +297,8 @@ mod tests {
     fn empty_file_is_a_valid_config() {
         let c = Config::parse("").unwrap();
         c.validate().unwrap();
-        assert_eq!(c.max_memory_bytes("x"), DEFAULT_MAX_MEMORY_BYTES);
-        assert_eq!(c.grants("x"), Grants::default());
+        assert!(c.plugins.is_empty() && c.entities.is_empty());
+        assert_eq!(c.runtime.max_memory_bytes, None);
     }
 
     #[test]
@@ -361,10 +335,13 @@ mod tests {
         )
         .unwrap();
         c.validate().unwrap();
-        assert_eq!(c.max_memory_bytes("docker-compose"), 128 << 20);
-        assert_eq!(c.max_memory_bytes("supervisor"), 32 << 20);
-        assert_eq!(c.largest_memory_cap(), 128 << 20);
-        assert!(c.grants("supervisor").supervisor.unwrap().config);
+        assert_eq!(
+            c.plugins["docker-compose"].max_memory_bytes,
+            Some(128 << 20)
+        );
+        assert_eq!(c.runtime.max_memory_bytes, Some(32 << 20));
+        let sv = c.plugins["supervisor"].grants.supervisor.as_ref().unwrap();
+        assert!(sv.config);
     }
 
     #[test]

@@ -2,20 +2,28 @@
 //! containers and Supervisor workers, each action carried out by a sandboxed WebAssembly
 //! component plugin that reaches the outside only through capabilities the operator granted.
 //!
-//! Where to start: [`service::Manager::execute`] follows one request through the stages,
-//! [`runtime`] owns wasmtime (engine, plugin loading, limits), [`capabilities`] the host calls
-//! and their grant checks. The queue (Symfony Messenger's Doctrine transport) lands in
-//! `transport` and `codec`.
+//! The modules follow a request's journey, and a stage imports only the stages after it:
+//! [`transport`] (the queue table) -> [`codec`] (PHP `serialize()` / Symfony JSON) ->
+//! [`ledger`] (what was answered: dedup, history) -> [`scheduler`] (slots, batching,
+//! per-entity order) -> [`service`] (the consume loop and one request's execution) ->
+//! [`registry`] (entity id -> target) -> [`router`] (kind and action -> plugin) ->
+//! [`runtime`] (wasmtime, plugin loading, limits) -> [`capabilities`] (host calls, grant
+//! checks, backends). [`scripting`] runs plugins against scripted or recorded host calls.
+//! [`config`], [`message`] and [`bindings`] are data types. [`cli`] builds the parts: the one
+//! composition root. `docs/architecture.md` draws the map and lists the imports that must
+//! never exist.
 
+pub mod bindings;
 pub mod capabilities;
 pub mod cli;
 pub mod codec;
 pub mod config;
-pub mod consumer;
+pub mod ledger;
 pub mod message;
 pub mod registry;
 pub mod router;
 pub mod runtime;
+pub mod scheduler;
+pub mod scripting;
 pub mod service;
-pub mod testing;
 pub mod transport;

@@ -1,4 +1,6 @@
-//! The two messages of the contract with Marvin Core, as the rest of the host sees them.
+//! The contract with Marvin Core as the rest of the host sees it: the two messages, the kinds
+//! of entity and the actions Core knows for each, and what an entity id resolves to. Data
+//! types only: imports no stage.
 
 use serde::{Deserialize, Serialize};
 
@@ -41,12 +43,77 @@ impl std::fmt::Display for EntityKind {
     }
 }
 
+/// The entity id of `restart_all`: every service of the default compose project.
+pub const ALL: &str = "all";
+/// The entity id of `reread` and `update`: supervisord itself.
+pub const SUPERVISOR: &str = "supervisor";
+
+/// The actions Marvin Core knows for each kind (its `Manager*ActionReference` enums), in its order.
+pub fn contract_actions(kind: EntityKind) -> &'static [&'static str] {
+    match kind {
+        EntityKind::Container => &[
+            "start",
+            "stop",
+            "restart",
+            "restart_all",
+            "build",
+            "exec_cmd",
+        ],
+        EntityKind::Worker => &["start", "stop", "restart", "reread", "update"],
+    }
+}
+
+impl EntityKind {
+    /// The kind an entity most likely has when only the action is known (an unknown or
+    /// malformed request's `entityType`): worker for the worker-only actions, else container.
+    pub fn guess(action: &str) -> Self {
+        let containers = contract_actions(Self::Container);
+        let worker_only = contract_actions(Self::Worker)
+            .iter()
+            .any(|a| *a == action && !containers.contains(a));
+        if worker_only {
+            Self::Worker
+        } else {
+            Self::Container
+        }
+    }
+}
+
+/// Where an action lands.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Target {
+    /// A compose service, or the whole project when `service` is none.
+    Compose {
+        /// The compose project.
+        project: String,
+        /// The service.
+        service: Option<String>,
+    },
+    /// A supervisor program, group or `group:name`.
+    Program(String),
+    /// supervisord itself.
+    Supervisord,
+}
+
+/// A resolved entity.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Entity {
+    /// The id Core uses.
+    pub id: String,
+    /// Container or worker.
+    pub kind: EntityKind,
+    /// Where actions on it land.
+    pub target: Target,
+}
+
 /// `EnderLab\MarvinManagerBundle\Messenger\ManagerRequestCommand`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct ManagerRequest {
-    /// The entity id (a UUID, or the special `all` / `supervisor`).
-    pub container_id: String,
+    /// The entity id Core sends as `containerId`: a container's or a worker's id, or the
+    /// special `all` / `supervisor`.
+    #[serde(rename = "containerId")]
+    pub entity_id: String,
     /// Ties the response to the request.
     pub correlation_id: String,
     /// The action, e.g. `start`.
@@ -60,6 +127,43 @@ pub struct ManagerRequest {
 }
 
 impl ManagerRequest {
+    /// A request as Core builds one: no command, no args (PHP's `[]`), the default timeout.
+    pub fn new(
+        correlation_id: impl Into<String>,
+        entity_id: impl Into<String>,
+        action: impl Into<String>,
+    ) -> Self {
+        Self {
+            entity_id: entity_id.into(),
+            correlation_id: correlation_id.into(),
+            action: action.into(),
+            command: None,
+            args: serde_json::Value::Array(Vec::new()),
+            timeout: DEFAULT_TIMEOUT_SECS,
+        }
+    }
+
+    /// With the command of `exec_cmd`.
+    #[must_use]
+    pub fn with_command(mut self, command: Option<String>) -> Self {
+        self.command = command;
+        self
+    }
+
+    /// With Core's `args`.
+    #[must_use]
+    pub fn with_args(mut self, args: serde_json::Value) -> Self {
+        self.args = args;
+        self
+    }
+
+    /// With a timeout in seconds.
+    #[must_use]
+    pub fn with_timeout(mut self, secs: i64) -> Self {
+        self.timeout = secs;
+        self
+    }
+
     /// The timeout to enforce: Core's value, or the default when it is not positive, at most
     /// [`MAX_TIMEOUT_SECS`].
     pub fn timeout(&self) -> std::time::Duration {
@@ -100,12 +204,38 @@ impl ManagerResponse {
         Self {
             correlation_id: request.correlation_id.clone(),
             entity_type: kind,
-            entity_id: request.container_id.clone(),
+            entity_id: request.entity_id.clone(),
             action: request.action.clone(),
             success: false,
             output: None,
             error: Some(error.into()),
             metadata: serde_json::Map::new(),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_request_names_its_entity_containerid_on_the_wire() {
+        let r = ManagerRequest::new("c-1", "web", "start").with_timeout(0);
+        let v = serde_json::to_value(&r).unwrap();
+        assert_eq!(v["containerId"], "web");
+        assert_eq!(v["args"], serde_json::json!([]));
+        assert_eq!(r.timeout(), std::time::Duration::from_secs(10));
+        let back: ManagerRequest = serde_json::from_value(v).unwrap();
+        assert_eq!(back, r);
+        let long = r.with_timeout(99_999);
+        assert_eq!(long.timeout(), std::time::Duration::from_secs(3600));
+    }
+
+    #[test]
+    fn the_kind_of_an_unknown_entity_follows_the_action() {
+        assert_eq!(EntityKind::guess("reread"), EntityKind::Worker);
+        assert_eq!(EntityKind::guess("update"), EntityKind::Worker);
+        assert_eq!(EntityKind::guess("start"), EntityKind::Container);
+        assert_eq!(EntityKind::guess("whatever"), EntityKind::Container);
     }
 }

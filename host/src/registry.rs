@@ -9,44 +9,102 @@ use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use crate::capabilities::DockerBackend;
-use crate::capabilities::docker::engine::label;
+use crate::bindings::docker::Container;
+use crate::bindings::error_text;
+use crate::capabilities::docker::{DockerBackend, label};
 use crate::config::Config;
-use crate::message::EntityKind;
+use crate::message::{ALL, Entity, EntityKind, SUPERVISOR, Target};
 
 /// How long a discovered entity is trusted before the engine is asked again.
 pub const DISCOVERY_TTL: Duration = Duration::from_secs(30);
 
-/// The entity id of `restart_all`: every service of the default compose project.
-pub const ALL: &str = "all";
-/// The entity id of `reread` and `update`: supervisord itself.
-pub const SUPERVISOR: &str = "supervisor";
-
-/// Where an action lands.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Target {
-    /// A compose service, or the whole project when `service` is none.
-    Compose {
-        /// The compose project.
-        project: String,
-        /// The service.
-        service: Option<String>,
+/// Why an entity id names nothing the manager can act on. The texts are what Core shows.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum ResolveError {
+    /// Neither the config nor (when it is off) discovery knows the id.
+    #[error("unknown entity '{id}'")]
+    Unknown {
+        /// The id.
+        id: String,
     },
-    /// A supervisor program, group or `group:name`.
-    Program(String),
-    /// supervisord itself.
-    Supervisord,
+    /// Not in the config, and no compose container carries the label.
+    #[error(
+        "unknown entity '{id}' (not in the config, and no compose container has the label {}={id})",
+        label::ENTITY_ID
+    )]
+    NotLabelled {
+        /// The id.
+        id: String,
+    },
+    /// The label is on containers of several services.
+    #[error(
+        "unknown entity '{id}': the label {}={id} is on containers of several services ({})",
+        label::ENTITY_ID,
+        services.join(", ")
+    )]
+    Ambiguous {
+        /// The id.
+        id: String,
+        /// `project/service` of each.
+        services: Vec<String>,
+    },
+    /// Not in the config, and the engine could not be asked.
+    #[error("unknown entity '{id}' (not in the config; discovery by label failed: {cause})")]
+    DiscoveryFailed {
+        /// The id.
+        id: String,
+        /// What the engine said.
+        cause: String,
+    },
+    /// `all` without a project to act on.
+    #[error("entity 'all' needs [docker] default_project in the config{configured}{discovery}")]
+    NoDefaultProject {
+        /// ` (containers span projects a, b)` when configured containers span several.
+        configured: SpanNote,
+        /// What discovery found instead, when it is on.
+        discovery: DiscoveryNote,
+    },
 }
 
-/// A resolved entity.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Entity {
-    /// The id Core uses.
-    pub id: String,
-    /// Container or worker.
-    pub kind: EntityKind,
-    /// Where actions on it land.
-    pub target: Target,
+/// The projects configured containers span, when several (for `all`'s error).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct SpanNote(pub Vec<String>);
+
+impl std::fmt::Display for SpanNote {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        if self.0.len() > 1 {
+            write!(f, " (containers span projects {})", self.0.join(", "))?;
+        }
+        Ok(())
+    }
+}
+
+/// Why discovery gave no project for `all`.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub enum DiscoveryNote {
+    /// Discovery is off.
+    #[default]
+    Off,
+    /// No container is labelled.
+    NoneLabelled,
+    /// Labelled containers span several projects.
+    Span(Vec<String>),
+    /// The engine could not be asked.
+    Failed(String),
+}
+
+impl std::fmt::Display for DiscoveryNote {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Off => Ok(()),
+            Self::NoneLabelled => {
+                f.write_str(", or containers labelled marvin.entity-id in one project")
+            }
+            Self::Span(p) => write!(f, " (labelled containers span projects {})", p.join(", ")),
+            Self::Failed(cause) => write!(f, " (discovery failed: {cause})"),
+        }
+    }
 }
 
 /// The entities the manager knows.
@@ -54,7 +112,7 @@ pub struct Entity {
 pub struct Registry {
     entities: BTreeMap<String, Entity>,
     /// The project of `all`, or why there is none.
-    default_project: Result<String, String>,
+    default_project: Result<String, SpanNote>,
     discovery: Option<Arc<Discovery>>,
 }
 
@@ -93,13 +151,10 @@ impl Registry {
                     .values()
                     .filter_map(|e| e.project.as_deref())
                     .collect();
-                match projects.len() {
-                    1 => Ok(projects.into_iter().collect()),
-                    0 => Err("entity 'all' needs [docker] default_project in the config".into()),
-                    _ => Err(format!(
-                        "entity 'all' needs [docker] default_project in the config (containers span projects {})",
-                        projects.into_iter().collect::<Vec<_>>().join(", ")
-                    )),
+                if projects.len() == 1 {
+                    Ok(projects.into_iter().collect())
+                } else {
+                    Err(SpanNote(projects.into_iter().map(str::to_owned).collect()))
                 }
             }
         };
@@ -119,42 +174,45 @@ impl Registry {
         self
     }
 
-    /// The entity Core means by `id`, or an error Core can show.
-    pub async fn resolve(&self, id: &str) -> Result<Entity, String> {
-        match self.resolve_configured(id) {
-            Ok(e) => Ok(e),
-            Err(e) if id == ALL => match &self.discovery {
-                // No project configured: the one project of the labelled containers.
-                Some(d) => d
-                    .only_project()
-                    .await
-                    .map(|project| Entity {
+    /// The entity Core means by `id`, or why there is none.
+    pub async fn resolve(&self, id: &str) -> Result<Entity, ResolveError> {
+        match (self.resolve_configured(id), &self.discovery) {
+            (Ok(e), _) => Ok(e),
+            // No project configured: the one project of the labelled containers.
+            (Err(ResolveError::NoDefaultProject { configured, .. }), Some(d)) => {
+                match d.only_project().await {
+                    Ok(project) => Ok(Entity {
                         id: ALL.into(),
                         kind: EntityKind::Container,
                         target: Target::Compose {
                             project,
                             service: None,
                         },
-                    })
-                    .map_err(|why| format!("{e}{why}")),
-                None => Err(e),
-            },
-            Err(e) if id == SUPERVISOR => Err(e),
-            Err(unknown) => match &self.discovery {
-                Some(d) => d.resolve(id).await.map_err(|why| format!("{unknown}{why}")),
-                None => Err(unknown),
-            },
+                    }),
+                    Err(discovery) => Err(ResolveError::NoDefaultProject {
+                        configured,
+                        discovery,
+                    }),
+                }
+            }
+            (Err(ResolveError::Unknown { .. }), Some(d)) => d.resolve(id).await,
+            (Err(e), _) => Err(e),
         }
     }
 
     /// Resolves `id` from the config file and the special ids only.
-    pub fn resolve_configured(&self, id: &str) -> Result<Entity, String> {
+    pub fn resolve_configured(&self, id: &str) -> Result<Entity, ResolveError> {
         match id {
             ALL => Ok(Entity {
                 id: ALL.into(),
                 kind: EntityKind::Container,
                 target: Target::Compose {
-                    project: self.default_project.clone()?,
+                    project: self.default_project.clone().map_err(|configured| {
+                        ResolveError::NoDefaultProject {
+                            configured,
+                            discovery: DiscoveryNote::Off,
+                        }
+                    })?,
                     service: None,
                 },
             }),
@@ -167,7 +225,7 @@ impl Registry {
                 .entities
                 .get(id)
                 .cloned()
-                .ok_or_else(|| format!("unknown entity '{id}'")),
+                .ok_or_else(|| ResolveError::Unknown { id: id.to_owned() }),
         }
     }
 
@@ -185,7 +243,7 @@ impl Registry {
             .docker
             .labelled(label::ENTITY_ID, None)
             .await
-            .map_err(|e| crate::capabilities::error_text(&e))?;
+            .map_err(|e| error_text(&e))?;
         let mut by_id: BTreeMap<String, Entity> = BTreeMap::new();
         for c in containers.iter().filter(|c| !c.oneoff) {
             if let Some((_, id)) = c.labels.iter().find(|(k, _)| k == label::ENTITY_ID)
@@ -198,7 +256,7 @@ impl Registry {
     }
 }
 
-fn entity_of(id: &str, c: &crate::runtime::bindings::docker::Container) -> Entity {
+fn entity_of(id: &str, c: &Container) -> Entity {
     Entity {
         id: id.to_owned(),
         kind: EntityKind::Container,
@@ -211,17 +269,12 @@ fn entity_of(id: &str, c: &crate::runtime::bindings::docker::Container) -> Entit
 
 impl Discovery {
     /// The project of every container labelled `marvin.entity-id`, when there is one.
-    async fn only_project(&self) -> Result<String, String> {
+    async fn only_project(&self) -> Result<String, DiscoveryNote> {
         let containers = self
             .docker
             .labelled(label::ENTITY_ID, None)
             .await
-            .map_err(|e| {
-                format!(
-                    " (discovery failed: {})",
-                    crate::capabilities::error_text(&e)
-                )
-            })?;
+            .map_err(|e| DiscoveryNote::Failed(error_text(&e)))?;
         let projects: BTreeSet<&str> = containers
             .iter()
             .filter(|c| !c.oneoff && !c.project.is_empty())
@@ -229,17 +282,15 @@ impl Discovery {
             .collect();
         match projects.len() {
             1 => Ok(projects.into_iter().collect()),
-            0 => Err(", or containers labelled marvin.entity-id in one project".into()),
-            _ => Err(format!(
-                " (labelled containers span projects {})",
-                projects.into_iter().collect::<Vec<_>>().join(", ")
+            0 => Err(DiscoveryNote::NoneLabelled),
+            _ => Err(DiscoveryNote::Span(
+                projects.into_iter().map(str::to_owned).collect(),
             )),
         }
     }
 
-    /// The entity of label `marvin.entity-id=id`, or why there is none (appended to
-    /// "unknown entity").
-    async fn resolve(&self, id: &str) -> Result<Entity, String> {
+    /// The entity of label `marvin.entity-id=id`, or why there is none.
+    async fn resolve(&self, id: &str) -> Result<Entity, ResolveError> {
         if let Ok(found) = self.found.lock()
             && let Some((e, at)) = found.get(id)
             && at.elapsed() < DISCOVERY_TTL
@@ -256,10 +307,10 @@ impl Discovery {
                 {
                     return Ok(e.clone());
                 }
-                return Err(format!(
-                    " (not in the config; discovery by label failed: {})",
-                    crate::capabilities::error_text(&e)
-                ));
+                return Err(ResolveError::DiscoveryFailed {
+                    id: id.to_owned(),
+                    cause: error_text(&e),
+                });
             }
         };
         let services: BTreeSet<(&str, &str)> = containers
@@ -276,18 +327,13 @@ impl Discovery {
                 if let Ok(mut found) = self.found.lock() {
                     found.remove(id);
                 }
-                return Err(format!(
-                    " (not in the config, and no compose container has the label {}={id})",
-                    label::ENTITY_ID
-                ));
+                return Err(ResolveError::NotLabelled { id: id.to_owned() });
             }
             _ => {
-                let list: Vec<String> = services.iter().map(|(p, s)| format!("{p}/{s}")).collect();
-                return Err(format!(
-                    ": the label {}={id} is on containers of several services ({})",
-                    label::ENTITY_ID,
-                    list.join(", ")
-                ));
+                return Err(ResolveError::Ambiguous {
+                    id: id.to_owned(),
+                    services: services.iter().map(|(p, s)| format!("{p}/{s}")).collect(),
+                });
             }
         };
         if let Ok(mut found) = self.found.lock() {
@@ -331,7 +377,7 @@ mod tests {
             Target::Supervisord
         );
         assert_eq!(
-            r.resolve_configured("nope").unwrap_err(),
+            r.resolve_configured("nope").unwrap_err().to_string(),
             "unknown entity 'nope'"
         );
     }
@@ -339,16 +385,18 @@ mod tests {
     #[test]
     fn all_needs_a_project() {
         let r = registry("");
-        assert!(
-            r.resolve_configured("all")
-                .unwrap_err()
-                .contains("default_project")
+        assert_eq!(
+            r.resolve_configured("all").unwrap_err().to_string(),
+            "entity 'all' needs [docker] default_project in the config"
         );
         let r = registry(
             "[entities.a]\nkind = \"container\"\nproject = \"p1\"\nservice = \"s\"\n\
              [entities.b]\nkind = \"container\"\nproject = \"p2\"\nservice = \"s\"\n",
         );
-        assert!(r.resolve_configured("all").unwrap_err().contains("p1, p2"));
+        assert_eq!(
+            r.resolve_configured("all").unwrap_err().to_string(),
+            "entity 'all' needs [docker] default_project in the config (containers span projects p1, p2)"
+        );
         let r = registry("[docker]\ndefault_project = \"x\"\n");
         assert!(
             matches!(r.resolve_configured("all").unwrap().target, Target::Compose { project, .. } if project == "x")
@@ -360,7 +408,6 @@ mod tests {
 
         use super::*;
         use crate::capabilities::docker::fake::{FakeEngine, container};
-        use crate::runtime::bindings::docker::Container;
 
         /// A container of `project`/`service` labelled `marvin.entity-id` = `entity`.
         fn c(entity: &str, project: &str, service: &str, oneoff: bool) -> Container {
@@ -413,13 +460,18 @@ mod tests {
                 matches!(e.target, Target::Compose { service: Some(s), .. } if s == "configured")
             );
             assert_eq!(engine.calls(), 1);
-            let err = r.resolve("two").await.unwrap_err();
+            let err = r.resolve("two").await.unwrap_err().to_string();
             assert!(
                 err.contains("several services (marvin/a, marvin/b)"),
                 "{err}"
             );
             let err = r.resolve("oneoff-only").await.unwrap_err();
-            assert!(err.contains("no compose container has the label"), "{err}");
+            assert!(matches!(err, ResolveError::NotLabelled { .. }));
+            assert!(
+                err.to_string()
+                    .contains("no compose container has the label"),
+                "{err}"
+            );
             let all: Vec<String> = r
                 .discovered()
                 .await
@@ -433,17 +485,22 @@ mod tests {
         #[tokio::test]
         async fn an_engine_that_is_down_is_named_in_the_error() {
             let r = registry("").with_discovery(labels(vec![], true));
-            let err = r.resolve("x").await.unwrap_err();
+            let err = r.resolve("x").await.unwrap_err().to_string();
             assert!(
                 err.starts_with("unknown entity 'x'") && err.contains("engine down"),
                 "{err}"
             );
-            // Special ids never go to discovery.
+            // `all` asks discovery for the one project, and says why there is none.
+            let err = r.resolve("all").await.unwrap_err().to_string();
             assert!(
-                r.resolve("all")
-                    .await
-                    .unwrap_err()
-                    .contains("default_project")
+                err.starts_with(
+                    "entity 'all' needs [docker] default_project in the config (discovery failed:"
+                ),
+                "{err}"
+            );
+            assert_eq!(
+                r.resolve("supervisor").await.unwrap().target,
+                Target::Supervisord
             );
         }
     }

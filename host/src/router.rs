@@ -1,68 +1,163 @@
-//! (entity kind, action) -> the plugin that declared it. Pure: the table is built by the
-//! runtime when plugins load, and a claim that is already taken never gets here.
+//! (entity kind, action) -> the plugin that declared it. Pure: the runtime hands over the
+//! plugins it loaded, in precedence order; the router decides who serves which pair, refuses
+//! a plugin whose name or pair is already taken (naming both), lets a plugin of the directory
+//! shadow a built-in one, and explains a pair nobody serves in terms Core can show.
 
 use std::collections::HashMap;
 
-use crate::message::EntityKind;
+use crate::message::{EntityKind, contract_actions};
 
-/// The actions Marvin Core knows for each kind (its `Manager*ActionReference` enums), in its order.
-pub fn contract_actions(kind: EntityKind) -> &'static [&'static str] {
-    match kind {
-        EntityKind::Container => &[
-            "start",
-            "stop",
-            "restart",
-            "restart_all",
-            "build",
-            "exec_cmd",
-        ],
-        EntityKind::Worker => &["start", "stop", "restart", "reread", "update"],
-    }
+/// What the router needs to know of a plugin.
+pub trait Routable {
+    /// Its name, from `describe()`.
+    fn name(&self) -> &str;
+    /// The (kind, action) pairs it declares.
+    fn handles(&self) -> &[(EntityKind, String)];
+    /// Where it comes from, for messages (a file, or `(built-in)/…`).
+    fn origin(&self) -> String;
 }
 
-/// The route table.
-#[derive(Debug, Clone)]
-pub struct Routes<T> {
-    table: HashMap<(EntityKind, String), T>,
+/// Why no plugin serves a request.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum RouteError {
+    /// An action of Core's contract that no loaded plugin declares.
+    #[error(
+        "no plugin handles action '{action}' for {} (add a plugin declaring ({kind}, {action}) to the plugins directory)",
+        kind.plural()
+    )]
+    NoPlugin {
+        /// The entity's kind.
+        kind: EntityKind,
+        /// The action.
+        action: String,
+    },
+    /// An action neither Core's contract nor any plugin knows for this kind.
+    #[error(
+        "action '{action}' is not supported for {} (supported: {})",
+        kind.plural(),
+        supported.join(", ")
+    )]
+    Unsupported {
+        /// The entity's kind.
+        kind: EntityKind,
+        /// The action.
+        action: String,
+        /// Core's actions for the kind, then the ones plugins add, sorted.
+        supported: Vec<String>,
+    },
 }
 
-impl<T> Default for Routes<T> {
+/// A plugin the router refused, and why.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Refusal {
+    /// Where the refused plugin comes from.
+    pub origin: String,
+    /// Why it does not serve.
+    pub reason: String,
+}
+
+/// Who serves what, built from the plugins loaded at one moment.
+#[derive(Debug)]
+pub struct Router<P> {
+    serving: Vec<P>,
+    table: HashMap<(EntityKind, String), usize>,
+    refused: Vec<Refusal>,
+}
+
+impl<P> Default for Router<P> {
     fn default() -> Self {
         Self {
+            serving: Vec::new(),
             table: HashMap::new(),
+            refused: Vec::new(),
         }
     }
 }
 
-impl<T> Routes<T> {
-    /// Claims a pair; gives back the current holder if it is taken.
-    pub fn claim(&mut self, kind: EntityKind, action: &str, to: T) -> Result<(), &T> {
-        let key = (kind, action.to_owned());
-        if self.table.contains_key(&key) {
-            return Err(&self.table[&key]);
+impl<P: Routable> Router<P> {
+    /// Routes `plugins` (in precedence order: an earlier plugin keeps a name or pair a later
+    /// one claims, and the later one is refused), then the `builtins` that no plugin shadows
+    /// by name or by any of their pairs (a shadowed built-in is left out whole, silently: a
+    /// newer plugin of the same name replaces it).
+    pub fn build(
+        plugins: impl IntoIterator<Item = P>,
+        builtins: impl IntoIterator<Item = P>,
+    ) -> Self {
+        let mut router = Self::default();
+        for plugin in plugins {
+            if let Some(other) = router.serving.iter().find(|p| p.name() == plugin.name()) {
+                router.refused.push(Refusal {
+                    origin: plugin.origin(),
+                    reason: format!(
+                        "plugin name '{}' is already taken by {}",
+                        plugin.name(),
+                        other.origin()
+                    ),
+                });
+                continue;
+            }
+            let taken = plugin
+                .handles()
+                .iter()
+                .find_map(|(kind, action)| router.get(*kind, action).map(|o| (kind, action, o)));
+            if let Some((kind, action, other)) = taken {
+                let reason = format!(
+                    "plugin '{}' claims ({kind}, {action}), already handled by plugin '{}' ({})",
+                    plugin.name(),
+                    other.name(),
+                    other.origin()
+                );
+                router.refused.push(Refusal {
+                    origin: plugin.origin(),
+                    reason,
+                });
+                continue;
+            }
+            router.serve(plugin);
         }
-        self.table.insert(key, to);
-        Ok(())
+        for plugin in builtins {
+            let shadowed = router.serving.iter().any(|p| p.name() == plugin.name())
+                || plugin
+                    .handles()
+                    .iter()
+                    .any(|(kind, action)| router.get(*kind, action).is_some());
+            if !shadowed {
+                router.serve(plugin);
+            }
+        }
+        router
     }
 
-    /// Whoever handles the pair.
-    pub fn get(&self, kind: EntityKind, action: &str) -> Option<&T> {
-        self.table.get(&(kind, action.to_owned()))
+    /// Serves every pair of `plugin` (all checked free; a pair declared twice by one plugin
+    /// keeps the first claim).
+    fn serve(&mut self, plugin: P) {
+        let at = self.serving.len();
+        for (kind, action) in plugin.handles() {
+            self.table.entry((*kind, action.clone())).or_insert(at);
+        }
+        self.serving.push(plugin);
     }
 
-    /// The plugin for (kind, action), or an error Core can show.
-    pub fn route(&self, kind: EntityKind, action: &str) -> Result<&T, String> {
+    /// Whoever serves the pair.
+    pub fn get(&self, kind: EntityKind, action: &str) -> Option<&P> {
+        self.table
+            .get(&(kind, action.to_owned()))
+            .and_then(|&i| self.serving.get(i))
+    }
+
+    /// The plugin for (kind, action), or why there is none.
+    pub fn route(&self, kind: EntityKind, action: &str) -> Result<&P, RouteError> {
         if let Some(to) = self.get(kind, action) {
             return Ok(to);
         }
         let contract = contract_actions(kind);
         if contract.contains(&action) {
-            return Err(format!(
-                "no plugin handles action '{action}' for {} (add a plugin declaring ({kind}, {action}) to the plugins directory)",
-                kind.plural()
-            ));
+            return Err(RouteError::NoPlugin {
+                kind,
+                action: action.to_owned(),
+            });
         }
-        let mut supported: Vec<&str> = contract.to_vec();
         let mut extra: Vec<&str> = self
             .table
             .keys()
@@ -70,12 +165,30 @@ impl<T> Routes<T> {
             .map(|(_, a)| a.as_str())
             .collect();
         extra.sort_unstable();
-        supported.extend(extra);
-        Err(format!(
-            "action '{action}' is not supported for {} (supported: {})",
-            kind.plural(),
-            supported.join(", ")
-        ))
+        Err(RouteError::Unsupported {
+            kind,
+            action: action.to_owned(),
+            supported: contract
+                .iter()
+                .chain(&extra)
+                .map(|a| (*a).to_owned())
+                .collect(),
+        })
+    }
+
+    /// The plugins serving, in precedence order (built-ins last).
+    pub fn serving(&self) -> &[P] {
+        &self.serving
+    }
+
+    /// The plugins refused, with the reason.
+    pub fn refused(&self) -> &[Refusal] {
+        &self.refused
+    }
+
+    /// A serving plugin by name.
+    pub fn plugin(&self, name: &str) -> Option<&P> {
+        self.serving.iter().find(|p| p.name() == name)
     }
 }
 
@@ -83,28 +196,111 @@ impl<T> Routes<T> {
 mod tests {
     use super::*;
 
+    #[derive(Debug, Clone, PartialEq)]
+    struct P(&'static str, Vec<(EntityKind, String)>);
+
+    impl Routable for P {
+        fn name(&self) -> &str {
+            self.0
+        }
+        fn handles(&self) -> &[(EntityKind, String)] {
+            &self.1
+        }
+        fn origin(&self) -> String {
+            format!("{}.wasm", self.0)
+        }
+    }
+
+    fn p(name: &'static str, pairs: &[(EntityKind, &str)]) -> P {
+        P(
+            name,
+            pairs.iter().map(|(k, a)| (*k, (*a).to_owned())).collect(),
+        )
+    }
+
+    const W: EntityKind = EntityKind::Worker;
+    const C: EntityKind = EntityKind::Container;
+
     #[test]
     fn routes_claimed_pairs_and_explains_the_rest() {
-        let mut r = Routes::default();
-        r.claim(EntityKind::Worker, "start", "supervisor").unwrap();
-        r.claim(EntityKind::Worker, "tail", "logs").unwrap();
-        assert_eq!(r.route(EntityKind::Worker, "start"), Ok(&"supervisor"));
-        assert_eq!(
-            r.claim(EntityKind::Worker, "start", "other"),
-            Err(&"supervisor")
+        let r = Router::build(
+            [p("supervisor", &[(W, "start")]), p("logs", &[(W, "tail")])],
+            [],
         );
+        assert_eq!(r.route(W, "start").unwrap().0, "supervisor");
         assert_eq!(
-            r.route(EntityKind::Worker, "build").unwrap_err(),
+            r.route(W, "build").unwrap_err().to_string(),
             "action 'build' is not supported for workers (supported: start, stop, restart, reread, update, tail)"
         );
         assert!(
-            r.route(EntityKind::Worker, "stop")
+            r.route(W, "stop")
                 .unwrap_err()
+                .to_string()
                 .starts_with("no plugin handles action 'stop' for workers")
         );
+        assert!(matches!(
+            r.route(W, "stop"),
+            Err(RouteError::NoPlugin { kind: W, .. })
+        ));
         assert_eq!(
-            r.route(EntityKind::Container, "reread").unwrap_err(),
+            r.route(C, "reread").unwrap_err().to_string(),
             "action 'reread' is not supported for containers (supported: start, stop, restart, restart_all, build, exec_cmd)"
         );
+    }
+
+    #[test]
+    fn an_earlier_plugin_keeps_its_name_and_pairs() {
+        let r = Router::build(
+            [
+                p("a", &[(W, "start"), (W, "start")]),
+                p("a", &[(W, "stop")]),
+                p("b", &[(W, "stop"), (W, "start")]),
+                p("c", &[(W, "stop")]),
+            ],
+            [],
+        );
+        let names: Vec<&str> = r.serving().iter().map(|p| p.0).collect();
+        assert_eq!(names, ["a", "c"]);
+        assert_eq!(
+            r.refused(),
+            [
+                Refusal {
+                    origin: "a.wasm".into(),
+                    reason: "plugin name 'a' is already taken by a.wasm".into()
+                },
+                Refusal {
+                    origin: "b.wasm".into(),
+                    reason:
+                        "plugin 'b' claims (worker, start), already handled by plugin 'a' (a.wasm)"
+                            .into()
+                },
+            ]
+        );
+        assert_eq!(r.route(W, "stop").unwrap().0, "c");
+    }
+
+    #[test]
+    fn a_plugin_shadows_a_builtin_by_name_or_by_any_pair() {
+        let builtins = [
+            p("docker-compose", &[(C, "start"), (C, "stop")]),
+            p("supervisor", &[(W, "start")]),
+            p("exec-cmd", &[(C, "exec_cmd")]),
+        ];
+        let r = Router::build(
+            [
+                p("docker-compose", &[(C, "build")]),
+                p("mine", &[(W, "start")]),
+            ],
+            builtins,
+        );
+        let names: Vec<&str> = r.serving().iter().map(|p| p.0).collect();
+        assert_eq!(names, ["docker-compose", "mine", "exec-cmd"]);
+        assert!(r.refused().is_empty());
+        assert!(matches!(
+            r.route(C, "start"),
+            Err(RouteError::NoPlugin { .. })
+        ));
+        assert_eq!(r.route(W, "start").unwrap().0, "mine");
+        assert_eq!(r.plugin("exec-cmd").unwrap().0, "exec-cmd");
     }
 }

@@ -11,10 +11,10 @@ use std::time::{Duration, Instant};
 use common::db::{Db, TestDb, request, send};
 use common::{ENTITIES, Setup, guests};
 use marvin_manager::codec::{self, Format};
-use marvin_manager::consumer::{ConsumeOptions, ConsumeStats, consume};
 use marvin_manager::message::ManagerResponse;
 use marvin_manager::service::Manager;
-use marvin_manager::transport::{HistoryFilter, Transport};
+use marvin_manager::service::{ConsumeOptions, ConsumeStats, consume};
+use marvin_manager::transport::{HistoryFilter, Queue, Records};
 
 on_both_databases!(
     every_request_is_answered_in_its_format,
@@ -28,7 +28,11 @@ async fn manager(s: &Setup) -> Arc<Manager> {
     Arc::new(s.manager(ENTITIES).await)
 }
 
-async fn run_until_idle<T: Transport>(t: Arc<T>, m: Arc<Manager>, limit: u64) -> ConsumeStats {
+async fn run_until_idle<T: Queue + Records>(
+    t: Arc<T>,
+    m: Arc<Manager>,
+    limit: u64,
+) -> ConsumeStats {
     let opts = ConsumeOptions {
         limit: Some(limit),
         time_limit: Some(Duration::from_secs(30)),
@@ -52,7 +56,7 @@ async fn responses(db: &TestDb) -> Vec<ManagerResponse> {
         .collect()
 }
 
-async fn every_request_is_answered_in_its_format<T: Transport>(
+async fn every_request_is_answered_in_its_format<T: Queue + Records>(
     db: &TestDb,
     mk: impl AsyncFn(&str) -> T,
 ) {
@@ -105,7 +109,7 @@ async fn every_request_is_answered_in_its_format<T: Transport>(
     assert_eq!(history.len(), 40);
 }
 
-async fn a_completed_correlation_id_is_answered_from_the_ledger<T: Transport>(
+async fn a_completed_correlation_id_is_answered_from_the_ledger<T: Queue + Records>(
     db: &TestDb,
     mk: impl AsyncFn(&str) -> T,
 ) {
@@ -142,7 +146,10 @@ async fn a_completed_correlation_id_is_answered_from_the_ledger<T: Transport>(
     );
 }
 
-async fn bad_rows_never_stop_the_service<T: Transport>(db: &TestDb, mk: impl AsyncFn(&str) -> T) {
+async fn bad_rows_never_stop_the_service<T: Queue + Records>(
+    db: &TestDb,
+    mk: impl AsyncFn(&str) -> T,
+) {
     let s = Setup::new(&[(guests::ECHO, "echo.wasm")]);
     let t = Arc::new(mk("").await);
     t.setup().await.unwrap();
@@ -206,7 +213,10 @@ async fn bad_rows_never_stop_the_service<T: Transport>(db: &TestDb, mk: impl Asy
     );
 }
 
-async fn stop_finishes_what_is_in_flight<T: Transport>(db: &TestDb, mk: impl AsyncFn(&str) -> T) {
+async fn stop_finishes_what_is_in_flight<T: Queue + Records>(
+    db: &TestDb,
+    mk: impl AsyncFn(&str) -> T,
+) {
     let s = Setup::new(&[(guests::RELOAD_V1, "reload.wasm")]);
     let t = Arc::new(mk("").await);
     t.setup().await.unwrap();
@@ -244,7 +254,7 @@ async fn stop_finishes_what_is_in_flight<T: Transport>(db: &TestDb, mk: impl Asy
     assert_eq!(left, vec![vec![None]], "the late request is untouched");
 }
 
-async fn keepalive_keeps_a_long_action_from_redelivery<T: Transport>(
+async fn keepalive_keeps_a_long_action_from_redelivery<T: Queue + Records>(
     db: &TestDb,
     mk: impl AsyncFn(&str) -> T,
 ) {

@@ -56,10 +56,7 @@ async fn run(m: &Manager, entity: &str, action: &str, args: serde_json::Value) -
 }
 
 async fn exec(m: &Manager, entity: &str, command: &str, timeout: i64) -> ManagerResponse {
-    let req = ManagerRequest {
-        command: Some(command.into()),
-        ..request(entity, "exec_cmd", json!({}), timeout)
-    };
+    let req = request(entity, "exec_cmd", json!({}), timeout).with_command(Some(command.into()));
     m.execute(&req).await
 }
 
@@ -360,15 +357,13 @@ async fn exec_cmd_runs_argv_and_reports_exit_codes() {
     assert_eq!(r.metadata["shell"], false);
 
     // env, working dir and user reach the process.
-    let req = ManagerRequest {
-        command: Some("sh -c 'echo $GREETING; pwd; id -u'".into()),
-        ..request(
-            "web",
-            "exec_cmd",
-            json!({"env": {"GREETING": "bonjour"}, "workdir": "/bin", "user": "1234"}),
-            10,
-        )
-    };
+    let req = request(
+        "web",
+        "exec_cmd",
+        json!({"env": {"GREETING": "bonjour"}, "workdir": "/bin", "user": "1234"}),
+        10,
+    )
+    .with_command(Some("sh -c 'echo $GREETING; pwd; id -u'".into()));
     let r = m.execute(&req).await;
     assert!(r.success, "{r:?}");
     assert_eq!(r.output.as_deref(), Some("bonjour\n/bin\n1234\n"));
@@ -527,18 +522,31 @@ async fn a_daemon_that_is_down_is_unavailable_until_it_is_back() {
 
 #[tokio::test]
 async fn a_recorded_trace_replays_and_catches_a_plugin_that_changed_its_calls() {
-    use marvin_manager::testing::{self, Script};
+    use marvin_manager::capabilities::Backends;
+    use marvin_manager::capabilities::docker::engine::Engine;
+    use marvin_manager::scripting::{self, Recorder, Script};
     let p = Project::up(TWO_SERVICES);
     let setup = Setup::new(&common::docker::plugins());
-    let m = manager(&setup, &p, false, &entity("w", &p, "worker")).await;
-    docker(&["stop", "-t", "1", &p.container("worker", 2)]);
     let traces = setup.path().join("traces");
-    m.runtime().set_record_dir(Some(traces.clone()));
+    // Recording wraps the real backends, as the CLI does for `--record`.
+    let backends = Backends {
+        docker: std::sync::Arc::new(Engine::new(endpoint())),
+        ..Backends::default()
+    };
+    let m = setup
+        .manager_observed(
+            &config(&p, false, &entity("w", &p, "worker")),
+            backends,
+            Some(std::sync::Arc::new(Recorder::new(traces.clone()))),
+        )
+        .await;
+    docker(&["stop", "-t", "1", &p.container("worker", 2)]);
     let r = m
-        .execute(&marvin_manager::message::ManagerRequest {
-            correlation_id: "rec-1".into(),
-            ..request("w", "start", json!({}), 20)
-        })
+        .execute(
+            &ManagerRequest::new("rec-1", "w", "start")
+                .with_args(json!({}))
+                .with_timeout(20),
+        )
         .await;
     assert!(r.success, "{r:?}");
     assert_eq!(status(&p.container("worker", 2)), "running");
@@ -556,10 +564,11 @@ async fn a_recorded_trace_replays_and_catches_a_plugin_that_changed_its_calls() 
     // Replayed without Docker: the same plugin passes, and nothing touches the engine.
     docker(&["stop", "-t", "1", &p.container("worker", 1)]);
     let cache = setup.path().join("replay-cache");
-    let same = testing::run(
+    let same = scripting::run(
         std::path::Path::new(test_programs::DOCKER_COMPOSE),
         &trace,
         Some(cache.clone()),
+        &[],
     )
     .await
     .unwrap();
@@ -570,10 +579,11 @@ async fn a_recorded_trace_replays_and_catches_a_plugin_that_changed_its_calls() 
         "replay reached Docker"
     );
     // A version that starts every replica without looking makes other calls: caught.
-    let changed = testing::run(
+    let changed = scripting::run(
         std::path::Path::new(test_programs::COMPOSE_V2),
         &trace,
         Some(cache),
+        &[],
     )
     .await
     .unwrap();

@@ -11,8 +11,8 @@ use std::time::Duration;
 
 use common::db::{Db, TestDb};
 use common::{ENTITIES, Setup, guests};
-use marvin_manager::consumer::{ConsumeOptions, consume};
-use marvin_manager::transport::Transport;
+use marvin_manager::service::{ConsumeOptions, consume};
+use marvin_manager::transport::{Queue, Records};
 use serde_json::{Value, json};
 
 fn php() -> String {
@@ -58,7 +58,7 @@ fn norm(v: &Value) -> Value {
     }
 }
 
-async fn interop<T: Transport>(
+async fn interop<T: Queue + Records>(
     db: &TestDb,
     mk: impl AsyncFn(&str) -> T,
     serializer: &str,
@@ -133,7 +133,7 @@ async fn interop<T: Transport>(
         .iter()
         .map(|c| c["correlationId"].as_str().unwrap().to_owned())
         .collect();
-    let ledger = t.ledger(ids.clone()).await.unwrap();
+    let ledger = t.answered(ids.clone()).await.unwrap();
     for case in cases.as_array().unwrap() {
         let id = case["correlationId"].as_str().unwrap();
         let got = received

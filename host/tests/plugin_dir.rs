@@ -11,15 +11,49 @@ use std::time::{Duration, Instant};
 use common::{ENTITIES, Setup, guests, request};
 use marvin_manager::config::Config;
 use marvin_manager::runtime::plugins::PluginDir;
+use marvin_manager::service::{Manager, Routing};
 use serde_json::json;
 
-fn reason_for(dir: &PluginDir, file: &str) -> String {
-    let set = dir.snapshot();
-    set.failures()
+/// Every file skipped, with the reason: those that did not load, then those the router
+/// refused.
+fn skipped(m: &Manager) -> Vec<(String, String)> {
+    let routing = m.routing();
+    let failed = routing.set().failures().iter().map(|f| {
+        (
+            f.path.file_name().unwrap().to_string_lossy().into_owned(),
+            f.error.to_string(),
+        )
+    });
+    let refused = routing.router().refused().iter().map(|r| {
+        (
+            Path::new(&r.origin)
+                .file_name()
+                .unwrap()
+                .to_string_lossy()
+                .into_owned(),
+            r.reason.clone(),
+        )
+    });
+    failed.chain(refused).collect()
+}
+
+fn reason_for(m: &Manager, file: &str) -> String {
+    let all = skipped(m);
+    all.iter()
+        .find(|(f, _)| f == file)
+        .map(|(_, r)| r.clone())
+        .unwrap_or_else(|| panic!("{file} was not reported: {all:?}"))
+}
+
+/// The names of the plugins serving.
+fn serving(m: &Manager) -> Vec<String> {
+    let routing = m.routing();
+    routing
+        .router()
+        .serving()
         .iter()
-        .find(|f| f.path.file_name().unwrap() == file)
-        .map(|f| f.reason.clone())
-        .unwrap_or_else(|| panic!("{file} was not reported: {:?}", set.failures()))
+        .map(|p| p.name.clone())
+        .collect()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -35,11 +69,9 @@ async fn broken_files_are_reported_and_the_rest_serve() {
     std::fs::write(s.plugins.join("core.wasm"), b"\0asm\x01\0\0\0").unwrap();
     std::fs::write(s.plugins.join("README.txt"), "not a plugin, not looked at").unwrap();
     let m = s.manager(ENTITIES).await;
-    let dir = m.plugins();
-    let set = dir.snapshot();
-    let names: Vec<&str> = set.plugins().iter().map(|p| p.name.as_str()).collect();
-    assert_eq!(names, ["echo", "noop"]);
-    assert_eq!(set.failures().len(), 5, "{:?}", set.failures());
+    let dir = &m;
+    assert_eq!(serving(&m), ["echo", "noop"]);
+    assert_eq!(skipped(&m).len(), 5, "{:?}", skipped(&m));
     assert_eq!(reason_for(dir, "junk.wasm"), "not a WebAssembly file");
     assert!(reason_for(dir, "core.wasm").contains("core WebAssembly module, not a component"));
     assert!(reason_for(dir, "command.wasm").starts_with("wrong world"));
@@ -63,10 +95,10 @@ async fn broken_files_are_reported_and_the_rest_serve() {
 async fn two_files_with_one_plugin_name_keep_the_first() {
     let s = Setup::new(&[(guests::ECHO, "a-echo.wasm"), (guests::ECHO, "b-echo.wasm")]);
     let m = s.manager(ENTITIES).await;
-    let set = m.plugins().snapshot();
-    assert_eq!(set.plugins().len(), 1);
-    assert!(set.plugins()[0].path.ends_with("a-echo.wasm"));
-    let reason = reason_for(m.plugins(), "b-echo.wasm");
+    let routing = m.routing();
+    assert_eq!(routing.router().serving().len(), 1);
+    assert!(routing.router().serving()[0].path.ends_with("a-echo.wasm"));
+    let reason = reason_for(&m, "b-echo.wasm");
     assert!(
         reason.contains("plugin name 'echo' is already taken by") && reason.contains("a-echo.wasm"),
         "{reason}"
@@ -154,8 +186,8 @@ async fn hot_reload_loads_replaces_and_unloads_within_a_second() {
     std::fs::remove_file(s.plugins.join("echo.wasm")).unwrap();
     std::fs::copy(guests::NOOP, s.plugins.join("noop.wasm")).unwrap();
     within(Duration::from_secs(1), async || {
-        let set = m.plugins().snapshot();
-        set.get("echo").is_none() && set.get("noop").is_some()
+        let routing = m.routing();
+        routing.router().plugin("echo").is_none() && routing.router().plugin("noop").is_some()
     })
     .await;
 
@@ -193,14 +225,8 @@ async fn hot_reload_loads_replaces_and_unloads_within_a_second() {
 
     // A broken file appears: reported, the others keep serving.
     std::fs::write(s.plugins.join("broken.wasm"), "garbage").unwrap();
-    within(Duration::from_secs(1), async || {
-        !m.plugins().snapshot().failures().is_empty()
-    })
-    .await;
-    assert_eq!(
-        reason_for(m.plugins(), "broken.wasm"),
-        "not a WebAssembly file"
-    );
+    within(Duration::from_secs(1), async || !skipped(&m).is_empty()).await;
+    assert_eq!(reason_for(&m, "broken.wasm"), "not a WebAssembly file");
     assert_eq!(
         m.execute(&worker_start(0)).await.output.as_deref(),
         Some("1.0.0")
@@ -233,7 +259,7 @@ async fn a_conflicting_newcomer_is_refused_and_the_holder_keeps_serving() {
     // echo.wasm sorts first, but twin was there first: echo is the later one and is refused.
     std::fs::copy(guests::ECHO, s.plugins.join("echo.wasm")).unwrap();
     m.plugins().rescan(false).await;
-    let reason = reason_for(m.plugins(), "echo.wasm");
+    let reason = reason_for(&m, "echo.wasm");
     assert!(
         reason.starts_with(
             "plugin 'echo' claims (container, start), already handled by plugin 'twin'"
@@ -257,11 +283,13 @@ async fn built_in_plugins_serve_until_a_directory_plugin_takes_their_place() {
     let config = Config::parse("").unwrap();
     let runtime = common::runtime(&config, Some(s.path().join("cache")));
     let dir = PluginDir::open_with(runtime, s.plugins.clone(), BUILTIN).await;
+    let routing = || Routing::new(dir.snapshot());
     let route = |kind, action| {
-        dir.snapshot()
+        routing()
+            .router()
             .route(kind, action)
             .map(|p| p.name.clone())
-            .unwrap_or_else(|e| e)
+            .unwrap_or_else(|e| e.to_string())
     };
     assert_eq!(route(EntityKind::Container, "start"), "docker-compose");
     assert_eq!(route(EntityKind::Container, "exec_cmd"), "exec-cmd");
@@ -271,10 +299,10 @@ async fn built_in_plugins_serve_until_a_directory_plugin_takes_their_place() {
     assert!(dir.rescan(false).await);
     assert_eq!(route(EntityKind::Container, "start"), "echo");
     assert_eq!(route(EntityKind::Container, "exec_cmd"), "echo");
-    assert!(dir.snapshot().get("docker-compose").is_none());
-    assert!(dir.snapshot().get("exec-cmd").is_none());
+    assert!(routing().router().plugin("docker-compose").is_none());
+    assert!(routing().router().plugin("exec-cmd").is_none());
     assert!(
-        dir.snapshot().failures().is_empty(),
+        dir.snapshot().failures().is_empty() && routing().router().refused().is_empty(),
         "shadowing is not a failure"
     );
     std::fs::remove_file(s.plugins.join("echo.wasm")).unwrap();

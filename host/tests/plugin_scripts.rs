@@ -6,7 +6,7 @@
 
 use std::path::{Path, PathBuf};
 
-use marvin_manager::testing::{self, Script};
+use marvin_manager::scripting::{self, Script};
 
 fn scripts(plugin: &str) -> Vec<PathBuf> {
     let dir = Path::new(env!("CARGO_MANIFEST_DIR"))
@@ -28,7 +28,7 @@ async fn run_all(plugin: &str, wasm: &str) -> usize {
     let all = scripts(plugin);
     for path in &all {
         let script = Script::load(path).unwrap();
-        let report = testing::run(Path::new(wasm), &script, Some(cache.path().into()))
+        let report = scripting::run(Path::new(wasm), &script, Some(cache.path().into()), &[])
             .await
             .unwrap();
         if !report.passed() {

@@ -9,7 +9,7 @@ use std::collections::HashSet;
 use common::db::{Db, TestDb, request, send};
 use marvin_manager::codec::{self, Format};
 use marvin_manager::message::{EntityKind, ManagerResponse};
-use marvin_manager::transport::{HistoryFilter, LedgerEntry, Settle, Transport};
+use marvin_manager::transport::{HistoryFilter, LedgerEntry, Queue, Records, Settle};
 
 on_both_databases!(
     setup_creates_symfonys_table,
@@ -52,7 +52,10 @@ fn entry(r: &ManagerResponse) -> LedgerEntry {
     }
 }
 
-async fn setup_creates_symfonys_table<T: Transport>(db: &TestDb, mk: impl AsyncFn(&str) -> T) {
+async fn setup_creates_symfonys_table<T: Queue + Records>(
+    db: &TestDb,
+    mk: impl AsyncFn(&str) -> T,
+) {
     let t = mk("").await;
     t.setup().await.unwrap();
     t.setup().await.unwrap();
@@ -103,7 +106,7 @@ async fn setup_creates_symfonys_table<T: Transport>(db: &TestDb, mk: impl AsyncF
     }
 }
 
-async fn a_request_round_trips_in_one_transaction<T: Transport>(
+async fn a_request_round_trips_in_one_transaction<T: Queue + Records>(
     db: &TestDb,
     mk: impl AsyncFn(&str) -> T,
 ) {
@@ -158,7 +161,7 @@ async fn a_request_round_trips_in_one_transaction<T: Transport>(
             codec::decode_response(body.as_bytes(), &headers).unwrap(),
             r
         );
-        let ledger = t.ledger(vec![cid.clone()]).await.unwrap();
+        let ledger = t.answered(vec![cid.clone()]).await.unwrap();
         assert_eq!(ledger[&cid].response, serde_json::to_value(&r).unwrap());
     }
     let h = t
@@ -172,7 +175,10 @@ async fn a_request_round_trips_in_one_transaction<T: Transport>(
     assert_eq!(h[0].correlation_id, "corr-rt-1", "newest first");
 }
 
-async fn other_classes_are_never_touched<T: Transport>(db: &TestDb, mk: impl AsyncFn(&str) -> T) {
+async fn other_classes_are_never_touched<T: Queue + Records>(
+    db: &TestDb,
+    mk: impl AsyncFn(&str) -> T,
+) {
     // The seed configuration: requests and responses share one queue.
     let t = mk("queue_name=shared&response_queue_name=shared").await;
     t.setup().await.unwrap();
@@ -250,7 +256,7 @@ fn request_row(cid: &str) -> (String, String) {
     (e.body, e.headers)
 }
 
-async fn available_at_and_redelivery_follow_symfony<T: Transport>(
+async fn available_at_and_redelivery_follow_symfony<T: Queue + Records>(
     db: &TestDb,
     mk: impl AsyncFn(&str) -> T,
 ) {
@@ -268,7 +274,10 @@ async fn available_at_and_redelivery_follow_symfony<T: Transport>(
     assert!(got[0].redelivered);
 }
 
-async fn fetch_takes_batches_oldest_first<T: Transport>(db: &TestDb, mk: impl AsyncFn(&str) -> T) {
+async fn fetch_takes_batches_oldest_first<T: Queue + Records>(
+    db: &TestDb,
+    mk: impl AsyncFn(&str) -> T,
+) {
     let t = mk("").await;
     t.setup().await.unwrap();
     let mut ids = Vec::new();
@@ -282,7 +291,7 @@ async fn fetch_takes_batches_oldest_first<T: Transport>(db: &TestDb, mk: impl As
     assert_eq!(rest, ids[3..]);
 }
 
-async fn concurrent_consumers_never_share_a_row<T: Transport>(
+async fn concurrent_consumers_never_share_a_row<T: Queue + Records>(
     _db: &TestDb,
     mk: impl AsyncFn(&str) -> T,
 ) {
@@ -314,7 +323,7 @@ async fn concurrent_consumers_never_share_a_row<T: Transport>(
 /// A fetch dropped part-way (a `select!` that picked another branch) must not keep a
 /// transaction, and the database's write lock, open on a pooled connection: the next fetch and
 /// the answers' commit would wait out the busy timeout (seen as a SIGTERM that hung `serve`).
-async fn a_cancelled_fetch_leaves_the_queue_usable<T: Transport>(
+async fn a_cancelled_fetch_leaves_the_queue_usable<T: Queue + Records>(
     _db: &TestDb,
     mk: impl AsyncFn(&str) -> T,
 ) {
@@ -345,7 +354,10 @@ async fn a_cancelled_fetch_leaves_the_queue_usable<T: Transport>(
     }
 }
 
-async fn bad_rows_go_to_the_failure_queue<T: Transport>(db: &TestDb, mk: impl AsyncFn(&str) -> T) {
+async fn bad_rows_go_to_the_failure_queue<T: Queue + Records>(
+    db: &TestDb,
+    mk: impl AsyncFn(&str) -> T,
+) {
     let t = mk("failure_queue_name=failed").await;
     t.setup().await.unwrap();
     let needle = codec::request_class_needle();
@@ -379,7 +391,10 @@ async fn bad_rows_go_to_the_failure_queue<T: Transport>(db: &TestDb, mk: impl As
     assert!(t.fetch(10).await.unwrap().is_empty());
 }
 
-async fn keepalive_moves_delivered_at<T: Transport>(db: &TestDb, mk: impl AsyncFn(&str) -> T) {
+async fn keepalive_moves_delivered_at<T: Queue + Records>(
+    db: &TestDb,
+    mk: impl AsyncFn(&str) -> T,
+) {
     let t = mk("").await;
     t.setup().await.unwrap();
     let (b, h) = request_row("ka");
@@ -398,7 +413,7 @@ async fn keepalive_moves_delivered_at<T: Transport>(db: &TestDb, mk: impl AsyncF
     assert!((now - at).num_seconds().abs() <= 2, "{at} vs {now}");
 }
 
-async fn timestamps_follow_the_configured_zone<T: Transport>(
+async fn timestamps_follow_the_configured_zone<T: Queue + Records>(
     db: &TestDb,
     mk: impl AsyncFn(&str) -> T,
 ) {

@@ -12,7 +12,7 @@ impl Guest for Reload {
     fn handle(req: Request) -> Response {
         let ms = marvin_plugin_sdk::args(&req)["sleep_ms"].as_u64().unwrap_or(0);
         std::thread::sleep(std::time::Duration::from_millis(ms));
-        marvin_plugin_sdk::ok(VERSION)
+        Response::ok(VERSION)
     }
 }
 

@@ -9,9 +9,7 @@
 //! ```
 
 use marvin_plugin_sdk::types::{Capability, EntityKind, Target};
-use marvin_plugin_sdk::{
-    Guest, PluginInfo, Request, Response, docker, fail, log, ok, with_metadata,
-};
+use marvin_plugin_sdk::{Guest, PluginInfo, Request, Response, docker, log};
 use serde_json::json;
 
 struct Hello;
@@ -31,7 +29,7 @@ impl Guest for Hello {
     /// Called once per request, on a fresh instance.
     fn handle(req: Request) -> Response {
         let Target::Compose(target) = &req.target else {
-            return fail("hello works on compose containers only");
+            return Response::fail("hello works on compose containers only");
         };
         log::log(
             log::Level::Info,
@@ -43,13 +41,11 @@ impl Guest for Hello {
                     .iter()
                     .map(|c| json!({"name": c.name, "status": c.state.status}))
                     .collect();
-                with_metadata(
-                    ok(format!("hello, {} container(s)", containers.len())),
-                    json!({ "containers": states }),
-                )
+                Response::ok(format!("hello, {} container(s)", containers.len()))
+                    .metadata(json!({ "containers": states }))
             }
             // The host's error names the missing grant; pass it on to Core as is.
-            Err(e) => fail(marvin_plugin_sdk::error_text(&e)),
+            Err(e) => Response::error(&e),
         }
     }
 }

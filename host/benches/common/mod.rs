@@ -21,14 +21,7 @@ pub fn tokio() -> tokio::runtime::Runtime {
 
 /// A request as Core sends it.
 pub fn request(entity: &str, action: &str) -> ManagerRequest {
-    ManagerRequest {
-        container_id: entity.into(),
-        correlation_id: "bench".into(),
-        action: action.into(),
-        command: None,
-        args: serde_json::json!({}),
-        timeout: 10,
-    }
+    ManagerRequest::new("bench", entity, action).with_args(serde_json::json!({}))
 }
 
 pub fn median(mut v: Vec<Duration>) -> Duration {

@@ -1,6 +1,6 @@
 //! `log`: plugin log lines become tracing events attributed to the plugin and the request.
 
-use crate::runtime::bindings::log::{Host, Level};
+use crate::bindings::log::{Host, Level};
 
 use super::Capabilities;
 

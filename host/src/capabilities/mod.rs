@@ -12,7 +12,7 @@ pub mod supervisor;
 use std::sync::Arc;
 use std::time::Instant;
 
-use crate::runtime::bindings::types;
+use crate::bindings::types;
 
 pub use docker::DockerBackend;
 pub use supervisor::SupervisorBackend;
@@ -91,23 +91,3 @@ impl Capabilities {
 }
 
 impl types::Host for Capabilities {}
-
-/// A capability error as text: its kind, then what the host said.
-pub fn error_text(e: &types::Error) -> String {
-    use types::Error as E;
-    let (kind, text) = match e {
-        E::PermissionDenied(t) => ("permission denied", t),
-        E::NotFound(t) => ("not found", t),
-        E::Unavailable(t) => ("unavailable", t),
-        E::TimedOut(t) => ("timed out", t),
-        E::AlreadyStarted(t) => ("already started", t),
-        E::NotRunning(t) => ("not running", t),
-        E::SpawnError(t) => ("spawn error", t),
-        E::Failed(t) => ("failed", t),
-    };
-    if text.starts_with(kind) {
-        text.clone()
-    } else {
-        format!("{kind}: {text}")
-    }
-}

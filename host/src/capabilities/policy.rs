@@ -71,19 +71,15 @@ pub struct Policy {
 pub struct Denied(pub String);
 
 impl Policy {
-    /// `requested` ∩ `grants`.
+    /// `requested` ∩ `grants`. `own` is the manager's environment (read by the CLI), from
+    /// which `grants.env` picks what the plugin sees.
     pub fn new(
         plugin: &str,
         requested: impl IntoIterator<Item = Capability>,
         grants: Grants,
+        own: &[(String, String)],
     ) -> Self {
-        let environment = if grants.env.is_empty() {
-            Vec::new()
-        } else {
-            let own = std::env::vars_os()
-                .filter_map(|(k, v)| Some((k.into_string().ok()?, v.into_string().ok()?)));
-            environment(&grants.env, own)
-        };
+        let environment = environment(&grants.env, own.iter().cloned());
         Self {
             plugin: plugin.to_owned(),
             requested: requested.into_iter().collect(),
@@ -358,17 +354,8 @@ pub fn glob(pattern: &str, text: &str) -> bool {
     p[pi..].iter().all(|&c| c == '*')
 }
 
-/// Whether `path` is one of `dirs` or inside one, compared component by component after
-/// removing `.` and `..` lexically (a `..` never climbs out of a granted directory).
-pub fn within_any(path: &Path, dirs: &[PathBuf]) -> bool {
-    let Some(path) = normalise(path) else {
-        return false;
-    };
-    dirs.iter()
-        .filter_map(|d| normalise(d))
-        .any(|d| path.starts_with(&d))
-}
-
+/// `path` with `.` and `..` removed lexically; `None` for a relative path or one whose `..`
+/// would climb above the root.
 fn normalise(path: &Path) -> Option<PathBuf> {
     if !path.is_absolute() {
         return None;
@@ -411,6 +398,7 @@ mod tests {
                 files: vec!["/srv/marvin".into()],
                 env: Vec::new(),
             },
+            &[],
         )
     }
 
@@ -442,16 +430,14 @@ mod tests {
                 ("TAG", "v1"),
             ]
         );
-        // The real process environment, through a policy.
+        // Through a policy: the environment it is given, nothing else.
         let grants = Grants {
-            env: vec!["PATH".into()],
+            env: vec!["TAG".into()],
             ..Default::default()
         };
-        let p = Policy::new("p", [], grants);
-        assert_eq!(
-            p.environment(),
-            [("PATH".to_owned(), std::env::var("PATH").unwrap())]
-        );
+        let own: Vec<(String, String)> = own().collect();
+        let p = Policy::new("p", [], grants, &own);
+        assert_eq!(p.environment(), [("TAG".to_owned(), "v1".to_owned())]);
     }
 
     #[test]
@@ -552,6 +538,7 @@ mod tests {
             "p",
             [Capability::Docker, Capability::Files],
             Grants::default(),
+            &[],
         );
         assert!(p.docker_any().unwrap_err().0.contains("docker.projects"));
         assert!(p.preopens().is_empty());

@@ -5,7 +5,7 @@ use std::process::ExitCode;
 use clap::Args;
 use serde_json::json;
 
-use crate::registry::{ALL, Entity, SUPERVISOR, Target};
+use crate::message::{ALL, Entity, SUPERVISOR, Target};
 
 use super::GlobalArgs;
 
@@ -59,7 +59,7 @@ pub(super) async fn run(global: &GlobalArgs, args: EntitiesArgs) -> anyhow::Resu
         let out = json!({
             "entities": entities,
             "discovery_error": discovered.as_ref().err(),
-            "all": all.as_ref().map(target_json).map_err(Clone::clone).unwrap_or_else(|e| json!({"error": e})),
+            "all": all.as_ref().map(target_json).unwrap_or_else(|e| json!({"error": e.to_string()})),
             "supervisor": supervisor.as_ref().map(target_json).ok(),
         });
         println!("{}", serde_json::to_string_pretty(&out)?);

@@ -1,4 +1,7 @@
-//! The command line: subcommands, settings from `manager.toml` and flags, tracing.
+//! The command line: subcommands, settings from `manager.toml`, flags and the environment,
+//! tracing. The one composition root: the parts of the service (transport, registry,
+//! runtime, backends, recorder) are built here and handed in; nothing below reads the process
+//! environment or the working directory.
 
 mod entities;
 mod plugin_test;
@@ -18,10 +21,12 @@ use clap::{Args, Parser, Subcommand};
 use crate::capabilities::Backends;
 use crate::capabilities::docker::engine::Engine;
 use crate::capabilities::supervisor::rpc::Supervisord;
-use crate::config::Config;
+use crate::config::{Config, DEFAULT_MAX_MEMORY_BYTES};
+use crate::message::ManagerRequest;
 use crate::registry::Registry;
 use crate::runtime::plugins::PluginDir;
-use crate::runtime::{Runtime, RuntimeSettings};
+use crate::runtime::{Observer, Runtime, RuntimeSettings};
+use crate::scripting::Recorder;
 use crate::service::Manager;
 
 /// The config file read when `--config` is not given and it exists.
@@ -141,15 +146,13 @@ struct RequestArgs {
 }
 
 impl RequestArgs {
-    fn into_request(self) -> anyhow::Result<crate::message::ManagerRequest> {
-        Ok(crate::message::ManagerRequest {
-            container_id: self.entity,
-            correlation_id: self.correlation_id.unwrap_or_else(new_correlation_id),
-            action: self.action,
-            command: self.command,
-            args: serde_json::from_str(&self.args).context("--args is not valid JSON")?,
-            timeout: self.timeout,
-        })
+    fn into_request(self) -> anyhow::Result<ManagerRequest> {
+        let args = serde_json::from_str(&self.args).context("--args is not valid JSON")?;
+        let id = self.correlation_id.unwrap_or_else(new_correlation_id);
+        Ok(ManagerRequest::new(id, self.entity, self.action)
+            .with_command(self.command)
+            .with_args(args)
+            .with_timeout(self.timeout))
     }
 }
 
@@ -183,6 +186,13 @@ impl GlobalArgs {
     }
 }
 
+/// The manager's environment, as far as it is UTF-8: what `grants.env` picks from.
+pub(crate) fn environment() -> Vec<(String, String)> {
+    std::env::vars_os()
+        .filter_map(|(k, v)| Some((k.into_string().ok()?, v.into_string().ok()?)))
+        .collect()
+}
+
 pub(crate) fn default_cache_dir() -> Option<PathBuf> {
     if let Some(dir) = std::env::var_os("MARVIN_CACHE_DIR") {
         return Some(PathBuf::from(dir));
@@ -194,15 +204,24 @@ pub(crate) fn default_cache_dir() -> Option<PathBuf> {
 }
 
 impl Settings {
-    fn runtime(&self) -> anyhow::Result<Arc<Runtime>> {
+    /// The runtime; with `record`, every request's host calls and response are written there
+    /// as traces.
+    fn runtime(&self, record: Option<PathBuf>) -> anyhow::Result<Arc<Runtime>> {
         let settings = RuntimeSettings {
             cache_dir: self.cache_dir.clone(),
             max_instances: self.config.runtime.max_instances.unwrap_or(0),
-            default_max_memory_bytes: self.config.max_memory_bytes(""),
+            default_max_memory_bytes: self
+                .config
+                .runtime
+                .max_memory_bytes
+                .unwrap_or(DEFAULT_MAX_MEMORY_BYTES),
             plugins: self.config.plugins.clone(),
+            environment: environment(),
         };
+        let observer = record.map(|dir| Arc::new(Recorder::new(dir)) as Arc<dyn Observer>);
         Ok(Arc::new(
-            Runtime::new(settings, self.backends()).context("cannot start the plugin runtime")?,
+            Runtime::new(settings, self.backends(), observer)
+                .context("cannot start the plugin runtime")?,
         ))
     }
 
@@ -215,7 +234,8 @@ impl Settings {
                     .docker
                     .endpoint
                     .clone()
-                    .unwrap_or_else(Engine::default_endpoint);
+                    .or_else(|| std::env::var("DOCKER_HOST").ok().filter(|h| !h.is_empty()))
+                    .unwrap_or_else(|| Engine::DEFAULT_ENDPOINT.to_owned());
                 let sv = &self.config.supervisor;
                 let supervisor: Arc<dyn crate::capabilities::SupervisorBackend> =
                     match Supervisord::new(
@@ -244,8 +264,8 @@ impl Settings {
         }
     }
 
-    async fn manager(&self) -> anyhow::Result<Manager> {
-        let runtime = self.runtime()?;
+    async fn manager(&self, record: Option<PathBuf>) -> anyhow::Result<Manager> {
+        let runtime = self.runtime(record)?;
         let dir = PluginDir::open_with(
             runtime.clone(),
             self.plugins_dir.clone(),

@@ -7,9 +7,9 @@ use anyhow::{Context, bail};
 use clap::{Args, Subcommand};
 use serde_json::Value;
 
-use crate::testing::{self, Script};
+use crate::scripting::{self, Script};
 
-use super::{GlobalArgs, default_cache_dir};
+use super::{GlobalArgs, default_cache_dir, environment};
 
 #[derive(Debug, Args)]
 pub(super) struct PluginArgs {
@@ -49,8 +49,8 @@ pub(super) async fn run(_global: &GlobalArgs, args: PluginArgs) -> anyhow::Resul
     let Some(path) = args.script.as_ref().or(args.replay.as_ref()) else {
         bail!("plugin test needs --script FILE or --replay TRACE");
     };
-    // The same reader as `testing::Script::load` (`{script_dir}` included).
-    let mut doc = testing::load_doc(path).map_err(|e| anyhow::anyhow!(e))?;
+    // The same reader as `scripting::Script::load` (`{script_dir}` included).
+    let mut doc = scripting::load_doc(path).map_err(|e| anyhow::anyhow!(e))?;
     if let Some(req) = &args.request {
         let text = std::fs::read_to_string(req)
             .with_context(|| format!("cannot read {}", req.display()))?;
@@ -66,7 +66,7 @@ pub(super) async fn run(_global: &GlobalArgs, args: PluginArgs) -> anyhow::Resul
     }
     let script: Script =
         serde_json::from_value(doc).map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
-    let report = testing::run(&args.plugin, &script, default_cache_dir())
+    let report = scripting::run(&args.plugin, &script, default_cache_dir(), &environment())
         .await
         .map_err(|e| anyhow::anyhow!(e))?;
     print!("{}", report.render());

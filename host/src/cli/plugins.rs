@@ -18,12 +18,26 @@ pub(super) struct PluginsArgs {
 
 pub(super) async fn run(global: &GlobalArgs, args: PluginsArgs) -> anyhow::Result<ExitCode> {
     let settings = global.settings()?;
-    let manager = settings.manager().await?;
+    let manager = settings.manager(None).await?;
     let dir = manager.plugins();
-    let set = dir.snapshot();
+    let routing = manager.routing();
+    let serving = routing.router().serving();
+    // Files that did not load, then plugins the router refused (a name or action taken).
+    let skipped: Vec<(String, String)> = routing
+        .set()
+        .failures()
+        .iter()
+        .map(|f| (f.path.display().to_string(), f.error.to_string()))
+        .chain(
+            routing
+                .router()
+                .refused()
+                .iter()
+                .map(|r| (r.origin.clone(), r.reason.clone())),
+        )
+        .collect();
     if args.json {
-        let plugins: Vec<_> = set
-            .plugins()
+        let plugins: Vec<_> = serving
             .iter()
             .map(|p| {
                 json!({
@@ -44,10 +58,9 @@ pub(super) async fn run(global: &GlobalArgs, args: PluginsArgs) -> anyhow::Resul
                 })
             })
             .collect();
-        let errors: Vec<_> = set
-            .failures()
+        let errors: Vec<_> = skipped
             .iter()
-            .map(|f| json!({"path": f.path, "reason": f.reason}))
+            .map(|(path, reason)| json!({"path": path, "reason": reason}))
             .collect();
         let out = json!({"dir": dir.dir(), "plugins": plugins, "errors": errors});
         println!("{}", serde_json::to_string_pretty(&out)?);
@@ -58,10 +71,10 @@ pub(super) async fn run(global: &GlobalArgs, args: PluginsArgs) -> anyhow::Resul
     if !dir.dir().is_dir() {
         println!("  (does not exist yet: plugins dropped there are loaded by `serve`)");
     }
-    if set.plugins().is_empty() {
+    if serving.is_empty() {
         println!("no plugin loaded");
     }
-    for p in set.plugins() {
+    for p in serving {
         println!();
         println!("{} {}  ({})", p.name, p.version, p.path.display());
         let handles: Vec<String> = p.handles.iter().map(|(k, a)| format!("{k} {a}")).collect();
@@ -91,11 +104,11 @@ pub(super) async fn run(global: &GlobalArgs, args: PluginsArgs) -> anyhow::Resul
         }
         println!("  memory cap:   {} MiB", p.max_memory_bytes >> 20);
     }
-    if !set.failures().is_empty() {
+    if !skipped.is_empty() {
         println!();
-        println!("{} file(s) skipped:", set.failures().len());
-        for f in set.failures() {
-            println!("  {}: {}", f.path.display(), f.reason);
+        println!("{} file(s) skipped:", skipped.len());
+        for (path, reason) in &skipped {
+            println!("  {path}: {reason}");
         }
     }
     Ok(ExitCode::SUCCESS)

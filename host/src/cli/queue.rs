@@ -8,11 +8,11 @@ use anyhow::Context;
 use clap::Args;
 
 use crate::codec::{self, Format};
-use crate::consumer::{ConsumeOptions, consume};
+use crate::service::{ConsumeOptions, consume};
 use crate::transport::dsn::{Dsn, Kind, redact};
 use crate::transport::postgres::PgTransport;
 use crate::transport::sqlite::SqliteTransport;
-use crate::transport::{HistoryFilter, Transport};
+use crate::transport::{HistoryFilter, Queue, Records};
 
 use super::{GlobalArgs, RequestArgs};
 
@@ -117,8 +117,7 @@ pub(super) async fn serve(global: &GlobalArgs, args: ServeArgs) -> anyhow::Resul
         concurrency
     };
     let opened = open(&dsn, 8).await?;
-    let manager = Arc::new(settings.manager().await?);
-    manager.runtime().set_record_dir(args.record.clone());
+    let manager = Arc::new(settings.manager(args.record).await?);
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     tokio::spawn(async move {
         wait_for_signal().await;
@@ -128,13 +127,13 @@ pub(super) async fn serve(global: &GlobalArgs, args: ServeArgs) -> anyhow::Resul
     let stopped = |mut rx: tokio::sync::watch::Receiver<bool>| async move {
         let _ = rx.wait_for(|s| *s).await;
     };
-    let watcher = tokio::spawn(manager.plugins().clone().watch(stopped(stop_rx.clone())));
-    let plugins = manager.plugins().snapshot();
+    let watcher = tokio::spawn(manager.clone().watch_plugins(stopped(stop_rx.clone())));
+    let routing = manager.routing();
     tracing::info!(
         queue = %redact(&dsn),
         plugins_dir = %manager.plugins().dir().display(),
-        plugins = plugins.plugins().len(),
-        skipped = plugins.failures().len(),
+        plugins = routing.router().serving().len(),
+        skipped = routing.set().failures().len() + routing.router().refused().len(),
         "serving"
     );
     let stats = with_transport!(opened, t => {
@@ -226,7 +225,7 @@ pub(super) async fn dispatch(global: &GlobalArgs, args: DispatchArgs) -> anyhow:
         }
         let deadline = tokio::time::Instant::now() + request.timeout() + Duration::from_secs(30);
         loop {
-            if let Some(entry) = t.ledger(vec![request.correlation_id.clone()]).await?.remove(&request.correlation_id) {
+            if let Some(entry) = t.answered(vec![request.correlation_id.clone()]).await?.remove(&request.correlation_id) {
                 println!("{}", serde_json::to_string_pretty(&entry.response)?);
                 return Ok(if entry.success { ExitCode::SUCCESS } else { ExitCode::FAILURE });
             }

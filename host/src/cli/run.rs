@@ -18,8 +18,7 @@ pub(super) struct RunArgs {
 
 pub(super) async fn run(global: &GlobalArgs, args: RunArgs) -> anyhow::Result<ExitCode> {
     let settings = global.settings()?;
-    let manager = settings.manager().await?;
-    manager.runtime().set_record_dir(args.record.clone());
+    let manager = settings.manager(args.record).await?;
     let request = args.request.into_request()?;
     let response = manager.execute(&request).await;
     println!("{}", serde_json::to_string_pretty(&response)?);

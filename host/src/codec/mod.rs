@@ -209,15 +209,11 @@ fn assemble(
     rest: Result<(Option<String>, Json, i64), String>,
 ) -> Result<ManagerRequest, Malformed> {
     match (correlation_id, entity_id, action, rest) {
-        (Ok(correlation_id), Ok(container_id), Ok(action), Ok((command, args, timeout))) => {
-            Ok(ManagerRequest {
-                container_id,
-                correlation_id,
-                action,
-                command,
-                args,
-                timeout,
-            })
+        (Ok(correlation_id), Ok(entity_id), Ok(action), Ok((command, args, timeout))) => {
+            Ok(ManagerRequest::new(correlation_id, entity_id, action)
+                .with_command(command)
+                .with_args(args)
+                .with_timeout(timeout))
         }
         (c, e, a, r) => {
             let reason = [&c, &e, &a]
@@ -515,7 +511,7 @@ pub fn encode_response(r: &ManagerResponse, format: Format, bus_name: Option<&st
 /// Encodes a request as Core dispatches it (for `dispatch` and tests).
 pub fn encode_request(r: &ManagerRequest, format: Format, bus_name: Option<&str>) -> Encoded {
     let body = serde_json::json!({
-        "containerId": r.container_id,
+        "containerId": r.entity_id,
         "correlationId": r.correlation_id,
         "action": r.action,
         "command": r.command,

@@ -24,14 +24,10 @@ fn encoded(name: &str) -> (String, String) {
 }
 
 fn fixture_request() -> ManagerRequest {
-    ManagerRequest {
-        container_id: "c0ffee42".into(),
-        correlation_id: "0b9e3d2a-5f1c-4c8e-9a77-3f2d1e0c4b5a".into(),
-        action: "exec".into(),
-        command: Some("ls -la".into()),
-        args: json!({"0": "-l", "1": "/tmp", "opts": {"depth": 2, "follow": false}}),
-        timeout: 30,
-    }
+    ManagerRequest::new("0b9e3d2a-5f1c-4c8e-9a77-3f2d1e0c4b5a", "c0ffee42", "exec")
+        .with_command(Some("ls -la".into()))
+        .with_args(json!({"0": "-l", "1": "/tmp", "opts": {"depth": 2, "follow": false}}))
+        .with_timeout(30)
 }
 
 fn fixture_response() -> ManagerResponse {
@@ -241,7 +237,7 @@ proptest! {
     fn requests_round_trip(cid in ".{0,40}", action in "[a-z_]{1,12}", command in proptest::option::of(".{0,40}"), args in arb_json(), timeout in any::<i64>(), json_format in any::<bool>()) {
         let format = if json_format { Format::Json } else { Format::Php };
         let args = match args { a @ (Json::Array(_) | Json::Object(_)) => a, other => json!([other]) };
-        let req = ManagerRequest { container_id: "e".into(), correlation_id: cid, action, command, args, timeout };
+        let req = ManagerRequest::new(cid, "e", action).with_command(command).with_args(args).with_timeout(timeout);
         let e = encode_request(&req, format, Some("bus"));
         let d = decode(e.body.as_bytes(), &e.headers).unwrap();
         prop_assert_eq!(d.bus_name.as_deref(), Some("bus"));

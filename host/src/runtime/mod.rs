@@ -3,10 +3,12 @@
 //! with no ambient authority.
 //!
 //! Start with [`Runtime::load`] (a file -> a [`LoadedPlugin`]) and [`Runtime::handle`] (one
-//! request on a fresh instance). [`plugins::PluginDir`] keeps a directory of plugins loaded.
+//! request on a fresh instance). [`plugins::PluginDir`] keeps a directory of plugins loaded
+//! and follows its changes. The runtime knows no queue and no route table: the service asks
+//! it to run a plugin the router chose.
 
-pub mod bindings;
 mod cache;
+mod error;
 mod limits;
 pub mod plugins;
 pub mod stdio;
@@ -25,12 +27,12 @@ use wasmtime::{
 };
 use wasmtime_wasi::{FsPerms, WasiCtx, WasiCtxView, WasiView};
 
+use crate::bindings::{Plugin, PluginPre, types};
 use crate::capabilities::policy::{Capability, Policy};
 use crate::capabilities::{Backends, Capabilities};
-use crate::config::{DEFAULT_MAX_MEMORY_BYTES, PluginConfig};
-use crate::message::{EntityKind, ManagerRequest};
-use crate::registry::{Entity, Target};
-use bindings::{Plugin, PluginPre, types};
+use crate::config::{DEFAULT_MAX_MEMORY_BYTES, Grants, PluginConfig};
+use crate::message::{Entity, EntityKind, ManagerRequest, Target};
+pub use error::{LoadError, RunError};
 use limits::Limiter;
 use stdio::Capture;
 
@@ -52,6 +54,9 @@ pub struct RuntimeSettings {
     pub default_max_memory_bytes: u64,
     /// Per-plugin settings and grants, by plugin name.
     pub plugins: BTreeMap<String, PluginConfig>,
+    /// The manager's environment (read by the CLI), from which `grants.env` picks what each
+    /// plugin sees.
+    pub environment: Vec<(String, String)>,
 }
 
 impl RuntimeSettings {
@@ -140,15 +145,37 @@ pub struct PluginOutcome {
     pub metadata: serde_json::Map<String, serde_json::Value>,
 }
 
-impl PluginOutcome {
-    fn failed(error: String) -> Self {
+impl From<RunError> for PluginOutcome {
+    /// The failure Core gets when the plugin gave no answer.
+    fn from(e: RunError) -> Self {
         Self {
             success: false,
             output: None,
-            error: Some(error),
+            error: Some(e.to_string()),
             metadata: serde_json::Map::new(),
         }
     }
+}
+
+/// Watches the requests plugins handle; `--record` writes each one's host calls and response
+/// as a trace. The CLI builds it (the runtime knows only this trait) and hands it in.
+pub trait Observer: Send + Sync {
+    /// A request starts: the observation wraps `backends`, which its host calls then reach.
+    fn begin(&self, backends: &Backends) -> Box<dyn Observation>;
+}
+
+/// One request under an [`Observer`].
+pub trait Observation: Send {
+    /// The backends this request's host calls reach.
+    fn backends(&self) -> Backends;
+    /// The request has ended with `outcome`.
+    fn end(
+        self: Box<Self>,
+        request: &ManagerRequest,
+        entity: &Entity,
+        grants: &Grants,
+        outcome: &Result<PluginOutcome, RunError>,
+    );
 }
 
 /// Advances the engine's epoch until dropped.
@@ -167,14 +194,18 @@ pub struct Runtime {
     cache_dir: Option<PathBuf>,
     settings: RuntimeSettings,
     backends: Backends,
-    /// Where each request's host-call trace is written, when recording.
-    record_dir: std::sync::RwLock<Option<PathBuf>>,
+    observer: Option<Arc<dyn Observer>>,
     _ticker: Ticker,
 }
 
 impl Runtime {
-    /// One engine with the pooling allocator and epoch interruption.
-    pub fn new(mut settings: RuntimeSettings, backends: Backends) -> Result<Self, RuntimeError> {
+    /// One engine with the pooling allocator and epoch interruption; capability calls reach
+    /// `backends`, through `observer`'s wrapping when there is one.
+    pub fn new(
+        mut settings: RuntimeSettings,
+        backends: Backends,
+        observer: Option<Arc<dyn Observer>>,
+    ) -> Result<Self, RuntimeError> {
         if settings.default_max_memory_bytes == 0 {
             settings.default_max_memory_bytes = DEFAULT_MAX_MEMORY_BYTES;
         }
@@ -228,20 +259,20 @@ impl Runtime {
             cache_dir,
             settings,
             backends,
-            record_dir: std::sync::RwLock::new(None),
+            observer,
             _ticker: Ticker(stop),
         })
     }
 
     /// Reads, compiles (through the cache) and describes a plugin file. The error says why the
     /// file is not a usable plugin.
-    pub async fn load(&self, path: &Path) -> Result<LoadedPlugin, String> {
+    pub async fn load(&self, path: &Path) -> Result<LoadedPlugin, LoadError> {
         let wasm = read_plugin_file(path)?;
         self.load_bytes(path, wasm).await
     }
 
     /// Compiles (through the cache) and describes a plugin held in memory; `path` names it.
-    pub async fn load_bytes(&self, path: &Path, wasm: Vec<u8>) -> Result<LoadedPlugin, String> {
+    pub async fn load_bytes(&self, path: &Path, wasm: Vec<u8>) -> Result<LoadedPlugin, LoadError> {
         let sha256 = cache::hex(&Sha256::digest(&wasm));
         let engine = self.engine.clone();
         let dir = self.cache_dir.clone();
@@ -250,21 +281,17 @@ impl Runtime {
             cache::compile(&engine, dir.as_deref(), &wasm, &hash)
         })
         .await
-        .map_err(|e| format!("compilation did not finish: {e}"))?
-        .map_err(|e| format!("not a valid component: {}", first_line(&format!("{e:?}"))))?;
+        .map_err(|e| LoadError::CompileTask(e.to_string()))?
+        .map_err(|e| LoadError::Invalid(first_line(&format!("{e:?}")).to_owned()))?;
         let instance_pre = self
             .linker
             .instantiate_pre(&component)
-            .map_err(|e| format!("wrong world: {}", first_line(&format!("{e:?}"))))?;
-        let pre = PluginPre::new(instance_pre).map_err(|e| {
-            format!(
-                "wrong world: it does not export `describe` and `handle` of marvin:manager/plugin@0.1.0 ({})",
-                first_line(&format!("{e:?}"))
-            )
-        })?;
+            .map_err(|e| LoadError::WrongWorld(first_line(&format!("{e:?}")).to_owned()))?;
+        let pre = PluginPre::new(instance_pre)
+            .map_err(|e| LoadError::MissingExports(first_line(&format!("{e:?}")).to_owned()))?;
 
         // describe() runs like a request: fresh instance, no grants, a deadline, the default cap.
-        let probe = Arc::new(Policy::new("(loading)", [], Default::default()));
+        let probe = Arc::new(Policy::new("(loading)", [], Grants::default(), &[]));
         let deadline = Instant::now() + DESCRIBE_TIMEOUT;
         let (mut store, stdout, stderr) = self.store(
             probe,
@@ -277,29 +304,26 @@ impl Runtime {
             let plugin = pre.instantiate_async(&mut store).await?;
             plugin.call_describe(&mut store).await
         };
-        let info =
-            match tokio::time::timeout(DESCRIBE_TIMEOUT + Duration::from_millis(500), call).await {
-                Ok(Ok(info)) => info,
-                Ok(Err(e)) => {
-                    let limiter = &store.data().limiter;
-                    return Err(classify(
-                        &e,
-                        limiter,
-                        &stderr,
-                        "describe()",
-                        DESCRIBE_TIMEOUT,
-                    ));
+        let info = match tokio::time::timeout(DESCRIBE_TIMEOUT + Duration::from_millis(500), call)
+            .await
+        {
+            Ok(Ok(info)) => info,
+            Ok(Err(e)) => {
+                let limiter = &store.data().limiter;
+                return Err(classify(&e, limiter, &stderr, "describe()", DESCRIBE_TIMEOUT).into());
+            }
+            Err(_) => {
+                return Err(RunError::NoReturn {
+                    who: "describe()".into(),
+                    within: DESCRIBE_TIMEOUT,
                 }
-                Err(_) => {
-                    return Err(format!(
-                        "describe() did not return within {DESCRIBE_TIMEOUT:?}"
-                    ));
-                }
-            };
+                .into());
+            }
+        };
         drain("(loading)", "describe", &stdout, &stderr);
         validate_name(&info.name)?;
         if info.version.trim().is_empty() {
-            return Err(format!("plugin '{}' declares no version", info.name));
+            return Err(LoadError::NoVersion(info.name));
         }
         let handles = info
             .handles
@@ -315,7 +339,12 @@ impl Runtime {
             .unwrap_or_default();
         Ok(LoadedPlugin {
             max_memory_bytes: self.settings.memory_cap(&info.name),
-            policy: Arc::new(Policy::new(&info.name, caps, grants)),
+            policy: Arc::new(Policy::new(
+                &info.name,
+                caps,
+                grants,
+                &self.settings.environment,
+            )),
             name: info.name,
             version: info.version,
             handles,
@@ -326,12 +355,6 @@ impl Runtime {
         })
     }
 
-    /// Records each request's host calls, request and response into `dir` as
-    /// `<correlation id>.json`, a trace `plugin test --replay` runs again; `None` stops.
-    pub fn set_record_dir(&self, dir: Option<PathBuf>) {
-        *self.record_dir.write().unwrap_or_else(|e| e.into_inner()) = dir;
-    }
-
     fn store(
         &self,
         policy: Arc<Policy>,
@@ -339,7 +362,7 @@ impl Runtime {
         max_memory_bytes: u64,
         deadline: Instant,
         backends: Backends,
-    ) -> Result<(Store<HostState>, Capture, Capture), String> {
+    ) -> Result<(Store<HostState>, Capture, Capture), RunError> {
         let stdout = Capture::default();
         let stderr = Capture::default();
         // No arguments, stdin, network or inherited stdio: WasiCtxBuilder denies all of them
@@ -350,8 +373,9 @@ impl Runtime {
         for dir in policy.preopens() {
             let guest = dir.to_string_lossy();
             wasi.preopened_dir(dir, guest.as_ref(), FsPerms::ReadOnly)
-                .map_err(|e| {
-                    format!("cannot preopen granted directory {}: {e:?}", dir.display())
+                .map_err(|e| RunError::Preopen {
+                    dir: dir.display().to_string(),
+                    cause: format!("{e:?}"),
                 })?;
         }
         let state = HostState {
@@ -373,36 +397,41 @@ impl Runtime {
         Ok((store, stdout, stderr))
     }
 
-    /// Runs one request on a fresh instance of `plugin`, within `req`'s timeout.
+    /// Runs one request on a fresh instance of `plugin`, within `req`'s timeout: the plugin's
+    /// answer, or why it gave none.
     pub async fn handle(
         &self,
         plugin: &LoadedPlugin,
         entity: &Entity,
         req: &ManagerRequest,
-    ) -> PluginOutcome {
+    ) -> Result<PluginOutcome, RunError> {
+        let observation = self.observer.as_ref().map(|o| o.begin(&self.backends));
+        let backends = observation
+            .as_ref()
+            .map_or_else(|| self.backends.clone(), |o| o.backends());
+        let outcome = self.run(plugin, entity, req, backends).await;
+        if let Some(o) = observation {
+            o.end(req, entity, plugin.policy.grants(), &outcome);
+        }
+        outcome
+    }
+
+    async fn run(
+        &self,
+        plugin: &LoadedPlugin,
+        entity: &Entity,
+        req: &ManagerRequest,
+        backends: Backends,
+    ) -> Result<PluginOutcome, RunError> {
         let timeout = req.timeout();
         let deadline = Instant::now() + timeout;
-        let record_dir = self
-            .record_dir
-            .read()
-            .unwrap_or_else(|e| e.into_inner())
-            .clone();
-        let recorder = record_dir
-            .as_ref()
-            .map(|_| crate::testing::Recorder::new(self.backends.clone()));
-        let backends = recorder
-            .as_ref()
-            .map_or_else(|| self.backends.clone(), |r| r.backends());
-        let (mut store, stdout, stderr) = match self.store(
+        let (mut store, stdout, stderr) = self.store(
             plugin.policy.clone(),
             req.correlation_id.clone(),
             plugin.max_memory_bytes,
             deadline,
             backends,
-        ) {
-            Ok(s) => s,
-            Err(e) => return PluginOutcome::failed(e),
-        };
+        )?;
         let request = types::Request {
             correlation_id: req.correlation_id.clone(),
             entity_id: entity.id.clone(),
@@ -433,79 +462,44 @@ impl Runtime {
         if dropped_lines > 0 {
             tracing::warn!(plugin = %plugin.name, correlation_id = %req.correlation_id, dropped_lines, "plugin log lines over the limit were dropped");
         }
+        let who = || format!("plugin '{}'", plugin.name);
         let outcome = match result {
-            Ok(Ok(resp)) => outcome_from_wit(resp, &plugin.name),
-            Ok(Err(e)) => PluginOutcome::failed(classify(
+            Ok(Ok(resp)) => Ok(outcome_from_wit(resp, &plugin.name)),
+            Ok(Err(e)) => Err(classify(
                 &e,
                 &store.data().limiter,
                 &stderr,
-                &format!("plugin '{}'", plugin.name),
+                &who(),
                 timeout,
             )),
-            Err(_) => PluginOutcome::failed(timeout_message(
-                &format!("plugin '{}'", plugin.name),
+            Err(_) => Err(RunError::Timeout {
+                who: who(),
                 timeout,
-            )),
+            }),
         };
         drain(&plugin.name, &req.correlation_id, &stdout, &stderr);
-        if let (Some(dir), Some(recorder)) = (record_dir, recorder) {
-            let trace = crate::testing::Script::trace(
-                req,
-                entity,
-                plugin.policy.grants(),
-                recorder.calls(),
-                &outcome,
-            );
-            write_trace(&dir, &req.correlation_id, &trace);
-        }
         outcome
     }
 }
 
-/// Writes a trace; a failure is logged, the request is not affected.
-fn write_trace(dir: &Path, correlation_id: &str, trace: &crate::testing::Script) {
-    let name: String = correlation_id
-        .chars()
-        .map(|c| {
-            if c.is_ascii_alphanumeric() || c == '-' || c == '_' {
-                c
-            } else {
-                '_'
-            }
-        })
-        .collect();
-    let path = dir.join(format!("{name}.json"));
-    let written = std::fs::create_dir_all(dir)
-        .and_then(|()| serde_json::to_vec_pretty(trace).map_err(std::io::Error::other))
-        .and_then(|bytes| std::fs::write(&path, bytes));
-    match written {
-        Ok(()) => tracing::debug!(path = %path.display(), "trace recorded"),
-        Err(e) => tracing::warn!(path = %path.display(), error = %e, "cannot write the trace"),
-    }
-}
-
-fn read_plugin_file(path: &Path) -> Result<Vec<u8>, String> {
-    let meta = std::fs::metadata(path).map_err(|e| format!("cannot read: {e}"))?;
+fn read_plugin_file(path: &Path) -> Result<Vec<u8>, LoadError> {
+    let meta = std::fs::metadata(path).map_err(|e| LoadError::Read(e.to_string()))?;
     if meta.len() > MAX_PLUGIN_BYTES {
-        return Err(format!(
-            "file is larger than {} MiB",
-            MAX_PLUGIN_BYTES >> 20
-        ));
+        return Err(LoadError::TooLarge {
+            max_mib: MAX_PLUGIN_BYTES >> 20,
+        });
     }
-    let wasm = std::fs::read(path).map_err(|e| format!("cannot read: {e}"))?;
+    let wasm = std::fs::read(path).map_err(|e| LoadError::Read(e.to_string()))?;
     if wasm.len() < 8 || &wasm[..4] != b"\0asm" {
-        return Err("not a WebAssembly file".into());
+        return Err(LoadError::NotWasm);
     }
     if wasm[4..8] == [1, 0, 0, 0] {
-        return Err(
-            "a core WebAssembly module, not a component (build it with `--target wasm32-wasip2`)"
-                .into(),
-        );
+        return Err(LoadError::CoreModule);
     }
     Ok(wasm)
 }
 
-fn validate_name(name: &str) -> Result<(), String> {
+fn validate_name(name: &str) -> Result<(), LoadError> {
     let ok = !name.is_empty()
         && name.len() <= 64
         && name
@@ -514,27 +508,12 @@ fn validate_name(name: &str) -> Result<(), String> {
     if ok {
         Ok(())
     } else {
-        Err(format!(
-            "plugin name '{name}' is not a valid name (lowercase letters, digits, '-' and '_', at most 64)"
-        ))
+        Err(LoadError::InvalidName(name.to_owned()))
     }
-}
-
-fn mib(bytes: usize) -> String {
-    #[allow(clippy::cast_precision_loss)]
-    let m = bytes as f64 / f64::from(1u32 << 20);
-    format!("{m:.1} MiB")
 }
 
 fn first_line(s: &str) -> &str {
     s.lines().next().unwrap_or(s)
-}
-
-fn timeout_message(who: &str, timeout: Duration) -> String {
-    format!(
-        "{who} did not finish within the {} s timeout and was stopped",
-        timeout.as_secs_f64()
-    )
 }
 
 /// Says why a call into a plugin failed, in terms an operator can act on.
@@ -544,17 +523,18 @@ fn classify(
     stderr: &Capture,
     who: &str,
     timeout: Duration,
-) -> String {
+) -> RunError {
+    let who = who.to_owned();
     let trap = err.downcast_ref::<Trap>();
     if trap == Some(&Trap::Interrupt) {
-        return timeout_message(who, timeout);
+        return RunError::Timeout { who, timeout };
     }
     if let Some(wanted) = limiter.refused_growth {
-        return format!(
-            "{who} exceeded its memory limit of {} (it tried to grow a memory to {})",
-            mib(limiter.max_memory_bytes()),
-            mib(wanted)
-        );
+        return RunError::Memory {
+            who,
+            limit: limiter.max_memory_bytes(),
+            wanted,
+        };
     }
     let stderr = stderr.text();
     if let Some(at) = stderr.find("panicked at ") {
@@ -564,11 +544,21 @@ fn classify(
         let message: Vec<&str> = lines
             .take_while(|l| !l.starts_with("note: run with `RUST_BACKTRACE"))
             .collect();
-        return format!("{who} {location}: {}", message.join("\n").trim());
+        return RunError::Panic {
+            who,
+            location: location.to_owned(),
+            message: message.join("\n").trim().to_owned(),
+        };
     }
     match trap {
-        Some(t) => format!("{who} trapped: {t}"),
-        None => format!("{who} failed: {}", first_line(&format!("{err:?}"))),
+        Some(t) => RunError::Trap {
+            who,
+            trap: t.to_string(),
+        },
+        None => RunError::Failed {
+            who,
+            cause: first_line(&format!("{err:?}")).to_owned(),
+        },
     }
 }
 
@@ -650,5 +640,57 @@ fn capability_from_wit(c: types::Capability) -> Capability {
         types::Capability::Supervisor => Capability::Supervisor,
         types::Capability::SupervisorConfig => Capability::SupervisorConfig,
         types::Capability::Files => Capability::Files,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_plugin_gets_its_own_memory_cap_and_the_pool_fits_the_largest() {
+        let mut plugins = BTreeMap::new();
+        plugins.insert(
+            "big".to_owned(),
+            PluginConfig {
+                max_memory_bytes: Some(128 << 20),
+                ..PluginConfig::default()
+            },
+        );
+        let s = RuntimeSettings {
+            default_max_memory_bytes: 32 << 20,
+            plugins,
+            ..RuntimeSettings::default()
+        };
+        assert_eq!(s.memory_cap("big"), 128 << 20);
+        assert_eq!(s.memory_cap("other"), 32 << 20);
+        assert_eq!(s.largest_memory_cap(), 128 << 20);
+    }
+
+    #[test]
+    fn only_components_with_a_usable_name_load() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = |name: &str, bytes: &[u8]| {
+            let p = dir.path().join(name);
+            std::fs::write(&p, bytes).unwrap();
+            p
+        };
+        assert_eq!(
+            read_plugin_file(&file("junk.wasm", b"junk")),
+            Err(LoadError::NotWasm)
+        );
+        assert_eq!(
+            read_plugin_file(&file("core.wasm", b"\0asm\x01\0\0\0")),
+            Err(LoadError::CoreModule)
+        );
+        assert!(matches!(
+            read_plugin_file(&dir.path().join("missing.wasm")),
+            Err(LoadError::Read(_))
+        ));
+        assert_eq!(validate_name("docker-compose"), Ok(()));
+        assert_eq!(
+            validate_name("Bad Name"),
+            Err(LoadError::InvalidName("Bad Name".into()))
+        );
     }
 }

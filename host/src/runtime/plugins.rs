@@ -1,21 +1,22 @@
-//! The plugins directory: every `*.wasm` in it loaded, routed, and kept in step with the
-//! directory. A change is applied by building a new [`PluginSet`] and swapping it in whole, so
-//! a request holds the `Arc` of the set (and plugin) it started with until it finishes.
+//! The plugins directory: every `*.wasm` in it loaded and kept in step with the directory. A
+//! change is applied by building a new [`PluginSet`] and swapping it in whole, so a request
+//! holds the `Arc` of the set (and plugin) it started with until it finishes. Which plugin
+//! serves which action is the router's business: the set only says what loaded, in which
+//! precedence order, and what did not.
 //!
-//! The shipped plugins are built into the binary ([`BUILTIN`]) and serve unless a plugin of
-//! the directory takes their name or one of their actions: dropping a newer
-//! `docker-compose.wasm` into the directory upgrades the built-in one.
+//! The shipped plugins are built into the binary ([`BUILTIN`]); they come after the
+//! directory's, so a newer `docker-compose.wasm` dropped into the directory replaces the
+//! built-in one.
 
 use std::collections::{BTreeMap, HashMap};
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex, RwLock};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use crate::message::EntityKind;
-use crate::router::Routes;
+use tokio::sync::watch;
 
-use super::{LoadedPlugin, Runtime};
+use super::{LoadError, LoadedPlugin, Runtime};
 
 include!(concat!(env!("OUT_DIR"), "/builtin_plugins.rs"));
 
@@ -34,103 +35,32 @@ pub struct LoadFailure {
     /// The file.
     pub path: PathBuf,
     /// Why it was skipped.
-    pub reason: String,
+    pub error: LoadError,
 }
 
-/// The plugins serving at one moment, and the files that were skipped.
+/// The plugins loaded at one moment, and the files that were skipped.
 #[derive(Debug, Default)]
 pub struct PluginSet {
     plugins: Vec<Arc<LoadedPlugin>>,
-    routes: Routes<Arc<LoadedPlugin>>,
+    builtins: Vec<Arc<LoadedPlugin>>,
     failures: Vec<LoadFailure>,
 }
 
 impl PluginSet {
-    /// Builds a set from load results in precedence order: a plugin whose name or (kind,
-    /// action) pair is already taken by an earlier one is refused, naming both.
-    pub fn build(candidates: Vec<(PathBuf, Result<Arc<LoadedPlugin>, String>)>) -> Self {
-        let mut set = Self::default();
-        for (path, loaded) in candidates {
-            let plugin = match loaded {
-                Ok(p) => p,
-                Err(reason) => {
-                    set.failures.push(LoadFailure { path, reason });
-                    continue;
-                }
-            };
-            if let Some(other) = set.plugins.iter().find(|p| p.name == plugin.name) {
-                set.failures.push(LoadFailure {
-                    path,
-                    reason: format!(
-                        "plugin name '{}' is already taken by {}",
-                        plugin.name,
-                        other.path.display()
-                    ),
-                });
-                continue;
-            }
-            let taken = plugin.handles.iter().find_map(|(kind, action)| {
-                set.routes.get(*kind, action).map(|o| (kind, action, o))
-            });
-            if let Some((kind, action, other)) = taken {
-                set.failures.push(LoadFailure {
-                    path,
-                    reason: format!(
-                        "plugin '{}' claims ({kind}, {action}), already handled by plugin '{}' ({})",
-                        plugin.name,
-                        other.name,
-                        other.path.display()
-                    ),
-                });
-                continue;
-            }
-            for (kind, action) in &plugin.handles {
-                // Cannot fail: every pair was checked just above (duplicates inside one plugin
-                // keep the first claim).
-                let _ = set.routes.claim(*kind, action, plugin.clone());
-            }
-            set.plugins.push(plugin);
-        }
-        set
-    }
-
-    /// Adds the built-in plugins that no plugin of the set shadows by name or action.
-    fn with_builtins(mut self, builtins: &[Arc<LoadedPlugin>]) -> Self {
-        for plugin in builtins {
-            let shadowed = self.plugins.iter().any(|p| p.name == plugin.name)
-                || plugin
-                    .handles
-                    .iter()
-                    .any(|(kind, action)| self.routes.get(*kind, action).is_some());
-            if shadowed {
-                continue;
-            }
-            for (kind, action) in &plugin.handles {
-                let _ = self.routes.claim(*kind, action, plugin.clone());
-            }
-            self.plugins.push(plugin.clone());
-        }
-        self
-    }
-
-    /// The loaded plugins, in precedence order.
+    /// The directory's plugins that loaded, in precedence order: those already serving first,
+    /// then the others by path.
     pub fn plugins(&self) -> &[Arc<LoadedPlugin>] {
         &self.plugins
     }
 
-    /// Files that were skipped, with the reason.
+    /// The built-in plugins, which come after the directory's.
+    pub fn builtins(&self) -> &[Arc<LoadedPlugin>] {
+        &self.builtins
+    }
+
+    /// Files that did not load, with the reason.
     pub fn failures(&self) -> &[LoadFailure] {
         &self.failures
-    }
-
-    /// The plugin for (kind, action), or an error Core can show.
-    pub fn route(&self, kind: EntityKind, action: &str) -> Result<&Arc<LoadedPlugin>, String> {
-        self.routes.route(kind, action)
-    }
-
-    /// A plugin by name.
-    pub fn get(&self, name: &str) -> Option<&Arc<LoadedPlugin>> {
-        self.plugins.iter().find(|p| p.name == name)
     }
 }
 
@@ -156,7 +86,7 @@ impl Stamp {
 
 struct FileState {
     stamp: Stamp,
-    loaded: Result<Arc<LoadedPlugin>, String>,
+    loaded: Result<Arc<LoadedPlugin>, LoadError>,
 }
 
 #[derive(Default)]
@@ -171,7 +101,7 @@ pub struct PluginDir {
     runtime: Arc<Runtime>,
     dir: PathBuf,
     builtins: Vec<Arc<LoadedPlugin>>,
-    current: RwLock<Arc<PluginSet>>,
+    current: watch::Sender<Arc<PluginSet>>,
     state: Mutex<DirState>,
 }
 
@@ -197,12 +127,15 @@ impl PluginDir {
                 Err(reason) => tracing::error!(plugin = file, %reason, "built-in plugin skipped"),
             }
         }
-        let set = PluginSet::default().with_builtins(&loaded);
+        let set = PluginSet {
+            builtins: loaded.clone(),
+            ..PluginSet::default()
+        };
         let this = Arc::new(Self {
             runtime,
             dir,
             builtins: loaded,
-            current: RwLock::new(Arc::new(set)),
+            current: watch::Sender::new(Arc::new(set)),
             state: Mutex::new(DirState::default()),
         });
         this.rescan(false).await;
@@ -216,10 +149,12 @@ impl PluginDir {
 
     /// The plugins serving now. Hold the `Arc` for the length of a request.
     pub fn snapshot(&self) -> Arc<PluginSet> {
-        self.current
-            .read()
-            .unwrap_or_else(|e| e.into_inner())
-            .clone()
+        self.current.borrow().clone()
+    }
+
+    /// Sees every new set.
+    pub fn changes(&self) -> watch::Receiver<Arc<PluginSet>> {
+        self.current.subscribe()
     }
 
     fn scan_dir(&self) -> BTreeMap<PathBuf, Stamp> {
@@ -307,23 +242,37 @@ impl PluginDir {
                 .position(|p| p.path == path)
                 .unwrap_or(usize::MAX)
         };
-        let mut candidates: Vec<(PathBuf, Result<Arc<LoadedPlugin>, String>)> = st
-            .files
-            .iter()
-            .map(|(p, f)| (p.clone(), f.loaded.clone()))
-            .collect();
-        candidates.sort_by(|a, b| rank(&a.0).cmp(&rank(&b.0)).then_with(|| a.0.cmp(&b.0)));
-        let set = PluginSet::build(candidates).with_builtins(&self.builtins);
+        let mut plugins = Vec::new();
+        let mut failures = Vec::new();
+        for (path, file) in &st.files {
+            match &file.loaded {
+                Ok(p) => plugins.push(p.clone()),
+                Err(error) => failures.push(LoadFailure {
+                    path: path.clone(),
+                    error: error.clone(),
+                }),
+            }
+        }
+        plugins.sort_by(|a, b| {
+            rank(&a.path)
+                .cmp(&rank(&b.path))
+                .then_with(|| a.path.cmp(&b.path))
+        });
+        let set = PluginSet {
+            plugins,
+            builtins: self.builtins.clone(),
+            failures,
+        };
         for event in events {
             tracing::info!(dir = %self.dir.display(), "plugin {event}");
         }
         let old_failures = previous.failures();
         for f in set.failures() {
             if !old_failures.contains(f) {
-                tracing::error!(path = %f.path.display(), reason = %f.reason, "plugin skipped");
+                tracing::error!(path = %f.path.display(), reason = %f.error, "plugin skipped");
             }
         }
-        *self.current.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(set);
+        self.current.send_replace(Arc::new(set));
         true
     }
 

@@ -1,14 +1,21 @@
 //! The queue: Symfony Messenger's Doctrine transport table, on PostgreSQL or SQLite, plus the
-//! manager's own ledger and failure tables in the same database.
+//! manager's own ledger and failure tables in the same database; and an in-memory queue with
+//! the same semantics for unit tests of the stages above.
+//!
+//! Two traits: [`Queue`] is the consume path (fetch, settle, keep-alive, wait, the ledger
+//! lookup that dedup needs, and a sender for tools and tests); [`Records`] is the operator's
+//! reads (history, the failure queue), written once for both databases in `records.rs`.
 //!
 //! Fetch semantics follow Symfony (own queue, `available_at <= now`, redelivery after
 //! `redeliver_timeout`, oldest first), with `FOR UPDATE SKIP LOCKED` on PostgreSQL and
 //! `BEGIN IMMEDIATE` on SQLite. Only `ManagerRequestCommand` rows are taken: a row of any
-//! other class is never marked, deleted or delayed. [`Transport::complete`] writes responses,
+//! other class is never marked, deleted or delayed. [`Queue::complete`] writes responses,
 //! deletes requests and writes ledger rows for a whole batch in one transaction.
 
 pub mod dsn;
+pub mod memory;
 pub mod postgres;
+mod records;
 pub mod sqlite;
 
 use std::collections::HashMap;
@@ -23,9 +30,10 @@ pub use dsn::{Dsn, TransportOptions};
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum Error {
-    /// The database said no.
+    /// The database said no. The cause is in the text, not in `source()`, so a chain prints
+    /// it once.
     #[error("database error: {0}")]
-    Db(#[from] sqlx::Error),
+    Db(sqlx::Error),
     /// The DSN or an option is wrong.
     #[error("invalid transport settings: {0}")]
     Settings(String),
@@ -33,6 +41,12 @@ pub enum Error {
     /// shutting down).
     #[error("the database task did not finish: {0}")]
     Task(String),
+}
+
+impl From<sqlx::Error> for Error {
+    fn from(e: sqlx::Error) -> Self {
+        Self::Db(e)
+    }
 }
 
 /// A row taken from the queue.
@@ -116,9 +130,8 @@ pub struct FailedRow {
     pub reason: String,
 }
 
-/// The queue. PostgreSQL and SQLite implement it.
-#[allow(async_fn_in_trait)]
-pub trait Transport: Send + Sync + 'static {
+/// The consume path of the queue. PostgreSQL, SQLite and in-memory implement it.
+pub trait Queue: Send + Sync + 'static {
     /// Creates the messenger table (as Symfony does, with the NOTIFY trigger on PostgreSQL)
     /// and the manager's tables, when missing.
     fn setup(&self) -> impl Future<Output = Result<(), Error>> + Send;
@@ -130,17 +143,23 @@ pub trait Transport: Send + Sync + 'static {
     fn keepalive(&self, ids: Vec<i64>) -> impl Future<Output = Result<(), Error>> + Send;
     /// Waits until a new row may be there (a notification) or `timeout` passes.
     fn wait(&self, timeout: Duration) -> impl Future<Output = ()> + Send;
+    /// The ledger entries of these correlation ids: the requests already answered.
+    fn answered(
+        &self,
+        correlation_ids: Vec<String>,
+    ) -> impl Future<Output = Result<HashMap<String, LedgerEntry>, Error>> + Send;
     /// Inserts a row into `queue` (as Symfony's sender does); returns its id.
     fn send(
         &self,
         queue: &str,
         row: codec::Encoded,
     ) -> impl Future<Output = Result<i64, Error>> + Send;
-    /// Ledger entries of these correlation ids.
-    fn ledger(
-        &self,
-        correlation_ids: Vec<String>,
-    ) -> impl Future<Output = Result<HashMap<String, LedgerEntry>, Error>> + Send;
+    /// The options it runs with.
+    fn options(&self) -> &TransportOptions;
+}
+
+/// The operator's reads: what was answered, what was parked.
+pub trait Records: Send + Sync + 'static {
     /// Ledger history, newest first.
     fn history(
         &self,
@@ -148,8 +167,6 @@ pub trait Transport: Send + Sync + 'static {
     ) -> impl Future<Output = Result<Vec<LedgerEntry>, Error>> + Send;
     /// Rows in the failure queue with their reasons.
     fn failed_rows(&self) -> impl Future<Output = Result<Vec<FailedRow>, Error>> + Send;
-    /// The options it runs with.
-    fn options(&self) -> &TransportOptions;
 }
 
 /// Reads a ledger row (same columns on both databases).
@@ -174,49 +191,6 @@ where
         received_at: r.try_get("received_at")?,
         finished_at: r.try_get("finished_at")?,
         duration_ms: r.try_get("duration_ms")?,
-    })
-}
-
-/// The ledger history query, the same SQL on both databases.
-pub(crate) fn history_query<'a, DB>(
-    ledger_table: &str,
-    f: HistoryFilter,
-) -> sqlx::QueryBuilder<'a, DB>
-where
-    DB: sqlx::Database,
-    String: sqlx::Encode<'a, DB> + sqlx::Type<DB>,
-    i64: sqlx::Encode<'a, DB> + sqlx::Type<DB>,
-{
-    let mut q = sqlx::QueryBuilder::<DB>::new(format!(
-        "SELECT {} FROM {ledger_table} WHERE 1 = 1",
-        schema::LEDGER_COLUMNS
-    ));
-    if let Some(e) = f.entity_id {
-        q.push(" AND entity_id = ").push_bind(e);
-    }
-    if f.failed_only {
-        q.push(" AND NOT success");
-    }
-    if let Some(s) = f.since {
-        q.push(" AND received_at >= ").push_bind(s);
-    }
-    q.push(" ORDER BY received_at DESC LIMIT ")
-        .push_bind(f.limit.max(1));
-    q
-}
-
-/// Reads a failure-queue row (same columns on both databases).
-pub(crate) fn failed_from_row<'r, R>(r: &'r R) -> Result<FailedRow, sqlx::Error>
-where
-    R: sqlx::Row,
-    &'static str: sqlx::ColumnIndex<R>,
-    String: sqlx::Decode<'r, R::Database> + sqlx::Type<R::Database>,
-    i64: sqlx::Decode<'r, R::Database> + sqlx::Type<R::Database>,
-{
-    Ok(FailedRow {
-        id: r.try_get("row_id")?,
-        original_queue: r.try_get("original_queue")?,
-        reason: r.try_get("reason")?,
     })
 }
 

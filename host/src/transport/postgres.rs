@@ -6,16 +6,16 @@ use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::time::Duration;
 
+use sqlx::Row;
 use sqlx::postgres::{PgConnectOptions, PgListener, PgPool, PgPoolOptions};
-use sqlx::{Postgres, Row};
 use tokio::sync::Mutex;
 
 use crate::codec::{self, request_class_needle};
 
 use super::schema::{LEDGER_COLUMNS, Names};
 use super::{
-    Delivery, Error, FailedRow, HistoryFilter, LedgerEntry, Settle, Transport, TransportOptions,
-    ago_text, classify_row, entry_from_row, failed_from_row, history_query, now_text, schema,
+    Delivery, Error, FailedRow, HistoryFilter, LedgerEntry, Queue, Records, Settle,
+    TransportOptions, ago_text, classify_row, entry_from_row, now_text, records, schema,
     utc_now_rfc3339,
 };
 
@@ -158,7 +158,7 @@ impl PgTransport {
     }
 }
 
-impl Transport for PgTransport {
+impl Queue for PgTransport {
     async fn setup(&self) -> Result<(), Error> {
         let mut tx = self.pool.begin().await?;
         // One setup at a time, like Symfony's (the DDL is not concurrency-safe in PostgreSQL).
@@ -394,7 +394,7 @@ impl Transport for PgTransport {
         Ok(id)
     }
 
-    async fn ledger(
+    async fn answered(
         &self,
         correlation_ids: Vec<String>,
     ) -> Result<HashMap<String, LedgerEntry>, Error> {
@@ -415,29 +415,17 @@ impl Transport for PgTransport {
             .map_err(Error::from)
     }
 
+    fn options(&self) -> &TransportOptions {
+        &self.options
+    }
+}
+
+impl Records for PgTransport {
     async fn history(&self, f: HistoryFilter) -> Result<Vec<LedgerEntry>, Error> {
-        let mut q = history_query::<Postgres>(&self.names.ledger, f);
-        let rows = q.build().fetch_all(&self.pool).await?;
-        rows.iter()
-            .map(entry_from_row)
-            .collect::<Result<_, _>>()
-            .map_err(Error::from)
+        records::history(&self.pool, &self.names, f).await
     }
 
     async fn failed_rows(&self) -> Result<Vec<FailedRow>, Error> {
-        let failures_table = &self.names.failures;
-        let rows = sqlx::query(&format!(
-            "SELECT row_id, original_queue, reason FROM {failures_table} ORDER BY row_id"
-        ))
-        .fetch_all(&self.pool)
-        .await?;
-        rows.iter()
-            .map(failed_from_row)
-            .collect::<Result<_, _>>()
-            .map_err(Error::from)
-    }
-
-    fn options(&self) -> &TransportOptions {
-        &self.options
+        records::failed_rows(&self.pool, &self.names).await
     }
 }

@@ -17,8 +17,8 @@ use crate::codec::{self, request_class_needle};
 
 use super::schema::{LEDGER_COLUMNS, Names};
 use super::{
-    Delivery, Error, FailedRow, HistoryFilter, LedgerEntry, Settle, Transport, TransportOptions,
-    ago_text, classify_row, entry_from_row, failed_from_row, history_query, now_text, schema,
+    Delivery, Error, FailedRow, HistoryFilter, LedgerEntry, Queue, Records, Settle,
+    TransportOptions, ago_text, classify_row, entry_from_row, now_text, records, schema,
     utc_now_rfc3339,
 };
 
@@ -229,7 +229,7 @@ impl Inner {
     }
 }
 
-impl Transport for SqliteTransport {
+impl Queue for SqliteTransport {
     async fn setup(&self) -> Result<(), Error> {
         let inner = self.0.clone();
         detached(async move {
@@ -305,7 +305,7 @@ impl Transport for SqliteTransport {
         Ok(r.last_insert_rowid())
     }
 
-    async fn ledger(
+    async fn answered(
         &self,
         correlation_ids: Vec<String>,
     ) -> Result<HashMap<String, LedgerEntry>, Error> {
@@ -328,29 +328,17 @@ impl Transport for SqliteTransport {
             .map_err(Error::from)
     }
 
+    fn options(&self) -> &TransportOptions {
+        &self.options
+    }
+}
+
+impl Records for SqliteTransport {
     async fn history(&self, f: HistoryFilter) -> Result<Vec<LedgerEntry>, Error> {
-        let mut q = history_query::<Sqlite>(&self.names.ledger, f);
-        let rows = q.build().fetch_all(&self.pool).await?;
-        rows.iter()
-            .map(entry_from_row)
-            .collect::<Result<_, _>>()
-            .map_err(Error::from)
+        records::history(&self.pool, &self.names, f).await
     }
 
     async fn failed_rows(&self) -> Result<Vec<FailedRow>, Error> {
-        let failures_table = &self.names.failures;
-        let rows = sqlx::query(&format!(
-            "SELECT row_id, original_queue, reason FROM {failures_table} ORDER BY row_id"
-        ))
-        .fetch_all(&self.pool)
-        .await?;
-        rows.iter()
-            .map(failed_from_row)
-            .collect::<Result<_, _>>()
-            .map_err(Error::from)
-    }
-
-    fn options(&self) -> &TransportOptions {
-        &self.options
+        records::failed_rows(&self.pool, &self.names).await
     }
 }

@@ -6,7 +6,7 @@ use marvin_manager::codec::{self, Format};
 use marvin_manager::message::ManagerRequest;
 use marvin_manager::transport::postgres::PgTransport;
 use marvin_manager::transport::sqlite::SqliteTransport;
-use marvin_manager::transport::{Dsn, Transport};
+use marvin_manager::transport::{Dsn, Queue, Records};
 use sqlx::Row;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -165,17 +165,10 @@ where
 }
 
 pub fn request(correlation_id: &str, entity: &str, action: &str) -> ManagerRequest {
-    ManagerRequest {
-        container_id: entity.into(),
-        correlation_id: correlation_id.into(),
-        action: action.into(),
-        command: None,
-        args: serde_json::json!([]),
-        timeout: 10,
-    }
+    ManagerRequest::new(correlation_id, entity, action)
 }
 
-pub async fn send<T: Transport>(t: &T, req: &ManagerRequest, format: Format) -> i64 {
+pub async fn send<T: Queue + Records>(t: &T, req: &ManagerRequest, format: Format) -> i64 {
     let queue = t.options().queue_name.clone();
     t.send(
         &queue,

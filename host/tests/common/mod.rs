@@ -5,7 +5,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use marvin_manager::capabilities::Backends;
-use marvin_manager::config::Config;
+use marvin_manager::config::{Config, DEFAULT_MAX_MEMORY_BYTES};
 use marvin_manager::message::ManagerRequest;
 use marvin_manager::registry::Registry;
 use marvin_manager::runtime::plugins::PluginDir;
@@ -78,10 +78,25 @@ impl Setup {
 
     /// A manager over these backends, discovering entities through its docker backend.
     pub async fn manager_with(&self, config: &str, backends: Backends) -> Manager {
+        self.manager_observed(config, backends, None).await
+    }
+
+    /// The same, with `observer` (the recorder of `--record`) seeing every request.
+    pub async fn manager_observed(
+        &self,
+        config: &str,
+        backends: Backends,
+        observer: Option<Arc<dyn marvin_manager::runtime::Observer>>,
+    ) -> Manager {
         let config = Config::parse(config).unwrap();
         config.validate().unwrap();
         let docker = backends.docker.clone();
-        let runtime = runtime_with(&config, Some(self.tmp.path().join("cache")), backends);
+        let runtime = runtime_observed(
+            &config,
+            Some(self.tmp.path().join("cache")),
+            backends,
+            observer,
+        );
         let dir = PluginDir::open(runtime.clone(), self.plugins.clone()).await;
         Manager::new(
             Registry::from_config(&config).with_discovery(docker),
@@ -100,15 +115,30 @@ pub fn runtime_with(
     cache_dir: Option<PathBuf>,
     backends: Backends,
 ) -> Arc<Runtime> {
+    runtime_observed(config, cache_dir, backends, None)
+}
+
+/// A runtime whose requests `observer` sees (the recorder of `--record`).
+pub fn runtime_observed(
+    config: &Config,
+    cache_dir: Option<PathBuf>,
+    backends: Backends,
+    observer: Option<Arc<dyn marvin_manager::runtime::Observer>>,
+) -> Arc<Runtime> {
     Arc::new(
         Runtime::new(
             RuntimeSettings {
                 cache_dir,
                 max_instances: 16,
-                default_max_memory_bytes: config.max_memory_bytes(""),
+                default_max_memory_bytes: config
+                    .runtime
+                    .max_memory_bytes
+                    .unwrap_or(DEFAULT_MAX_MEMORY_BYTES),
                 plugins: config.plugins.clone(),
+                environment: Vec::new(),
             },
             backends,
+            observer,
         )
         .unwrap(),
     )
@@ -120,14 +150,9 @@ pub fn request(
     args: serde_json::Value,
     timeout: i64,
 ) -> ManagerRequest {
-    ManagerRequest {
-        container_id: entity.into(),
-        correlation_id: format!("corr-{entity}-{action}"),
-        action: action.into(),
-        command: None,
-        args,
-        timeout,
-    }
+    ManagerRequest::new(format!("corr-{entity}-{action}"), entity, action)
+        .with_args(args)
+        .with_timeout(timeout)
 }
 
 /// Entities used across tests: a container `c1` (project marvin, service web), a worker `w1`.

@@ -21,7 +21,7 @@ use std::time::Instant;
 
 use marvin_plugin_sdk::docker::{self, BuildOptions, Container};
 use marvin_plugin_sdk::types::{Capability, EntityKind, Target};
-use marvin_plugin_sdk::{Guest, Outcome, PluginInfo, Request, Response, error_text, log};
+use marvin_plugin_sdk::{Guest, PluginInfo, Request, Response, error_text, log};
 use serde_json::{Value, json};
 
 struct DockerCompose;
@@ -111,7 +111,7 @@ fn act(
     service: Option<&str>,
     todo: &[&Container],
     call: impl FnOnce(&[String]) -> Vec<Result<(), docker::Error>>,
-) -> Outcome {
+) -> Response {
     let ids: Vec<String> = todo.iter().map(|c| c.id.clone()).collect();
     let results = clock.time(verb, || call(&ids));
     let mut failures: Vec<String> = todo
@@ -155,9 +155,9 @@ fn act(
         if !removed.is_empty() {
             text.push_str(&format!(" ({} removed meanwhile)", removed.join(", ")));
         }
-        Outcome::ok(text)
+        Response::ok(text)
     } else {
-        Outcome::fail(format!(
+        Response::fail(format!(
             "{verb} failed for {} of the {count} of {target}: {}",
             failures.len(),
             failures.join("; ")
@@ -176,10 +176,10 @@ fn act(
     }
 }
 
-fn start(clock: &mut Clock, project: &str, service: Option<&str>) -> Outcome {
+fn start(clock: &mut Clock, project: &str, service: Option<&str>) -> Response {
     let list = match clock.time("list", || containers(project, service)) {
         Ok(l) => l,
-        Err(e) => return Outcome::fail(e),
+        Err(e) => return Response::fail(e),
     };
     // compose start starts what is not running; a paused container stays paused.
     let todo: Vec<&Container> = list
@@ -188,7 +188,7 @@ fn start(clock: &mut Clock, project: &str, service: Option<&str>) -> Outcome {
         .collect();
     if todo.is_empty() {
         let states: Vec<Value> = list.iter().map(state).collect();
-        return Outcome::ok(format!(
+        return Response::ok(format!(
             "{} is already running ({} container{})",
             describe_target(project, service),
             list.len(),
@@ -208,10 +208,10 @@ fn start(clock: &mut Clock, project: &str, service: Option<&str>) -> Outcome {
     .with("already", Value::Bool(false))
 }
 
-fn stop(clock: &mut Clock, project: &str, service: Option<&str>, timeout: u32) -> Outcome {
+fn stop(clock: &mut Clock, project: &str, service: Option<&str>, timeout: u32) -> Response {
     let list = match clock.time("list", || containers(project, service)) {
         Ok(l) => l,
-        Err(e) => return Outcome::fail(e),
+        Err(e) => return Response::fail(e),
     };
     let todo: Vec<&Container> = list
         .iter()
@@ -219,7 +219,7 @@ fn stop(clock: &mut Clock, project: &str, service: Option<&str>, timeout: u32) -
         .collect();
     if todo.is_empty() {
         let states: Vec<Value> = list.iter().map(state).collect();
-        return Outcome::ok(format!(
+        return Response::ok(format!(
             "{} is already stopped",
             describe_target(project, service)
         ))
@@ -232,10 +232,10 @@ fn stop(clock: &mut Clock, project: &str, service: Option<&str>, timeout: u32) -
     .with("already", Value::Bool(false))
 }
 
-fn restart(clock: &mut Clock, project: &str, service: Option<&str>, timeout: u32) -> Outcome {
+fn restart(clock: &mut Clock, project: &str, service: Option<&str>, timeout: u32) -> Response {
     let list = match clock.time("list", || containers(project, service)) {
         Ok(l) => l,
-        Err(e) => return Outcome::fail(e),
+        Err(e) => return Response::fail(e),
     };
     let todo: Vec<&Container> = list.iter().collect();
     act(
@@ -248,17 +248,17 @@ fn restart(clock: &mut Clock, project: &str, service: Option<&str>, timeout: u32
     )
 }
 
-fn build(clock: &mut Clock, args: &Value, project: &str, service: &str) -> Outcome {
+fn build(clock: &mut Clock, args: &Value, project: &str, service: &str) -> Response {
     // The compose file: from the containers' labels, else args.compose_file.
     let listed = clock.time("list", || docker::list_containers(project, Some(service)));
     let existing = match listed {
         Ok(l) => l,
-        Err(e) => return Outcome::fail(error_text(&e)),
+        Err(e) => return Response::fail(error_text(&e)),
     };
     let asked = args.get("compose_file").and_then(Value::as_str);
     let files = match compose::files(existing.first().map(|c| c.labels.as_slice()), asked) {
         Ok(f) => f,
-        Err(e) => return Outcome::fail(e),
+        Err(e) => return Response::fail(e),
     };
     let plan = match clock.time("read_compose", || {
         // The environment the operator granted this plugin (`grants.env`).
@@ -268,10 +268,10 @@ fn build(clock: &mut Clock, args: &Value, project: &str, service: &str) -> Outco
         compose::build_plan(&files, service, &shell)
     }) {
         Ok(p) => p,
-        Err(e) => return Outcome::fail(e),
+        Err(e) => return Response::fail(e),
     };
     let Some(plan) = plan else {
-        return Outcome::ok(format!(
+        return Response::ok(format!(
             "service '{service}' of project '{project}' uses an image and has nothing to build"
         ))
         .with("built", Value::Bool(false));
@@ -295,7 +295,7 @@ fn build(clock: &mut Clock, args: &Value, project: &str, service: &str) -> Outco
         service: service.into(),
     };
     match clock.time("build", || docker::build(&options)) {
-        Ok(out) => Outcome::ok(format!(
+        Ok(out) => Response::ok(format!(
             "built {tag} ({})",
             out.image_id.get(..19).unwrap_or(&out.image_id)
         ))
@@ -303,15 +303,13 @@ fn build(clock: &mut Clock, args: &Value, project: &str, service: &str) -> Outco
         .with("image", Value::String(tag))
         .with("image_id", Value::String(out.image_id))
         .with("context", Value::String(options.context))
-        .with("log_tail", Value::String(tail(&out.log, 20))),
-        Err(e) => Outcome::fail(format!("building {tag} failed: {}", error_text(&e)))
+        .with(
+            "log_tail",
+            Value::String(marvin_plugin_sdk::tail(&out.log, 20)),
+        ),
+        Err(e) => Response::fail(format!("building {tag} failed: {}", error_text(&e)))
             .with("image", Value::String(tag)),
     }
-}
-
-fn tail(text: &str, lines: usize) -> String {
-    let v: Vec<&str> = text.trim_end().lines().collect();
-    v[v.len().saturating_sub(lines)..].join("\n")
 }
 
 impl Guest for DockerCompose {
@@ -331,7 +329,7 @@ impl Guest for DockerCompose {
 
     fn handle(req: Request) -> Response {
         let Target::Compose(target) = &req.target else {
-            return marvin_plugin_sdk::fail("docker-compose acts on compose containers only");
+            return Response::fail("docker-compose acts on compose containers only");
         };
         let args = marvin_plugin_sdk::args(&req);
         let project = target.project.as_str();
@@ -340,7 +338,7 @@ impl Guest for DockerCompose {
         let timeout = stop_timeout(&req, &args);
         let outcome = match (req.action.as_str(), service) {
             ("restart_all", _) => restart(&mut clock, project, None, timeout),
-            (_, None) => Outcome::fail(format!(
+            (_, None) => Response::fail(format!(
                 "'{}' needs a service; the entity '{}' is the whole project '{project}'",
                 req.action, req.entity_id
             )),
@@ -348,13 +346,13 @@ impl Guest for DockerCompose {
             ("stop", s) => stop(&mut clock, project, s, timeout),
             ("restart", s) => restart(&mut clock, project, s, timeout),
             ("build", Some(s)) => build(&mut clock, &args, project, s),
-            (other, _) => Outcome::fail(format!("docker-compose does not handle '{other}'")),
+            (other, _) => Response::fail(format!("docker-compose does not handle '{other}'")),
         };
         let mut outcome = outcome.with("project", project.into());
         if let Some(s) = service {
             outcome = outcome.with("service", s.into());
         }
-        outcome.with("timings_ms", clock.finish()).into_response()
+        outcome.with("timings_ms", clock.finish())
     }
 }
 

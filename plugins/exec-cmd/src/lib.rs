@@ -16,7 +16,7 @@ use std::time::Instant;
 
 use marvin_plugin_sdk::docker::{self, ExecOptions};
 use marvin_plugin_sdk::types::{Capability, EntityKind, Target};
-use marvin_plugin_sdk::{Guest, PluginInfo, Request, Response, error_text, fail};
+use marvin_plugin_sdk::{Guest, PluginInfo, Request, Response, error_text, tail};
 use serde_json::{Value, json};
 
 struct ExecCmd;
@@ -60,11 +60,6 @@ pub fn argv(command: &str) -> Result<Vec<String>, String> {
             "cannot split the command into arguments (unbalanced quotes?): {command}"
         )),
     }
-}
-
-fn tail(text: &str, lines: usize) -> String {
-    let v: Vec<&str> = text.trim_end().lines().collect();
-    v[v.len().saturating_sub(lines)..].join("\n")
 }
 
 fn string_arg(args: &Value, key: &str) -> Option<String> {
@@ -153,12 +148,7 @@ fn run(req: &Request) -> Result<Response, String> {
         "duration_ms": duration_ms,
     });
     let response = if out.exit_code == 0 {
-        Response {
-            success: true,
-            output: Some(out.stdout.clone()),
-            error: None,
-            metadata: metadata.to_string(),
-        }
+        Response::ok(out.stdout.clone())
     } else {
         let stderr = tail(&out.stderr, 20);
         let why = if stderr.is_empty() {
@@ -166,18 +156,14 @@ fn run(req: &Request) -> Result<Response, String> {
         } else {
             stderr
         };
-        Response {
-            success: false,
-            output: Some(out.stdout.clone()),
-            error: Some(if why.is_empty() {
-                format!("'{command}' exited with code {}", out.exit_code)
-            } else {
-                format!("'{command}' exited with code {}: {why}", out.exit_code)
-            }),
-            metadata: metadata.to_string(),
-        }
+        Response::fail(if why.is_empty() {
+            format!("'{command}' exited with code {}", out.exit_code)
+        } else {
+            format!("'{command}' exited with code {}: {why}", out.exit_code)
+        })
+        .with_output(out.stdout.clone())
     };
-    Ok(response)
+    Ok(response.metadata(metadata))
 }
 
 impl Guest for ExecCmd {
@@ -192,7 +178,7 @@ impl Guest for ExecCmd {
     }
 
     fn handle(req: Request) -> Response {
-        run(&req).unwrap_or_else(fail)
+        run(&req).unwrap_or_else(Response::fail)
     }
 }
 

@@ -93,75 +93,58 @@ pub fn handles(kind: EntityKind, actions: &[&str]) -> Vec<HandledAction> {
 impl Response {
     /// A successful response with `output`.
     pub fn ok(output: impl Into<String>) -> Self {
-        ok(output)
+        Self {
+            success: true,
+            output: Some(output.into()),
+            error: None,
+            metadata: "{}".into(),
+        }
     }
 
     /// A failed response with `error`.
     pub fn fail(error: impl Into<String>) -> Self {
-        fail(error)
+        Self {
+            success: false,
+            output: None,
+            error: Some(error.into()),
+            metadata: "{}".into(),
+        }
     }
 
     /// A failed response saying what a host call answered.
     pub fn error(e: &types::Error) -> Self {
-        fail(error_text(e))
+        Self::fail(error_text(e))
     }
 
-    /// Sets the metadata object.
-    pub fn metadata(self, metadata: serde_json::Value) -> Self {
-        with_metadata(self, metadata)
-    }
-}
-
-/// A response built up while a request is carried out: metadata keys added one at a time,
-/// turned into the [`Response`] at the end.
-#[derive(Debug, Clone, PartialEq)]
-pub struct Outcome {
-    /// Whether the action worked.
-    pub success: bool,
-    /// What it reports; empty is no output.
-    pub output: String,
-    /// Why it failed.
-    pub error: Option<String>,
-    /// The metadata object.
-    pub metadata: serde_json::Map<String, serde_json::Value>,
-}
-
-impl Outcome {
-    /// A success with `output`.
-    pub fn ok(output: impl Into<String>) -> Self {
-        Self {
-            success: true,
-            output: output.into(),
-            error: None,
-            metadata: serde_json::Map::new(),
-        }
-    }
-
-    /// A failure with `error`.
-    pub fn fail(error: impl Into<String>) -> Self {
-        Self {
-            success: false,
-            output: String::new(),
-            error: Some(error.into()),
-            metadata: serde_json::Map::new(),
-        }
-    }
-
-    /// Sets a metadata key.
-    pub fn with(mut self, key: &str, value: serde_json::Value) -> Self {
-        self.metadata.insert(key.into(), value);
+    /// With `output` (a failure can report what it did before failing).
+    pub fn with_output(mut self, output: impl Into<String>) -> Self {
+        self.output = Some(output.into());
         self
     }
 
-    /// The response.
-    pub fn into_response(self) -> Response {
-        Response {
-            success: self.success,
-            output: (!self.output.is_empty()).then_some(self.output),
-            error: self.error,
-            metadata: serde_json::Value::Object(self.metadata).to_string(),
-        }
+    /// With one more metadata key.
+    pub fn with(mut self, key: &str, value: serde_json::Value) -> Self {
+        let mut metadata = match serde_json::from_str(&self.metadata) {
+            Ok(serde_json::Value::Object(m)) => m,
+            _ => serde_json::Map::new(),
+        };
+        metadata.insert(key.into(), value);
+        self.metadata = serde_json::Value::Object(metadata).to_string();
+        self
     }
+
+    /// With this metadata object (replacing the keys set so far).
+    pub fn metadata(mut self, metadata: serde_json::Value) -> Self {
+        self.metadata = metadata.to_string();
+        self
+    }
+}
+
+/// The last `lines` lines of `text` (a build log, a command's stderr), trailing blank lines
+/// dropped.
+pub fn tail(text: &str, lines: usize) -> String {
+    let v: Vec<&str> = text.trim_end().lines().collect();
+    v[v.len().saturating_sub(lines)..].join("\n")
 }
 
 /// `args.<key>` as text (numbers too), when present and not empty.
@@ -179,32 +162,6 @@ pub fn arg_u64(req: &Request, key: &str) -> Option<u64> {
     let v = args.get(key)?;
     v.as_u64()
         .or_else(|| v.as_str().and_then(|s| s.trim().parse().ok()))
-}
-
-/// A successful response.
-pub fn ok(output: impl Into<String>) -> Response {
-    Response {
-        success: true,
-        output: Some(output.into()),
-        error: None,
-        metadata: "{}".into(),
-    }
-}
-
-/// A failed response.
-pub fn fail(error: impl Into<String>) -> Response {
-    Response {
-        success: false,
-        output: None,
-        error: Some(error.into()),
-        metadata: "{}".into(),
-    }
-}
-
-/// Sets a response's metadata object.
-pub fn with_metadata(mut response: Response, metadata: serde_json::Value) -> Response {
-    response.metadata = metadata.to_string();
-    response
 }
 
 /// The request's `args` as JSON (an empty object when they are not valid JSON).
@@ -229,5 +186,41 @@ pub fn error_text(e: &types::Error) -> String {
         text.clone()
     } else {
         format!("{kind}: {text}")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn one_builder_for_every_response() {
+        let r = Response::ok("done")
+            .with("already", json!(true))
+            .with("n", json!(2));
+        assert!(r.success);
+        assert_eq!(r.output.as_deref(), Some("done"));
+        assert_eq!(
+            serde_json::from_str::<serde_json::Value>(&r.metadata).unwrap(),
+            json!({"already": true, "n": 2})
+        );
+        let r = Response::fail("update failed: x").with_output("a\nb");
+        assert!(!r.success);
+        assert_eq!(r.error.as_deref(), Some("update failed: x"));
+        assert_eq!(r.output.as_deref(), Some("a\nb"));
+        let r = Response::error(&types::Error::NotFound("no such container".into()));
+        assert_eq!(r.error.as_deref(), Some("not found: no such container"));
+        let r = Response::ok("x")
+            .with("a", json!(1))
+            .metadata(json!({"b": 2}));
+        assert_eq!(r.metadata, r#"{"b":2}"#);
+    }
+
+    #[test]
+    fn tail_keeps_the_last_lines() {
+        assert_eq!(tail("a\nb\nc\n\n", 2), "b\nc");
+        assert_eq!(tail("a", 5), "a");
+        assert_eq!(tail("", 3), "");
     }
 }

@@ -16,7 +16,7 @@
 
 use marvin_plugin_sdk::supervisor::{self, Process, ProcessResult, ProcessState};
 use marvin_plugin_sdk::types::{Capability, EntityKind, Error, Target};
-use marvin_plugin_sdk::{Guest, Outcome, PluginInfo, Request, Response, error_text};
+use marvin_plugin_sdk::{Guest, PluginInfo, Request, Response, error_text};
 use serde_json::{Value, json};
 
 struct Supervisor;
@@ -179,7 +179,7 @@ fn group_call(
 }
 
 /// start / stop / restart of a whole group; `chosen` are its processes as they were.
-fn group_action(action: &str, group: &str, chosen: &[Process]) -> Outcome {
+fn group_action(action: &str, group: &str, chosen: &[Process]) -> Response {
     let what = format!("group {group}");
     let any_running = chosen
         .iter()
@@ -211,14 +211,14 @@ fn group_action(action: &str, group: &str, chosen: &[Process]) -> Outcome {
     };
     let outcome = match result {
         Ok((text, already, acted)) => {
-            let o = Outcome::ok(text).with("acted_on", json!(acted));
+            let o = Response::ok(text).with("acted_on", json!(acted));
             if action == "restart" {
                 o
             } else {
                 o.with("already", Value::Bool(already))
             }
         }
-        Err(e) => Outcome::fail(format!("{action} {what} failed: {e}")),
+        Err(e) => Response::fail(format!("{action} {what} failed: {e}")),
     };
     outcome.with("processes", group_states(group))
 }
@@ -236,7 +236,7 @@ pub fn direct_process(name: &str) -> Option<String> {
 /// One process, straight to supervisord: its faults say whether it was already in the
 /// state asked for, so idempotence costs no extra call, and each call answers the state
 /// after. A `NotFound` lets a bare name fall back to the group of that name.
-fn process_action(action: &str, full: &str) -> Result<(Outcome, Option<Process>), Error> {
+fn process_action(action: &str, full: &str) -> Result<(Response, Option<Process>), Error> {
     // Whether it was running; the state after comes from process-info.
     let stop = || match supervisor::stop_process(full, true) {
         Ok(()) => Ok(true),
@@ -256,7 +256,7 @@ fn process_action(action: &str, full: &str) -> Result<(Outcome, Option<Process>)
                 None => format!("{full}: already running"),
             };
             (
-                Outcome::ok(text).with("already", Value::Bool(after.is_none())),
+                Response::ok(text).with("already", Value::Bool(after.is_none())),
                 after,
             )
         }
@@ -267,7 +267,10 @@ fn process_action(action: &str, full: &str) -> Result<(Outcome, Option<Process>)
             } else {
                 format!("{full}: already stopped")
             };
-            (Outcome::ok(text).with("already", Value::Bool(!acted)), None)
+            (
+                Response::ok(text).with("already", Value::Bool(!acted)),
+                None,
+            )
         }
         // supervisorctl restart: stop when running, then start.
         _ => {
@@ -278,7 +281,7 @@ fn process_action(action: &str, full: &str) -> Result<(Outcome, Option<Process>)
                 text.push_str(&format!("{full}: stopped\n"));
             }
             text.push_str(&format!("{full}: started"));
-            (Outcome::ok(text), after)
+            (Response::ok(text), after)
         }
     };
     Ok((outcome.with("acted_on", json!([full])), after))
@@ -286,9 +289,9 @@ fn process_action(action: &str, full: &str) -> Result<(Outcome, Option<Process>)
 
 /// One process: the outcome with its state after; `None` when a bare `name` is not a
 /// process (it may be a group).
-fn process_outcome(action: &str, name: &str, full: &str) -> Option<Outcome> {
+fn process_outcome(action: &str, name: &str, full: &str) -> Option<Response> {
     // The state after: from the call itself, else asked.
-    let after = |o: Outcome, known: Option<Process>| {
+    let after = |o: Response, known: Option<Process>| {
         let state = match known
             .map(Ok)
             .unwrap_or_else(|| supervisor::process_info(full))
@@ -301,7 +304,7 @@ fn process_outcome(action: &str, name: &str, full: &str) -> Option<Outcome> {
     Some(match process_action(action, full) {
         Ok((o, known)) => after(o, known),
         Err(Error::NotFound(_)) if !name.contains(':') => return None,
-        Err(Error::NotFound(_)) => Outcome::fail(format!("no supervisor process '{name}'")),
+        Err(Error::NotFound(_)) => Response::fail(format!("no supervisor process '{name}'")),
         Err(e @ (Error::SpawnError(_) | Error::Failed(_) | Error::TimedOut(_))) => {
             let what = if full == format!("{name}:{name}") {
                 name
@@ -309,33 +312,33 @@ fn process_outcome(action: &str, name: &str, full: &str) -> Option<Outcome> {
                 full
             };
             after(
-                Outcome::fail(format!(
+                Response::fail(format!(
                     "{action} {what} failed: {}",
                     spawn_failure(full, &e)
                 )),
                 None,
             )
         }
-        Err(e) => Outcome::fail(error_text(&e)),
+        Err(e) => Response::fail(error_text(&e)),
     })
 }
 
-fn program_action(action: &str, name: &str) -> Outcome {
+fn program_action(action: &str, name: &str) -> Response {
     if let Some(outcome) =
         direct_process(name).and_then(|full| process_outcome(action, name, &full))
     {
         return outcome;
     }
     match resolve(name) {
-        Err(e) => Outcome::fail(e),
+        Err(e) => Response::fail(e),
         Ok((Selection::Group(g), chosen)) => group_action(action, &g, &chosen),
         // The process appeared since supervisord said it did not exist.
         Ok((Selection::Process(full), _)) => process_outcome(action, name, &full)
-            .unwrap_or_else(|| Outcome::fail(format!("no supervisor program or group '{name}'"))),
+            .unwrap_or_else(|| Response::fail(format!("no supervisor program or group '{name}'"))),
     }
 }
 
-fn reread() -> Outcome {
+fn reread() -> Response {
     match supervisor::reload_config() {
         Ok(c) => {
             // As supervisorctl prints them: one line per group, sorted by name.
@@ -353,19 +356,19 @@ fn reread() -> Outcome {
             } else {
                 lines.join("\n")
             };
-            Outcome::ok(text)
+            Response::ok(text)
                 .with("added", json!(c.added))
                 .with("changed", json!(c.changed))
                 .with("removed", json!(c.removed))
         }
-        Err(e) => Outcome::fail(format!("reread failed: {}", error_text(&e))),
+        Err(e) => Response::fail(format!("reread failed: {}", error_text(&e))),
     }
 }
 
-fn update(only: &[String]) -> Outcome {
+fn update(only: &[String]) -> Response {
     let c = match supervisor::reload_config() {
         Ok(c) => c,
-        Err(e) => return Outcome::fail(format!("update failed: {}", error_text(&e))),
+        Err(e) => return Response::fail(format!("update failed: {}", error_text(&e))),
     };
     let wanted = |g: &String| only.is_empty() || only.contains(g);
     let mut lines = Vec::new();
@@ -419,15 +422,18 @@ fn update(only: &[String]) -> Outcome {
         Err(e) => Value::String(error_text(&e)),
     };
     let outcome = if errors.is_empty() {
-        Outcome::ok(if lines.is_empty() {
+        Response::ok(if lines.is_empty() {
             "No config updates to processes".to_owned()
         } else {
             lines.join("\n")
         })
     } else {
-        let mut o = Outcome::fail(format!("update failed: {}", errors.join("; ")));
-        o.output = lines.join("\n");
-        o
+        let failed = Response::fail(format!("update failed: {}", errors.join("; ")));
+        if lines.is_empty() {
+            failed
+        } else {
+            failed.with_output(lines.join("\n"))
+        }
     };
     outcome
         .with("added", json!(c.added))
@@ -466,15 +472,15 @@ impl Guest for Supervisor {
             (Target::Program(name), "start" | "stop" | "restart") => {
                 program_action(&req.action, name)
             }
-            (Target::Supervisord, other) => Outcome::fail(format!(
+            (Target::Supervisord, other) => Response::fail(format!(
                 "'{other}' needs a program or group; the entity 'supervisor' takes reread and update"
             )),
-            (Target::Program(name), other) => Outcome::fail(format!(
+            (Target::Program(name), other) => Response::fail(format!(
                 "'{other}' acts on supervisord itself: send it to the entity 'supervisor', not '{name}'"
             )),
-            (Target::Compose(_), _) => Outcome::fail("the supervisor plugin acts on workers"),
+            (Target::Compose(_), _) => Response::fail("the supervisor plugin acts on workers"),
         };
-        outcome.into_response()
+        outcome
     }
 }
 

@@ -8,8 +8,8 @@ use std::path::{Path, PathBuf};
 use cap_std::ambient_authority;
 use cap_std::fs::{Dir, PermissionsExt};
 
+use crate::bindings::types::Error;
 use crate::capabilities::policy::glob;
-use crate::runtime::bindings::types::Error;
 
 /// The largest context sent to the engine.
 pub const MAX_CONTEXT_BYTES: u64 = 1 << 30;

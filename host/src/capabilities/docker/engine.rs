@@ -23,10 +23,10 @@ use futures_util::StreamExt;
 
 use super::DockerBackend;
 use super::context;
-use crate::runtime::bindings::docker::{
+use crate::bindings::docker::{
     BuildOptions, BuildOutput, Container, ContainerState, ExecOptions, ExecOutput,
 };
-use crate::runtime::bindings::types::Error;
+use crate::bindings::types::Error;
 
 /// Compose's labels.
 pub mod label {
@@ -60,13 +60,8 @@ impl Engine {
         }
     }
 
-    /// The endpoint of `[docker] endpoint`, else `DOCKER_HOST`, else the local socket.
-    pub fn default_endpoint() -> String {
-        std::env::var("DOCKER_HOST")
-            .ok()
-            .filter(|h| !h.is_empty())
-            .unwrap_or_else(|| "unix:///var/run/docker.sock".into())
-    }
+    /// The local engine's socket, when neither `[docker] endpoint` nor `DOCKER_HOST` names one.
+    pub const DEFAULT_ENDPOINT: &str = "unix:///var/run/docker.sock";
 
     /// The endpoint.
     pub fn endpoint(&self) -> &str {

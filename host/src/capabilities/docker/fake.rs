@@ -7,10 +7,10 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 
-use crate::runtime::bindings::docker::{
+use crate::bindings::docker::{
     BuildOptions, BuildOutput, Container, ContainerState, ExecOptions, ExecOutput,
 };
-use crate::runtime::bindings::types::Error;
+use crate::bindings::types::Error;
 
 use super::DockerBackend;
 

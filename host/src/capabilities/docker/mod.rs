@@ -6,6 +6,8 @@
 
 pub mod context;
 pub mod engine;
+
+pub use engine::label;
 #[cfg(test)]
 pub(crate) mod fake;
 
@@ -17,10 +19,10 @@ use std::time::{Duration, Instant};
 use async_trait::async_trait;
 use futures_util::future::join_all;
 
-use crate::runtime::bindings::docker::{
+use crate::bindings::docker::{
     BuildOptions, BuildOutput, Container, ExecOptions, ExecOutput, Host,
 };
-use crate::runtime::bindings::types::Error;
+use crate::bindings::types::Error;
 
 use super::Capabilities;
 
@@ -292,7 +294,7 @@ mod tests {
             ..Default::default()
         };
         Capabilities::new(
-            Arc::new(Policy::new("p", [Capability::Docker], grants)),
+            Arc::new(Policy::new("p", [Capability::Docker], grants, &[])),
             "corr-1".into(),
             Backends {
                 docker: fake,
@@ -333,7 +335,7 @@ mod tests {
             .unwrap()
             .unwrap_err();
         assert!(
-            crate::capabilities::error_text(&e).contains("docker-exec"),
+            crate::bindings::error_text(&e).contains("docker-exec"),
             "{e}"
         );
         assert_eq!(fake.calls(), 0);
@@ -348,7 +350,7 @@ mod tests {
         assert_eq!(r.len(), 2);
         let e = r[0].clone().unwrap_err();
         assert!(
-            crate::capabilities::error_text(&e).contains("docker project 'marvin' service 'web'"),
+            crate::bindings::error_text(&e).contains("docker project 'marvin' service 'web'"),
             "{e}"
         );
         assert_eq!(fake.calls(), 2);

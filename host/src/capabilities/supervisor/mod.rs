@@ -5,8 +5,8 @@ pub mod xmlrpc;
 
 use async_trait::async_trait;
 
-use crate::runtime::bindings::supervisor::{ConfigChanges, Host, Process, ProcessResult};
-use crate::runtime::bindings::types::Error;
+use crate::bindings::supervisor::{ConfigChanges, Host, Process, ProcessResult};
+use crate::bindings::types::Error;
 
 use super::Capabilities;
 

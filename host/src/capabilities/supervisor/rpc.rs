@@ -13,8 +13,8 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 use super::SupervisorBackend;
 use super::xmlrpc::{self, RpcError, Value};
-use crate::runtime::bindings::supervisor::{ConfigChanges, Process, ProcessResult, ProcessState};
-use crate::runtime::bindings::types::Error;
+use crate::bindings::supervisor::{ConfigChanges, Process, ProcessResult, ProcessState};
+use crate::bindings::types::Error;
 
 /// The largest answer read from supervisord.
 const MAX_RESPONSE_BYTES: usize = 16 << 20;

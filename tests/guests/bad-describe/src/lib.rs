@@ -9,7 +9,7 @@ impl Guest for Bad {
     }
 
     fn handle(_req: Request) -> Response {
-        marvin_plugin_sdk::ok("unreachable")
+        Response::ok("unreachable")
     }
 }
 

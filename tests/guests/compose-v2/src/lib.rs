@@ -1,7 +1,7 @@
 //! A "new version" of docker-compose whose `start` changed its host calls: it starts every
 //! container without looking at its state. Replaying an old trace must show the difference.
 use marvin_plugin_sdk::types::{Capability, EntityKind, Target};
-use marvin_plugin_sdk::{Guest, PluginInfo, Request, Response, docker, error_text, fail, ok};
+use marvin_plugin_sdk::{Guest, PluginInfo, Request, Response, docker};
 
 struct ComposeV2;
 
@@ -18,19 +18,19 @@ impl Guest for ComposeV2 {
 
     fn handle(req: Request) -> Response {
         let Target::Compose(t) = &req.target else {
-            return fail("compose only");
+            return Response::fail("compose only");
         };
         let list = match docker::list_containers(&t.project, t.service.as_deref()) {
             Ok(l) => l,
-            Err(e) => return fail(error_text(&e)),
+            Err(e) => return Response::error(&e),
         };
         let ids: Vec<String> = list.iter().map(|c| c.id.clone()).collect();
         for r in docker::start(&ids) {
             if let Err(e) = r {
-                return fail(error_text(&e));
+                return Response::error(&e);
             }
         }
-        ok(format!("started {}", ids.len()))
+        Response::ok(format!("started {}", ids.len()))
     }
 }
 

@@ -50,10 +50,7 @@ impl Guest for Echo {
             "args": marvin_plugin_sdk::args(&req),
             "timeout_ms": req.timeout_ms,
         });
-        marvin_plugin_sdk::with_metadata(
-            marvin_plugin_sdk::ok(seen.to_string()),
-            json!({"echoed": true}),
-        )
+        Response::ok(seen.to_string()).metadata(json!({"echoed": true}))
     }
 }
 

@@ -2,7 +2,7 @@
 use std::io::Write;
 
 use marvin_plugin_sdk::types::{Capability, EntityKind};
-use marvin_plugin_sdk::{Guest, PluginInfo, Request, Response, docker, fail, ok};
+use marvin_plugin_sdk::{Guest, PluginInfo, Request, Response, docker};
 
 struct Hostile;
 
@@ -38,16 +38,16 @@ impl Guest for Hostile {
             }
             "panic" => panic!("the hostile plugin gave up on purpose"),
             "docker" => match docker::list_containers("marvin", None) {
-                Ok(list) => ok(format!("listed {} containers", list.len())),
-                Err(e) => fail(marvin_plugin_sdk::error_text(&e)),
+                Ok(list) => Response::ok(format!("listed {} containers", list.len())),
+                Err(e) => Response::fail(marvin_plugin_sdk::error_text(&e)),
             },
             "read" => match std::fs::read_to_string(&path) {
-                Ok(text) => ok(text),
-                Err(e) => fail(format!("read {path}: {e}")),
+                Ok(text) => Response::ok(text),
+                Err(e) => Response::fail(format!("read {path}: {e}")),
             },
             "write" => match std::fs::write(&path, b"pwned") {
-                Ok(()) => ok(format!("wrote {path}")),
-                Err(e) => fail(format!("write {path}: {e}")),
+                Ok(()) => Response::ok(format!("wrote {path}")),
+                Err(e) => Response::fail(format!("write {path}: {e}")),
             },
             "flood" => {
                 let chunk = vec![b'A'; 1 << 20];
@@ -56,14 +56,14 @@ impl Guest for Hostile {
                     let _ = out.write_all(&chunk);
                 }
                 let _ = out.flush();
-                ok("flooded 100 MB")
+                Response::ok("flooded 100 MB")
             }
             "env" => {
                 let vars: Vec<String> = std::env::vars().map(|(k, _)| k).collect();
                 let args: Vec<String> = std::env::args().collect();
-                ok(format!("env={} args={}", vars.len(), args.len()))
+                Response::ok(format!("env={} args={}", vars.len(), args.len()))
             }
-            other => fail(format!("unknown action {other}")),
+            other => Response::fail(format!("unknown action {other}")),
         }
     }
 }

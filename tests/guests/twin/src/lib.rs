@@ -9,7 +9,7 @@ impl Guest for Twin {
     }
 
     fn handle(_req: Request) -> Response {
-        marvin_plugin_sdk::ok("twin")
+        Response::ok("twin")
     }
 }
 

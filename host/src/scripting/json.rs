@@ -4,11 +4,11 @@
 
 use serde_json::{Map, Value, json};
 
-use crate::runtime::bindings::docker::{
+use crate::bindings::docker::{
     BuildOptions, BuildOutput, Container, ContainerState, ExecOptions, ExecOutput,
 };
-use crate::runtime::bindings::supervisor::{ConfigChanges, Process, ProcessResult, ProcessState};
-use crate::runtime::bindings::types::Error;
+use crate::bindings::supervisor::{ConfigChanges, Process, ProcessResult, ProcessState};
+use crate::bindings::types::Error;
 
 /// A value that has a JSON form.
 pub trait Json: Sized {

@@ -1,5 +1,7 @@
-//! Testing plugins in isolation: the real runtime (same limits, same grant checks) with
-//! capability backends answering from a script, no Docker, supervisord or database.
+//! Scripting, recording and replaying host calls: `plugin test` runs a plugin in isolation,
+//! in the real runtime (same limits, same grant checks) with capability backends answering
+//! from a script, no Docker, supervisord or database; `--record` writes what real requests
+//! did as traces that replay as scripts.
 //!
 //! A [`Script`] is a request, the entity it names, the grants, the host calls expected in
 //! order with the answer to give each, and what the response must say. The service writes
@@ -35,12 +37,13 @@ use std::sync::Arc;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
-pub use backends::{Call, Recorder, Scripted, subset};
+pub use backends::{Call, Recorder, Recording, Scripted, subset};
 
 use crate::capabilities::policy::Policy;
 use crate::config::Grants;
-use crate::message::{DEFAULT_TIMEOUT_SECS, EntityKind, ManagerRequest};
-use crate::registry::{ALL, Entity, SUPERVISOR, Target};
+use crate::message::{
+    ALL, DEFAULT_TIMEOUT_SECS, Entity, EntityKind, ManagerRequest, SUPERVISOR, Target,
+};
 use crate::runtime::{PluginOutcome, Runtime, RuntimeSettings};
 
 /// Metadata keys whose values change from run to run; never compared.
@@ -161,14 +164,11 @@ impl Script {
 
     /// The request as Core sends it.
     pub fn manager_request(&self) -> ManagerRequest {
-        ManagerRequest {
-            container_id: self.request.entity.clone(),
-            correlation_id: self.request.correlation_id.clone(),
-            action: self.request.action.clone(),
-            command: self.request.command.clone(),
-            args: self.request.args.clone(),
-            timeout: self.request.timeout,
-        }
+        let r = &self.request;
+        ManagerRequest::new(&r.correlation_id, &r.entity, &r.action)
+            .with_command(r.command.clone())
+            .with_args(r.args.clone())
+            .with_timeout(r.timeout)
     }
 
     /// The entity the request names.
@@ -180,7 +180,7 @@ impl Script {
             .unwrap_or(if id == SUPERVISOR || e.program.is_some() {
                 EntityKind::Worker
             } else {
-                crate::service::guess_kind(&self.request.action)
+                EntityKind::guess(&self.request.action)
             });
         let target = if id == SUPERVISOR {
             Target::Supervisord
@@ -232,7 +232,7 @@ impl Script {
         metadata.retain(|k, _| !VOLATILE_METADATA.contains(&k.as_str()));
         Self {
             request: ScriptRequest {
-                entity: request.container_id.clone(),
+                entity: request.entity_id.clone(),
                 action: request.action.clone(),
                 command: request.command.clone(),
                 args: request.args.clone(),
@@ -422,11 +422,13 @@ pub fn compare(expect: &Expect, o: &PluginOutcome) -> Vec<String> {
 }
 
 /// Runs `script` against the plugin in `wasm`, in the real runtime with scripted backends.
-/// `cache_dir` keeps compiled plugins between runs.
+/// `cache_dir` keeps compiled plugins between runs; `environment` is what the script's
+/// `grants.env` patterns pick from (the CLI passes the manager's own).
 pub async fn run(
     wasm: &Path,
     script: &Script,
     cache_dir: Option<PathBuf>,
+    environment: &[(String, String)],
 ) -> Result<Report, String> {
     let scripted = Scripted::new(script.calls.clone());
     let runtime = Runtime::new(
@@ -435,8 +437,10 @@ pub async fn run(
             max_instances: 4,
             default_max_memory_bytes: crate::config::DEFAULT_MAX_MEMORY_BYTES,
             plugins: Default::default(),
+            environment: environment.to_vec(),
         },
         scripted.backends(),
+        None,
     )
     .map_err(|e| e.to_string())?;
     let mut plugin = runtime
@@ -448,10 +452,14 @@ pub async fn run(
         &plugin.name,
         plugin.policy.requested().iter().copied(),
         grants,
+        environment,
     ));
     let entity = script.resolved_entity()?;
     let request = script.manager_request();
-    let outcome = runtime.handle(&plugin, &entity, &request).await;
+    let outcome = runtime
+        .handle(&plugin, &entity, &request)
+        .await
+        .unwrap_or_else(PluginOutcome::from);
     let (calls, mut problems) = scripted.finish();
     problems.extend(compare(&script.expect, &outcome));
     Ok(Report {

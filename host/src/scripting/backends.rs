@@ -1,22 +1,26 @@
-//! Two capability backends for testing plugins: [`Scripted`] answers each host call from a
-//! script and notes every difference from it; [`Recorder`] passes calls to the real backends
-//! and writes down each call with its answer (a trace, which replays as a script).
+//! Two capability backends: [`Scripted`] answers each host call from a script and notes every
+//! difference from it (`plugin test`); [`Recorder`] is the runtime's observer for `--record`:
+//! each request's calls pass to the real backends and are written down with their answers,
+//! then the request, its response and the calls are written as a trace (which replays as a
+//! script).
 
 use std::collections::VecDeque;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
 use async_trait::async_trait;
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 
+use super::Script;
 use super::json::{Json, error_from_json, error_to_json};
+use crate::bindings::docker::{BuildOptions, BuildOutput, Container, ExecOptions, ExecOutput};
+use crate::bindings::supervisor::{ConfigChanges, Process, ProcessResult};
+use crate::bindings::types::Error;
 use crate::capabilities::{Backends, DockerBackend, SupervisorBackend};
-use crate::runtime::bindings::docker::{
-    BuildOptions, BuildOutput, Container, ExecOptions, ExecOutput,
-};
-use crate::runtime::bindings::supervisor::{ConfigChanges, Process, ProcessResult};
-use crate::runtime::bindings::types::Error;
+use crate::config::Grants;
+use crate::message::{Entity, ManagerRequest};
+use crate::runtime::{Observation, Observer, PluginOutcome, RunError};
 
 /// One host call as it reached the backend: its name (`docker.list-containers`), its
 /// arguments, and its answer (`ok`, or `err` as `{ <kind> = "text" }`).
@@ -196,35 +200,87 @@ impl Scripted {
     }
 }
 
-/// Passes host calls on to real backends and writes each down with its answer.
-#[derive(Clone)]
+/// Records every request into a folder: `<correlation id>.json`, a trace `plugin test
+/// --replay` runs again.
+#[derive(Debug, Clone)]
 pub struct Recorder {
-    inner: Backends,
-    calls: Arc<Mutex<Vec<Call>>>,
+    dir: PathBuf,
 }
 
 impl Recorder {
-    /// Records the calls that reach `inner`.
-    pub fn new(inner: Backends) -> Self {
-        Self {
-            inner,
-            calls: Arc::default(),
-        }
+    /// Traces go to `dir` (created when missing).
+    pub fn new(dir: PathBuf) -> Self {
+        Self { dir }
     }
+}
 
-    /// Both backends, recording.
-    pub fn backends(&self) -> Backends {
+impl Observer for Recorder {
+    fn begin(&self, backends: &Backends) -> Box<dyn Observation> {
+        Box::new(Recording {
+            inner: backends.clone(),
+            calls: Arc::default(),
+            dir: self.dir.clone(),
+        })
+    }
+}
+
+/// One request being recorded: its host calls pass on to the real backends and are written
+/// down with their answers.
+#[derive(Clone)]
+pub struct Recording {
+    inner: Backends,
+    calls: Arc<Mutex<Vec<Call>>>,
+    dir: PathBuf,
+}
+
+impl Observation for Recording {
+    fn backends(&self) -> Backends {
         Backends {
             docker: Arc::new(self.clone()),
             supervisor: Arc::new(self.clone()),
         }
     }
 
-    /// The calls so far.
-    pub fn calls(&self) -> Vec<Call> {
-        self.calls.lock().unwrap_or_else(|e| e.into_inner()).clone()
+    fn end(
+        self: Box<Self>,
+        request: &ManagerRequest,
+        entity: &Entity,
+        grants: &Grants,
+        outcome: &Result<PluginOutcome, RunError>,
+    ) {
+        let calls = self.calls.lock().unwrap_or_else(|e| e.into_inner()).clone();
+        let outcome = match outcome {
+            Ok(o) => o.clone(),
+            Err(e) => PluginOutcome::from(e.clone()),
+        };
+        let trace = Script::trace(request, entity, grants, calls, &outcome);
+        write_trace(&self.dir, &request.correlation_id, &trace);
     }
+}
 
+/// Writes a trace; a failure is logged, the request is not affected.
+fn write_trace(dir: &Path, correlation_id: &str, trace: &Script) {
+    let name: String = correlation_id
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || c == '-' || c == '_' {
+                c
+            } else {
+                '_'
+            }
+        })
+        .collect();
+    let path = dir.join(format!("{name}.json"));
+    let written = std::fs::create_dir_all(dir)
+        .and_then(|()| serde_json::to_vec_pretty(trace).map_err(std::io::Error::other))
+        .and_then(|bytes| std::fs::write(&path, bytes));
+    match written {
+        Ok(()) => tracing::debug!(path = %path.display(), "trace recorded"),
+        Err(e) => tracing::warn!(path = %path.display(), error = %e, "cannot write the trace"),
+    }
+}
+
+impl Recording {
     /// Runs `f` and writes the call down in the order calls were made (calls made at once,
     /// like the starts of a service's replicas, finish in any order).
     async fn record<T: Json>(
@@ -305,7 +361,7 @@ impl DockerBackend for Scripted {
 }
 
 #[async_trait]
-impl DockerBackend for Recorder {
+impl DockerBackend for Recording {
     async fn list_containers(
         &self,
         project: &str,
@@ -423,7 +479,7 @@ impl SupervisorBackend for Scripted {
 }
 
 #[async_trait]
-impl SupervisorBackend for Recorder {
+impl SupervisorBackend for Recording {
     async fn process_info(&self, name: &str) -> Result<Process, Error> {
         let s = &self.inner.supervisor;
         self.record(

@@ -1,0 +1,178 @@
+//! The ledger: what was answered, keyed by correlation id. Its rows are written by the
+//! transport in the same transaction as the answer and the request's deletion (so an answer
+//! and its ledger row exist together or not at all); this module decides what goes in them,
+//! looks a fetched batch up so a request answered before (a redelivery, a retry by Core) gets
+//! the same answer again without running twice, and remembers the answers of this process
+//! for duplicates still in flight. History and the failure queue are read through
+//! [`crate::transport::Records`].
+
+use std::collections::HashMap;
+use std::sync::Mutex;
+use std::time::Duration;
+
+use crate::message::ManagerResponse;
+pub use crate::transport::LedgerEntry;
+use crate::transport::Queue;
+
+/// The ledger row of an answer: `received_at` when the request was taken, `elapsed` the time
+/// it took (`finished_at` is set by the transport at commit).
+pub fn entry(response: &ManagerResponse, received_at: String, elapsed: Duration) -> LedgerEntry {
+    LedgerEntry {
+        correlation_id: response.correlation_id.clone(),
+        entity_id: response.entity_id.clone(),
+        action: response.action.clone(),
+        plugin: response
+            .metadata
+            .get("plugin")
+            .and_then(|p| p.as_str())
+            .map(str::to_owned),
+        success: response.success,
+        error: response.error.clone(),
+        response: serde_json::to_value(response).unwrap_or(serde_json::Value::Null),
+        received_at,
+        finished_at: String::new(),
+        duration_ms: i64::try_from(elapsed.as_millis()).unwrap_or(i64::MAX),
+    }
+}
+
+/// The answers the ledger holds for one fetched batch.
+#[derive(Debug, Default)]
+pub struct Known(HashMap<String, LedgerEntry>);
+
+impl Known {
+    /// Looks up `correlation_ids`. A ledger that cannot be read is logged and treated as
+    /// empty: the requests run (without dedup) rather than wait.
+    pub async fn lookup<Q: Queue>(queue: &Q, correlation_ids: Vec<String>) -> Self {
+        if correlation_ids.is_empty() {
+            return Self::default();
+        }
+        match queue.answered(correlation_ids).await {
+            Ok(m) => Self(m),
+            Err(e) => {
+                tracing::error!(cause = %e, "cannot read the ledger; requests run without dedup");
+                Self::default()
+            }
+        }
+    }
+
+    /// The answer given before to `correlation_id`, if any (and readable).
+    pub fn answer(&self, correlation_id: &str) -> Option<ManagerResponse> {
+        self.0
+            .get(correlation_id)
+            .and_then(|e| serde_json::from_value(e.response.clone()).ok())
+    }
+}
+
+/// Answers given by this process, by correlation id: a duplicate taken while its twin is
+/// still running, or in the same batch, gets the same answer without a ledger read. Bounded:
+/// it forgets everything when full (the ledger still has it).
+#[derive(Debug, Default)]
+pub struct Recent {
+    map: Mutex<HashMap<String, ManagerResponse>>,
+}
+
+impl Recent {
+    /// Answers kept at most.
+    pub const CAP: usize = 10_000;
+
+    /// The answer given to `correlation_id`, if this process gave one.
+    pub fn get(&self, correlation_id: &str) -> Option<ManagerResponse> {
+        self.map
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(correlation_id)
+            .cloned()
+    }
+
+    /// Remembers an answer.
+    pub fn put(&self, r: &ManagerResponse) {
+        let mut m = self.map.lock().unwrap_or_else(|e| e.into_inner());
+        if m.len() >= Self::CAP {
+            m.clear();
+        }
+        m.insert(r.correlation_id.clone(), r.clone());
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::codec::{Encoded, Format, encode_request};
+    use crate::message::{EntityKind, ManagerRequest};
+    use crate::transport::memory::MemoryQueue;
+    use crate::transport::{Settle, TransportOptions};
+
+    fn response(id: &str) -> ManagerResponse {
+        let mut r = ManagerResponse::failure(
+            &ManagerRequest::new(id, "web", "start"),
+            EntityKind::Container,
+            "no",
+        );
+        r.metadata.insert("plugin".into(), "docker-compose".into());
+        r
+    }
+
+    #[test]
+    fn an_entry_says_what_was_answered() {
+        let e = entry(&response("c1"), "t0".into(), Duration::from_millis(42));
+        assert_eq!(
+            (
+                e.correlation_id.as_str(),
+                e.entity_id.as_str(),
+                e.action.as_str()
+            ),
+            ("c1", "web", "start")
+        );
+        assert_eq!(e.plugin.as_deref(), Some("docker-compose"));
+        assert!(!e.success);
+        assert_eq!(e.error.as_deref(), Some("no"));
+        assert_eq!(e.duration_ms, 42);
+        assert_eq!(e.response["correlationId"], "c1");
+    }
+
+    #[tokio::test]
+    async fn a_committed_answer_is_found_again_and_a_broken_ledger_means_none() {
+        let q = MemoryQueue::new(TransportOptions::default());
+        let id = q
+            .send(
+                "default",
+                encode_request(
+                    &ManagerRequest::new("c1", "web", "start"),
+                    Format::Php,
+                    None,
+                ),
+            )
+            .await
+            .unwrap();
+        q.complete(vec![Settle::Reply {
+            request_id: id,
+            response: Encoded {
+                body: "r".into(),
+                headers: "[]".into(),
+            },
+            ledger: Some(Box::new(entry(
+                &response("c1"),
+                "t0".into(),
+                Duration::ZERO,
+            ))),
+        }])
+        .await
+        .unwrap();
+        let known = Known::lookup(&q, vec!["c1".into(), "c2".into()]).await;
+        assert_eq!(known.answer("c1"), Some(response("c1")));
+        assert_eq!(known.answer("c2"), None);
+        assert!(Known::lookup(&q, vec![]).await.answer("c1").is_none());
+    }
+
+    #[test]
+    fn recent_answers_are_bounded() {
+        let recent = Recent::default();
+        recent.put(&response("a"));
+        assert_eq!(recent.get("a"), Some(response("a")));
+        for i in 0..Recent::CAP {
+            recent.put(&response(&format!("x{i}")));
+        }
+        assert_eq!(recent.get("a"), None, "forgotten once full");
+        assert!(recent.map.lock().unwrap().len() <= Recent::CAP);
+    }
+}

@@ -1,0 +1,244 @@
+//! Admission: how many requests run at once (slots), how many rows a fetch asks for
+//! (batching), and the order of requests on one entity (each waits for the previous one, so a
+//! `stop` sent after a `start` lands after it). It knows no queue and no plugin.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, oneshot};
+
+/// How long a busy consumer waits for more free slots before fetching fewer rows.
+pub const BATCH_WAIT: Duration = Duration::from_millis(2);
+
+/// Slots and per-entity order.
+#[derive(Debug)]
+pub struct Scheduler {
+    slots: Arc<Semaphore>,
+    concurrency: usize,
+    batch: usize,
+    order: Mutex<HashMap<String, oneshot::Receiver<()>>>,
+}
+
+/// Free slots taken for one fetch; each row fetched takes one with [`Slots::take`], the rest
+/// go back when this is dropped.
+#[derive(Debug)]
+pub struct Slots(Option<OwnedSemaphorePermit>);
+
+/// One request's slot: free again when dropped.
+#[derive(Debug)]
+pub struct Slot(#[expect(dead_code, reason = "held for its drop")] OwnedSemaphorePermit);
+
+impl Slots {
+    /// How many are held.
+    pub fn len(&self) -> usize {
+        self.0.as_ref().map_or(0, OwnedSemaphorePermit::num_permits)
+    }
+
+    /// Whether none are held.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// One slot for one row.
+    pub fn take(&mut self) -> Option<Slot> {
+        let held = self.0.as_mut()?;
+        if held.num_permits() > 1 {
+            return held.split(1).map(Slot);
+        }
+        self.0.take().map(Slot)
+    }
+}
+
+/// A request's place in its entity's line: [`Turn::wait`] returns when the request before it
+/// on the same entity has finished; dropping the turn lets the next one go.
+#[derive(Debug)]
+pub struct Turn {
+    previous: Option<oneshot::Receiver<()>>,
+    _done: oneshot::Sender<()>,
+}
+
+impl Turn {
+    /// Waits for the previous request on the entity.
+    pub async fn wait(&mut self) {
+        if let Some(previous) = self.previous.take() {
+            // An error is the previous turn dropped: it is finished either way.
+            let _ = previous.await;
+        }
+    }
+}
+
+impl Scheduler {
+    /// At most `concurrency` requests at once, at most `batch` rows a fetch (both at least 1).
+    pub fn new(concurrency: usize, batch: usize) -> Self {
+        let concurrency = concurrency.max(1);
+        Self {
+            slots: Arc::new(Semaphore::new(concurrency)),
+            concurrency,
+            batch: batch.max(1).min(concurrency),
+            order: Mutex::default(),
+        }
+    }
+
+    /// Waits for a free slot, then takes the slots one fetch should fill, at most `at_most`:
+    /// every free one up to a batch; and when requests are running and fewer than half a
+    /// batch are free, it waits [`BATCH_WAIT`] for more, so a busy queue is fetched in
+    /// batches rather than one row per slot that comes back. Cancel-safe.
+    pub async fn admit(&self, at_most: usize) -> Slots {
+        let Ok(mut held) = self.slots.clone().acquire_many_owned(1).await else {
+            return Slots(None);
+        };
+        let cap = self.batch;
+        let free = self.slots.available_permits().min(cap - 1);
+        if let Ok(more) = self
+            .slots
+            .clone()
+            .try_acquire_many_owned(u32::try_from(free).unwrap_or(0))
+        {
+            held.merge(more);
+        }
+        let busy = self
+            .concurrency
+            .saturating_sub(self.slots.available_permits() + held.num_permits());
+        let target = (cap / 2).max(1);
+        if busy > 0 && held.num_permits() < target {
+            let missing = u32::try_from(target - held.num_permits()).unwrap_or(0);
+            if let Ok(Ok(more)) =
+                tokio::time::timeout(BATCH_WAIT, self.slots.clone().acquire_many_owned(missing))
+                    .await
+            {
+                held.merge(more);
+            }
+        }
+        let keep = held.num_permits().min(at_most.max(1));
+        if keep < held.num_permits() {
+            // Give back what the limit leaves unused.
+            drop(held.split(held.num_permits() - keep));
+        }
+        Slots(Some(held))
+    }
+
+    /// The turn of a request on `entity`, in the order the turns are taken.
+    pub fn turn(&self, entity: &str) -> Turn {
+        let (done, rx) = oneshot::channel();
+        let mut order = self.order.lock().unwrap_or_else(|e| e.into_inner());
+        // Lines whose last request has finished are forgotten, so the map holds only the
+        // entities with work in flight.
+        order.retain(|_, last| matches!(last.try_recv(), Err(oneshot::error::TryRecvError::Empty)));
+        let previous = order.insert(entity.to_owned(), rx);
+        Turn {
+            previous,
+            _done: done,
+        }
+    }
+
+    /// Waits until every slot is free: everything admitted has finished.
+    pub async fn drain(&self) {
+        let _ = self
+            .slots
+            .acquire_many(u32::try_from(self.concurrency).unwrap_or(u32::MAX))
+            .await;
+    }
+
+    /// Requests running now.
+    pub fn running(&self) -> usize {
+        self.concurrency
+            .saturating_sub(self.slots.available_permits())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    use super::*;
+
+    #[tokio::test(start_paused = true)]
+    async fn an_idle_scheduler_admits_a_whole_batch_at_once() {
+        let s = Scheduler::new(8, 4);
+        let mut slots = s.admit(usize::MAX).await;
+        assert_eq!(slots.len(), 4, "a batch, not all eight");
+        let a = slots.take().unwrap();
+        assert_eq!(s.running(), 4);
+        drop(slots);
+        assert_eq!(s.running(), 1, "unused slots go back");
+        drop(a);
+        assert_eq!(s.admit(3).await.len(), 3, "the limit caps a batch");
+        assert_eq!(s.running(), 0);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_busy_scheduler_waits_a_moment_to_fill_half_a_batch() {
+        let s = Arc::new(Scheduler::new(4, 4));
+        let mut all = s.admit(usize::MAX).await;
+        let running: Vec<Slot> = std::iter::from_fn(|| all.take()).collect();
+        assert_eq!(s.running(), 4);
+        // One slot comes back: the next admission waits BATCH_WAIT for a second one.
+        let mut running = running.into_iter();
+        drop(running.next());
+        let t0 = tokio::time::Instant::now();
+        let second = running.next();
+        let s2 = s.clone();
+        let admitted = tokio::spawn(async move { s2.admit(usize::MAX).await.len() });
+        tokio::time::sleep(Duration::from_millis(1)).await;
+        drop(second);
+        assert_eq!(admitted.await.unwrap(), 2, "two slots for one fetch");
+        assert!(t0.elapsed() < BATCH_WAIT);
+        // No second slot in time: one is enough after BATCH_WAIT.
+        let kept = s.admit(usize::MAX).await;
+        assert_eq!(kept.len(), 2);
+        drop(running.next());
+        let t0 = tokio::time::Instant::now();
+        assert_eq!(s.admit(usize::MAX).await.len(), 1);
+        assert!(t0.elapsed() >= BATCH_WAIT);
+        drop(kept);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn requests_on_one_entity_run_in_order_and_others_do_not_wait() {
+        let s = Arc::new(Scheduler::new(8, 8));
+        let log = Arc::new(Mutex::new(Vec::new()));
+        let at_once = Arc::new(AtomicUsize::new(0));
+        let mut tasks = Vec::new();
+        for (i, entity) in ["a", "a", "b", "a"].into_iter().enumerate() {
+            let mut turn = s.turn(entity);
+            let (log, at_once) = (log.clone(), at_once.clone());
+            tasks.push(tokio::spawn(async move {
+                turn.wait().await;
+                let n = at_once.fetch_add(1, Ordering::SeqCst) + 1;
+                log.lock().unwrap().push((i, entity, n));
+                // Later requests take less time: without the line they would finish first.
+                tokio::time::sleep(Duration::from_millis(40 - 10 * i as u64)).await;
+                at_once.fetch_sub(1, Ordering::SeqCst);
+            }));
+        }
+        for t in tasks {
+            t.await.unwrap();
+        }
+        let log = log.lock().unwrap();
+        let a: Vec<usize> = log.iter().filter(|e| e.1 == "a").map(|e| e.0).collect();
+        assert_eq!(a, [0, 1, 3]);
+        let b = log.iter().find(|e| e.1 == "b").unwrap();
+        assert_eq!(b.2, 2, "b runs beside the first a");
+        // Lines whose requests have all finished are forgotten at the next turn.
+        let _next = s.turn("c");
+        assert_eq!(s.order.lock().unwrap().len(), 1);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn drain_waits_for_everything_admitted() {
+        let s = Arc::new(Scheduler::new(2, 2));
+        let mut slots = s.admit(usize::MAX).await;
+        let slot = slots.take().unwrap();
+        drop(slots);
+        let s2 = s.clone();
+        let drained = tokio::spawn(async move {
+            s2.drain().await;
+            tokio::time::Instant::now()
+        });
+        tokio::time::sleep(Duration::from_secs(3)).await;
+        let released = tokio::time::Instant::now();
+        drop(slot);
+        assert!(drained.await.unwrap() >= released);
+    }
+}

@@ -1,0 +1,601 @@
+//! The consume loop, like `messenger:consume`: admit (scheduler), fetch a batch (transport),
+//! look it up in the ledger, run each new request on its entity's turn, and settle answers in
+//! batched transactions (response INSERT + request DELETE + ledger row, one commit).
+
+use std::collections::HashSet;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use tokio::sync::{Mutex, mpsc};
+
+use super::Manager;
+use crate::codec::{self, Decoded, Format};
+use crate::ledger::{self, Known, Recent};
+use crate::message::{EntityKind, ManagerRequest, ManagerResponse};
+use crate::scheduler::{Scheduler, Slot};
+use crate::transport::{
+    Delivery, Queue, Settle, TransportOptions, response_format, utc_now_rfc3339,
+};
+
+/// How long a stop waits for a fetch under way: the rows it takes are marked delivered, so they
+/// are run rather than left for the redeliver timeout, unless the database does not answer.
+const FETCH_GRACE: Duration = Duration::from_secs(5);
+
+/// What carries out a request for the loop: the [`Manager`]; a fake in the loop's tests.
+pub trait Execute: Send + Sync + 'static {
+    /// Carries out one request; every problem is an error response.
+    fn execute(&self, req: &ManagerRequest) -> impl Future<Output = ManagerResponse> + Send;
+}
+
+impl Execute for Manager {
+    fn execute(&self, req: &ManagerRequest) -> impl Future<Output = ManagerResponse> + Send {
+        Manager::execute(self, req)
+    }
+}
+
+/// How the loop runs.
+#[derive(Debug, Clone)]
+pub struct ConsumeOptions {
+    /// Stop after this many messages (`--limit`).
+    pub limit: Option<u64>,
+    /// Stop after this long (`--time-limit`).
+    pub time_limit: Option<Duration>,
+    /// Requests carried out at once.
+    pub concurrency: usize,
+    /// Rows taken per fetch, at most.
+    pub batch: usize,
+    /// The longest wait between looks at an idle queue.
+    pub poll: Duration,
+    /// How often `delivered_at` of running requests is moved forward.
+    pub keepalive: Duration,
+}
+
+impl Default for ConsumeOptions {
+    fn default() -> Self {
+        Self {
+            limit: None,
+            time_limit: None,
+            concurrency: 128,
+            batch: 256,
+            poll: Duration::from_secs(1),
+            keepalive: Duration::from_secs(60),
+        }
+    }
+}
+
+/// What a run did.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ConsumeStats {
+    /// Requests answered (executed or from the ledger).
+    pub answered: u64,
+    /// Answered from the ledger without running again.
+    pub from_ledger: u64,
+    /// Rows moved to the failure queue.
+    pub failed_rows: u64,
+}
+
+#[derive(Default)]
+struct Stats {
+    answered: AtomicU64,
+    from_ledger: AtomicU64,
+    failed: AtomicU64,
+}
+
+/// Runs until `shutdown` resolves, the limit or the time limit is reached. In-flight requests
+/// finish and their answers are committed before it returns.
+pub async fn consume<Q: Queue, E: Execute>(
+    queue: Arc<Q>,
+    executor: Arc<E>,
+    options: ConsumeOptions,
+    shutdown: impl Future<Output = ()>,
+) -> ConsumeStats {
+    let started = Instant::now();
+    let mut shutdown = std::pin::pin!(shutdown);
+    let (settle_tx, settle_rx) = mpsc::unbounded_channel::<Settle>();
+    let writer = tokio::spawn(write_settlements(queue.clone(), settle_rx));
+    let in_flight: Arc<Mutex<HashSet<i64>>> = Arc::default();
+    let keepalive = tokio::spawn(keep_alive(
+        queue.clone(),
+        in_flight.clone(),
+        options.keepalive,
+    ));
+    let scheduler = Arc::new(Scheduler::new(options.concurrency, options.batch));
+    let shared = Arc::new(Shared {
+        settle: settle_tx,
+        in_flight,
+        recent: Recent::default(),
+        stats: Stats::default(),
+        options: queue.options().clone(),
+    });
+    let mut taken: u64 = 0;
+    let mut backoff = Duration::from_millis(50);
+    // Set when the stop came during a fetch: `shutdown` has completed and is not polled again.
+    let mut stopping = false;
+
+    loop {
+        if stopping || options.limit.is_some_and(|l| taken >= l) {
+            break;
+        }
+        let time_left = options
+            .time_limit
+            .map(|t| t.saturating_sub(started.elapsed()));
+        if time_left == Some(Duration::ZERO) {
+            break;
+        }
+        // Take rows only for free slots, so nothing waits marked-but-idle.
+        let left = options.limit.map_or(usize::MAX, |l| {
+            usize::try_from(l - taken).unwrap_or(usize::MAX)
+        });
+        let mut slots = tokio::select! {
+            () = &mut shutdown => break,
+            s = scheduler.admit(left) => s,
+        };
+        if slots.is_empty() {
+            break;
+        }
+        let fetch = queue.fetch(slots.len());
+        tokio::pin!(fetch);
+        let fetched = tokio::select! {
+            r = &mut fetch => r,
+            () = &mut shutdown => match tokio::time::timeout(FETCH_GRACE, fetch).await {
+                Ok(r) => {
+                    stopping = true;
+                    r
+                }
+                Err(_) => break,
+            },
+        };
+        let rows = match fetched {
+            Ok(rows) => {
+                tracing::debug!(asked = slots.len(), got = rows.len(), "fetched");
+                backoff = Duration::from_millis(50);
+                rows
+            }
+            Err(e) => {
+                tracing::error!(cause = %e, "cannot fetch from the queue");
+                drop(slots);
+                if stopping {
+                    break;
+                }
+                tokio::select! {
+                    () = &mut shutdown => break,
+                    () = tokio::time::sleep(backoff) => {}
+                }
+                backoff = (backoff * 2).min(Duration::from_secs(5));
+                continue;
+            }
+        };
+        if rows.is_empty() {
+            drop(slots);
+            if stopping {
+                break;
+            }
+            let wait = time_left.map_or(options.poll, |t| t.min(options.poll));
+            tokio::select! {
+                () = &mut shutdown => break,
+                () = queue.wait(wait) => {}
+            }
+            continue;
+        }
+        taken += rows.len() as u64;
+        let known = Known::lookup(&*queue, correlation_ids(&rows)).await;
+        for row in rows {
+            // One slot per row; the fetch asked for no more rows than there are slots.
+            let Some(slot) = slots.take() else {
+                break;
+            };
+            shared.in_flight.lock().await.insert(row.id);
+            match prepare(row, &known, &shared.options) {
+                Prepared::Settle(id, s) => {
+                    shared.finish(id, s).await;
+                    drop(slot);
+                }
+                Prepared::Run(run) => {
+                    let mut turn = scheduler.turn(&run.request.entity_id);
+                    let (shared, executor) = (shared.clone(), executor.clone());
+                    tokio::spawn(async move {
+                        turn.wait().await;
+                        shared.run(&*executor, run, slot).await;
+                        drop(turn);
+                    });
+                }
+            }
+        }
+    }
+    // Finish what is in flight, then flush the answers.
+    scheduler.drain().await;
+    let stats = ConsumeStats {
+        answered: shared.stats.answered.load(Ordering::Relaxed),
+        from_ledger: shared.stats.from_ledger.load(Ordering::Relaxed),
+        failed_rows: shared.stats.failed.load(Ordering::Relaxed),
+    };
+    drop(shared);
+    let _ = writer.await;
+    keepalive.abort();
+    stats
+}
+
+/// The correlation ids of the decodable requests of a batch.
+fn correlation_ids(rows: &[Delivery]) -> Vec<String> {
+    rows.iter()
+        .filter_map(|r| match &r.decoded {
+            Ok(Decoded {
+                request: Some(Ok(req)),
+                ..
+            }) => Some(req.correlation_id.clone()),
+            _ => None,
+        })
+        .collect()
+}
+
+/// A request to run, with what its answer needs.
+struct Run {
+    id: i64,
+    request: ManagerRequest,
+    format: Format,
+    bus: Option<String>,
+    received_at: String,
+}
+
+enum Prepared {
+    Settle(i64, Settle),
+    Run(Box<Run>),
+}
+
+/// Decides what to do with a taken row without running anything: park it, answer it with an
+/// error or from the ledger, or run it.
+fn prepare(row: Delivery, known: &Known, options: &TransportOptions) -> Prepared {
+    let id = row.id;
+    let fail = |reason| {
+        Prepared::Settle(
+            id,
+            Settle::Fail {
+                request_id: id,
+                reason,
+            },
+        )
+    };
+    let decoded = match row.decoded {
+        Ok(d) => d,
+        Err(reason) => {
+            tracing::error!(row_id = id, reason = %reason, "undecodable row moved to the failure queue");
+            return fail(reason);
+        }
+    };
+    let format = response_format(options, decoded.format);
+    let bus = decoded.bus_name;
+    let reply = |response: &ManagerResponse, ledger| {
+        Prepared::Settle(
+            id,
+            Settle::Reply {
+                request_id: id,
+                response: codec::encode_response(response, format, bus.as_deref()),
+                ledger,
+            },
+        )
+    };
+    match decoded.request {
+        Some(Ok(request)) => {
+            if let Some(response) = known.answer(&request.correlation_id) {
+                tracing::info!(row_id = id, correlation_id = %request.correlation_id, redelivered = row.redelivered, "already answered, replying from the ledger");
+                return reply(&response, None);
+            }
+            Prepared::Run(Box::new(Run {
+                id,
+                request,
+                format,
+                bus,
+                received_at: utc_now_rfc3339(),
+            }))
+        }
+        Some(Err(m)) => match m.correlation_id {
+            Some(correlation_id) => {
+                tracing::warn!(row_id = id, correlation_id = %correlation_id, reason = %m.reason, "malformed request answered with an error");
+                let action = m.action.unwrap_or_default();
+                let response = ManagerResponse {
+                    correlation_id,
+                    entity_type: EntityKind::guess(&action),
+                    entity_id: m.entity_id.unwrap_or_default(),
+                    action,
+                    success: false,
+                    output: None,
+                    error: Some(m.reason),
+                    metadata: serde_json::Map::new(),
+                };
+                let entry = ledger::entry(&response, utc_now_rfc3339(), Duration::ZERO);
+                reply(&response, Some(Box::new(entry)))
+            }
+            None => {
+                tracing::error!(row_id = id, reason = %m.reason, "request without a correlation id moved to the failure queue");
+                fail(m.reason)
+            }
+        },
+        // The transport hands over request rows only.
+        None => fail(format!("not a request: {}", decoded.class)),
+    }
+}
+
+/// What the requests of one run share.
+struct Shared {
+    settle: mpsc::UnboundedSender<Settle>,
+    in_flight: Arc<Mutex<HashSet<i64>>>,
+    recent: Recent,
+    stats: Stats,
+    options: TransportOptions,
+}
+
+impl Shared {
+    async fn finish(&self, id: i64, s: Settle) {
+        match &s {
+            Settle::Reply { ledger: None, .. } => {
+                self.stats.answered.fetch_add(1, Ordering::Relaxed);
+                self.stats.from_ledger.fetch_add(1, Ordering::Relaxed);
+            }
+            Settle::Reply { .. } => {
+                self.stats.answered.fetch_add(1, Ordering::Relaxed);
+            }
+            Settle::Fail { .. } => {
+                self.stats.failed.fetch_add(1, Ordering::Relaxed);
+            }
+        }
+        let _ = self.settle.send(s);
+        self.in_flight.lock().await.remove(&id);
+    }
+
+    /// Runs a request (or answers a duplicate this process answered already) and queues its
+    /// answer; the slot is free once the answer is queued.
+    async fn run<E: Execute>(&self, executor: &E, run: Box<Run>, slot: Slot) {
+        let started = Instant::now();
+        let Run {
+            id,
+            request,
+            format,
+            bus,
+            received_at,
+        } = *run;
+        let encode = |r: &ManagerResponse| codec::encode_response(r, format, bus.as_deref());
+        let settle = match self.recent.get(&request.correlation_id) {
+            Some(response) => Settle::Reply {
+                request_id: id,
+                response: encode(&response),
+                ledger: None,
+            },
+            None => {
+                let response = executor.execute(&request).await;
+                self.recent.put(&response);
+                let entry = ledger::entry(&response, received_at, started.elapsed());
+                Settle::Reply {
+                    request_id: id,
+                    response: encode(&response),
+                    ledger: Some(Box::new(entry)),
+                }
+            }
+        };
+        self.finish(id, settle).await;
+        drop(slot);
+    }
+}
+
+/// Commits answers in batches: everything queued when the previous commit ends goes into the
+/// next transaction, so a busy queue pays one commit (one fsync) per batch.
+async fn write_settlements<Q: Queue>(queue: Arc<Q>, mut rx: mpsc::UnboundedReceiver<Settle>) {
+    let mut buf = Vec::with_capacity(512);
+    while rx.recv_many(&mut buf, 512).await > 0 {
+        let batch = std::mem::take(&mut buf);
+        let mut delay = Duration::from_millis(100);
+        for attempt in 1.. {
+            let t = Instant::now();
+            match queue.complete(batch.clone()).await {
+                Ok(()) => {
+                    tracing::debug!(
+                        rows = batch.len(),
+                        elapsed_us = t.elapsed().as_micros() as u64,
+                        "answers committed"
+                    );
+                    break;
+                }
+                Err(e) if attempt < 10 => {
+                    tracing::error!(cause = %e, attempt, "cannot commit answers, retrying");
+                    tokio::time::sleep(delay).await;
+                    delay = (delay * 2).min(Duration::from_secs(5));
+                }
+                Err(e) => {
+                    // The requests stay marked delivered and come back after the redeliver
+                    // timeout; nothing is lost, but they will run again.
+                    tracing::error!(cause = %e, rows = batch.len(), "giving up committing answers");
+                    break;
+                }
+            }
+        }
+    }
+}
+
+/// Moves `delivered_at` of running requests forward so no consumer takes them again.
+async fn keep_alive<Q: Queue>(queue: Arc<Q>, in_flight: Arc<Mutex<HashSet<i64>>>, every: Duration) {
+    let mut tick = tokio::time::interval(every.max(Duration::from_millis(100)));
+    tick.tick().await;
+    loop {
+        tick.tick().await;
+        let ids: Vec<i64> = in_flight.lock().await.iter().copied().collect();
+        if let Err(e) = queue.keepalive(ids).await {
+            tracing::warn!(cause = %e, "cannot refresh delivered_at of running requests");
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::HashMap;
+    use std::sync::Mutex as StdMutex;
+
+    use super::*;
+    use crate::codec::{Encoded, encode_request};
+    use crate::transport::memory::MemoryQueue;
+
+    /// Answers every request with success after `delay`, counting runs by correlation id.
+    #[derive(Default)]
+    struct Fake {
+        delay: Duration,
+        runs: StdMutex<HashMap<String, usize>>,
+        log: StdMutex<Vec<String>>,
+    }
+
+    impl Execute for Fake {
+        async fn execute(&self, req: &ManagerRequest) -> ManagerResponse {
+            self.log
+                .lock()
+                .unwrap()
+                .push(format!("{} {}", req.entity_id, req.correlation_id));
+            tokio::time::sleep(self.delay).await;
+            *self
+                .runs
+                .lock()
+                .unwrap()
+                .entry(req.correlation_id.clone())
+                .or_default() += 1;
+            let mut r = ManagerResponse::failure(req, EntityKind::Container, "");
+            r.success = true;
+            r.error = None;
+            r
+        }
+    }
+
+    impl Fake {
+        fn runs(&self, id: &str) -> usize {
+            self.runs.lock().unwrap().get(id).copied().unwrap_or(0)
+        }
+    }
+
+    fn options() -> TransportOptions {
+        TransportOptions {
+            redeliver_timeout_secs: 30,
+            ..TransportOptions::default()
+        }
+    }
+
+    async fn send(q: &MemoryQueue, id: &str, entity: &str) -> i64 {
+        let req = ManagerRequest::new(id, entity, "start");
+        q.send("default", encode_request(&req, Format::Php, None))
+            .await
+            .unwrap()
+    }
+
+    fn answers(q: &MemoryQueue) -> Vec<String> {
+        q.rows("default")
+            .into_iter()
+            .filter_map(|r| codec::decode_response(r.row.body.as_bytes(), &r.row.headers).ok())
+            .map(|r| r.correlation_id)
+            .collect()
+    }
+
+    fn limit(n: u64) -> ConsumeOptions {
+        ConsumeOptions {
+            limit: Some(n),
+            poll: Duration::from_millis(10),
+            ..ConsumeOptions::default()
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn answers_every_request_once_and_a_redelivery_from_the_ledger() {
+        let q = Arc::new(MemoryQueue::new(options()));
+        let fake = Arc::new(Fake::default());
+        for i in 0..5 {
+            send(&q, &format!("c{i}"), "e").await;
+        }
+        // The same correlation id again, as Core's retry would send it.
+        send(&q, "c0", "e").await;
+        let stats = consume(q.clone(), fake.clone(), limit(6), std::future::pending()).await;
+        assert_eq!(stats.answered, 6);
+        assert_eq!(
+            fake.runs("c0"),
+            1,
+            "a duplicate in flight is answered without running"
+        );
+        let mut got = answers(&q);
+        got.sort();
+        assert_eq!(got, ["c0", "c0", "c1", "c2", "c3", "c4"]);
+        // A request answered in an earlier run comes back (redelivered): from the ledger.
+        send(&q, "c3", "e").await;
+        let stats = consume(q.clone(), fake.clone(), limit(1), std::future::pending()).await;
+        assert_eq!(stats.from_ledger, 1);
+        assert_eq!(fake.runs("c3"), 1);
+        assert_eq!(q.ledger().len(), 5);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_request_whose_manager_died_runs_after_the_redeliver_timeout() {
+        let q = Arc::new(MemoryQueue::new(options()));
+        send(&q, "lost", "e").await;
+        // A manager took it and died before answering.
+        assert_eq!(q.fetch(10).await.unwrap().len(), 1);
+        let fake = Arc::new(Fake::default());
+        let t0 = tokio::time::Instant::now();
+        let stats = consume(q.clone(), fake.clone(), limit(1), std::future::pending()).await;
+        assert_eq!(stats.answered, 1);
+        assert!(t0.elapsed() >= Duration::from_secs(30));
+        assert_eq!(answers(&q), ["lost"]);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_stop_finishes_what_is_in_flight_and_commits_it() {
+        let q = Arc::new(MemoryQueue::new(options()));
+        for i in 0..3 {
+            send(&q, &format!("c{i}"), &format!("e{i}")).await;
+        }
+        let fake = Arc::new(Fake {
+            delay: Duration::from_secs(5),
+            ..Fake::default()
+        });
+        let stop = tokio::time::sleep(Duration::from_secs(1));
+        let stats = consume(q.clone(), fake.clone(), ConsumeOptions::default(), stop).await;
+        assert_eq!(stats.answered, 3);
+        assert_eq!(answers(&q).len(), 3, "committed before returning");
+        // Nothing is taken after the stop.
+        send(&q, "late", "e").await;
+        assert_eq!(fake.runs("late"), 0);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_commit_that_fails_is_retried_and_nothing_runs_twice() {
+        let q = Arc::new(MemoryQueue::new(options()));
+        send(&q, "c0", "e").await;
+        q.fail_commits(3);
+        let fake = Arc::new(Fake::default());
+        let stats = consume(q.clone(), fake.clone(), limit(1), std::future::pending()).await;
+        assert_eq!(stats.answered, 1);
+        assert_eq!(answers(&q), ["c0"]);
+        assert_eq!(fake.runs("c0"), 1);
+        assert_eq!(q.commits(), 1);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn one_entity_in_order_and_bad_rows_parked() {
+        let q = Arc::new(MemoryQueue::new(options()));
+        for i in 0..4 {
+            send(&q, &format!("c{i}"), "same").await;
+        }
+        q.send(
+            "default",
+            Encoded {
+                body: "not a message".into(),
+                headers: "[]".into(),
+            },
+        )
+        .await
+        .unwrap();
+        q.fail_fetches(1);
+        let fake = Arc::new(Fake {
+            delay: Duration::from_millis(10),
+            ..Fake::default()
+        });
+        let stats = consume(q.clone(), fake.clone(), limit(5), std::future::pending()).await;
+        assert_eq!((stats.answered, stats.failed_rows), (4, 1));
+        assert_eq!(
+            *fake.log.lock().unwrap(),
+            ["same c0", "same c1", "same c2", "same c3"]
+        );
+        assert_eq!(q.rows("failed").len(), 1);
+    }
+}

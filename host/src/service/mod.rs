@@ -1,0 +1,215 @@
+//! The service: the consume loop ([`consume`]) and one request's execution
+//! ([`Manager::execute`]): resolve the entity (registry), choose the plugin (router), run it
+//! (runtime), and turn what happened into Core's response. It is the only stage that knows
+//! all the others; `cli` builds its parts and hands them in.
+
+mod consume;
+
+use std::sync::{Arc, RwLock};
+use std::time::Instant;
+
+use tracing::Instrument;
+
+pub use consume::{ConsumeOptions, ConsumeStats, consume};
+
+use crate::message::{EntityKind, ManagerRequest, ManagerResponse};
+use crate::registry::Registry;
+use crate::router::{Refusal, Routable, Router};
+use crate::runtime::plugins::{PluginDir, PluginSet};
+use crate::runtime::{LoadedPlugin, PluginOutcome, Runtime};
+
+impl Routable for Arc<LoadedPlugin> {
+    fn name(&self) -> &str {
+        &self.name
+    }
+    fn handles(&self) -> &[(EntityKind, String)] {
+        &self.handles
+    }
+    fn origin(&self) -> String {
+        self.path.display().to_string()
+    }
+}
+
+/// The plugins loaded at one moment and who serves what among them.
+#[derive(Debug)]
+pub struct Routing {
+    set: Arc<PluginSet>,
+    router: Router<Arc<LoadedPlugin>>,
+}
+
+impl Routing {
+    /// Routes the plugins of `set`.
+    pub fn new(set: Arc<PluginSet>) -> Self {
+        let router = Router::build(
+            set.plugins().iter().cloned(),
+            set.builtins().iter().cloned(),
+        );
+        Self { set, router }
+    }
+
+    /// What loaded, and what did not.
+    pub fn set(&self) -> &PluginSet {
+        &self.set
+    }
+
+    /// Who serves what.
+    pub fn router(&self) -> &Router<Arc<LoadedPlugin>> {
+        &self.router
+    }
+}
+
+/// Everything needed to carry out a request.
+pub struct Manager {
+    registry: Registry,
+    runtime: Arc<Runtime>,
+    plugins: Arc<PluginDir>,
+    routing: RwLock<Arc<Routing>>,
+}
+
+impl Manager {
+    /// A manager over a registry and a loaded plugins directory.
+    pub fn new(registry: Registry, runtime: Arc<Runtime>, plugins: Arc<PluginDir>) -> Self {
+        let routing = Routing::new(plugins.snapshot());
+        log_refusals(&[], routing.router.refused());
+        Self {
+            registry,
+            runtime,
+            plugins,
+            routing: RwLock::new(Arc::new(routing)),
+        }
+    }
+
+    /// The plugin runtime.
+    pub fn runtime(&self) -> &Arc<Runtime> {
+        &self.runtime
+    }
+
+    /// The plugins directory.
+    pub fn plugins(&self) -> &Arc<PluginDir> {
+        &self.plugins
+    }
+
+    /// The routes of the plugins serving now; rebuilt when the directory's set changed. Hold
+    /// the `Arc` for the length of a request.
+    pub fn routing(&self) -> Arc<Routing> {
+        let set = self.plugins.snapshot();
+        let current = self
+            .routing
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone();
+        if Arc::ptr_eq(&current.set, &set) {
+            return current;
+        }
+        let mut slot = self.routing.write().unwrap_or_else(|e| e.into_inner());
+        if !Arc::ptr_eq(&slot.set, &set) {
+            let routing = Routing::new(set);
+            log_refusals(slot.router.refused(), routing.router.refused());
+            *slot = Arc::new(routing);
+        }
+        slot.clone()
+    }
+
+    /// Follows the plugins directory until `shutdown` resolves, rebuilding the routes (and
+    /// saying what was refused) as soon as the set changes.
+    pub async fn watch_plugins(self: Arc<Self>, shutdown: impl Future<Output = ()>) {
+        let mut changes = self.plugins.changes();
+        let watch = self.plugins.clone().watch(shutdown);
+        tokio::pin!(watch);
+        loop {
+            tokio::select! {
+                () = &mut watch => return,
+                changed = changes.changed() => {
+                    if changed.is_err() {
+                        return;
+                    }
+                    self.routing();
+                }
+            }
+        }
+    }
+
+    /// Carries out one request. Never fails: every problem becomes an error response.
+    pub async fn execute(&self, req: &ManagerRequest) -> ManagerResponse {
+        let span = tracing::info_span!(
+            "request",
+            correlation_id = %req.correlation_id,
+            entity_id = %req.entity_id,
+            action = %req.action,
+            plugin = tracing::field::Empty,
+        );
+        self.execute_inner(req).instrument(span).await
+    }
+
+    async fn execute_inner(&self, req: &ManagerRequest) -> ManagerResponse {
+        let started = Instant::now();
+        let entity = match self.registry.resolve(&req.entity_id).await {
+            Ok(e) => e,
+            Err(e) => {
+                tracing::warn!(reason = %e, "request refused");
+                return ManagerResponse::failure(
+                    req,
+                    EntityKind::guess(&req.action),
+                    e.to_string(),
+                );
+            }
+        };
+        // Hold these routes (and so this plugin version) until the request is done.
+        let routing = self.routing();
+        let plugin = match routing.router.route(entity.kind, &req.action) {
+            Ok(p) => p.clone(),
+            Err(e) => {
+                tracing::warn!(reason = %e, "request refused");
+                return ManagerResponse::failure(req, entity.kind, e.to_string());
+            }
+        };
+        tracing::Span::current().record("plugin", plugin.name.as_str());
+        let outcome = self
+            .runtime
+            .handle(&plugin, &entity, req)
+            .await
+            .unwrap_or_else(PluginOutcome::from);
+        let mut metadata = outcome.metadata;
+        metadata.insert("plugin".into(), plugin.name.clone().into());
+        metadata.insert("plugin_version".into(), plugin.version.clone().into());
+        metadata.insert(
+            "duration_ms".into(),
+            serde_json::Value::from(
+                u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX),
+            ),
+        );
+        if outcome.success {
+            tracing::info!("action done");
+        } else {
+            tracing::warn!(
+                error = outcome.error.as_deref().unwrap_or(""),
+                "action failed"
+            );
+        }
+        ManagerResponse {
+            correlation_id: req.correlation_id.clone(),
+            entity_type: entity.kind,
+            entity_id: req.entity_id.clone(),
+            action: req.action.clone(),
+            success: outcome.success,
+            output: outcome.output,
+            error: if outcome.success {
+                outcome.error
+            } else {
+                Some(
+                    outcome
+                        .error
+                        .unwrap_or_else(|| "the action failed without saying why".into()),
+                )
+            },
+            metadata,
+        }
+    }
+}
+
+/// Logs the plugins refused now that were not refused before.
+fn log_refusals(before: &[Refusal], now: &[Refusal]) {
+    for r in now.iter().filter(|r| !before.contains(r)) {
+        tracing::error!(path = %r.origin, reason = %r.reason, "plugin skipped");
+    }
+}

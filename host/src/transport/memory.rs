@@ -1,0 +1,351 @@
+//! An in-memory queue with the Doctrine transport's semantics (own queue, oldest first,
+//! redelivery after `redeliver_timeout`, keep-alive, settle in one step, only request rows
+//! taken), so the scheduler, ledger dedup, redelivery and shutdown get fast unit tests. Its
+//! clock is tokio's, so `tokio::time::pause` drives redelivery. Faults can be injected: the
+//! next commits or fetches fail.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Mutex;
+use std::time::Duration;
+
+use tokio::sync::Notify;
+use tokio::time::Instant;
+
+use crate::codec;
+
+use super::{
+    Delivery, Error, FailedRow, HistoryFilter, LedgerEntry, Queue, Records, Settle,
+    TransportOptions, classify_row, utc_now_rfc3339,
+};
+
+/// One row of the table.
+#[derive(Debug, Clone)]
+pub struct MemoryRow {
+    /// The row id.
+    pub id: i64,
+    /// The queue it is on.
+    pub queue: String,
+    /// body and headers.
+    pub row: codec::Encoded,
+    /// When a consumer took it, if one did.
+    pub delivered_at: Option<Instant>,
+}
+
+#[derive(Debug, Default)]
+struct State {
+    next_id: i64,
+    rows: BTreeMap<i64, MemoryRow>,
+    ledger: HashMap<String, LedgerEntry>,
+    failures: BTreeMap<i64, FailedRow>,
+    failing_commits: usize,
+    failing_fetches: usize,
+    commits: usize,
+}
+
+/// The in-memory queue.
+#[derive(Debug)]
+pub struct MemoryQueue {
+    options: TransportOptions,
+    state: Mutex<State>,
+    notify: Notify,
+}
+
+impl MemoryQueue {
+    /// An empty queue with these options.
+    pub fn new(options: TransportOptions) -> Self {
+        Self {
+            options,
+            state: Mutex::default(),
+            notify: Notify::new(),
+        }
+    }
+
+    fn state(&self) -> std::sync::MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// The rows now on `queue`, oldest first.
+    pub fn rows(&self, queue: &str) -> Vec<MemoryRow> {
+        self.state()
+            .rows
+            .values()
+            .filter(|r| r.queue == queue)
+            .cloned()
+            .collect()
+    }
+
+    /// The ledger, by correlation id.
+    pub fn ledger(&self) -> HashMap<String, LedgerEntry> {
+        self.state().ledger.clone()
+    }
+
+    /// The next `n` commits fail (the database went away).
+    pub fn fail_commits(&self, n: usize) {
+        self.state().failing_commits = n;
+    }
+
+    /// The next `n` fetches fail.
+    pub fn fail_fetches(&self, n: usize) {
+        self.state().failing_fetches = n;
+    }
+
+    /// Commits that succeeded so far.
+    pub fn commits(&self) -> usize {
+        self.state().commits
+    }
+
+    fn insert(st: &mut State, queue: &str, row: codec::Encoded) -> i64 {
+        st.next_id += 1;
+        let id = st.next_id;
+        st.rows.insert(
+            id,
+            MemoryRow {
+                id,
+                queue: queue.to_owned(),
+                row,
+                delivered_at: None,
+            },
+        );
+        id
+    }
+}
+
+fn down() -> Error {
+    Error::Db(sqlx::Error::PoolTimedOut)
+}
+
+impl Queue for MemoryQueue {
+    async fn setup(&self) -> Result<(), Error> {
+        Ok(())
+    }
+
+    async fn fetch(&self, max: usize) -> Result<Vec<Delivery>, Error> {
+        let mut st = self.state();
+        if st.failing_fetches > 0 {
+            st.failing_fetches -= 1;
+            return Err(down());
+        }
+        let now = Instant::now();
+        let redeliver = Duration::from_secs(self.options.redeliver_timeout_secs);
+        let mut taken = Vec::new();
+        for row in st.rows.values_mut() {
+            if taken.len() >= max {
+                break;
+            }
+            let free = row
+                .delivered_at
+                .is_none_or(|at| now.saturating_duration_since(at) > redeliver);
+            if row.queue != self.options.queue_name || !free {
+                continue;
+            }
+            if let Some(decoded) = classify_row(&row.row.body, &row.row.headers) {
+                taken.push(Delivery {
+                    id: row.id,
+                    decoded,
+                    redelivered: row.delivered_at.is_some(),
+                });
+                row.delivered_at = Some(now);
+            }
+        }
+        Ok(taken)
+    }
+
+    async fn complete(&self, batch: Vec<Settle>) -> Result<(), Error> {
+        let mut st = self.state();
+        if st.failing_commits > 0 {
+            st.failing_commits -= 1;
+            return Err(down());
+        }
+        let finished = utc_now_rfc3339();
+        for s in batch {
+            match s {
+                Settle::Reply {
+                    request_id,
+                    response,
+                    ledger,
+                } => {
+                    Self::insert(&mut st, &self.options.response_queue_name, response);
+                    st.rows.remove(&request_id);
+                    if let Some(mut e) = ledger.map(|e| *e) {
+                        e.finished_at.clone_from(&finished);
+                        st.ledger.entry(e.correlation_id.clone()).or_insert(e);
+                    }
+                }
+                Settle::Fail { request_id, reason } => {
+                    st.failures.insert(
+                        request_id,
+                        FailedRow {
+                            id: request_id,
+                            original_queue: self.options.queue_name.clone(),
+                            reason,
+                        },
+                    );
+                    if let Some(row) = st.rows.get_mut(&request_id) {
+                        row.queue.clone_from(&self.options.failure_queue_name);
+                        row.delivered_at = None;
+                    }
+                }
+            }
+        }
+        st.commits += 1;
+        drop(st);
+        self.notify.notify_waiters();
+        Ok(())
+    }
+
+    async fn keepalive(&self, ids: Vec<i64>) -> Result<(), Error> {
+        let mut st = self.state();
+        let now = Instant::now();
+        for id in ids {
+            if let Some(row) = st.rows.get_mut(&id)
+                && row.delivered_at.is_some()
+            {
+                row.delivered_at = Some(now);
+            }
+        }
+        Ok(())
+    }
+
+    async fn wait(&self, timeout: Duration) {
+        let _ = tokio::time::timeout(timeout, self.notify.notified()).await;
+    }
+
+    async fn answered(
+        &self,
+        correlation_ids: Vec<String>,
+    ) -> Result<HashMap<String, LedgerEntry>, Error> {
+        let st = self.state();
+        Ok(correlation_ids
+            .into_iter()
+            .filter_map(|c| st.ledger.get(&c).map(|e| (c, e.clone())))
+            .collect())
+    }
+
+    async fn send(&self, queue: &str, row: codec::Encoded) -> Result<i64, Error> {
+        let id = Self::insert(&mut self.state(), queue, row);
+        self.notify.notify_waiters();
+        Ok(id)
+    }
+
+    fn options(&self) -> &TransportOptions {
+        &self.options
+    }
+}
+
+impl Records for MemoryQueue {
+    async fn history(&self, f: HistoryFilter) -> Result<Vec<LedgerEntry>, Error> {
+        let mut out: Vec<LedgerEntry> = self
+            .state()
+            .ledger
+            .values()
+            .filter(|e| f.entity_id.as_ref().is_none_or(|id| *id == e.entity_id))
+            .filter(|e| !f.failed_only || !e.success)
+            .filter(|e| f.since.as_ref().is_none_or(|s| e.received_at >= *s))
+            .cloned()
+            .collect();
+        out.sort_by(|a, b| b.received_at.cmp(&a.received_at));
+        out.truncate(usize::try_from(f.limit.max(1)).unwrap_or(usize::MAX));
+        Ok(out)
+    }
+
+    async fn failed_rows(&self) -> Result<Vec<FailedRow>, Error> {
+        Ok(self.state().failures.values().cloned().collect())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::codec::{Format, encode_request};
+    use crate::message::ManagerRequest;
+
+    fn options() -> TransportOptions {
+        TransportOptions {
+            redeliver_timeout_secs: 60,
+            ..TransportOptions::default()
+        }
+    }
+
+    fn request(id: &str) -> codec::Encoded {
+        encode_request(&ManagerRequest::new(id, "e", "start"), Format::Php, None)
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn taken_rows_come_back_after_the_redeliver_timeout_unless_kept_alive() {
+        let q = MemoryQueue::new(options());
+        let a = q.send("default", request("a")).await.unwrap();
+        let b = q.send("default", request("b")).await.unwrap();
+        q.send("other", request("c")).await.unwrap();
+        let taken = q.fetch(10).await.unwrap();
+        assert_eq!(taken.iter().map(|d| d.id).collect::<Vec<_>>(), [a, b]);
+        assert!(taken.iter().all(|d| !d.redelivered));
+        assert!(q.fetch(10).await.unwrap().is_empty(), "marked delivered");
+        tokio::time::advance(Duration::from_secs(40)).await;
+        q.keepalive(vec![a]).await.unwrap();
+        tokio::time::advance(Duration::from_secs(30)).await;
+        let again = q.fetch(10).await.unwrap();
+        assert_eq!(again.iter().map(|d| d.id).collect::<Vec<_>>(), [b]);
+        assert!(again[0].redelivered);
+    }
+
+    #[tokio::test]
+    async fn settling_answers_deletes_and_records_once_or_parks() {
+        let q = MemoryQueue::new(options());
+        let a = q.send("default", request("a")).await.unwrap();
+        let b = q.send("default", request("b")).await.unwrap();
+        q.fetch(10).await.unwrap();
+        let entry = |id: &str| LedgerEntry {
+            correlation_id: id.into(),
+            entity_id: "e".into(),
+            action: "start".into(),
+            plugin: None,
+            success: true,
+            error: None,
+            response: serde_json::Value::Null,
+            received_at: "2026-01-01T00:00:00.000Z".into(),
+            finished_at: String::new(),
+            duration_ms: 1,
+        };
+        let reply = |id, body: &str| Settle::Reply {
+            request_id: id,
+            response: codec::Encoded {
+                body: body.into(),
+                headers: "[]".into(),
+            },
+            ledger: Some(Box::new(entry("a"))),
+        };
+        q.fail_commits(1);
+        assert!(q.complete(vec![reply(a, "r1")]).await.is_err());
+        assert_eq!(
+            q.rows("default").len(),
+            2,
+            "a failed commit changes nothing"
+        );
+        q.complete(vec![
+            reply(a, "r1"),
+            Settle::Fail {
+                request_id: b,
+                reason: "bad".into(),
+            },
+        ])
+        .await
+        .unwrap();
+        let left: Vec<String> = q.rows("default").into_iter().map(|r| r.row.body).collect();
+        assert_eq!(left, ["r1"]);
+        assert_eq!(q.rows("failed").len(), 1);
+        assert_eq!(q.failed_rows().await.unwrap()[0].reason, "bad");
+        let known = q.answered(vec!["a".into(), "zz".into()]).await.unwrap();
+        assert_eq!(known.len(), 1);
+        assert!(!known["a"].finished_at.is_empty());
+        assert_eq!(
+            q.history(HistoryFilter {
+                limit: 10,
+                ..HistoryFilter::default()
+            })
+            .await
+            .unwrap()
+            .len(),
+            1
+        );
+    }
+}
