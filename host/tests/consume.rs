@@ -22,6 +22,8 @@ on_both_databases!(
     bad_rows_never_stop_the_service,
     stop_finishes_what_is_in_flight,
     keepalive_keeps_a_long_action_from_redelivery,
+    hostile_rows_are_settled_alone,
+    foreign_rows_cost_nothing_and_starve_nothing,
 );
 
 async fn manager(s: &Setup) -> Arc<Manager> {
@@ -288,4 +290,165 @@ async fn keepalive_keeps_a_long_action_from_redelivery<T: Queue + Records>(
     let stats = run.await.unwrap();
     assert_eq!(stats.answered, 1);
     assert_eq!(responses(db).await.len(), 1);
+}
+
+/// Rows whose fields cannot be stored (an over-long or NUL-holding correlation id, a NUL in
+/// the entity id or in a failure reason) are settled alone: parked with the reason or
+/// answered with an error, while the valid requests fetched with them are answered once.
+async fn hostile_rows_are_settled_alone<T: Queue + Records>(
+    db: &TestDb,
+    mk: impl AsyncFn(&str) -> T,
+) {
+    let s = Setup::new(&[(guests::ECHO, "echo.wasm")]);
+    let t = Arc::new(mk("").await);
+    t.setup().await.unwrap();
+    let long = "x".repeat(300);
+    let hostile = [
+        (long.as_str(), "c1"),
+        ("nul\0id", "c1"),
+        ("nul-entity", "c\0x"),
+    ];
+    for format in [Format::Php, Format::Json] {
+        for i in 0..3 {
+            send(
+                &*t,
+                &request(&format!("good-{format:?}-{i}"), "c1", "start"),
+                format,
+            )
+            .await;
+        }
+        for (id, entity) in hostile {
+            send(
+                &*t,
+                &request(&format!("{id}{format:?}"), entity, "start"),
+                format,
+            )
+            .await;
+        }
+    }
+    // An undecodable row whose reason would quote a NUL.
+    t.send(
+        "requests",
+        codec::Encoded {
+            body: format!("O:3:\\\"{}\\0\\\"}}", codec::request_class_needle()),
+            headers: "[]".into(),
+        },
+    )
+    .await
+    .unwrap();
+    let stats = run_until_idle(t.clone(), manager(&s).await, 13).await;
+    assert_eq!(stats.failed_rows, 5, "{stats:?}");
+    assert_eq!(stats.answered, 8, "{stats:?}");
+    let answers = responses(db).await;
+    let good: Vec<&ManagerResponse> = answers
+        .iter()
+        .filter(|r| r.correlation_id.starts_with("good-"))
+        .collect();
+    assert_eq!(good.len(), 6, "each valid request answered once");
+    assert!(good.iter().all(|r| r.success));
+    let nul_entity: Vec<&ManagerResponse> = answers
+        .iter()
+        .filter(|r| r.correlation_id.starts_with("nul-entity"))
+        .collect();
+    assert_eq!(nul_entity.len(), 2);
+    assert!(
+        nul_entity
+            .iter()
+            .all(|r| !r.success && r.error.as_deref().unwrap().starts_with("unknown entity"))
+    );
+    let parked = t.failed_rows().await.unwrap();
+    let reasons: Vec<&str> = parked.iter().map(|f| f.reason.as_str()).collect();
+    assert_eq!(
+        reasons
+            .iter()
+            .filter(|r| r.contains("correlation id of 303 bytes")
+                || r.contains("correlation id of 304 bytes"))
+            .count(),
+        2,
+        "{reasons:?}"
+    );
+    assert_eq!(
+        reasons
+            .iter()
+            .filter(|r| r.contains("holds a NUL byte"))
+            .count(),
+        2,
+        "{reasons:?}"
+    );
+    assert!(reasons.iter().all(|r| !r.contains('\0')), "{reasons:?}");
+    assert_eq!(
+        db.query("SELECT id FROM {t} WHERE queue_name = 'requests'")
+            .await
+            .len(),
+        0,
+        "every row settled"
+    );
+}
+
+/// Rows of another class that mention the request class (here a `…CommandV2` in JSON) are
+/// left as they are, are not rewritten over and over while the consumer idles, and do not
+/// keep a request behind them from being answered.
+async fn foreign_rows_cost_nothing_and_starve_nothing<T: Queue + Records>(
+    db: &TestDb,
+    mk: impl AsyncFn(&str) -> T,
+) {
+    let s = Setup::new(&[(guests::ECHO, "echo.wasm")]);
+    let t = Arc::new(mk("").await);
+    t.setup().await.unwrap();
+    let v2 = format!("{}V2", codec::REQUEST_CLASS);
+    let headers = format!("{{\"type\":{}}}", codec::php_json(&serde_json::json!(v2)));
+    for i in 0..300 {
+        t.send(
+            "requests",
+            codec::Encoded {
+                body: format!(
+                    r#"{{"containerId":"c1","correlationId":"v2-{i}","action":"start"}}"#
+                ),
+                headers: headers.clone(),
+            },
+        )
+        .await
+        .unwrap();
+    }
+    send(&*t, &request("behind-1", "c1", "start"), Format::Php).await;
+    let started = Instant::now();
+    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+    let opts = ConsumeOptions {
+        batch: 64,
+        concurrency: 64,
+        poll: Duration::from_millis(50),
+        ..ConsumeOptions::default()
+    };
+    let run = tokio::spawn(consume(t.clone(), manager(&s).await, opts, async {
+        let _ = stop_rx.await;
+    }));
+    while responses(db).await.is_empty() {
+        assert!(
+            started.elapsed() < Duration::from_secs(10),
+            "the request behind 300 foreign rows was not answered"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // Idle now: the foreign rows are written no more (PostgreSQL: a row's xmin changes with
+    // every UPDATE; SQLite: delivered_at stays NULL).
+    let versions = match db.db {
+        Db::Pg => {
+            "SELECT xmin::text, delivered_at::text FROM {t} WHERE queue_name = 'requests' ORDER BY id"
+        }
+        Db::Sqlite => {
+            "SELECT CAST(id AS TEXT), delivered_at FROM {t} WHERE queue_name = 'requests' ORDER BY id"
+        }
+    };
+    let before = db.query(versions).await;
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let after = db.query(versions).await;
+    stop_tx.send(()).unwrap();
+    let stats = run.await.unwrap();
+    assert_eq!(stats.answered, 1);
+    assert_eq!(before.len(), 300);
+    assert!(
+        before.iter().all(|r| r[1].is_none()),
+        "delivered_at put back"
+    );
+    assert_eq!(before, after, "foreign rows rewritten while idle");
 }

@@ -478,3 +478,52 @@ async fn pg_maintains_a_fast_draining_queue() {
         tokio::time::sleep(std::time::Duration::from_millis(100)).await;
     }
 }
+
+/// SQLite stores what it is given: a BLOB body, or text that is not UTF-8, is a bad row for
+/// the failure queue, never a fetch that fails (which stopped the whole queue).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sqlite_blob_and_non_utf8_bodies_are_bad_rows_not_failed_fetches() {
+    let db = TestDb::new(Db::Sqlite).await;
+    let t = db.sqlite("").await;
+    t.setup().await.unwrap();
+    let now = db.at(-1);
+    // A BLOB, and TEXT holding bytes that are not UTF-8 (both pass the SQL filter: headers
+    // `[]`, a body not ending in `}`).
+    db.exec(&format!(
+        "INSERT INTO {{t}} (body, headers, queue_name, created_at, available_at) VALUES (X'4F3A33FFFE', '[]', 'requests', {now}, {now})"
+    ))
+    .await;
+    db.exec(&format!(
+        "INSERT INTO {{t}} (body, headers, queue_name, created_at, available_at) VALUES (CAST(X'4F3A33FFFE' AS TEXT), '[]', 'requests', {now}, {now})"
+    ))
+    .await;
+    send(&t, &request("fine-1", "c1", "start"), Format::Php).await;
+    let taken = t.fetch(10).await.unwrap();
+    assert_eq!(taken.len(), 3);
+    let bad: Vec<String> = taken
+        .iter()
+        .filter_map(|d| d.decoded.as_ref().err().cloned())
+        .collect();
+    assert_eq!(
+        bad,
+        [
+            "body is not valid UTF-8 text",
+            "body is not valid UTF-8 text"
+        ]
+    );
+    let good = taken.iter().find(|d| d.decoded.is_ok()).unwrap();
+    t.complete(
+        taken
+            .iter()
+            .filter(|d| d.decoded.is_err())
+            .map(|d| Settle::Fail {
+                request_id: d.id,
+                reason: d.decoded.as_ref().err().cloned().unwrap(),
+            })
+            .collect(),
+    )
+    .await
+    .unwrap();
+    assert_eq!(t.failed_rows().await.unwrap().len(), 2);
+    assert!(t.fetch(10).await.unwrap().is_empty(), "{}", good.id);
+}

@@ -15,7 +15,8 @@ use crate::ledger::{self, Known, Recent};
 use crate::message::{EntityKind, ManagerRequest, ManagerResponse};
 use crate::scheduler::{Scheduler, Slot};
 use crate::transport::{
-    Delivery, Queue, Settle, TransportOptions, response_format, utc_now_rfc3339,
+    Delivery, Error, Queue, Settle, TransportOptions, response_format, unstorable_id,
+    utc_now_rfc3339,
 };
 
 /// How long a stop waits for a fetch under way: the rows it takes are marked delivered, so they
@@ -93,8 +94,12 @@ pub async fn consume<Q: Queue, E: Execute>(
     let started = Instant::now();
     let mut shutdown = std::pin::pin!(shutdown);
     let (settle_tx, settle_rx) = mpsc::unbounded_channel::<Settle>();
-    let writer = tokio::spawn(write_settlements(queue.clone(), settle_rx));
     let in_flight: Arc<Mutex<HashSet<i64>>> = Arc::default();
+    let writer = tokio::spawn(write_settlements(
+        queue.clone(),
+        settle_rx,
+        in_flight.clone(),
+    ));
     let keepalive = tokio::spawn(keep_alive(
         queue.clone(),
         in_flight.clone(),
@@ -185,7 +190,12 @@ pub async fn consume<Q: Queue, E: Execute>(
             let Some(slot) = slots.take() else {
                 break;
             };
-            shared.in_flight.lock().await.insert(row.id);
+            // A row of ours whose answer is still being committed came back (the database
+            // was away past the redeliver timeout): its answer is on the way, not another.
+            if !shared.in_flight.lock().await.insert(row.id) {
+                tracing::debug!(row_id = row.id, "taken again while its answer is pending");
+                continue;
+            }
             match prepare(row, &known, &shared.options) {
                 Prepared::Settle(id, s) => {
                     shared.finish(id, s).await;
@@ -223,7 +233,7 @@ fn correlation_ids(rows: &[Delivery]) -> Vec<String> {
             Ok(Decoded {
                 request: Some(Ok(req)),
                 ..
-            }) => Some(req.correlation_id.clone()),
+            }) if unstorable_id(&req.correlation_id).is_none() => Some(req.correlation_id.clone()),
             _ => None,
         })
         .collect()
@@ -276,6 +286,11 @@ fn prepare(row: Delivery, known: &Known, options: &TransportOptions) -> Prepared
         )
     };
     match decoded.request {
+        // Its answer could not be recorded, so it could run again on every redelivery.
+        Some(Ok(request)) if let Some(reason) = unstorable_id(&request.correlation_id) => {
+            tracing::error!(row_id = id, reason = %reason, "request moved to the failure queue");
+            fail(reason)
+        }
         Some(Ok(request)) => {
             if let Some(response) = known.answer(&request.correlation_id) {
                 tracing::info!(row_id = id, correlation_id = %request.correlation_id, redelivered = row.redelivered, "already answered, replying from the ledger");
@@ -290,6 +305,10 @@ fn prepare(row: Delivery, known: &Known, options: &TransportOptions) -> Prepared
             }))
         }
         Some(Err(m)) => match m.correlation_id {
+            Some(correlation_id) if let Some(reason) = unstorable_id(&correlation_id) => {
+                tracing::error!(row_id = id, reason = %reason, "malformed request moved to the failure queue");
+                fail(format!("{}; {reason}", m.reason))
+            }
             Some(correlation_id) => {
                 tracing::warn!(row_id = id, correlation_id = %correlation_id, reason = %m.reason, "malformed request answered with an error");
                 let action = m.action.unwrap_or_default();
@@ -339,8 +358,8 @@ impl Shared {
                 self.stats.failed.fetch_add(1, Ordering::Relaxed);
             }
         }
-        let _ = self.settle.send(s);
-        self.in_flight.lock().await.remove(&id);
+        // The row stays kept alive (in `in_flight`) until the writer has committed it.
+        let _ = (id, self.settle.send(s));
     }
 
     /// Runs a request (or answers a duplicate this process answered already) and queues its
@@ -378,34 +397,84 @@ impl Shared {
 }
 
 /// Commits answers in batches: everything queued when the previous commit ends goes into the
-/// next transaction, so a busy queue pays one commit (one fsync) per batch.
-async fn write_settlements<Q: Queue>(queue: Arc<Q>, mut rx: mpsc::UnboundedReceiver<Settle>) {
+/// next transaction, so a busy queue pays one commit (one fsync) per batch. A row is kept
+/// alive until its answer is committed (or given up on).
+async fn write_settlements<Q: Queue>(
+    queue: Arc<Q>,
+    mut rx: mpsc::UnboundedReceiver<Settle>,
+    in_flight: Arc<Mutex<HashSet<i64>>>,
+) {
     let mut buf = Vec::with_capacity(512);
     while rx.recv_many(&mut buf, 512).await > 0 {
         let batch = std::mem::take(&mut buf);
-        let mut delay = Duration::from_millis(100);
-        for attempt in 1.. {
-            let t = Instant::now();
-            match queue.complete(batch.clone()).await {
-                Ok(()) => {
-                    tracing::debug!(
-                        rows = batch.len(),
-                        elapsed_us = t.elapsed().as_micros() as u64,
-                        "answers committed"
-                    );
-                    break;
+        let ids: Vec<i64> = batch.iter().map(Settle::request_id).collect();
+        commit(&*queue, batch).await;
+        // Given up on, a row comes back after the redeliver timeout: stop keeping it alive.
+        let mut held = in_flight.lock().await;
+        for id in ids {
+            held.remove(&id);
+        }
+    }
+}
+
+/// Commits a batch. A batch the database refuses a value of (too long, a NUL byte) is split
+/// until the row is alone, so the others are not held back by it; that row's answer is then
+/// parked in the failure queue with the reason. A database that is away is retried.
+async fn commit<Q: Queue>(queue: &Q, batch: Vec<Settle>) {
+    let mut pending = vec![batch];
+    while let Some(mut batch) = pending.pop() {
+        match commit_retrying(queue, &batch).await {
+            Ok(()) => {}
+            Err(e) if e.is_row_problem() && batch.len() > 1 => {
+                let second = batch.split_off(batch.len() / 2);
+                pending.push(second);
+                pending.push(batch);
+            }
+            Err(e) if e.is_row_problem() => match batch.pop() {
+                Some(Settle::Reply { request_id, .. }) => {
+                    tracing::error!(row_id = request_id, cause = %e, "cannot store an answer; the request goes to the failure queue");
+                    pending.push(vec![Settle::Fail {
+                        request_id,
+                        reason: format!("cannot store the answer: {e}"),
+                    }]);
                 }
-                Err(e) if attempt < 10 => {
-                    tracing::error!(cause = %e, attempt, "cannot commit answers, retrying");
-                    tokio::time::sleep(delay).await;
-                    delay = (delay * 2).min(Duration::from_secs(5));
+                Some(Settle::Fail { request_id, .. }) => {
+                    tracing::error!(row_id = request_id, cause = %e, "cannot park a row; it comes back after the redeliver timeout");
                 }
-                Err(e) => {
-                    // The requests stay marked delivered and come back after the redeliver
-                    // timeout; nothing is lost, but they will run again.
-                    tracing::error!(cause = %e, rows = batch.len(), "giving up committing answers");
-                    break;
-                }
+                None => {}
+            },
+            Err(e) => {
+                // The requests stay marked delivered and come back after the redeliver
+                // timeout; nothing is lost, but they will run again.
+                tracing::error!(cause = %e, rows = batch.len(), "giving up committing answers");
+            }
+        }
+    }
+}
+
+/// Commits one batch, retrying with backoff while the database is away; a refused value is
+/// not retried (the same batch would be refused again).
+async fn commit_retrying<Q: Queue>(queue: &Q, batch: &[Settle]) -> Result<(), Error> {
+    const ATTEMPTS: u32 = 10;
+    let mut delay = Duration::from_millis(100);
+    let mut attempt = 1;
+    loop {
+        let t = Instant::now();
+        match queue.complete(batch.to_vec()).await {
+            Ok(()) => {
+                tracing::debug!(
+                    rows = batch.len(),
+                    elapsed_us = t.elapsed().as_micros() as u64,
+                    "answers committed"
+                );
+                return Ok(());
+            }
+            Err(e) if e.is_row_problem() || attempt >= ATTEMPTS => return Err(e),
+            Err(e) => {
+                tracing::error!(cause = %e, attempt, "cannot commit answers, retrying");
+                tokio::time::sleep(delay).await;
+                delay = (delay * 2).min(Duration::from_secs(5));
+                attempt += 1;
             }
         }
     }
@@ -431,6 +500,7 @@ mod tests {
 
     use super::*;
     use crate::codec::{Encoded, encode_request};
+    use crate::transport::Records;
     use crate::transport::memory::MemoryQueue;
 
     /// Answers every request with success after `delay`, counting runs by correlation id.
@@ -597,5 +667,51 @@ mod tests {
             ["same c0", "same c1", "same c2", "same c3"]
         );
         assert_eq!(q.rows("failed").len(), 1);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_row_stays_kept_alive_until_its_answer_is_committed() {
+        // The database refuses commits for longer than the redeliver timeout: the row must
+        // not come back and be answered a second time meanwhile.
+        let q = Arc::new(MemoryQueue::new(TransportOptions {
+            redeliver_timeout_secs: 1,
+            ..TransportOptions::default()
+        }));
+        send(&q, "slow-commit", "e").await;
+        q.fail_commits(5);
+        let fake = Arc::new(Fake::default());
+        let opts = ConsumeOptions {
+            keepalive: Duration::from_millis(200),
+            poll: Duration::from_millis(50),
+            ..ConsumeOptions::default()
+        };
+        let stop = tokio::time::sleep(Duration::from_secs(8));
+        let stats = consume(q.clone(), fake.clone(), opts, stop).await;
+        assert_eq!(answers(&q), ["slow-commit"], "answered once");
+        assert_eq!(stats.answered, 1);
+        assert_eq!(fake.runs("slow-commit"), 1);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_batch_the_database_refuses_is_split_to_settle_the_culprit_alone() {
+        let q = Arc::new(MemoryQueue::new(options()));
+        for i in 0..6 {
+            send(&q, &format!("c{i}"), &format!("e{i}")).await;
+        }
+        // The database refuses any batch holding c3's ledger row (a value it cannot store).
+        q.refuse_rows_of("c3");
+        let fake = Arc::new(Fake::default());
+        let stats = consume(q.clone(), fake.clone(), limit(6), std::future::pending()).await;
+        assert_eq!(stats.answered, 6);
+        let mut got = answers(&q);
+        got.sort();
+        assert_eq!(got, ["c0", "c1", "c2", "c4", "c5"], "the others answered");
+        let parked = q.failed_rows().await.unwrap();
+        assert_eq!(parked.len(), 1);
+        assert!(
+            parked[0].reason.starts_with("cannot store the answer"),
+            "{parked:?}"
+        );
+        assert_eq!(q.rows("default").len(), 5);
     }
 }

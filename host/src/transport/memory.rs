@@ -15,7 +15,7 @@ use crate::codec;
 
 use super::{
     Delivery, Error, FailedRow, HistoryFilter, LedgerEntry, Queue, Records, Settle,
-    TransportOptions, classify_row, utc_now_rfc3339,
+    TransportOptions, classify_row, storable, utc_now_rfc3339,
 };
 
 /// One row of the table.
@@ -40,6 +40,7 @@ struct State {
     failing_commits: usize,
     failing_fetches: usize,
     commits: usize,
+    refused: Option<String>,
 }
 
 /// The in-memory queue.
@@ -87,6 +88,12 @@ impl MemoryQueue {
     /// The next `n` fetches fail.
     pub fn fail_fetches(&self, n: usize) {
         self.state().failing_fetches = n;
+    }
+
+    /// From now on, a batch holding the ledger row of `correlation_id` is refused as a value
+    /// the database cannot store (what PostgreSQL says of an over-long or NUL-holding text).
+    pub fn refuse_rows_of(&self, correlation_id: &str) {
+        self.state().refused = Some(correlation_id.to_owned());
     }
 
     /// Commits that succeeded so far.
@@ -138,7 +145,8 @@ impl Queue for MemoryQueue {
             if row.queue != self.options.queue_name || !free {
                 continue;
             }
-            if let Some(decoded) = classify_row(&row.row.body, &row.row.headers) {
+            if let Some(decoded) = classify_row(row.row.body.as_bytes(), row.row.headers.as_bytes())
+            {
                 taken.push(Delivery {
                     id: row.id,
                     decoded,
@@ -151,10 +159,18 @@ impl Queue for MemoryQueue {
     }
 
     async fn complete(&self, batch: Vec<Settle>) -> Result<(), Error> {
+        let batch = storable(batch);
         let mut st = self.state();
         if st.failing_commits > 0 {
             st.failing_commits -= 1;
             return Err(down());
+        }
+        if let Some(refused) = &st.refused
+            && batch.iter().any(|s| {
+                matches!(s, Settle::Reply { ledger: Some(e), .. } if e.correlation_id == *refused)
+            })
+        {
+            return Err(Error::Unstorable(format!("ledger row of {refused}")));
         }
         let finished = utc_now_rfc3339();
         for s in batch {

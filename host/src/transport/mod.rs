@@ -41,6 +41,100 @@ pub enum Error {
     /// shutting down).
     #[error("the database task did not finish: {0}")]
     Task(String),
+    /// A value of the batch cannot be stored (in-memory queue's injected fault).
+    #[error("the database cannot store a value of this batch: {0}")]
+    Unstorable(String),
+}
+
+impl Error {
+    /// Whether the database refused a value of the batch (too long, a NUL byte, a
+    /// constraint), as opposed to being away: retrying the same batch cannot help, splitting
+    /// it finds the row.
+    pub fn is_row_problem(&self) -> bool {
+        match self {
+            Self::Unstorable(_) | Self::Db(sqlx::Error::Encode(_)) => true,
+            Self::Db(sqlx::Error::Database(e)) => {
+                let code = e.code().unwrap_or_default();
+                // PostgreSQL: SQLSTATE classes 22 (data exception) and 23 (integrity).
+                // SQLite: the primary result codes TOOBIG, CONSTRAINT, MISMATCH, RANGE.
+                code.starts_with("22")
+                    || code.starts_with("23")
+                    || code
+                        .parse::<i64>()
+                        .is_ok_and(|c| matches!(c & 0xff, 18 | 19 | 20 | 25))
+            }
+            _ => false,
+        }
+    }
+}
+
+/// The longest correlation id the ledger keys (`VARCHAR(190)`, as Symfony's `queue_name`).
+pub const MAX_CORRELATION_ID_BYTES: usize = 190;
+/// The largest row body decoded; a larger row is parked with the reason, undecoded.
+pub const MAX_BODY_BYTES: usize = 4 << 20;
+
+/// Why a correlation id cannot key the ledger (so its request must not run: its answer could
+/// not be recorded), if it cannot.
+pub fn unstorable_id(id: &str) -> Option<String> {
+    if id.len() > MAX_CORRELATION_ID_BYTES {
+        Some(format!(
+            "correlation id of {} bytes is longer than the ledger's {MAX_CORRELATION_ID_BYTES}; not run",
+            id.len()
+        ))
+    } else if id.contains('\0') {
+        Some("correlation id holds a NUL byte, which the database cannot store; not run".into())
+    } else {
+        None
+    }
+}
+
+/// Text the database can store: PostgreSQL's `text` refuses NUL bytes, written `\0` instead.
+pub(crate) fn storable_text(s: String) -> String {
+    if s.contains('\0') {
+        s.replace('\0', "\\0")
+    } else {
+        s
+    }
+}
+
+/// A batch every value of which the database can store: an answer whose correlation id
+/// cannot key the ledger is parked instead (the service never runs such a request; this
+/// guards the rest of the batch all the same), NULs in texts are escaped.
+pub(crate) fn storable(batch: Vec<Settle>) -> Vec<Settle> {
+    batch
+        .into_iter()
+        .map(|s| match s {
+            Settle::Reply {
+                request_id,
+                ledger: Some(e),
+                ..
+            } if unstorable_id(&e.correlation_id).is_some() => Settle::Fail {
+                request_id,
+                reason: unstorable_id(&e.correlation_id).unwrap_or_default(),
+            },
+            Settle::Reply {
+                request_id,
+                response,
+                ledger,
+            } => Settle::Reply {
+                request_id,
+                response,
+                ledger: ledger.map(|e| {
+                    Box::new(LedgerEntry {
+                        entity_id: storable_text(e.entity_id),
+                        action: storable_text(e.action),
+                        plugin: e.plugin.map(storable_text),
+                        error: e.error.map(storable_text),
+                        ..*e
+                    })
+                }),
+            },
+            Settle::Fail { request_id, reason } => Settle::Fail {
+                request_id,
+                reason: storable_text(reason),
+            },
+        })
+        .collect()
 }
 
 impl From<sqlx::Error> for Error {
@@ -104,6 +198,15 @@ pub enum Settle {
         /// Why.
         reason: String,
     },
+}
+
+impl Settle {
+    /// The row it settles.
+    pub fn request_id(&self) -> i64 {
+        match self {
+            Self::Reply { request_id, .. } | Self::Fail { request_id, .. } => *request_id,
+        }
+    }
 }
 
 /// A filter on the ledger history.
@@ -194,11 +297,53 @@ where
     })
 }
 
-/// Decodes a candidate row; `None` when it is another class's row, to be left alone.
-pub(crate) fn classify_row(body: &str, headers: &str) -> Option<Result<Decoded, String>> {
-    match codec::decode(body.as_bytes(), headers) {
+/// Decodes a candidate row (its columns as the database gave them: SQLite may hold a BLOB
+/// or bytes that are not UTF-8); `None` when it is another class's row, to be left alone.
+pub(crate) fn classify_row(body: &[u8], headers: &[u8]) -> Option<Result<Decoded, String>> {
+    if body.len() > MAX_BODY_BYTES {
+        return Some(Err(format!(
+            "body of {} bytes is over the {} MiB limit; not decoded",
+            body.len(),
+            MAX_BODY_BYTES >> 20
+        )));
+    }
+    let Ok(headers) = std::str::from_utf8(headers) else {
+        return Some(Err("headers are not valid UTF-8 text".into()));
+    };
+    if std::str::from_utf8(body).is_err() {
+        return Some(Err("body is not valid UTF-8 text".into()));
+    }
+    match codec::decode(body, headers) {
         Ok(d) if d.request.is_none() => None,
         other => Some(other),
+    }
+}
+
+/// Rows found to be of another class (their text names the request class, so the SQL filter
+/// lets them through): left out of later fetches, so they are not read, put back (a write,
+/// and a NOTIFY that wakes the consumer again) or allowed to fill a batch ahead of real
+/// requests, again and again. Bounded: forgotten all at once when full.
+#[derive(Debug, Default)]
+pub(crate) struct ForeignRows(std::sync::Mutex<std::collections::BTreeSet<i64>>);
+
+impl ForeignRows {
+    const CAP: usize = 100_000;
+
+    pub(crate) fn ids(&self) -> Vec<i64> {
+        self.0
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .iter()
+            .copied()
+            .collect()
+    }
+
+    pub(crate) fn add(&self, ids: impl IntoIterator<Item = i64>) {
+        let mut set = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        if set.len() >= Self::CAP {
+            set.clear();
+        }
+        set.extend(ids);
     }
 }
 

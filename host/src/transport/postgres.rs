@@ -14,9 +14,9 @@ use crate::codec::{self, request_class_needle};
 
 use super::schema::{LEDGER_COLUMNS, Names};
 use super::{
-    Delivery, Error, FailedRow, HistoryFilter, LedgerEntry, Queue, Records, Settle,
-    TransportOptions, ago_text, classify_row, entry_from_row, now_text, records, schema,
-    utc_now_rfc3339,
+    Delivery, Error, FailedRow, ForeignRows, HistoryFilter, LedgerEntry, Queue, Records, Settle,
+    TransportOptions, ago_text, classify_row, entry_from_row, now_text, records, schema, storable,
+    unstorable_id, utc_now_rfc3339,
 };
 
 /// The PostgreSQL transport.
@@ -33,6 +33,7 @@ pub struct PgTransport {
     listener: Mutex<Option<PgListener>>,
     needle: String,
     names: Names,
+    foreign: ForeignRows,
 }
 
 /// Rows answered between two vacuums of the queue table; the first comes sooner, because
@@ -145,6 +146,7 @@ impl PgTransport {
             listener: Mutex::new(None),
             needle: request_class_needle(),
             names,
+            foreign: ForeignRows::default(),
         })
     }
 
@@ -184,6 +186,7 @@ impl Queue for PgTransport {
                WHERE queue_name = $1 AND (delivered_at IS NULL OR delivered_at < $2::timestamp) \
                AND available_at <= $3::timestamp \
                AND (position($4 in body) > 0 OR position($4 in headers) > 0 OR (headers = '[]' AND right(body, 1) <> '}}')) \
+               AND NOT (id = ANY($6::bigint[])) \
                ORDER BY available_at ASC LIMIT $5 FOR UPDATE SKIP LOCKED) \
              UPDATE {t} m SET delivered_at = $3::timestamp FROM picked WHERE m.id = picked.id \
              RETURNING m.id, m.body, m.headers, m.available_at, picked.delivered_at AS previous"
@@ -196,6 +199,7 @@ impl Queue for PgTransport {
         .bind(now_text(&self.options))
         .bind(&self.needle)
         .bind(i64::try_from(max).unwrap_or(i64::MAX))
+        .bind(self.foreign.ids())
         .fetch_all(&self.fetch_pool)
         .await?;
         let mut taken = Vec::with_capacity(rows.len());
@@ -206,7 +210,7 @@ impl Queue for PgTransport {
             let headers: String = row.try_get("headers")?;
             let previous: Option<chrono::NaiveDateTime> = row.try_get("previous")?;
             let available: chrono::NaiveDateTime = row.try_get("available_at")?;
-            match classify_row(&body, &headers) {
+            match classify_row(body.as_bytes(), headers.as_bytes()) {
                 Some(decoded) => taken.push((
                     available,
                     Delivery {
@@ -220,8 +224,10 @@ impl Queue for PgTransport {
         }
         if !foreign.is_empty() {
             // Another class's row that the SQL filter could not tell apart (its text names the
-            // request class, or it is base64): put its delivered_at back as it was.
+            // request class, or it is base64): put its delivered_at back as it was, once (later
+            // fetches leave it out), from a connection whose NOTIFY this consumer ignores.
             let ids: Vec<i64> = foreign.iter().map(|f| f.0).collect();
+            self.foreign.add(ids.iter().copied());
             let previous: Vec<Option<chrono::NaiveDateTime>> =
                 foreign.iter().map(|f| f.1).collect();
             sqlx::query(&format!(
@@ -229,7 +235,7 @@ impl Queue for PgTransport {
             ))
             .bind(&ids)
             .bind(&previous)
-            .execute(&self.pool)
+            .execute(&self.fetch_pool)
             .await?;
         }
         taken.sort_by(|a, b| a.0.cmp(&b.0).then(a.1.id.cmp(&b.1.id)));
@@ -240,6 +246,7 @@ impl Queue for PgTransport {
         if batch.is_empty() {
             return Ok(());
         }
+        let batch = storable(batch);
         let t = self.table();
         let Names {
             ledger: ledger_table,
@@ -399,6 +406,11 @@ impl Queue for PgTransport {
         correlation_ids: Vec<String>,
     ) -> Result<HashMap<String, LedgerEntry>, Error> {
         let ledger_table = &self.names.ledger;
+        // An id the ledger cannot hold is in no row, and a NUL would fail the whole lookup.
+        let correlation_ids: Vec<String> = correlation_ids
+            .into_iter()
+            .filter(|c| unstorable_id(c).is_none())
+            .collect();
         if correlation_ids.is_empty() {
             return Ok(HashMap::new());
         }

@@ -17,8 +17,8 @@ use crate::codec::{self, request_class_needle};
 
 use super::schema::{LEDGER_COLUMNS, Names};
 use super::{
-    Delivery, Error, FailedRow, HistoryFilter, LedgerEntry, Queue, Records, Settle,
-    TransportOptions, ago_text, classify_row, entry_from_row, now_text, records, schema,
+    Delivery, Error, FailedRow, ForeignRows, HistoryFilter, LedgerEntry, Queue, Records, Settle,
+    TransportOptions, ago_text, classify_row, entry_from_row, now_text, records, schema, storable,
     utc_now_rfc3339,
 };
 
@@ -34,6 +34,7 @@ pub struct Inner {
     options: TransportOptions,
     needle: String,
     names: Names,
+    foreign: ForeignRows,
 }
 
 impl std::ops::Deref for SqliteTransport {
@@ -74,6 +75,7 @@ impl SqliteTransport {
             options,
             needle: request_class_needle(),
             names,
+            foreign: ForeignRows::default(),
         })))
     }
 }
@@ -118,6 +120,7 @@ impl Inner {
             "SELECT id, body, headers, delivered_at IS NOT NULL AS redelivered FROM {t} \
              WHERE queue_name = ?1 AND (delivered_at IS NULL OR delivered_at < ?2) AND available_at <= ?3 \
              AND (instr(body, ?4) > 0 OR instr(headers, ?4) > 0 OR (headers = '[]' AND substr(body, -1) <> '}}')) \
+             AND id NOT IN (SELECT value FROM json_each(?6)) \
              ORDER BY available_at ASC, id ASC LIMIT ?5"
         ))
         .bind(&self.options.queue_name)
@@ -125,18 +128,22 @@ impl Inner {
         .bind(now_text(&self.options))
         .bind(&self.needle)
         .bind(i64::try_from(max).unwrap_or(i64::MAX))
+        .bind(serde_json::to_string(&self.foreign.ids()).unwrap_or_else(|_| "[]".into()))
         .fetch_all(&mut *conn)
         .await?;
         let mut taken = Vec::with_capacity(rows.len());
         for row in rows {
-            let body: String = row.try_get("body")?;
-            let headers: String = row.try_get("headers")?;
-            if let Some(decoded) = classify_row(&body, &headers) {
-                taken.push(Delivery {
-                    id: row.try_get("id")?,
+            // As bytes: a BLOB, or text that is not UTF-8, is a bad row, not a failed fetch.
+            let body: Vec<u8> = row.try_get("body")?;
+            let headers: Vec<u8> = row.try_get("headers")?;
+            let id: i64 = row.try_get("id")?;
+            match classify_row(&body, &headers) {
+                Some(decoded) => taken.push(Delivery {
+                    id,
                     decoded,
                     redelivered: row.try_get("redelivered")?,
-                });
+                }),
+                None => self.foreign.add([id]),
             }
         }
         if !taken.is_empty() {
@@ -260,6 +267,7 @@ impl Queue for SqliteTransport {
         if batch.is_empty() {
             return Ok(());
         }
+        let batch = storable(batch);
         let inner = self.0.clone();
         detached(async move {
             let mut tx = inner.begin_immediate().await?;
