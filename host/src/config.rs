@@ -33,6 +33,22 @@ pub struct Config {
     /// Entities, keyed by the id Core sends as `containerId`.
     #[serde(default)]
     pub entities: BTreeMap<String, EntityConfig>,
+    /// This manager among those sharing the queue.
+    #[serde(default)]
+    pub manager: ManagerConfig,
+}
+
+/// `[manager]`.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ManagerConfig {
+    /// Its name among the managers sharing the queue, unique to each running manager
+    /// (default: the host name). A manager restarted under the same id takes back the
+    /// requests its previous process held at once.
+    pub id: Option<String>,
+    /// How long a manager may stop heart-beating before the requests it held are taken
+    /// back by another (default 15).
+    pub takeover_secs: Option<u64>,
 }
 
 /// `[runtime]`.
@@ -92,6 +108,11 @@ pub struct SupervisorConfig {
 pub struct PluginConfig {
     /// This plugin's memory cap.
     pub max_memory_bytes: Option<u64>,
+    /// Its actions that are safe to run again after a crash interrupted them (a `start` of
+    /// what already runs changes nothing). Others are answered "interrupted, not run again".
+    /// Default: `start` and `stop` for the shipped docker-compose and supervisor plugins,
+    /// none for any other.
+    pub idempotent: Option<Vec<String>>,
     /// What the operator grants; nothing by default.
     #[serde(default)]
     pub grants: Grants,

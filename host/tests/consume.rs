@@ -24,6 +24,7 @@ on_both_databases!(
     keepalive_keeps_a_long_action_from_redelivery,
     hostile_rows_are_settled_alone,
     foreign_rows_cost_nothing_and_starve_nothing,
+    a_dead_managers_requests_come_back_in_seconds_and_run_no_action_twice,
 );
 
 async fn manager(s: &Setup) -> Arc<Manager> {
@@ -451,4 +452,79 @@ async fn foreign_rows_cost_nothing_and_starve_nothing<T: Queue + Records>(
         "delivered_at put back"
     );
     assert_eq!(before, after, "foreign rows rewritten while idle");
+}
+
+/// A manager that died (killed mid-action, its host gone) holds its requests only until it
+/// has missed its heartbeats for `takeover_timeout`, not for the hour of `redeliver_timeout`.
+/// The action may have run, so a request that is not idempotent is answered "interrupted",
+/// not run again. A manager restarted under the same id takes them back at once.
+async fn a_dead_managers_requests_come_back_in_seconds_and_run_no_action_twice<
+    T: Queue + Records,
+>(
+    db: &TestDb,
+    mk: impl AsyncFn(&str) -> T,
+) {
+    let s = Setup::new(&[(guests::ECHO, "echo.wasm")]);
+    let t = Arc::new(mk("manager_id=host-b&takeover_timeout=2").await);
+    t.setup().await.unwrap();
+    let name = |table: &str| db.table().replace("messenger_messages", table);
+    let (claims, managers) = (
+        name("marvin_manager_claims"),
+        name("marvin_manager_managers"),
+    );
+    // What a manager process leaves when it dies mid-action: its request marked delivered
+    // and claimed, its last heartbeat. Its pid (in its token) names no live process.
+    let died = async |id: &str, manager: &str| {
+        send(&*t, &request(id, "c1", "restart"), Format::Php).await;
+        db.exec(&format!(
+            "UPDATE {{t}} SET delivered_at = {} WHERE delivered_at IS NULL AND queue_name = 'requests'",
+            db.at(0)
+        ))
+        .await;
+        let instance = format!("2147483647-{manager}");
+        db.exec(&format!(
+            "INSERT INTO {claims} (row_id, manager, instance, started_at) \
+             SELECT id, '{manager}', '{instance}', '2026-12-03T10:00:00.000Z' FROM {{t}} \
+             WHERE queue_name = 'requests' AND id NOT IN (SELECT row_id FROM {claims})"
+        ))
+        .await;
+        db.exec(&format!(
+            "INSERT INTO {managers} (instance, manager, beat_at) VALUES ('{instance}', '{manager}', {})",
+            chrono::Utc::now().timestamp()
+        ))
+        .await;
+    };
+    died("crash-1", "host-a").await;
+    let t0 = Instant::now();
+    let stats = run_until_idle(t.clone(), manager(&s).await, 1).await;
+    let took = t0.elapsed();
+    assert_eq!(stats.answered, 1);
+    assert!(
+        took >= Duration::from_secs(1) && took < Duration::from_secs(8),
+        "taken back after {took:?}"
+    );
+    let answers = responses(db).await;
+    assert_eq!(answers.len(), 1);
+    assert!(!answers[0].success);
+    assert_eq!(answers[0].metadata["interrupted"], true);
+    assert_eq!(answers[0].metadata["manager"], "host-a");
+
+    // Restarted under the same id (host-c), its previous process gone: at once.
+    died("crash-2", "host-c").await;
+    let restarted = Arc::new(mk("manager_id=host-c").await);
+    let t0 = Instant::now();
+    let stats = run_until_idle(restarted, manager(&s).await, 1).await;
+    assert_eq!(stats.answered, 1);
+    assert!(t0.elapsed() < Duration::from_secs(1), "{:?}", t0.elapsed());
+    let answers = responses(db).await;
+    let second = answers
+        .iter()
+        .find(|r| r.correlation_id == "crash-2")
+        .unwrap();
+    assert_eq!(second.metadata["interrupted"], true);
+    // Answered requests hold no claim.
+    let left = db
+        .query(&format!("SELECT CAST(row_id AS TEXT) FROM {claims}"))
+        .await;
+    assert!(left.is_empty(), "{left:?}");
 }

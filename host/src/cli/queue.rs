@@ -8,6 +8,7 @@ use anyhow::Context;
 use clap::Args;
 
 use crate::codec::{self, Format};
+use crate::config::ManagerConfig;
 use crate::service::{ConsumeOptions, consume};
 use crate::transport::dsn::{Dsn, Kind, redact};
 use crate::transport::postgres::PgTransport;
@@ -44,8 +45,12 @@ impl GlobalArgs {
     }
 }
 
-async fn open(dsn: &str, connections: u32) -> anyhow::Result<Opened> {
-    let parsed = Dsn::parse(dsn)?;
+async fn open(dsn: &str, connections: u32, manager: &ManagerConfig) -> anyhow::Result<Opened> {
+    let mut parsed = Dsn::parse(dsn)?;
+    parsed.options.manager_id = manager.id.clone().unwrap_or_else(host_name);
+    if let Some(secs) = manager.takeover_secs {
+        parsed.options.takeover_secs = secs;
+    }
     let shown = redact(dsn);
     Ok(match parsed.kind {
         Kind::Postgres => Opened::Pg(Arc::new(
@@ -61,13 +66,23 @@ async fn open(dsn: &str, connections: u32) -> anyhow::Result<Opened> {
     })
 }
 
+/// The default manager id: the host name (one manager per Docker host), from the kernel.
+fn host_name() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .or_else(|_| std::fs::read_to_string("/etc/hostname"))
+        .map(|h| h.trim().to_owned())
+        .ok()
+        .filter(|h| !h.is_empty())
+        .unwrap_or_else(|| "marvin-manager".into())
+}
+
 #[derive(Debug, Args)]
 pub(super) struct SetupArgs {}
 
 pub(super) async fn setup(global: &GlobalArgs, _args: SetupArgs) -> anyhow::Result<ExitCode> {
     let settings = global.settings()?;
     let dsn = global.dsn(settings.config.transport.dsn.as_deref());
-    let opened = open(&dsn, 2).await?;
+    let opened = open(&dsn, 2, &settings.config.manager).await?;
     with_transport!(opened, t => t.setup().await.context("setup failed")?);
     println!("tables ready at {}", redact(&dsn));
     Ok(ExitCode::SUCCESS)
@@ -116,7 +131,7 @@ pub(super) async fn serve(global: &GlobalArgs, args: ServeArgs) -> anyhow::Resul
     } else {
         concurrency
     };
-    let opened = open(&dsn, 8).await?;
+    let opened = open(&dsn, 8, &settings.config.manager).await?;
     let manager = Arc::new(settings.manager(args.record).await?);
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     tokio::spawn(async move {
@@ -206,7 +221,7 @@ pub(super) struct DispatchArgs {
 pub(super) async fn dispatch(global: &GlobalArgs, args: DispatchArgs) -> anyhow::Result<ExitCode> {
     let settings = global.settings()?;
     let dsn = global.dsn(settings.config.transport.dsn.as_deref());
-    let opened = open(&dsn, 2).await?;
+    let opened = open(&dsn, 2, &settings.config.manager).await?;
     let request = args.request.into_request()?;
     let format = match args.serializer {
         Serializer::Php => Format::Php,
@@ -282,7 +297,7 @@ fn since(s: &str) -> anyhow::Result<String> {
 pub(super) async fn actions(global: &GlobalArgs, args: ActionsArgs) -> anyhow::Result<ExitCode> {
     let settings = global.settings()?;
     let dsn = global.dsn(settings.config.transport.dsn.as_deref());
-    let opened = open(&dsn, 2).await?;
+    let opened = open(&dsn, 2, &settings.config.manager).await?;
     let filter = HistoryFilter {
         entity_id: args.entity,
         failed_only: args.failed,

@@ -67,6 +67,19 @@ impl RuntimeSettings {
             .unwrap_or(self.default_max_memory_bytes)
     }
 
+    /// The actions of `plugin` that may run again after a crash: `[plugins.<name>]
+    /// idempotent`, else `start` and `stop` of the shipped docker-compose and supervisor
+    /// plugins (starting what runs or stopping what is stopped changes nothing).
+    fn idempotent(&self, plugin: &str) -> std::collections::BTreeSet<String> {
+        match self.plugins.get(plugin).and_then(|p| p.idempotent.clone()) {
+            Some(actions) => actions.into_iter().collect(),
+            None if matches!(plugin, "docker-compose" | "supervisor") => {
+                ["start", "stop"].map(String::from).into_iter().collect()
+            }
+            None => std::collections::BTreeSet::new(),
+        }
+    }
+
     fn largest_memory_cap(&self) -> u64 {
         self.plugins
             .values()
@@ -119,6 +132,8 @@ pub struct LoadedPlugin {
     pub policy: Arc<Policy>,
     /// Whether the compiled code came from the disk cache.
     pub from_cache: bool,
+    /// Its actions that may run again after a crash interrupted them.
+    pub idempotent: std::collections::BTreeSet<String>,
     pre: PluginPre<HostState>,
 }
 
@@ -339,6 +354,7 @@ impl Runtime {
             .unwrap_or_default();
         Ok(LoadedPlugin {
             max_memory_bytes: self.settings.memory_cap(&info.name),
+            idempotent: self.settings.idempotent(&info.name),
             policy: Arc::new(Policy::new(
                 &info.name,
                 caps,

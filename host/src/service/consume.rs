@@ -15,7 +15,7 @@ use crate::ledger::{self, Known, Recent};
 use crate::message::{EntityKind, ManagerRequest, ManagerResponse};
 use crate::scheduler::{Scheduler, Slot};
 use crate::transport::{
-    Delivery, Error, Queue, Settle, TransportOptions, response_format, unstorable_id,
+    Claim, Delivery, Error, Queue, Settle, TransportOptions, response_format, unstorable_id,
     utc_now_rfc3339,
 };
 
@@ -27,11 +27,16 @@ const FETCH_GRACE: Duration = Duration::from_secs(5);
 pub trait Execute: Send + Sync + 'static {
     /// Carries out one request; every problem is an error response.
     fn execute(&self, req: &ManagerRequest) -> impl Future<Output = ManagerResponse> + Send;
+    /// Whether running the request again after a crash interrupted it is safe.
+    fn idempotent(&self, req: &ManagerRequest) -> impl Future<Output = bool> + Send;
 }
 
 impl Execute for Manager {
     fn execute(&self, req: &ManagerRequest) -> impl Future<Output = ManagerResponse> + Send {
         Manager::execute(self, req)
+    }
+    fn idempotent(&self, req: &ManagerRequest) -> impl Future<Output = bool> + Send {
+        Manager::idempotent(self, req)
     }
 }
 
@@ -48,7 +53,8 @@ pub struct ConsumeOptions {
     pub batch: usize,
     /// The longest wait between looks at an idle queue.
     pub poll: Duration,
-    /// How often `delivered_at` of running requests is moved forward.
+    /// How often `delivered_at` of running requests is moved forward, and this manager's
+    /// heartbeat sent (at least three times per takeover period).
     pub keepalive: Duration,
 }
 
@@ -100,6 +106,11 @@ pub async fn consume<Q: Queue, E: Execute>(
         settle_rx,
         in_flight.clone(),
     ));
+    // Registered before the first fetch: what an earlier process of this manager held comes
+    // back at once.
+    if let Err(e) = queue.heartbeat().await {
+        tracing::warn!(cause = %e, "cannot register this manager");
+    }
     let keepalive = tokio::spawn(keep_alive(
         queue.clone(),
         in_flight.clone(),
@@ -243,6 +254,8 @@ fn correlation_ids(rows: &[Delivery]) -> Vec<String> {
 struct Run {
     id: i64,
     request: ManagerRequest,
+    /// A manager started it before and stopped without answering.
+    claimed: Option<Claim>,
     format: Format,
     bus: Option<String>,
     received_at: String,
@@ -299,6 +312,7 @@ fn prepare(row: Delivery, known: &Known, options: &TransportOptions) -> Prepared
             Prepared::Run(Box::new(Run {
                 id,
                 request,
+                claimed: row.claimed,
                 format,
                 bus,
                 received_at: utc_now_rfc3339(),
@@ -369,6 +383,7 @@ impl Shared {
         let Run {
             id,
             request,
+            claimed,
             format,
             bus,
             received_at,
@@ -381,7 +396,13 @@ impl Shared {
                 ledger: None,
             },
             None => {
-                let response = executor.execute(&request).await;
+                let response = match claimed {
+                    Some(claim) if !executor.idempotent(&request).await => {
+                        tracing::warn!(row_id = id, correlation_id = %request.correlation_id, manager = %claim.manager, started_at = %claim.started_at, "interrupted request answered without running it again");
+                        interrupted(&request, &claim)
+                    }
+                    _ => executor.execute(&request).await,
+                };
                 self.recent.put(&response);
                 let entry = ledger::entry(&response, received_at, started.elapsed());
                 Settle::Reply {
@@ -393,6 +414,28 @@ impl Shared {
         };
         self.finish(id, settle).await;
         drop(slot);
+    }
+}
+
+/// The answer to a request a manager started and stopped during (a crash, a kill): the
+/// action may have run, so it is not run again; Core decides.
+fn interrupted(request: &ManagerRequest, claim: &Claim) -> ManagerResponse {
+    let mut metadata = serde_json::Map::new();
+    metadata.insert("interrupted".into(), true.into());
+    metadata.insert("started_at".into(), claim.started_at.clone().into());
+    metadata.insert("manager".into(), claim.manager.clone().into());
+    ManagerResponse {
+        correlation_id: request.correlation_id.clone(),
+        entity_type: EntityKind::guess(&request.action),
+        entity_id: request.entity_id.clone(),
+        action: request.action.clone(),
+        success: false,
+        output: None,
+        error: Some(format!(
+            "the manager stopped during this action (started at {} by manager '{}'); it was not run again, so that it does not run twice: check the state of '{}'",
+            claim.started_at, claim.manager, request.entity_id
+        )),
+        metadata,
     }
 }
 
@@ -480,12 +523,18 @@ async fn commit_retrying<Q: Queue>(queue: &Q, batch: &[Settle]) -> Result<(), Er
     }
 }
 
-/// Moves `delivered_at` of running requests forward so no consumer takes them again.
+/// Says this manager is alive (the first beat registers it, taking back what its previous
+/// process held), and moves `delivered_at` of running requests forward so no consumer takes
+/// them again.
 async fn keep_alive<Q: Queue>(queue: Arc<Q>, in_flight: Arc<Mutex<HashSet<i64>>>, every: Duration) {
-    let mut tick = tokio::time::interval(every.max(Duration::from_millis(100)));
-    tick.tick().await;
+    let takeover = Duration::from_secs(queue.options().takeover_secs.max(1));
+    let every = every.min(takeover / 3).max(Duration::from_millis(100));
+    let mut tick = tokio::time::interval(every);
     loop {
         tick.tick().await;
+        if let Err(e) = queue.heartbeat().await {
+            tracing::warn!(cause = %e, "cannot send this manager's heartbeat");
+        }
         let ids: Vec<i64> = in_flight.lock().await.iter().copied().collect();
         if let Err(e) = queue.keepalive(ids).await {
             tracing::warn!(cause = %e, "cannot refresh delivered_at of running requests");
@@ -512,6 +561,11 @@ mod tests {
     }
 
     impl Execute for Fake {
+        /// `start` is, anything else is not.
+        async fn idempotent(&self, req: &ManagerRequest) -> bool {
+            req.action == "start"
+        }
+
         async fn execute(&self, req: &ManagerRequest) -> ManagerResponse {
             self.log
                 .lock()
@@ -713,5 +767,101 @@ mod tests {
             "{parked:?}"
         );
         assert_eq!(q.rows("default").len(), 5);
+    }
+
+    async fn send_action(q: &MemoryQueue, id: &str, action: &str) -> i64 {
+        let req = ManagerRequest::new(id, id, action);
+        q.send("default", encode_request(&req, Format::Php, None))
+            .await
+            .unwrap()
+    }
+
+    fn answer(q: &MemoryQueue, id: &str) -> ManagerResponse {
+        q.rows("default")
+            .into_iter()
+            .filter_map(|r| codec::decode_response(r.row.body.as_bytes(), &r.row.headers).ok())
+            .find(|r| r.correlation_id == id)
+            .unwrap()
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_restarted_manager_takes_back_its_rows_at_once_and_runs_no_action_twice() {
+        // The previous process of this manager (same id) took two requests and was killed.
+        let q = Arc::new(MemoryQueue::new(options()));
+        let restart = send_action(&q, "r1", "restart").await;
+        let start = send_action(&q, "s1", "start").await;
+        // Its token names its pid: ours now (a restarted container's process often gets it).
+        let old = format!("{}-0ld", std::process::id());
+        q.beat_as("marvin-manager", &old);
+        q.taken_by(restart, "marvin-manager", &old);
+        q.taken_by(start, "marvin-manager", &old);
+        let fake = Arc::new(Fake::default());
+        let t0 = tokio::time::Instant::now();
+        let stats = consume(q.clone(), fake.clone(), limit(2), std::future::pending()).await;
+        assert!(t0.elapsed() < Duration::from_secs(1), "{:?}", t0.elapsed());
+        assert_eq!(stats.answered, 2);
+        // Not idempotent: answered without running it again, saying so.
+        assert_eq!(fake.runs("r1"), 0);
+        let r = answer(&q, "r1");
+        assert!(!r.success);
+        assert_eq!(r.metadata["interrupted"], true);
+        assert_eq!(r.metadata["manager"], "marvin-manager");
+        assert!(
+            r.error.as_deref().unwrap().contains("it was not run again"),
+            "{r:?}"
+        );
+        // Idempotent: run again.
+        assert_eq!(fake.runs("s1"), 1);
+        assert!(answer(&q, "s1").success);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn rows_of_a_manager_that_stopped_beating_come_back_after_the_takeover_time() {
+        let q = Arc::new(MemoryQueue::new(TransportOptions {
+            takeover_secs: 5,
+            ..options()
+        }));
+        let id = send_action(&q, "b1", "restart").await;
+        q.beat_as("host-b", "b-process");
+        q.taken_by(id, "host-b", "b-process");
+        let fake = Arc::new(Fake::default());
+        let t0 = tokio::time::Instant::now();
+        let stats = consume(q.clone(), fake.clone(), limit(1), std::future::pending()).await;
+        let took = t0.elapsed();
+        assert_eq!(stats.answered, 1);
+        assert!(
+            took >= Duration::from_secs(5) && took < Duration::from_secs(7),
+            "taken back after {took:?}, not after the redeliver timeout"
+        );
+        assert_eq!(answer(&q, "b1").metadata["interrupted"], true);
+        assert_eq!(fake.runs("b1"), 0);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_live_manager_keeps_its_rows() {
+        let q = Arc::new(MemoryQueue::new(TransportOptions {
+            takeover_secs: 2,
+            ..options()
+        }));
+        let id = send_action(&q, "live1", "restart").await;
+        q.beat_as("host-b", "b-process");
+        q.taken_by(id, "host-b", "b-process");
+        let beats = {
+            let q = q.clone();
+            tokio::spawn(async move {
+                loop {
+                    tokio::time::sleep(Duration::from_millis(500)).await;
+                    q.beat_as("host-b", "b-process");
+                }
+            })
+        };
+        let fake = Arc::new(Fake::default());
+        let stop = tokio::time::sleep(Duration::from_secs(10));
+        let stats = consume(q.clone(), fake.clone(), ConsumeOptions::default(), stop).await;
+        beats.abort();
+        assert_eq!(
+            stats.answered, 0,
+            "a row a live manager works on is never taken"
+        );
     }
 }

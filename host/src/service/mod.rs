@@ -129,6 +129,19 @@ impl Manager {
         }
     }
 
+    /// Whether the request may run again after a crash interrupted it: its plugin says its
+    /// action is idempotent. Unknown entity or action: no (it is answered without running
+    /// anyway).
+    pub async fn idempotent(&self, req: &ManagerRequest) -> bool {
+        let Ok(entity) = self.registry.resolve(&req.entity_id).await else {
+            return false;
+        };
+        self.routing()
+            .router
+            .route(entity.kind, &req.action)
+            .is_ok_and(|p| p.idempotent.contains(&req.action))
+    }
+
     /// Carries out one request. Never fails: every problem becomes an error response.
     pub async fn execute(&self, req: &ManagerRequest) -> ManagerResponse {
         let span = tracing::info_span!(

@@ -66,6 +66,12 @@ pub struct TransportOptions {
     pub timezone: Zone,
     /// `serializer`: `php` or `json` forces the response format; default: the request's.
     pub serializer: Option<Format>,
+    /// This manager's name among those sharing the queue (`[manager] id`, default the host
+    /// name): a restarted manager takes back the rows it held at once.
+    pub manager_id: String,
+    /// How long a manager may stop heart-beating before the rows it held are taken back
+    /// (`[manager] takeover_secs`, default 15).
+    pub takeover_secs: u64,
 }
 
 impl Default for TransportOptions {
@@ -80,6 +86,8 @@ impl Default for TransportOptions {
             auto_setup: true,
             timezone: Zone::Utc,
             serializer: None,
+            manager_id: "marvin-manager".into(),
+            takeover_secs: 15,
         }
     }
 }
@@ -114,6 +122,8 @@ const OURS: &[&str] = &[
     "auto_setup",
     "timezone",
     "serializer",
+    "manager_id",
+    "takeover_timeout",
     // Symfony's, accepted and ignored so a Core DSN can be pasted as is.
     "check_delayed_interval",
     "get_notify_timeout",
@@ -171,6 +181,12 @@ impl Dsn {
                 "use_notify" => o.use_notify = truthy(k, v)?,
                 "auto_setup" => o.auto_setup = truthy(k, v)?,
                 "timezone" => o.timezone = Zone::parse(v)?,
+                "manager_id" => o.manager_id.clone_from(v),
+                "takeover_timeout" => {
+                    o.takeover_secs = v.parse().map_err(|_| {
+                        Error::Settings(format!("takeover_timeout={v} is not a number of seconds"))
+                    })?;
+                }
                 "serializer" => {
                     o.serializer = match v.as_str() {
                         "php" => Some(Format::Php),

@@ -14,8 +14,8 @@ use tokio::time::Instant;
 use crate::codec;
 
 use super::{
-    Delivery, Error, FailedRow, HistoryFilter, LedgerEntry, Queue, Records, Settle,
-    TransportOptions, classify_row, storable, utc_now_rfc3339,
+    Claim, Delivery, Error, FailedRow, HistoryFilter, LedgerEntry, Queue, Records, Settle,
+    TransportOptions, classify_row, gone, storable, utc_now_rfc3339,
 };
 
 /// One row of the table.
@@ -41,12 +41,18 @@ struct State {
     failing_fetches: usize,
     commits: usize,
     refused: Option<String>,
+    /// row id -> (manager, instance, started_at).
+    claims: BTreeMap<i64, (String, String, String)>,
+    /// instance -> (manager, last beat).
+    managers: HashMap<String, (String, Instant)>,
+    registered: bool,
 }
 
 /// The in-memory queue.
 #[derive(Debug)]
 pub struct MemoryQueue {
     options: TransportOptions,
+    instance: String,
     state: Mutex<State>,
     notify: Notify,
 }
@@ -56,6 +62,7 @@ impl MemoryQueue {
     pub fn new(options: TransportOptions) -> Self {
         Self {
             options,
+            instance: super::instance_token(),
             state: Mutex::default(),
             notify: Notify::new(),
         }
@@ -96,6 +103,29 @@ impl MemoryQueue {
         self.state().refused = Some(correlation_id.to_owned());
     }
 
+    /// The process `instance` of manager `manager` took row `id` (and has not answered).
+    pub fn taken_by(&self, id: i64, manager: &str, instance: &str) {
+        let mut st = self.state();
+        if let Some(row) = st.rows.get_mut(&id) {
+            row.delivered_at = Some(Instant::now());
+        }
+        st.claims.insert(
+            id,
+            (
+                manager.to_owned(),
+                instance.to_owned(),
+                "2026-01-01T00:00:00.000Z".into(),
+            ),
+        );
+    }
+
+    /// A heartbeat of process `instance` of manager `manager`.
+    pub fn beat_as(&self, manager: &str, instance: &str) {
+        self.state()
+            .managers
+            .insert(instance.to_owned(), (manager.to_owned(), Instant::now()));
+    }
+
     /// Commits that succeeded so far.
     pub fn commits(&self) -> usize {
         self.state().commits
@@ -127,6 +157,9 @@ impl Queue for MemoryQueue {
     }
 
     async fn fetch(&self, max: usize) -> Result<Vec<Delivery>, Error> {
+        if !self.state().registered {
+            self.heartbeat().await?;
+        }
         let mut st = self.state();
         if st.failing_fetches > 0 {
             st.failing_fetches -= 1;
@@ -134,14 +167,29 @@ impl Queue for MemoryQueue {
         }
         let now = Instant::now();
         let redeliver = Duration::from_secs(self.options.redeliver_timeout_secs);
+        let takeover = Duration::from_secs(self.options.takeover_secs);
+        let State {
+            rows,
+            claims,
+            managers,
+            ..
+        } = &mut *st;
+        let dead = |id: i64| {
+            claims.get(&id).is_some_and(|(_, instance, _)| {
+                managers
+                    .get(instance)
+                    .is_none_or(|(_, beat)| now.saturating_duration_since(*beat) > takeover)
+            })
+        };
         let mut taken = Vec::new();
-        for row in st.rows.values_mut() {
+        for row in rows.values_mut() {
             if taken.len() >= max {
                 break;
             }
             let free = row
                 .delivered_at
-                .is_none_or(|at| now.saturating_duration_since(at) > redeliver);
+                .is_none_or(|at| now.saturating_duration_since(at) > redeliver)
+                || dead(row.id);
             if row.queue != self.options.queue_name || !free {
                 continue;
             }
@@ -151,9 +199,24 @@ impl Queue for MemoryQueue {
                     id: row.id,
                     decoded,
                     redelivered: row.delivered_at.is_some(),
+                    claimed: claims.get(&row.id).map(|(manager, _, started_at)| Claim {
+                        manager: manager.clone(),
+                        started_at: started_at.clone(),
+                    }),
                 });
                 row.delivered_at = Some(now);
             }
+        }
+        let started = utc_now_rfc3339();
+        for d in &taken {
+            claims.insert(
+                d.id,
+                (
+                    self.options.manager_id.clone(),
+                    self.instance.clone(),
+                    started.clone(),
+                ),
+            );
         }
         Ok(taken)
     }
@@ -180,14 +243,18 @@ impl Queue for MemoryQueue {
                     response,
                     ledger,
                 } => {
-                    Self::insert(&mut st, &self.options.response_queue_name, response);
-                    st.rows.remove(&request_id);
+                    st.claims.remove(&request_id);
+                    // Only with the deletion of its request: no second answer.
+                    if st.rows.remove(&request_id).is_some() {
+                        Self::insert(&mut st, &self.options.response_queue_name, response);
+                    }
                     if let Some(mut e) = ledger.map(|e| *e) {
                         e.finished_at.clone_from(&finished);
                         st.ledger.entry(e.correlation_id.clone()).or_insert(e);
                     }
                 }
                 Settle::Fail { request_id, reason } => {
+                    st.claims.remove(&request_id);
                     st.failures.insert(
                         request_id,
                         FailedRow {
@@ -206,6 +273,21 @@ impl Queue for MemoryQueue {
         st.commits += 1;
         drop(st);
         self.notify.notify_waiters();
+        Ok(())
+    }
+
+    async fn heartbeat(&self) -> Result<(), Error> {
+        let mut st = self.state();
+        st.managers.insert(
+            self.instance.clone(),
+            (self.options.manager_id.clone(), Instant::now()),
+        );
+        if !st.registered {
+            st.registered = true;
+            let (own, id) = (&self.instance, &self.options.manager_id);
+            st.managers
+                .retain(|instance, (manager, _)| manager != id || !gone(own, instance));
+        }
         Ok(())
     }
 
@@ -278,6 +360,8 @@ mod tests {
     fn options() -> TransportOptions {
         TransportOptions {
             redeliver_timeout_secs: 60,
+            // Redelivery alone here: no heartbeats are sent.
+            takeover_secs: 3600,
             ..TransportOptions::default()
         }
     }

@@ -152,6 +152,18 @@ pub struct Delivery {
     pub decoded: Result<Decoded, String>,
     /// `delivered_at` was set: a consumer took it before and did not finish.
     pub redelivered: bool,
+    /// A manager started it before and did not finish (it stopped, or stopped heart-beating):
+    /// the action may have run.
+    pub claimed: Option<Claim>,
+}
+
+/// Who started a request before, and when.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Claim {
+    /// The manager's id.
+    pub manager: String,
+    /// When it took the request, RFC 3339 UTC.
+    pub started_at: String,
 }
 
 /// One entry of the ledger: a request carried out, keyed by correlation id.
@@ -244,6 +256,10 @@ pub trait Queue: Send + Sync + 'static {
     fn complete(&self, batch: Vec<Settle>) -> impl Future<Output = Result<(), Error>> + Send;
     /// Moves `delivered_at` of rows still being worked on to now.
     fn keepalive(&self, ids: Vec<i64>) -> impl Future<Output = Result<(), Error>> + Send;
+    /// Says this manager is alive. The first beat of a process registers it under its
+    /// manager id, which hands the rows an earlier process of that id held back to the queue
+    /// at once; later beats keep its own rows from being taken back.
+    fn heartbeat(&self) -> impl Future<Output = Result<(), Error>> + Send;
     /// Waits until a new row may be there (a notification) or `timeout` passes.
     fn wait(&self, timeout: Duration) -> impl Future<Output = ()> + Send;
     /// The ledger entries of these correlation ids: the requests already answered.
@@ -345,6 +361,45 @@ impl ForeignRows {
         }
         set.extend(ids);
     }
+}
+
+/// Whether the manager process `other` (an instance token of this manager's id, so of this
+/// host) is gone: its pid is ours (a restarted container's process often has the pid of the
+/// process it replaces) or names no live process. Then the rows it held come back at once
+/// instead of after the takeover time. A token that names no pid: not known to be gone.
+pub(crate) fn gone(own: &str, other: &str) -> bool {
+    let pid = |token: &str| token.split('-').next().and_then(|p| p.parse::<i32>().ok());
+    match (pid(own), pid(other)) {
+        (Some(mine), Some(theirs)) if mine == theirs => own != other,
+        (_, Some(theirs)) => rustix::process::Pid::from_raw(theirs).is_some_and(|p| {
+            matches!(
+                rustix::process::test_kill_process(p),
+                Err(rustix::io::Errno::SRCH)
+            )
+        }),
+        _ => false,
+    }
+}
+
+/// The token of this process (`<pid>-<random>`), so a restarted manager of the same id is
+/// told from the one it replaces. One per process: every transport of a process is the same
+/// manager instance.
+pub(crate) fn instance_token() -> String {
+    static TOKEN: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    TOKEN
+        .get_or_init(|| {
+            use std::hash::{BuildHasher, Hasher};
+            let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+            h.write_u32(std::process::id());
+            h.write_u128(
+                std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .map(|d| d.as_nanos())
+                    .unwrap_or(0),
+            );
+            format!("{}-{:016x}", std::process::id(), h.finish())
+        })
+        .clone()
 }
 
 /// The response format for a request: the configured one, else the request's.

@@ -21,6 +21,10 @@ pub(crate) const LEDGER_COLUMNS: &str = "correlation_id, entity_id, action, plug
 pub(crate) struct Names {
     pub(crate) ledger: String,
     pub(crate) failures: String,
+    /// Requests started and not finished: which manager (and process) took each.
+    pub(crate) claims: String,
+    /// The manager processes sharing the queue and their last heartbeat.
+    pub(crate) managers: String,
 }
 
 impl Names {
@@ -29,6 +33,8 @@ impl Names {
         Self {
             ledger: format!("{schema}marvin_manager_ledger"),
             failures: format!("{schema}marvin_manager_failures"),
+            claims: format!("{schema}marvin_manager_claims"),
+            managers: format!("{schema}marvin_manager_managers"),
         }
     }
 }
@@ -83,7 +89,12 @@ pub(crate) fn sqlite(table: &str) -> Vec<String> {
 }
 
 fn own_tables(n: &Names) -> Vec<String> {
-    let Names { ledger, failures } = n;
+    let Names {
+        ledger,
+        failures,
+        claims,
+        managers,
+    } = n;
     vec![
         format!(
             "CREATE TABLE IF NOT EXISTS {ledger} (correlation_id VARCHAR(190) NOT NULL PRIMARY KEY, entity_id TEXT NOT NULL, action TEXT NOT NULL, plugin TEXT DEFAULT NULL, success BOOLEAN NOT NULL, error TEXT DEFAULT NULL, response TEXT NOT NULL, received_at VARCHAR(32) NOT NULL, finished_at VARCHAR(32) NOT NULL, duration_ms BIGINT NOT NULL)"
@@ -96,6 +107,13 @@ fn own_tables(n: &Names) -> Vec<String> {
         ),
         format!(
             "CREATE TABLE IF NOT EXISTS {failures} (row_id BIGINT NOT NULL PRIMARY KEY, original_queue VARCHAR(190) NOT NULL, reason TEXT NOT NULL, failed_at VARCHAR(32) NOT NULL)"
+        ),
+        // beat_at: seconds since the epoch on the database's clock (one clock for all).
+        format!(
+            "CREATE TABLE IF NOT EXISTS {claims} (row_id BIGINT NOT NULL PRIMARY KEY, manager VARCHAR(190) NOT NULL, instance VARCHAR(64) NOT NULL, started_at VARCHAR(32) NOT NULL)"
+        ),
+        format!(
+            "CREATE TABLE IF NOT EXISTS {managers} (instance VARCHAR(64) NOT NULL PRIMARY KEY, manager VARCHAR(190) NOT NULL, beat_at BIGINT NOT NULL)"
         ),
     ]
 }

@@ -17,9 +17,9 @@ use crate::codec::{self, request_class_needle};
 
 use super::schema::{LEDGER_COLUMNS, Names};
 use super::{
-    Delivery, Error, FailedRow, ForeignRows, HistoryFilter, LedgerEntry, Queue, Records, Settle,
-    TransportOptions, ago_text, classify_row, entry_from_row, now_text, records, schema, storable,
-    utc_now_rfc3339,
+    Claim, Delivery, Error, FailedRow, ForeignRows, HistoryFilter, LedgerEntry, Queue, Records,
+    Settle, TransportOptions, ago_text, classify_row, entry_from_row, gone, instance_token,
+    now_text, records, schema, storable, utc_now_rfc3339,
 };
 
 /// How often an idle consumer looks at the table (SQLite has no notifications).
@@ -35,6 +35,9 @@ pub struct Inner {
     needle: String,
     names: Names,
     foreign: ForeignRows,
+    /// This process, among the processes that ran under this manager id.
+    instance: String,
+    registered: std::sync::atomic::AtomicBool,
 }
 
 impl std::ops::Deref for SqliteTransport {
@@ -76,6 +79,8 @@ impl SqliteTransport {
             needle: request_class_needle(),
             names,
             foreign: ForeignRows::default(),
+            instance: instance_token(),
+            registered: std::sync::atomic::AtomicBool::new(false),
         })))
     }
 }
@@ -116,12 +121,23 @@ impl Inner {
         max: usize,
     ) -> Result<Vec<Delivery>, Error> {
         let t = self.table();
+        let Names {
+            claims, managers, ..
+        } = &self.names;
+        // Rows a dead manager held (its process was replaced, or it stopped heart-beating)
+        // are taken back at once; each taken row is claimed in this transaction, so a request
+        // that comes back later is known to have been started.
         let rows = sqlx::query(&format!(
-            "SELECT id, body, headers, delivered_at IS NOT NULL AS redelivered FROM {t} \
-             WHERE queue_name = ?1 AND (delivered_at IS NULL OR delivered_at < ?2) AND available_at <= ?3 \
-             AND (instr(body, ?4) > 0 OR instr(headers, ?4) > 0 OR (headers = '[]' AND substr(body, -1) <> '}}')) \
-             AND id NOT IN (SELECT value FROM json_each(?6)) \
-             ORDER BY available_at ASC, id ASC LIMIT ?5"
+            "SELECT m.id, m.body, m.headers, m.delivered_at IS NOT NULL AS redelivered, \
+               c.manager AS claimed_by, c.started_at AS claimed_at \
+             FROM {t} m LEFT JOIN {claims} c ON c.row_id = m.id \
+             WHERE m.queue_name = ?1 AND (m.delivered_at IS NULL OR m.delivered_at < ?2 OR m.id IN ( \
+               SELECT d.row_id FROM {claims} d LEFT JOIN {managers} g ON g.instance = d.instance \
+               WHERE g.instance IS NULL OR g.beat_at < CAST(strftime('%s', 'now') AS INTEGER) - ?7)) \
+             AND m.available_at <= ?3 \
+             AND (instr(m.body, ?4) > 0 OR instr(m.headers, ?4) > 0 OR (m.headers = '[]' AND substr(m.body, -1) <> '}}')) \
+             AND m.id NOT IN (SELECT value FROM json_each(?6)) \
+             ORDER BY m.available_at ASC, m.id ASC LIMIT ?5"
         ))
         .bind(&self.options.queue_name)
         .bind(ago_text(&self.options, self.options.redeliver_timeout_secs))
@@ -129,6 +145,7 @@ impl Inner {
         .bind(&self.needle)
         .bind(i64::try_from(max).unwrap_or(i64::MAX))
         .bind(serde_json::to_string(&self.foreign.ids()).unwrap_or_else(|_| "[]".into()))
+        .bind(i64::try_from(self.options.takeover_secs).unwrap_or(i64::MAX))
         .fetch_all(&mut *conn)
         .await?;
         let mut taken = Vec::with_capacity(rows.len());
@@ -138,11 +155,19 @@ impl Inner {
             let headers: Vec<u8> = row.try_get("headers")?;
             let id: i64 = row.try_get("id")?;
             match classify_row(&body, &headers) {
-                Some(decoded) => taken.push(Delivery {
-                    id,
-                    decoded,
-                    redelivered: row.try_get("redelivered")?,
-                }),
+                Some(decoded) => {
+                    let by: Option<String> = row.try_get("claimed_by")?;
+                    let at: Option<String> = row.try_get("claimed_at")?;
+                    taken.push(Delivery {
+                        id,
+                        decoded,
+                        redelivered: row.try_get("redelivered")?,
+                        claimed: by.zip(at).map(|(manager, started_at)| Claim {
+                            manager,
+                            started_at,
+                        }),
+                    });
+                }
                 None => self.foreign.add([id]),
             }
         }
@@ -154,6 +179,21 @@ impl Inner {
                 sep.push_bind(d.id);
             }
             q.push(")");
+            q.build().execute(&mut *conn).await?;
+            let mut q = QueryBuilder::<Sqlite>::new(format!(
+                "INSERT INTO {claims} (row_id, manager, instance, started_at) "
+            ));
+            let started = utc_now_rfc3339();
+            q.push_values(&taken, |mut row, d| {
+                row.push_bind(d.id)
+                    .push_bind(&self.options.manager_id)
+                    .push_bind(&self.instance)
+                    .push_bind(started.clone());
+            });
+            q.push(
+                " ON CONFLICT (row_id) DO UPDATE SET manager = excluded.manager, \
+                 instance = excluded.instance, started_at = excluded.started_at",
+            );
             q.build().execute(&mut *conn).await?;
         }
         Ok(taken)
@@ -167,6 +207,8 @@ impl Inner {
         let Names {
             ledger: ledger_table,
             failures: failures_table,
+            claims,
+            ..
         } = &self.names;
         let t = self.table();
         let now = now_text(&self.options);
@@ -178,19 +220,27 @@ impl Inner {
                     response,
                     ledger,
                 } => {
-                    sqlx::query(&format!(
-                        "INSERT INTO {t} (body, headers, queue_name, created_at, available_at) VALUES (?1, ?2, ?3, ?4, ?4)"
-                    ))
-                    .bind(response.body)
-                    .bind(response.headers)
-                    .bind(&self.options.response_queue_name)
-                    .bind(&now)
-                    .execute(&mut *conn)
-                    .await?;
-                    sqlx::query(&format!("DELETE FROM {t} WHERE id = ?1"))
+                    // A response goes in only with the deletion of its request: a request
+                    // another manager answered meanwhile gets no second answer.
+                    let deleted = sqlx::query(&format!("DELETE FROM {t} WHERE id = ?1"))
                         .bind(request_id)
                         .execute(&mut *conn)
                         .await?;
+                    sqlx::query(&format!("DELETE FROM {claims} WHERE row_id = ?1"))
+                        .bind(request_id)
+                        .execute(&mut *conn)
+                        .await?;
+                    if deleted.rows_affected() == 1 {
+                        sqlx::query(&format!(
+                            "INSERT INTO {t} (body, headers, queue_name, created_at, available_at) VALUES (?1, ?2, ?3, ?4, ?4)"
+                        ))
+                        .bind(response.body)
+                        .bind(response.headers)
+                        .bind(&self.options.response_queue_name)
+                        .bind(&now)
+                        .execute(&mut *conn)
+                        .await?;
+                    }
                     if let Some(e) = ledger {
                         sqlx::query(&format!(
                             "INSERT INTO {ledger_table} ({LEDGER_COLUMNS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10) \
@@ -211,6 +261,10 @@ impl Inner {
                     }
                 }
                 Settle::Fail { request_id, reason } => {
+                    sqlx::query(&format!("DELETE FROM {claims} WHERE row_id = ?1"))
+                        .bind(request_id)
+                        .execute(&mut *conn)
+                        .await?;
                     sqlx::query(&format!(
                         "INSERT INTO {failures_table} (row_id, original_queue, reason, failed_at) VALUES (?1, ?2, ?3, ?4) \
                          ON CONFLICT (row_id) DO UPDATE SET reason = excluded.reason, failed_at = excluded.failed_at"
@@ -254,6 +308,10 @@ impl Queue for SqliteTransport {
     }
 
     async fn fetch(&self, max: usize) -> Result<Vec<Delivery>, Error> {
+        // Whoever claims rows is registered, so its claims are not taken for a dead one's.
+        if !self.registered.load(std::sync::atomic::Ordering::Relaxed) {
+            self.heartbeat().await?;
+        }
         let inner = self.0.clone();
         detached(async move {
             let mut tx = inner.begin_immediate().await?;
@@ -275,6 +333,44 @@ impl Queue for SqliteTransport {
             Inner::finish(tx, r).await
         })
         .await
+    }
+
+    async fn heartbeat(&self) -> Result<(), Error> {
+        let managers = &self.names.managers;
+        let now = "CAST(strftime('%s', 'now') AS INTEGER)";
+        sqlx::query(&format!(
+            "INSERT INTO {managers} (instance, manager, beat_at) VALUES (?1, ?2, {now}) \
+             ON CONFLICT (instance) DO UPDATE SET beat_at = excluded.beat_at"
+        ))
+        .bind(&self.instance)
+        .bind(&self.options.manager_id)
+        .execute(&self.pool)
+        .await?;
+        if self.registered.load(std::sync::atomic::Ordering::Relaxed) {
+            return Ok(());
+        }
+        // Registering: the earlier processes of this manager id that are gone hand their rows
+        // back at once; processes silent for a day are forgotten.
+        let others: Vec<String> = sqlx::query_scalar(&format!(
+            "SELECT instance FROM {managers} WHERE manager = ?1 AND instance <> ?2"
+        ))
+        .bind(&self.options.manager_id)
+        .bind(&self.instance)
+        .fetch_all(&self.pool)
+        .await?;
+        let gone: Vec<String> = others
+            .into_iter()
+            .filter(|o| gone(&self.instance, o))
+            .collect();
+        sqlx::query(&format!(
+            "DELETE FROM {managers} WHERE beat_at < {now} - 86400 OR instance IN (SELECT value FROM json_each(?1))"
+        ))
+        .bind(serde_json::to_string(&gone).unwrap_or_else(|_| "[]".into()))
+        .execute(&self.pool)
+        .await?;
+        self.registered
+            .store(true, std::sync::atomic::Ordering::Relaxed);
+        Ok(())
     }
 
     async fn keepalive(&self, ids: Vec<i64>) -> Result<(), Error> {
