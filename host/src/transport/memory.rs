@@ -42,7 +42,7 @@ struct State {
     commits: usize,
     refused: Option<String>,
     /// row id -> (manager, instance, started_at).
-    claims: BTreeMap<i64, (String, String, String)>,
+    claims: BTreeMap<i64, (String, String, Option<String>)>,
     /// instance -> (manager, last beat).
     managers: HashMap<String, (String, Instant)>,
     registered: bool,
@@ -114,7 +114,7 @@ impl MemoryQueue {
             (
                 manager.to_owned(),
                 instance.to_owned(),
-                "2026-01-01T00:00:00.000Z".into(),
+                Some("2026-01-01T00:00:00.000Z".into()),
             ),
         );
     }
@@ -199,24 +199,20 @@ impl Queue for MemoryQueue {
                     id: row.id,
                     decoded,
                     redelivered: row.delivered_at.is_some(),
-                    claimed: claims.get(&row.id).map(|(manager, _, started_at)| Claim {
-                        manager: manager.clone(),
-                        started_at: started_at.clone(),
+                    claimed: claims.get(&row.id).and_then(|(manager, _, started_at)| {
+                        Some(Claim {
+                            manager: manager.clone(),
+                            started_at: started_at.clone()?,
+                        })
                     }),
                 });
                 row.delivered_at = Some(now);
             }
         }
-        let started = utc_now_rfc3339();
         for d in &taken {
-            claims.insert(
-                d.id,
-                (
-                    self.options.manager_id.clone(),
-                    self.instance.clone(),
-                    started.clone(),
-                ),
-            );
+            let claim = claims.entry(d.id).or_default();
+            claim.0.clone_from(&self.options.manager_id);
+            claim.1.clone_from(&self.instance);
         }
         Ok(taken)
     }
@@ -273,6 +269,19 @@ impl Queue for MemoryQueue {
         st.commits += 1;
         drop(st);
         self.notify.notify_waiters();
+        Ok(())
+    }
+
+    async fn started(&self, ids: Vec<i64>) -> Result<(), Error> {
+        let mut st = self.state();
+        let now = utc_now_rfc3339();
+        for id in ids {
+            if let Some(claim) = st.claims.get_mut(&id)
+                && claim.1 == self.instance
+            {
+                claim.2 = Some(now.clone());
+            }
+        }
         Ok(())
     }
 

@@ -207,11 +207,11 @@ impl Queue for PgTransport {
                ORDER BY available_at ASC LIMIT $5 FOR UPDATE SKIP LOCKED), \
              marked AS (UPDATE {t} m SET delivered_at = $3::timestamp FROM picked WHERE m.id = picked.id \
                RETURNING m.id, m.body, m.headers, m.available_at, picked.delivered_at AS previous), \
-             claimed AS (INSERT INTO {claims} (row_id, manager, instance, started_at) \
-               SELECT id, $8, $9, $10 FROM marked \
-               ON CONFLICT (row_id) DO UPDATE SET manager = EXCLUDED.manager, instance = EXCLUDED.instance, started_at = EXCLUDED.started_at) \
+             claimed AS (INSERT INTO {claims} (row_id, manager, instance) \
+               SELECT id, $8, $9 FROM marked \
+               ON CONFLICT (row_id) DO UPDATE SET manager = EXCLUDED.manager, instance = EXCLUDED.instance) \
              SELECT marked.*, c.manager AS claimed_by, c.started_at AS claimed_at \
-             FROM marked LEFT JOIN {claims} c ON c.row_id = marked.id"
+             FROM marked LEFT JOIN {claims} c ON c.row_id = marked.id AND c.started_at IS NOT NULL"
         ))
         // Planned for these values every time: PostgreSQL's generic plan for this statement
         // joins the whole table by hash (5-20 ms on a 20,000-row backlog instead of 0.6 ms).
@@ -225,7 +225,6 @@ impl Queue for PgTransport {
         .bind(i64::try_from(self.options.takeover_secs).unwrap_or(i64::MAX))
         .bind(&self.options.manager_id)
         .bind(&self.instance)
-        .bind(utc_now_rfc3339())
         .fetch_all(&self.fetch_pool)
         .await?;
         let mut taken = Vec::with_capacity(rows.len());
@@ -361,6 +360,22 @@ impl Queue for PgTransport {
         .execute(&self.pool)
         .await?;
         self.after_delete(done.len() as u64);
+        Ok(())
+    }
+
+    async fn started(&self, ids: Vec<i64>) -> Result<(), Error> {
+        if ids.is_empty() {
+            return Ok(());
+        }
+        sqlx::query(&format!(
+            "UPDATE {} SET started_at = $1 WHERE row_id = ANY($2) AND instance = $3",
+            self.names.claims
+        ))
+        .bind(utc_now_rfc3339())
+        .bind(&ids)
+        .bind(&self.instance)
+        .execute(&self.pool)
+        .await?;
         Ok(())
     }
 

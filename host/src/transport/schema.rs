@@ -21,7 +21,8 @@ pub(crate) const LEDGER_COLUMNS: &str = "correlation_id, entity_id, action, plug
 pub(crate) struct Names {
     pub(crate) ledger: String,
     pub(crate) failures: String,
-    /// Requests started and not finished: which manager (and process) took each.
+    /// Requests taken and not finished: which manager (and process) holds each, and when its
+    /// action started (none while it waits for its turn).
     pub(crate) claims: String,
     /// The manager processes sharing the queue and their last heartbeat.
     pub(crate) managers: String,
@@ -110,7 +111,7 @@ fn own_tables(n: &Names) -> Vec<String> {
         ),
         // beat_at: seconds since the epoch on the database's clock (one clock for all).
         format!(
-            "CREATE TABLE IF NOT EXISTS {claims} (row_id BIGINT NOT NULL PRIMARY KEY, manager VARCHAR(190) NOT NULL, instance VARCHAR(64) NOT NULL, started_at VARCHAR(32) NOT NULL)"
+            "CREATE TABLE IF NOT EXISTS {claims} (row_id BIGINT NOT NULL PRIMARY KEY, manager VARCHAR(190) NOT NULL, instance VARCHAR(64) NOT NULL, started_at VARCHAR(32) DEFAULT NULL)"
         ),
         format!(
             "CREATE TABLE IF NOT EXISTS {managers} (instance VARCHAR(64) NOT NULL PRIMARY KEY, manager VARCHAR(190) NOT NULL, beat_at BIGINT NOT NULL)"

@@ -130,7 +130,7 @@ impl Inner {
         let rows = sqlx::query(&format!(
             "SELECT m.id, m.body, m.headers, m.delivered_at IS NOT NULL AS redelivered, \
                c.manager AS claimed_by, c.started_at AS claimed_at \
-             FROM {t} m LEFT JOIN {claims} c ON c.row_id = m.id \
+             FROM {t} m LEFT JOIN {claims} c ON c.row_id = m.id AND c.started_at IS NOT NULL \
              WHERE m.queue_name = ?1 AND (m.delivered_at IS NULL OR m.delivered_at < ?2 OR m.id IN ( \
                SELECT d.row_id FROM {claims} d LEFT JOIN {managers} g ON g.instance = d.instance \
                WHERE g.instance IS NULL OR g.beat_at < CAST(strftime('%s', 'now') AS INTEGER) - ?7)) \
@@ -181,18 +181,16 @@ impl Inner {
             q.push(")");
             q.build().execute(&mut *conn).await?;
             let mut q = QueryBuilder::<Sqlite>::new(format!(
-                "INSERT INTO {claims} (row_id, manager, instance, started_at) "
+                "INSERT INTO {claims} (row_id, manager, instance) "
             ));
-            let started = utc_now_rfc3339();
             q.push_values(&taken, |mut row, d| {
                 row.push_bind(d.id)
                     .push_bind(&self.options.manager_id)
-                    .push_bind(&self.instance)
-                    .push_bind(started.clone());
+                    .push_bind(&self.instance);
             });
             q.push(
                 " ON CONFLICT (row_id) DO UPDATE SET manager = excluded.manager, \
-                 instance = excluded.instance, started_at = excluded.started_at",
+                 instance = excluded.instance",
             );
             q.build().execute(&mut *conn).await?;
         }
@@ -333,6 +331,25 @@ impl Queue for SqliteTransport {
             Inner::finish(tx, r).await
         })
         .await
+    }
+
+    async fn started(&self, ids: Vec<i64>) -> Result<(), Error> {
+        if ids.is_empty() {
+            return Ok(());
+        }
+        let mut q =
+            QueryBuilder::<Sqlite>::new(format!("UPDATE {} SET started_at = ", self.names.claims));
+        q.push_bind(utc_now_rfc3339())
+            .push(" WHERE instance = ")
+            .push_bind(&self.instance)
+            .push(" AND row_id IN (");
+        let mut sep = q.separated(", ");
+        for id in ids {
+            sep.push_bind(id);
+        }
+        q.push(")");
+        q.build().execute(&self.pool).await?;
+        Ok(())
     }
 
     async fn heartbeat(&self) -> Result<(), Error> {
