@@ -7,7 +7,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use tokio::sync::{Mutex, mpsc, oneshot};
+use tokio::sync::{Mutex, mpsc};
 
 use super::Manager;
 use crate::codec::{self, Decoded, Format};
@@ -117,11 +117,8 @@ pub async fn consume<Q: Queue, E: Execute>(
         options.keepalive,
     ));
     let scheduler = Arc::new(Scheduler::new(options.concurrency, options.batch));
-    let (start_tx, start_rx) = mpsc::unbounded_channel();
-    let starter = tokio::spawn(record_starts(queue.clone(), start_rx));
     let shared = Arc::new(Shared {
         settle: settle_tx,
-        starts: start_tx,
         in_flight,
         recent: Recent::default(),
         stats: Stats::default(),
@@ -235,7 +232,6 @@ pub async fn consume<Q: Queue, E: Execute>(
         failed_rows: shared.stats.failed.load(Ordering::Relaxed),
     };
     drop(shared);
-    let _ = starter.await;
     let _ = writer.await;
     keepalive.abort();
     stats
@@ -356,7 +352,6 @@ fn prepare(row: Delivery, known: &Known, options: &TransportOptions) -> Prepared
 /// What the requests of one run share.
 struct Shared {
     settle: mpsc::UnboundedSender<Settle>,
-    starts: mpsc::UnboundedSender<(i64, oneshot::Sender<Result<(), String>>)>,
     in_flight: Arc<Mutex<HashSet<i64>>>,
     recent: Recent,
     stats: Stats,
@@ -364,17 +359,6 @@ struct Shared {
 }
 
 impl Shared {
-    /// Records that the action of row `id` starts, committed with the other starts of the
-    /// moment, before it runs: a crash after this is known to have interrupted it.
-    async fn start(&self, id: i64) -> Result<(), String> {
-        let (tx, rx) = oneshot::channel();
-        self.starts
-            .send((id, tx))
-            .map_err(|_| "the service is stopping".to_owned())?;
-        rx.await
-            .unwrap_or_else(|_| Err("the service is stopping".to_owned()))
-    }
-
     async fn finish(&self, id: i64, s: Settle) {
         match &s {
             Settle::Reply { ledger: None, .. } => {
@@ -417,13 +401,7 @@ impl Shared {
                         tracing::warn!(row_id = id, correlation_id = %request.correlation_id, manager = %claim.manager, started_at = %claim.started_at, "interrupted request answered without running it again");
                         interrupted(&request, &claim)
                     }
-                    _ => match self.start(id).await {
-                        Ok(()) => executor.execute(&request).await,
-                        Err(cause) => {
-                            tracing::error!(row_id = id, correlation_id = %request.correlation_id, %cause, "cannot record the start of an action; not run");
-                            not_started(&request, &cause)
-                        }
-                    },
+                    _ => executor.execute(&request).await,
                 };
                 self.recent.put(&response);
                 let entry = ledger::entry(&response, received_at, started.elapsed());
@@ -439,59 +417,9 @@ impl Shared {
     }
 }
 
-/// The answer to a request whose start could not be recorded: not run, since a crash during
-/// it could not be told from one before it.
-fn not_started(request: &ManagerRequest, cause: &str) -> ManagerResponse {
-    let mut metadata = serde_json::Map::new();
-    metadata.insert("not_started".into(), true.into());
-    ManagerResponse {
-        correlation_id: request.correlation_id.clone(),
-        entity_type: EntityKind::guess(&request.action),
-        entity_id: request.entity_id.clone(),
-        action: request.action.clone(),
-        success: false,
-        output: None,
-        error: Some(format!(
-            "not run: the queue's database did not record the start of the action ({cause})"
-        )),
-        metadata,
-    }
-}
-
-/// Records action starts in batches: every start asked for while the previous statement
-/// runs goes into the next one. Retried briefly while the database is away.
-async fn record_starts<Q: Queue>(
-    queue: Arc<Q>,
-    mut rx: mpsc::UnboundedReceiver<(i64, oneshot::Sender<Result<(), String>>)>,
-) {
-    let mut buf = Vec::with_capacity(256);
-    while rx.recv_many(&mut buf, 512).await > 0 {
-        let batch = std::mem::take(&mut buf);
-        let ids: Vec<i64> = batch.iter().map(|(id, _)| *id).collect();
-        let mut delay = Duration::from_millis(50);
-        let mut result = Ok(());
-        for attempt in 1..=5 {
-            match queue.started(ids.clone()).await {
-                Ok(()) => {
-                    result = Ok(());
-                    break;
-                }
-                Err(e) => {
-                    tracing::warn!(cause = %e, attempt, "cannot record action starts, retrying");
-                    result = Err(e.to_string());
-                    tokio::time::sleep(delay).await;
-                    delay *= 2;
-                }
-            }
-        }
-        for (_, tx) in batch {
-            let _ = tx.send(result.clone());
-        }
-    }
-}
-
-/// The answer to a request a manager started and stopped during (a crash, a kill): the
-/// action may have run, so it is not run again; Core decides.
+/// The answer to a request a manager took and stopped without answering (a crash, a kill):
+/// its action may have run (or been waiting for its turn), so it is not run again; Core
+/// decides.
 fn interrupted(request: &ManagerRequest, claim: &Claim) -> ManagerResponse {
     let mut metadata = serde_json::Map::new();
     metadata.insert("interrupted".into(), true.into());
@@ -505,8 +433,8 @@ fn interrupted(request: &ManagerRequest, claim: &Claim) -> ManagerResponse {
         success: false,
         output: None,
         error: Some(format!(
-            "the manager stopped during this action (started at {} by manager '{}'); it was not run again, so that it does not run twice: check the state of '{}'",
-            claim.started_at, claim.manager, request.entity_id
+            "the manager that took this request (manager '{}', at {}) stopped before answering, possibly during the action; it was not run again, so that it does not run twice: check the state of '{}'",
+            claim.manager, claim.started_at, request.entity_id
         )),
         metadata,
     }

@@ -209,10 +209,16 @@ impl Queue for MemoryQueue {
                 row.delivered_at = Some(now);
             }
         }
+        let started = utc_now_rfc3339();
         for d in &taken {
-            let claim = claims.entry(d.id).or_default();
-            claim.0.clone_from(&self.options.manager_id);
-            claim.1.clone_from(&self.instance);
+            claims.insert(
+                d.id,
+                (
+                    self.options.manager_id.clone(),
+                    self.instance.clone(),
+                    Some(started.clone()),
+                ),
+            );
         }
         Ok(taken)
     }
@@ -269,19 +275,6 @@ impl Queue for MemoryQueue {
         st.commits += 1;
         drop(st);
         self.notify.notify_waiters();
-        Ok(())
-    }
-
-    async fn started(&self, ids: Vec<i64>) -> Result<(), Error> {
-        let mut st = self.state();
-        let now = utc_now_rfc3339();
-        for id in ids {
-            if let Some(claim) = st.claims.get_mut(&id)
-                && claim.1 == self.instance
-            {
-                claim.2 = Some(now.clone());
-            }
-        }
         Ok(())
     }
 

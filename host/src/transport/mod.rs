@@ -152,8 +152,8 @@ pub struct Delivery {
     pub decoded: Result<Decoded, String>,
     /// `delivered_at` was set: a consumer took it before and did not finish.
     pub redelivered: bool,
-    /// A manager started its action before and did not answer (it stopped, or stopped
-    /// heart-beating): the action may have run.
+    /// A manager took it before and did not answer (it stopped, or stopped heart-beating):
+    /// its action may have run.
     pub claimed: Option<Claim>,
 }
 
@@ -256,9 +256,6 @@ pub trait Queue: Send + Sync + 'static {
     fn complete(&self, batch: Vec<Settle>) -> impl Future<Output = Result<(), Error>> + Send;
     /// Moves `delivered_at` of rows still being worked on to now.
     fn keepalive(&self, ids: Vec<i64>) -> impl Future<Output = Result<(), Error>> + Send;
-    /// Records that the actions of these rows start now (one committed statement): a row that
-    /// comes back unanswered after this is known to have been started.
-    fn started(&self, ids: Vec<i64>) -> impl Future<Output = Result<(), Error>> + Send;
     /// Says this manager is alive. The first beat of a process registers it under its
     /// manager id, which hands the rows an earlier process of that id held back to the queue
     /// at once; later beats keep its own rows from being taken back.

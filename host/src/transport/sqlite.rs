@@ -181,16 +181,18 @@ impl Inner {
             q.push(")");
             q.build().execute(&mut *conn).await?;
             let mut q = QueryBuilder::<Sqlite>::new(format!(
-                "INSERT INTO {claims} (row_id, manager, instance) "
+                "INSERT INTO {claims} (row_id, manager, instance, started_at) "
             ));
+            let started = utc_now_rfc3339();
             q.push_values(&taken, |mut row, d| {
                 row.push_bind(d.id)
                     .push_bind(&self.options.manager_id)
-                    .push_bind(&self.instance);
+                    .push_bind(&self.instance)
+                    .push_bind(started.clone());
             });
             q.push(
                 " ON CONFLICT (row_id) DO UPDATE SET manager = excluded.manager, \
-                 instance = excluded.instance",
+                 instance = excluded.instance, started_at = excluded.started_at",
             );
             q.build().execute(&mut *conn).await?;
         }
@@ -331,25 +333,6 @@ impl Queue for SqliteTransport {
             Inner::finish(tx, r).await
         })
         .await
-    }
-
-    async fn started(&self, ids: Vec<i64>) -> Result<(), Error> {
-        if ids.is_empty() {
-            return Ok(());
-        }
-        let mut q =
-            QueryBuilder::<Sqlite>::new(format!("UPDATE {} SET started_at = ", self.names.claims));
-        q.push_bind(utc_now_rfc3339())
-            .push(" WHERE instance = ")
-            .push_bind(&self.instance)
-            .push(" AND row_id IN (");
-        let mut sep = q.separated(", ");
-        for id in ids {
-            sep.push_bind(id);
-        }
-        q.push(")");
-        q.build().execute(&self.pool).await?;
-        Ok(())
     }
 
     async fn heartbeat(&self) -> Result<(), Error> {
