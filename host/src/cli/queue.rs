@@ -10,7 +10,7 @@ use clap::Args;
 use crate::codec::{self, Format};
 use crate::config::ManagerConfig;
 use crate::service::{ConsumeOptions, consume};
-use crate::transport::dsn::{Dsn, Kind, redact};
+use crate::transport::dsn::{Dsn, Kind, TransportOptions, redact};
 use crate::transport::postgres::PgTransport;
 use crate::transport::sqlite::SqliteTransport;
 use crate::transport::{HistoryFilter, Queue, Records};
@@ -47,7 +47,12 @@ impl GlobalArgs {
 
 async fn open(dsn: &str, connections: u32, manager: &ManagerConfig) -> anyhow::Result<Opened> {
     let mut parsed = Dsn::parse(dsn)?;
-    parsed.options.manager_id = manager.id.clone().unwrap_or_else(host_name);
+    // `[manager]` wins; else the DSN's `manager_id`; else the host name.
+    if let Some(id) = &manager.id {
+        parsed.options.manager_id.clone_from(id);
+    } else if parsed.options.manager_id == TransportOptions::default().manager_id {
+        parsed.options.manager_id = host_name();
+    }
     if let Some(secs) = manager.takeover_secs {
         parsed.options.takeover_secs = secs;
     }
