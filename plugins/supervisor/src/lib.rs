@@ -454,7 +454,7 @@ impl Guest for Supervisor {
     }
 
     fn handle(req: Request) -> Response {
-        let outcome = match (&req.target, req.action.as_str()) {
+        match (&req.target, req.action.as_str()) {
             (Target::Supervisord, "reread") => reread(),
             (Target::Supervisord, "update") => {
                 let args = marvin_plugin_sdk::args(&req);
@@ -479,8 +479,7 @@ impl Guest for Supervisor {
                 "'{other}' acts on supervisord itself: send it to the entity 'supervisor', not '{name}'"
             )),
             (Target::Compose(_), _) => Response::fail("the supervisor plugin acts on workers"),
-        };
-        outcome
+        }
     }
 }
 
