@@ -49,6 +49,12 @@ pub struct ManagerConfig {
     /// How long a manager may stop heart-beating before the requests it held are taken
     /// back by another (default 15).
     pub takeover_secs: Option<u64>,
+    /// A request older than its timeout plus this many seconds is answered "expired" instead
+    /// of carried out: Core has given up on it (default 30, as Core's timeout check).
+    pub stale_grace_secs: Option<u64>,
+    /// Whether stale requests are answered "expired" (default true); false runs them however
+    /// late.
+    pub expire_stale: Option<bool>,
 }
 
 /// `[runtime]`.

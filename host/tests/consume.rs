@@ -25,6 +25,7 @@ on_both_databases!(
     hostile_rows_are_settled_alone,
     foreign_rows_cost_nothing_and_starve_nothing,
     a_dead_managers_requests_come_back_in_seconds_and_run_no_action_twice,
+    a_request_core_gave_up_on_is_answered_expired,
 );
 
 async fn manager(s: &Setup) -> Arc<Manager> {
@@ -527,4 +528,43 @@ async fn a_dead_managers_requests_come_back_in_seconds_and_run_no_action_twice<
         .query(&format!("SELECT CAST(row_id AS TEXT) FROM {claims}"))
         .await;
     assert!(left.is_empty(), "{left:?}");
+}
+
+/// A request sent long before it is taken (a backlog after an outage): Core marked it timed
+/// out long ago, so it is answered "expired", not carried out minutes late.
+async fn a_request_core_gave_up_on_is_answered_expired<T: Queue + Records>(
+    db: &TestDb,
+    mk: impl AsyncFn(&str) -> T,
+) {
+    let s = Setup::new(&[(guests::ECHO, "echo.wasm")]);
+    let t = Arc::new(mk("").await);
+    t.setup().await.unwrap();
+    send(&*t, &request("stale-1", "c1", "restart"), Format::Php).await;
+    db.exec(&format!(
+        "UPDATE {{t}} SET created_at = {}, available_at = {}",
+        db.at(-300),
+        db.at(-300)
+    ))
+    .await;
+    send(&*t, &request("fresh-1", "c1", "restart"), Format::Php).await;
+    let stats = run_until_idle(t.clone(), manager(&s).await, 2).await;
+    assert_eq!(stats.answered, 2);
+    let answers = responses(db).await;
+    let stale = answers
+        .iter()
+        .find(|r| r.correlation_id == "stale-1")
+        .unwrap();
+    assert!(!stale.success);
+    assert_eq!(stale.metadata["expired"], true);
+    assert!(
+        stale.metadata.get("plugin").is_none(),
+        "no plugin ran: {stale:?}"
+    );
+    let age = stale.metadata["age_secs"].as_u64().unwrap();
+    assert!((299..=310).contains(&age), "{age}");
+    let fresh = answers
+        .iter()
+        .find(|r| r.correlation_id == "fresh-1")
+        .unwrap();
+    assert!(fresh.success, "{fresh:?}");
 }

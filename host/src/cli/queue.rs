@@ -161,11 +161,16 @@ pub(super) async fn serve(global: &GlobalArgs, args: ServeArgs) -> anyhow::Resul
             t.setup().await.context("cannot create the queue tables (set auto_setup=false to skip)")?;
         }
         let keepalive = Duration::from_secs((t.options().redeliver_timeout_secs / 3).clamp(1, 60));
+        let own = &settings.config.manager;
         let options = ConsumeOptions {
             limit: args.limit,
             time_limit: args.time_limit.map(Duration::from_secs),
             concurrency,
             keepalive,
+            expire_grace: own
+                .expire_stale
+                .unwrap_or(true)
+                .then(|| Duration::from_secs(own.stale_grace_secs.unwrap_or(30))),
             ..ConsumeOptions::default()
         };
         consume(t, manager.clone(), options, stopped(stop_rx.clone())).await

@@ -56,6 +56,9 @@ pub struct ConsumeOptions {
     /// How often `delivered_at` of running requests is moved forward, and this manager's
     /// heartbeat sent (at least three times per takeover period).
     pub keepalive: Duration,
+    /// A request older than its timeout plus this is answered "expired" instead of run (Core
+    /// has given up on it: it marks a request timed out after 30 s); `None`: always run.
+    pub expire_grace: Option<Duration>,
 }
 
 impl Default for ConsumeOptions {
@@ -67,6 +70,7 @@ impl Default for ConsumeOptions {
             batch: 256,
             poll: Duration::from_secs(1),
             keepalive: Duration::from_secs(60),
+            expire_grace: Some(Duration::from_secs(30)),
         }
     }
 }
@@ -207,7 +211,7 @@ pub async fn consume<Q: Queue, E: Execute>(
                 tracing::debug!(row_id = row.id, "taken again while its answer is pending");
                 continue;
             }
-            match prepare(row, &known, &shared.options) {
+            match prepare(row, &known, &shared.options, options.expire_grace) {
                 Prepared::Settle(id, s) => {
                     shared.finish(id, s).await;
                     drop(slot);
@@ -268,7 +272,12 @@ enum Prepared {
 
 /// Decides what to do with a taken row without running anything: park it, answer it with an
 /// error or from the ledger, or run it.
-fn prepare(row: Delivery, known: &Known, options: &TransportOptions) -> Prepared {
+fn prepare(
+    row: Delivery,
+    known: &Known,
+    options: &TransportOptions,
+    expire_grace: Option<Duration>,
+) -> Prepared {
     let id = row.id;
     let fail = |reason| {
         Prepared::Settle(
@@ -308,6 +317,14 @@ fn prepare(row: Delivery, known: &Known, options: &TransportOptions) -> Prepared
             if let Some(response) = known.answer(&request.correlation_id) {
                 tracing::info!(row_id = id, correlation_id = %request.correlation_id, redelivered = row.redelivered, "already answered, replying from the ledger");
                 return reply(&response, None);
+            }
+            if let Some(grace) = expire_grace
+                && row.age > request.timeout() + grace
+            {
+                tracing::warn!(row_id = id, correlation_id = %request.correlation_id, age_secs = row.age.as_secs(), "stale request answered without running it");
+                let response = expired(&request, row.age, grace);
+                let entry = ledger::entry(&response, utc_now_rfc3339(), Duration::ZERO);
+                return reply(&response, Some(Box::new(entry)));
             }
             Prepared::Run(Box::new(Run {
                 id,
@@ -414,6 +431,29 @@ impl Shared {
         };
         self.finish(id, settle).await;
         drop(slot);
+    }
+}
+
+/// The answer to a request Core has given up on: carrying it out now (a restart minutes or
+/// hours late) would surprise more than it helps.
+fn expired(request: &ManagerRequest, age: Duration, grace: Duration) -> ManagerResponse {
+    let mut metadata = serde_json::Map::new();
+    metadata.insert("expired".into(), true.into());
+    metadata.insert("age_secs".into(), age.as_secs().into());
+    ManagerResponse {
+        correlation_id: request.correlation_id.clone(),
+        entity_type: EntityKind::guess(&request.action),
+        entity_id: request.entity_id.clone(),
+        action: request.action.clone(),
+        success: false,
+        output: None,
+        error: Some(format!(
+            "expired, not run: the request was sent {} s ago, past its timeout of {} s and {} s of grace, so Core no longer waits for it",
+            age.as_secs(),
+            request.timeout().as_secs(),
+            grace.as_secs()
+        )),
+        metadata,
     }
 }
 
@@ -864,5 +904,34 @@ mod tests {
             stats.answered, 0,
             "a row a live manager works on is never taken"
         );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_request_core_gave_up_on_is_answered_expired_not_run() {
+        let q = Arc::new(MemoryQueue::new(options()));
+        send_action(&q, "late", "restart").await;
+        tokio::time::advance(Duration::from_secs(41)).await;
+        send_action(&q, "fresh", "restart").await;
+        let fake = Arc::new(Fake::default());
+        let stats = consume(q.clone(), fake.clone(), limit(2), std::future::pending()).await;
+        assert_eq!(stats.answered, 2);
+        assert_eq!(fake.runs("late"), 0, "10 s timeout + 30 s grace passed");
+        let r = answer(&q, "late");
+        assert!(!r.success);
+        assert_eq!(r.metadata["expired"], true);
+        assert!(
+            r.error.as_deref().unwrap().starts_with("expired, not run"),
+            "{r:?}"
+        );
+        assert_eq!(fake.runs("fresh"), 1);
+        // Off: run however old.
+        send_action(&q, "old", "restart").await;
+        tokio::time::advance(Duration::from_secs(3600)).await;
+        let opts = ConsumeOptions {
+            expire_grace: None,
+            ..limit(1)
+        };
+        consume(q.clone(), fake.clone(), opts, std::future::pending()).await;
+        assert_eq!(fake.runs("old"), 1);
     }
 }

@@ -29,6 +29,8 @@ pub struct MemoryRow {
     pub row: codec::Encoded,
     /// When a consumer took it, if one did.
     pub delivered_at: Option<Instant>,
+    /// When it was inserted.
+    pub created_at: Instant,
 }
 
 #[derive(Debug, Default)]
@@ -141,6 +143,7 @@ impl MemoryQueue {
                 queue: queue.to_owned(),
                 row,
                 delivered_at: None,
+                created_at: Instant::now(),
             },
         );
         id
@@ -205,6 +208,7 @@ impl Queue for MemoryQueue {
                             started_at: started_at.clone()?,
                         })
                     }),
+                    age: now.saturating_duration_since(row.created_at),
                 });
                 row.delivered_at = Some(now);
             }

@@ -155,6 +155,8 @@ pub struct Delivery {
     /// A manager took it before and did not answer (it stopped, or stopped heart-beating):
     /// its action may have run.
     pub claimed: Option<Claim>,
+    /// How long ago it was created (`created_at`, on the table's clock).
+    pub age: Duration,
 }
 
 /// Who started a request before, and when.

@@ -212,7 +212,8 @@ impl Queue for PgTransport {
                AND NOT (id = ANY($6::bigint[])) \
                ORDER BY available_at ASC LIMIT $5 FOR UPDATE SKIP LOCKED), \
              marked AS (UPDATE {t} m SET delivered_at = $3::timestamp FROM picked WHERE m.id = picked.id \
-               RETURNING m.id, m.body, m.headers, m.available_at, picked.delivered_at AS previous), \
+               RETURNING m.id, m.body, m.headers, m.available_at, picked.delivered_at AS previous, \
+                 GREATEST(EXTRACT(EPOCH FROM ($3::timestamp - m.created_at)), 0)::bigint AS age_secs), \
              claimed AS (INSERT INTO {claims} (row_id, manager, instance, started_at) \
                SELECT id, $8, $9, $10 FROM marked \
                ON CONFLICT (row_id) DO UPDATE SET manager = EXCLUDED.manager, instance = EXCLUDED.instance, \
@@ -246,6 +247,7 @@ impl Queue for PgTransport {
             let previous: Option<chrono::NaiveDateTime> = row.try_get("previous")?;
             let available: chrono::NaiveDateTime = row.try_get("available_at")?;
             let claimed_by: Option<String> = row.try_get("claimed_by")?;
+            let age: i64 = row.try_get("age_secs")?;
             let claimed_at: Option<String> = row.try_get("claimed_at")?;
             match classify_row(body.as_bytes(), headers.as_bytes()) {
                 Some(decoded) => taken.push((
@@ -260,6 +262,7 @@ impl Queue for PgTransport {
                                 manager,
                                 started_at,
                             }),
+                        age: Duration::from_secs(age.unsigned_abs()),
                     },
                 )),
                 None => foreign.push((id, previous)),

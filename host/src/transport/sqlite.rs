@@ -129,6 +129,7 @@ impl Inner {
         // that comes back later is known to have been started.
         let rows = sqlx::query(&format!(
             "SELECT m.id, m.body, m.headers, m.delivered_at IS NOT NULL AS redelivered, \
+               MAX(CAST(strftime('%s', ?3) AS INTEGER) - CAST(strftime('%s', m.created_at) AS INTEGER), 0) AS age_secs, \
                c.manager AS claimed_by, c.started_at AS claimed_at \
              FROM {t} m LEFT JOIN {claims} c ON c.row_id = m.id AND c.started_at IS NOT NULL \
              WHERE m.queue_name = ?1 AND (m.delivered_at IS NULL OR m.delivered_at < ?2 OR m.id IN ( \
@@ -158,6 +159,7 @@ impl Inner {
                 Some(decoded) => {
                     let by: Option<String> = row.try_get("claimed_by")?;
                     let at: Option<String> = row.try_get("claimed_at")?;
+                    let age: Option<i64> = row.try_get("age_secs")?;
                     taken.push(Delivery {
                         id,
                         decoded,
@@ -166,6 +168,7 @@ impl Inner {
                             manager,
                             started_at,
                         }),
+                        age: Duration::from_secs(age.unwrap_or(0).unsigned_abs()),
                     });
                 }
                 None => self.foreign.add([id]),
