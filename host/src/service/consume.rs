@@ -105,10 +105,14 @@ pub async fn consume<Q: Queue, E: Execute>(
     let mut shutdown = std::pin::pin!(shutdown);
     let (settle_tx, settle_rx) = mpsc::unbounded_channel::<Settle>();
     let in_flight: Arc<Mutex<HashSet<i64>>> = Arc::default();
+    // Set once nothing runs any more: answers still waiting for the database then get a last
+    // bounded try instead of being kept until it is back.
+    let winding_down = Arc::new(std::sync::atomic::AtomicBool::new(false));
     let writer = tokio::spawn(write_settlements(
         queue.clone(),
         settle_rx,
         in_flight.clone(),
+        winding_down.clone(),
     ));
     // Registered before the first fetch: what an earlier process of this manager held comes
     // back at once.
@@ -236,6 +240,7 @@ pub async fn consume<Q: Queue, E: Execute>(
         failed_rows: shared.stats.failed.load(Ordering::Relaxed),
     };
     drop(shared);
+    winding_down.store(true, Ordering::Relaxed);
     let _ = writer.await;
     keepalive.abort();
     stats
@@ -487,12 +492,13 @@ async fn write_settlements<Q: Queue>(
     queue: Arc<Q>,
     mut rx: mpsc::UnboundedReceiver<Settle>,
     in_flight: Arc<Mutex<HashSet<i64>>>,
+    stopping: Arc<std::sync::atomic::AtomicBool>,
 ) {
     let mut buf = Vec::with_capacity(512);
     while rx.recv_many(&mut buf, 512).await > 0 {
         let batch = std::mem::take(&mut buf);
         let ids: Vec<i64> = batch.iter().map(Settle::request_id).collect();
-        commit(&*queue, batch).await;
+        commit(&*queue, batch, &stopping).await;
         // Given up on, a row comes back after the redeliver timeout: stop keeping it alive.
         let mut held = in_flight.lock().await;
         for id in ids {
@@ -504,10 +510,10 @@ async fn write_settlements<Q: Queue>(
 /// Commits a batch. A batch the database refuses a value of (too long, a NUL byte) is split
 /// until the row is alone, so the others are not held back by it; that row's answer is then
 /// parked in the failure queue with the reason. A database that is away is retried.
-async fn commit<Q: Queue>(queue: &Q, batch: Vec<Settle>) {
+async fn commit<Q: Queue>(queue: &Q, batch: Vec<Settle>, stopping: &std::sync::atomic::AtomicBool) {
     let mut pending = vec![batch];
     while let Some(mut batch) = pending.pop() {
-        match commit_retrying(queue, &batch).await {
+        match commit_retrying(queue, &batch, stopping).await {
             Ok(()) => {}
             Err(e) if e.is_row_problem() && batch.len() > 1 => {
                 let second = batch.split_off(batch.len() / 2);
@@ -536,12 +542,19 @@ async fn commit<Q: Queue>(queue: &Q, batch: Vec<Settle>) {
     }
 }
 
-/// Commits one batch, retrying with backoff while the database is away; a refused value is
-/// not retried (the same batch would be refused again).
-async fn commit_retrying<Q: Queue>(queue: &Q, batch: &[Settle]) -> Result<(), Error> {
-    const ATTEMPTS: u32 = 10;
+/// Commits one batch, retrying with backoff while the database is away: for as long as it
+/// takes while the service runs (the answers are kept: no new work is taken meanwhile, since
+/// fetches fail too, so they are bounded by the concurrency), and a few more times once it
+/// stops. A refused value is not retried (the same batch would be refused again).
+async fn commit_retrying<Q: Queue>(
+    queue: &Q,
+    batch: &[Settle],
+    stopping: &std::sync::atomic::AtomicBool,
+) -> Result<(), Error> {
+    const ATTEMPTS_WHEN_STOPPING: u32 = 5;
     let mut delay = Duration::from_millis(100);
     let mut attempt = 1;
+    let mut last_tries = 0;
     loop {
         let t = Instant::now();
         match queue.complete(batch.to_vec()).await {
@@ -553,9 +566,17 @@ async fn commit_retrying<Q: Queue>(queue: &Q, batch: &[Settle]) -> Result<(), Er
                 );
                 return Ok(());
             }
-            Err(e) if e.is_row_problem() || attempt >= ATTEMPTS => return Err(e),
+            Err(e) if e.is_row_problem() => return Err(e),
+            Err(e)
+                if stopping.load(Ordering::Relaxed) && {
+                    last_tries += 1;
+                    last_tries > ATTEMPTS_WHEN_STOPPING
+                } =>
+            {
+                return Err(e);
+            }
             Err(e) => {
-                tracing::error!(cause = %e, attempt, "cannot commit answers, retrying");
+                tracing::error!(cause = %e, attempt, rows = batch.len(), "cannot commit answers, keeping them and retrying");
                 tokio::time::sleep(delay).await;
                 delay = (delay * 2).min(Duration::from_secs(5));
                 attempt += 1;
@@ -933,5 +954,27 @@ mod tests {
         };
         consume(q.clone(), fake.clone(), opts, std::future::pending()).await;
         assert_eq!(fake.runs("old"), 1);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn answers_computed_while_the_database_is_away_are_committed_when_it_is_back() {
+        let q = Arc::new(MemoryQueue::new(TransportOptions {
+            takeover_secs: 3600,
+            ..options()
+        }));
+        send(&q, "outage-1", "e").await;
+        // Away for ~4 minutes of retries (the backoff tops out at 5 s).
+        q.fail_commits(50);
+        let fake = Arc::new(Fake::default());
+        let opts = ConsumeOptions {
+            poll: Duration::from_secs(1),
+            ..ConsumeOptions::default()
+        };
+        let stop = tokio::time::sleep(Duration::from_secs(400));
+        let stats = consume(q.clone(), fake.clone(), opts, stop).await;
+        assert_eq!(stats.answered, 1);
+        assert_eq!(q.commits(), 1);
+        assert_eq!(answers(&q), ["outage-1"], "kept, then committed once");
+        assert_eq!(fake.runs("outage-1"), 1);
     }
 }
