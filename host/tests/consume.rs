@@ -46,20 +46,6 @@ async fn run_until_idle<T: Queue + Records>(
     consume(t, m, opts, std::future::pending()).await
 }
 
-async fn responses(db: &TestDb) -> Vec<ManagerResponse> {
-    db.query("SELECT body, headers FROM {t} WHERE queue_name = 'responses' ORDER BY id")
-        .await
-        .into_iter()
-        .map(|r| {
-            codec::decode_response(
-                r[0].as_deref().unwrap().as_bytes(),
-                r[1].as_deref().unwrap(),
-            )
-            .unwrap()
-        })
-        .collect()
-}
-
 async fn every_request_is_answered_in_its_format<T: Queue + Records>(
     db: &TestDb,
     mk: impl AsyncFn(&str) -> T,
@@ -92,7 +78,7 @@ async fn every_request_is_answered_in_its_format<T: Queue + Records>(
         .filter(|r| r[0].as_deref() != Some("[]"))
         .count();
     assert_eq!(json, 20, "each response in its request's format");
-    let answers = responses(db).await;
+    let answers = db.responses().await;
     for r in &answers {
         assert!(r.success, "{r:?}");
         assert_eq!(r.metadata["plugin"], "echo");
@@ -135,7 +121,7 @@ async fn a_completed_correlation_id_is_answered_from_the_ledger<T: Queue + Recor
         started.elapsed() < Duration::from_millis(250),
         "the action ran again"
     );
-    let answers = responses(db).await;
+    let answers = db.responses().await;
     assert_eq!(answers.len(), 2);
     assert_eq!(answers[0], answers[1], "the same answer, not a second run");
     assert_eq!(
@@ -188,7 +174,7 @@ async fn bad_rows_never_stop_the_service<T: Queue + Records>(
     let stats = run_until_idle(t.clone(), manager(&s).await, 3).await;
     assert_eq!(stats.failed_rows, 1);
     assert_eq!(stats.answered, 2);
-    let answers = responses(db).await;
+    let answers = db.responses().await;
     let bad = answers
         .iter()
         .find(|r| r.correlation_id == "bad-1")
@@ -246,7 +232,7 @@ async fn stop_finishes_what_is_in_flight<T: Queue + Records>(
         "returned before the action finished"
     );
     assert_eq!(stats.answered, 1);
-    let answers = responses(db).await;
+    let answers = db.responses().await;
     assert_eq!(answers.len(), 1);
     assert_eq!(answers[0].output.as_deref(), Some("1.0.0"));
     let left = db
@@ -291,7 +277,7 @@ async fn keepalive_keeps_a_long_action_from_redelivery<T: Queue + Records>(
     }
     let stats = run.await.unwrap();
     assert_eq!(stats.answered, 1);
-    assert_eq!(responses(db).await.len(), 1);
+    assert_eq!(db.responses().await.len(), 1);
 }
 
 /// Rows whose fields cannot be stored (an over-long or NUL-holding correlation id, a NUL in
@@ -341,7 +327,7 @@ async fn hostile_rows_are_settled_alone<T: Queue + Records>(
     let stats = run_until_idle(t.clone(), manager(&s).await, 13).await;
     assert_eq!(stats.failed_rows, 5, "{stats:?}");
     assert_eq!(stats.answered, 8, "{stats:?}");
-    let answers = responses(db).await;
+    let answers = db.responses().await;
     let good: Vec<&ManagerResponse> = answers
         .iter()
         .filter(|r| r.correlation_id.starts_with("good-"))
@@ -424,7 +410,7 @@ async fn foreign_rows_cost_nothing_and_starve_nothing<T: Queue + Records>(
     let run = tokio::spawn(consume(t.clone(), manager(&s).await, opts, async {
         let _ = stop_rx.await;
     }));
-    while responses(db).await.is_empty() {
+    while db.responses().await.is_empty() {
         assert!(
             started.elapsed() < Duration::from_secs(10),
             "the request behind 300 foreign rows was not answered"
@@ -504,7 +490,7 @@ async fn a_dead_managers_requests_come_back_in_seconds_and_run_no_action_twice<
         took >= Duration::from_secs(1) && took < Duration::from_secs(8),
         "taken back after {took:?}"
     );
-    let answers = responses(db).await;
+    let answers = db.responses().await;
     assert_eq!(answers.len(), 1);
     assert!(!answers[0].success);
     assert_eq!(answers[0].metadata["interrupted"], true);
@@ -517,7 +503,7 @@ async fn a_dead_managers_requests_come_back_in_seconds_and_run_no_action_twice<
     let stats = run_until_idle(restarted, manager(&s).await, 1).await;
     assert_eq!(stats.answered, 1);
     assert!(t0.elapsed() < Duration::from_secs(1), "{:?}", t0.elapsed());
-    let answers = responses(db).await;
+    let answers = db.responses().await;
     let second = answers
         .iter()
         .find(|r| r.correlation_id == "crash-2")
@@ -549,7 +535,7 @@ async fn a_request_core_gave_up_on_is_answered_expired<T: Queue + Records>(
     send(&*t, &request("fresh-1", "c1", "restart"), Format::Php).await;
     let stats = run_until_idle(t.clone(), manager(&s).await, 2).await;
     assert_eq!(stats.answered, 2);
-    let answers = responses(db).await;
+    let answers = db.responses().await;
     let stale = answers
         .iter()
         .find(|r| r.correlation_id == "stale-1")

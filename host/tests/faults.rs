@@ -16,7 +16,7 @@ use std::time::{Duration, Instant};
 use common::Setup;
 use common::db::{Db, TestDb, send};
 use common::docker::{Project, docker, endpoint};
-use marvin_manager::codec::{self, Format};
+use marvin_manager::codec::Format;
 use marvin_manager::message::{ManagerRequest, ManagerResponse};
 use marvin_manager::transport::{Queue, Records};
 
@@ -46,21 +46,6 @@ fn serve(cwd: &Path, dsn: &str, log: &str) -> Child {
         ))
         .spawn()
         .unwrap()
-}
-
-/// The responses committed so far.
-async fn responses(db: &TestDb) -> Vec<ManagerResponse> {
-    db.query("SELECT body, headers FROM {t} WHERE queue_name = 'responses' ORDER BY id")
-        .await
-        .into_iter()
-        .map(|r| {
-            codec::decode_response(
-                r[0].as_deref().unwrap().as_bytes(),
-                r[1].as_deref().unwrap(),
-            )
-            .unwrap()
-        })
-        .collect()
 }
 
 async fn sigkill_loses_nothing_answers_once_and_runs_no_action_twice<T: Queue + Records>(
@@ -116,21 +101,21 @@ exec_shell = true
     };
     for _ in 0..KILLS {
         // Killed while it works: once it has answered something since it started.
-        let before = responses(db).await.len();
+        let before = db.responses().await.len();
         let mut child = serve(s.path(), &dsn, "serve.log");
         let up = Instant::now();
-        while responses(db).await.len() == before && up.elapsed() < Duration::from_secs(20) {
+        while db.responses().await.len() == before && up.elapsed() < Duration::from_secs(20) {
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
         tokio::time::sleep(pause()).await;
         child.kill().unwrap();
         child.wait().unwrap();
     }
-    let killed_at = responses(db).await.len();
+    let killed_at = db.responses().await.len();
     let mut child = serve(s.path(), &dsn, "serve.log");
     let restart = Instant::now();
     let answers = loop {
-        let answers = responses(db).await;
+        let answers = db.responses().await;
         if answers.len() >= REQUESTS {
             break answers;
         }

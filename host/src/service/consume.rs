@@ -216,8 +216,8 @@ pub async fn consume<Q: Queue, E: Execute>(
                 continue;
             }
             match prepare(row, &known, &shared.options, options.expire_grace) {
-                Prepared::Settle(id, s) => {
-                    shared.finish(id, s).await;
+                Prepared::Settle(s) => {
+                    shared.finish(s);
                     drop(slot);
                 }
                 Prepared::Run(run) => {
@@ -271,7 +271,7 @@ struct Run {
 }
 
 enum Prepared {
-    Settle(i64, Settle),
+    Settle(Settle),
     Run(Box<Run>),
 }
 
@@ -285,13 +285,10 @@ fn prepare(
 ) -> Prepared {
     let id = row.id;
     let fail = |reason| {
-        Prepared::Settle(
-            id,
-            Settle::Fail {
-                request_id: id,
-                reason,
-            },
-        )
+        Prepared::Settle(Settle::Fail {
+            request_id: id,
+            reason,
+        })
     };
     let decoded = match row.decoded {
         Ok(d) => d,
@@ -303,14 +300,11 @@ fn prepare(
     let format = response_format(options, decoded.format);
     let bus = decoded.bus_name;
     let reply = |response: &ManagerResponse, ledger| {
-        Prepared::Settle(
-            id,
-            Settle::Reply {
-                request_id: id,
-                response: codec::encode_response(response, format, bus.as_deref()),
-                ledger,
-            },
-        )
+        Prepared::Settle(Settle::Reply {
+            request_id: id,
+            response: codec::encode_response(response, format, bus.as_deref()),
+            ledger,
+        })
     };
     match decoded.request {
         // Its answer could not be recorded, so it could run again on every redelivery.
@@ -381,7 +375,9 @@ struct Shared {
 }
 
 impl Shared {
-    async fn finish(&self, id: i64, s: Settle) {
+    /// Counts a settled row and hands it to the writer; the row stays kept alive (in
+    /// `in_flight`) until the writer has committed it.
+    fn finish(&self, s: Settle) {
         match &s {
             Settle::Reply { ledger: None, .. } => {
                 self.stats.answered.fetch_add(1, Ordering::Relaxed);
@@ -394,8 +390,7 @@ impl Shared {
                 self.stats.failed.fetch_add(1, Ordering::Relaxed);
             }
         }
-        // The row stays kept alive (in `in_flight`) until the writer has committed it.
-        let _ = (id, self.settle.send(s));
+        let _ = self.settle.send(s);
     }
 
     /// Runs a request (or answers a duplicate this process answered already) and queues its
@@ -434,7 +429,7 @@ impl Shared {
                 }
             }
         };
-        self.finish(id, settle).await;
+        self.finish(settle);
         drop(slot);
     }
 }

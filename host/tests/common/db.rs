@@ -110,6 +110,21 @@ impl TestDb {
         SqliteTransport::connect(&d.url, d.options).await.unwrap()
     }
 
+    /// The responses committed on queue `responses`, oldest first, decoded as Core would.
+    pub async fn responses(&self) -> Vec<marvin_manager::message::ManagerResponse> {
+        self.query("SELECT body, headers FROM {t} WHERE queue_name = 'responses' ORDER BY id")
+            .await
+            .into_iter()
+            .map(|r| {
+                codec::decode_response(
+                    r[0].as_deref().unwrap().as_bytes(),
+                    r[1].as_deref().unwrap(),
+                )
+                .unwrap()
+            })
+            .collect()
+    }
+
     /// Runs SQL (bind-free) and returns the rows as strings (NULL as None).
     pub async fn query(&self, sql: &str) -> Vec<Vec<Option<String>>> {
         let sql = sql.replace("{t}", &self.table);
