@@ -13,6 +13,7 @@
 //! deletes requests and writes ledger rows for a whole batch in one transaction.
 
 pub mod dsn;
+mod managers;
 pub mod memory;
 pub mod postgres;
 mod records;

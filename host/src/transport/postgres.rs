@@ -12,10 +12,11 @@ use tokio::sync::Mutex;
 
 use crate::codec::{self, request_class_needle};
 
+use super::managers::Dialect;
 use super::schema::{LEDGER_COLUMNS, Names};
 use super::{
     Claim, Delivery, Error, FailedRow, ForeignRows, HistoryFilter, LedgerEntry, Queue, Records,
-    Settle, TransportOptions, ago_text, classify_row, entry_from_row, gone, instance_token,
+    Settle, TransportOptions, ago_text, classify_row, entry_from_row, instance_token, managers,
     now_text, records, schema, storable, unstorable_id, utc_now_rfc3339,
 };
 
@@ -377,41 +378,19 @@ impl Queue for PgTransport {
     }
 
     async fn heartbeat(&self) -> Result<(), Error> {
-        let managers = &self.names.managers;
-        let now = "extract(epoch from clock_timestamp())::bigint";
-        sqlx::query(&format!(
-            "INSERT INTO {managers} (instance, manager, beat_at) VALUES ($1, $2, {now}) \
-             ON CONFLICT (instance) DO UPDATE SET beat_at = EXCLUDED.beat_at"
-        ))
-        .bind(&self.instance)
-        .bind(&self.options.manager_id)
-        .execute(&self.pool)
-        .await?;
-        if self.registered.load(std::sync::atomic::Ordering::Relaxed) {
-            return Ok(());
-        }
-        // Registering: the earlier processes of this manager id that are gone hand their rows
-        // back at once; processes silent for a day are forgotten.
-        let others: Vec<String> = sqlx::query_scalar(&format!(
-            "SELECT instance FROM {managers} WHERE manager = $1 AND instance <> $2"
-        ))
-        .bind(&self.options.manager_id)
-        .bind(&self.instance)
-        .fetch_all(&self.pool)
-        .await?;
-        let gone: Vec<String> = others
-            .into_iter()
-            .filter(|o| gone(&self.instance, o))
-            .collect();
-        sqlx::query(&format!(
-            "DELETE FROM {managers} WHERE beat_at < {now} - 86400 OR instance IN (SELECT value FROM UNNEST($1::text[]) AS value)"
-        ))
-        .bind(&gone)
-        .execute(&self.pool)
-        .await?;
-        self.registered
-            .store(true, std::sync::atomic::Ordering::Relaxed);
-        Ok(())
+        managers::heartbeat(
+            &self.pool,
+            &self.names.managers,
+            &Dialect {
+                now: "extract(epoch from clock_timestamp())::bigint",
+                param: |n| format!("${n}"),
+                json_values: "SELECT value FROM json_array_elements_text({}::json)",
+            },
+            &self.instance,
+            &self.options.manager_id,
+            &self.registered,
+        )
+        .await
     }
 
     async fn keepalive(&self, ids: Vec<i64>) -> Result<(), Error> {

@@ -15,10 +15,11 @@ use sqlx::{QueryBuilder, Row, Sqlite, Transaction};
 
 use crate::codec::{self, request_class_needle};
 
+use super::managers::Dialect;
 use super::schema::{LEDGER_COLUMNS, Names};
 use super::{
     Claim, Delivery, Error, FailedRow, ForeignRows, HistoryFilter, LedgerEntry, Queue, Records,
-    Settle, TransportOptions, ago_text, classify_row, entry_from_row, gone, instance_token,
+    Settle, TransportOptions, ago_text, classify_row, entry_from_row, instance_token, managers,
     now_text, records, schema, storable, utc_now_rfc3339,
 };
 
@@ -339,41 +340,19 @@ impl Queue for SqliteTransport {
     }
 
     async fn heartbeat(&self) -> Result<(), Error> {
-        let managers = &self.names.managers;
-        let now = "CAST(strftime('%s', 'now') AS INTEGER)";
-        sqlx::query(&format!(
-            "INSERT INTO {managers} (instance, manager, beat_at) VALUES (?1, ?2, {now}) \
-             ON CONFLICT (instance) DO UPDATE SET beat_at = excluded.beat_at"
-        ))
-        .bind(&self.instance)
-        .bind(&self.options.manager_id)
-        .execute(&self.pool)
-        .await?;
-        if self.registered.load(std::sync::atomic::Ordering::Relaxed) {
-            return Ok(());
-        }
-        // Registering: the earlier processes of this manager id that are gone hand their rows
-        // back at once; processes silent for a day are forgotten.
-        let others: Vec<String> = sqlx::query_scalar(&format!(
-            "SELECT instance FROM {managers} WHERE manager = ?1 AND instance <> ?2"
-        ))
-        .bind(&self.options.manager_id)
-        .bind(&self.instance)
-        .fetch_all(&self.pool)
-        .await?;
-        let gone: Vec<String> = others
-            .into_iter()
-            .filter(|o| gone(&self.instance, o))
-            .collect();
-        sqlx::query(&format!(
-            "DELETE FROM {managers} WHERE beat_at < {now} - 86400 OR instance IN (SELECT value FROM json_each(?1))"
-        ))
-        .bind(serde_json::to_string(&gone).unwrap_or_else(|_| "[]".into()))
-        .execute(&self.pool)
-        .await?;
-        self.registered
-            .store(true, std::sync::atomic::Ordering::Relaxed);
-        Ok(())
+        managers::heartbeat(
+            &self.pool,
+            &self.names.managers,
+            &Dialect {
+                now: "CAST(strftime('%s', 'now') AS INTEGER)",
+                param: |n| format!("?{n}"),
+                json_values: "SELECT value FROM json_each({})",
+            },
+            &self.instance,
+            &self.options.manager_id,
+            &self.registered,
+        )
+        .await
     }
 
     async fn keepalive(&self, ids: Vec<i64>) -> Result<(), Error> {
