@@ -116,8 +116,8 @@ pub struct PluginConfig {
     pub max_memory_bytes: Option<u64>,
     /// Its actions that are safe to run again after a crash interrupted them (a `start` of
     /// what already runs changes nothing). Others are answered "interrupted, not run again".
-    /// Default: `start` and `stop` for the shipped docker-compose and supervisor plugins,
-    /// none for any other.
+    /// Replaces what the plugin declares (its `idempotent-actions` export; none for a plugin
+    /// without it).
     pub idempotent: Option<Vec<String>>,
     /// What the operator grants; nothing by default.
     #[serde(default)]

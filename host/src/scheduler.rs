@@ -2,11 +2,11 @@
 //! (batching), and the order of requests on one entity (each waits for the previous one, so a
 //! `stop` sent after a `start` lands after it). It knows no queue and no plugin.
 
-use std::collections::HashMap;
+use std::collections::{BTreeSet, HashMap};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use tokio::sync::{OwnedSemaphorePermit, Semaphore, oneshot};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, watch};
 
 /// How long a busy consumer waits for more free slots before fetching fewer rows.
 pub const BATCH_WAIT: Duration = Duration::from_millis(2);
@@ -17,7 +17,7 @@ pub struct Scheduler {
     slots: Arc<Semaphore>,
     concurrency: usize,
     batch: usize,
-    order: Mutex<HashMap<String, oneshot::Receiver<()>>>,
+    order: Mutex<HashMap<String, Arc<Line>>>,
 }
 
 /// Free slots taken for one fetch; each row fetched takes one with [`Slots::take`], the rest
@@ -50,21 +50,71 @@ impl Slots {
     }
 }
 
-/// A request's place in its entity's line: [`Turn::wait`] returns when the request before it
-/// on the same entity has finished; dropping the turn lets the next one go.
+/// One entity's line: tickets are handed out in order; `head` is the first ticket not
+/// finished (the request that runs, or is about to).
+#[derive(Debug)]
+struct Line {
+    head: watch::Sender<u64>,
+    tickets: Mutex<Tickets>,
+}
+
+#[derive(Debug, Default)]
+struct Tickets {
+    next: u64,
+    /// Finished ahead of the head (a turn dropped before its time): skipped when reached.
+    finished: BTreeSet<u64>,
+}
+
+impl Line {
+    fn idle(&self) -> bool {
+        *self.head.borrow() >= self.tickets.lock().unwrap_or_else(|e| e.into_inner()).next
+    }
+}
+
+/// A request's place in its entity's line: [`Turn::wait`] returns when the requests before it
+/// on the same entity have finished, [`Turn::near`] when at most `n` are left before it;
+/// dropping the turn lets the next one go.
 #[derive(Debug)]
 pub struct Turn {
-    previous: Option<oneshot::Receiver<()>>,
-    _done: oneshot::Sender<()>,
+    line: Arc<Line>,
+    ticket: u64,
 }
 
 impl Turn {
-    /// Waits for the previous request on the entity.
+    /// Waits for the previous requests on the entity to finish.
     pub async fn wait(&mut self) {
-        if let Some(previous) = self.previous.take() {
-            // An error is the previous turn dropped: it is finished either way.
-            let _ = previous.await;
+        self.near(|| 0).await;
+    }
+
+    /// Waits until at most `n()` requests of the entity are ahead of this one (the one
+    /// running included), `n` asked again each time the line moves: what is done ahead of a
+    /// request's turn (recording that it starts) can then overlap the requests before it.
+    pub async fn near(&self, n: impl Fn() -> u64) {
+        let ticket = self.ticket;
+        let mut head = self.line.head.subscribe();
+        // The sender lives in the line this turn holds: it cannot be dropped.
+        let _ = head.wait_for(|h| h.saturating_add(n()) >= ticket).await;
+    }
+
+    /// How many requests of the entity are ahead of this one now.
+    pub fn ahead(&self) -> u64 {
+        self.ticket.saturating_sub(*self.line.head.borrow())
+    }
+}
+
+impl Drop for Turn {
+    fn drop(&mut self) {
+        let mut tickets = self.line.tickets.lock().unwrap_or_else(|e| e.into_inner());
+        tickets.finished.insert(self.ticket);
+        let mut head = *self.line.head.borrow();
+        while tickets.finished.remove(&head) {
+            head += 1;
         }
+        self.line.head.send_if_modified(|h| {
+            let moved = *h != head;
+            *h = head;
+            moved
+        });
     }
 }
 
@@ -120,16 +170,25 @@ impl Scheduler {
 
     /// The turn of a request on `entity`, in the order the turns are taken.
     pub fn turn(&self, entity: &str) -> Turn {
-        let (done, rx) = oneshot::channel();
         let mut order = self.order.lock().unwrap_or_else(|e| e.into_inner());
         // Lines whose last request has finished are forgotten, so the map holds only the
         // entities with work in flight.
-        order.retain(|_, last| matches!(last.try_recv(), Err(oneshot::error::TryRecvError::Empty)));
-        let previous = order.insert(entity.to_owned(), rx);
-        Turn {
-            previous,
-            _done: done,
-        }
+        order.retain(|_, line| !line.idle());
+        let line = order
+            .entry(entity.to_owned())
+            .or_insert_with(|| {
+                Arc::new(Line {
+                    head: watch::Sender::new(0),
+                    tickets: Mutex::default(),
+                })
+            })
+            .clone();
+        let ticket = {
+            let mut tickets = line.tickets.lock().unwrap_or_else(|e| e.into_inner());
+            tickets.next += 1;
+            tickets.next - 1
+        };
+        Turn { line, ticket }
     }
 
     /// Waits until every slot is free: everything admitted has finished.
@@ -223,6 +282,36 @@ mod tests {
         // Lines whose requests have all finished are forgotten at the next turn.
         let _next = s.turn("c");
         assert_eq!(s.order.lock().unwrap().len(), 1);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn near_returns_when_few_are_ahead_and_a_turn_dropped_early_is_skipped() {
+        let s = Scheduler::new(8, 8);
+        let mut first = s.turn("a");
+        let second = s.turn("a");
+        let mut third = s.turn("a");
+        let other = s.turn("b");
+        assert_eq!(other.ahead(), 0, "another entity's line");
+        first.wait().await;
+        assert_eq!(third.ahead(), 2);
+        let short = Duration::from_millis(10);
+        assert!(tokio::time::timeout(short, third.near(|| 1)).await.is_err());
+        tokio::time::timeout(short, third.near(|| 2)).await.unwrap();
+        // The second is dropped before its time (its task ended): the head waits for the
+        // first, then moves past both.
+        drop(second);
+        assert_eq!(third.ahead(), 2);
+        assert!(tokio::time::timeout(short, third.wait()).await.is_err());
+        drop(first);
+        tokio::time::timeout(short, third.wait()).await.unwrap();
+        assert_eq!(third.ahead(), 0);
+        drop(third);
+        let _next = s.turn("c");
+        assert_eq!(
+            s.order.lock().unwrap().len(),
+            2,
+            "a's line is forgotten, b's kept"
+        );
     }
 
     #[tokio::test(start_paused = true)]

@@ -461,8 +461,8 @@ async fn a_dead_managers_requests_come_back_in_seconds_and_run_no_action_twice<
     );
     // What a manager process leaves when it dies mid-action: its request marked delivered
     // and claimed, its last heartbeat. Its pid (in its token) names no live process.
-    let died = async |id: &str, manager: &str| {
-        send(&*t, &request(id, "c1", "restart"), Format::Php).await;
+    let died = async |id: &str, action: &str, manager: &str, started: bool| {
+        send(&*t, &request(id, "c1", action), Format::Php).await;
         db.exec(&format!(
             "UPDATE {{t}} SET delivered_at = {} WHERE delivered_at IS NULL AND queue_name = 'requests'",
             db.at(0)
@@ -471,17 +471,23 @@ async fn a_dead_managers_requests_come_back_in_seconds_and_run_no_action_twice<
         let instance = format!("2147483647-{manager}");
         db.exec(&format!(
             "INSERT INTO {claims} (row_id, manager, instance, started_at) \
-             SELECT id, '{manager}', '{instance}', '2026-12-03T10:00:00.000Z' FROM {{t}} \
-             WHERE queue_name = 'requests' AND id NOT IN (SELECT row_id FROM {claims})"
+             SELECT id, '{manager}', '{instance}', {} FROM {{t}} \
+             WHERE queue_name = 'requests' AND id NOT IN (SELECT row_id FROM {claims})",
+            if started {
+                "'2026-12-03T10:00:00.000Z'"
+            } else {
+                "NULL"
+            }
         ))
         .await;
         db.exec(&format!(
-            "INSERT INTO {managers} (instance, manager, beat_at) VALUES ('{instance}', '{manager}', {})",
+            "INSERT INTO {managers} (instance, manager, beat_at) VALUES ('{instance}', '{manager}', {}) \
+             ON CONFLICT (instance) DO NOTHING",
             chrono::Utc::now().timestamp()
         ))
         .await;
     };
-    died("crash-1", "host-a").await;
+    died("crash-1", "restart", "host-a", true).await;
     let t0 = Instant::now();
     let stats = run_until_idle(t.clone(), manager(&s).await, 1).await;
     let took = t0.elapsed();
@@ -497,7 +503,7 @@ async fn a_dead_managers_requests_come_back_in_seconds_and_run_no_action_twice<
     assert_eq!(answers[0].metadata["manager"], "host-a");
 
     // Restarted under the same id (host-c), its previous process gone: at once.
-    died("crash-2", "host-c").await;
+    died("crash-2", "restart", "host-c", true).await;
     let restarted = Arc::new(mk("manager_id=host-c").await);
     let t0 = Instant::now();
     let stats = run_until_idle(restarted, manager(&s).await, 1).await;
@@ -509,6 +515,27 @@ async fn a_dead_managers_requests_come_back_in_seconds_and_run_no_action_twice<
         .find(|r| r.correlation_id == "crash-2")
         .unwrap();
     assert_eq!(second.metadata["interrupted"], true);
+
+    // An action its plugin declares idempotent (echo's `idempotent-actions`: `start` on
+    // containers) is run again; a request that only waited for its turn (claimed, its start
+    // not recorded) never ran, so it runs.
+    died("crash-3", "start", "host-d", true).await;
+    died("waiting-4", "restart", "host-d", false).await;
+    let stats = run_until_idle(
+        Arc::new(mk("manager_id=host-d").await),
+        manager(&s).await,
+        2,
+    )
+    .await;
+    assert_eq!(stats.answered, 2);
+    let answers = db.responses().await;
+    for id in ["crash-3", "waiting-4"] {
+        let a = answers.iter().find(|r| r.correlation_id == id).unwrap();
+        assert!(a.success, "{a:?}");
+        assert!(!a.metadata.contains_key("interrupted"), "{a:?}");
+        // echo answers with what it received: it ran.
+        assert!(a.output.as_deref().unwrap().contains(id), "{a:?}");
+    }
     // Answered requests hold no claim.
     let left = db
         .query(&format!("SELECT CAST(row_id AS TEXT) FROM {claims}"))

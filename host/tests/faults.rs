@@ -82,7 +82,7 @@ exec_shell = true
     for i in 0..REQUESTS {
         let req = ManagerRequest::new(format!("k{i}"), format!("box{}", i % ENTITIES), "exec_cmd")
             .with_command(Some(format!("echo k{i} >> /effects")))
-            .with_timeout(20);
+            .with_timeout(600);
         send(&t, &req, Format::Php).await;
     }
     let dsn = db.dsn("");
@@ -122,10 +122,19 @@ exec_shell = true
         if restart.elapsed() > Duration::from_secs(90) {
             let _ = child.kill();
             let log = std::fs::read_to_string(s.path().join("serve.log")).unwrap_or_default();
-            let tail: Vec<&str> = log.lines().rev().take(30).collect();
+            let kept = std::env::temp_dir().join(format!("faults-{:?}-serve.log", db.db));
+            let _ = std::fs::write(&kept, &log);
+            eprintln!("serve's log kept in {}", kept.display());
+            let errors: Vec<&str> = log
+                .lines()
+                .filter(|l| l.contains("ERROR"))
+                .take(10)
+                .collect();
+            let tail: Vec<&str> = log.lines().rev().take(20).collect();
             panic!(
-                "{} of {REQUESTS} answered 90 s after the last restart; serve's log ends:\n{}",
+                "{} of {REQUESTS} answered 90 s after the last restart; serve's first errors:\n{}\nits log ends:\n{}",
                 answers.len(),
+                errors.join("\n"),
                 tail.into_iter().rev().collect::<Vec<_>>().join("\n")
             );
         }

@@ -309,3 +309,35 @@ async fn built_in_plugins_serve_until_a_directory_plugin_takes_their_place() {
     assert!(dir.rescan(false).await);
     assert_eq!(route(EntityKind::Container, "start"), "docker-compose");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn plugins_say_which_actions_are_idempotent_and_first_contract_plugins_still_load() {
+    let s = Setup::new(&[(guests::ECHO, "echo.wasm"), (guests::LEGACY, "legacy.wasm")]);
+    let m = s.manager(ENTITIES).await;
+    assert!(skipped(&m).is_empty(), "{:?}", skipped(&m));
+    let req = |entity: &str, action: &str| request(entity, action, json!({}), 5);
+    // echo exports `idempotent-actions`: start and stop on containers.
+    assert!(m.idempotent(&req("c1", "start")).await);
+    assert!(m.idempotent(&req("c1", "stop")).await);
+    assert!(!m.idempotent(&req("c1", "restart")).await);
+    assert!(
+        !m.idempotent(&req("w1", "start")).await,
+        "declared for containers only"
+    );
+    // A plugin of the first contract (no such export) loads, runs, and has none.
+    let r = m.execute(&req("c1", "legacy_ping")).await;
+    assert!(
+        r.success && r.output.as_deref().unwrap().starts_with("pong from 0.1.0"),
+        "{r:?}"
+    );
+    assert!(!m.idempotent(&req("c1", "legacy_ping")).await);
+    // The operator's word wins over the plugin's.
+    let m = s
+        .manager(&format!(
+            "{ENTITIES}\n[plugins.echo]\nidempotent = [\"restart\"]\n"
+        ))
+        .await;
+    assert!(m.idempotent(&req("c1", "restart")).await);
+    assert!(m.idempotent(&req("w1", "restart")).await);
+    assert!(!m.idempotent(&req("c1", "start")).await);
+}

@@ -5,6 +5,11 @@ use marvin_plugin_sdk::{Guest, PluginInfo, Request, Response, types::EntityKind}
 struct Reload;
 
 impl Guest for Reload {
+    /// None of its actions may run again after a crash interrupted them.
+    fn idempotent_actions() -> Vec<marvin_plugin_sdk::types::HandledAction> {
+        Vec::new()
+    }
+
     fn describe() -> PluginInfo {
         marvin_plugin_sdk::info("reload", VERSION, EntityKind::Worker, &["start"], &[])
     }

@@ -8,6 +8,7 @@ use std::path::PathBuf;
 const GUESTS: &[(&str, &str)] = &[
     ("NOOP", "noop"),
     ("ECHO", "echo"),
+    ("LEGACY", "legacy"),
     ("TWIN", "twin"),
     ("HOSTILE", "hostile"),
     ("BAD_DESCRIBE", "bad_describe"),

@@ -15,6 +15,11 @@ use serde_json::json;
 struct Hello;
 
 impl Guest for Hello {
+    /// None of its actions may run again after a crash interrupted them.
+    fn idempotent_actions() -> Vec<marvin_plugin_sdk::types::HandledAction> {
+        Vec::new()
+    }
+
     /// Called once at load: who we are, what we handle, what we need.
     fn describe() -> PluginInfo {
         marvin_plugin_sdk::info(

@@ -11,6 +11,12 @@ use serde_json::json;
 struct Logs;
 
 impl Guest for Logs {
+    /// Once, at load: the actions that may run again when a crash interrupted them.
+    /// Reading a log twice changes nothing.
+    fn idempotent_actions() -> Vec<marvin_plugin_sdk::types::HandledAction> {
+        marvin_plugin_sdk::handles(EntityKind::Worker, &["logs"])
+    }
+
     /// Once, at load: who we are, what we handle, what we need.
     fn describe() -> PluginInfo {
         marvin_plugin_sdk::info(

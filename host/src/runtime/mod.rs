@@ -13,7 +13,7 @@ mod limits;
 pub mod plugins;
 pub mod stdio;
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -38,6 +38,9 @@ use stdio::Capture;
 
 /// How often the epoch advances; the granularity of deadlines.
 const EPOCH_TICK: Duration = Duration::from_millis(10);
+/// The optional export that names a plugin's idempotent actions.
+const IDEMPOTENT_EXPORT: &str = "idempotent-actions";
+
 /// The deadline of `describe()` at load time.
 const DESCRIBE_TIMEOUT: Duration = Duration::from_secs(5);
 /// Largest plugin file accepted.
@@ -67,16 +70,26 @@ impl RuntimeSettings {
             .unwrap_or(self.default_max_memory_bytes)
     }
 
-    /// The actions of `plugin` that may run again after a crash: `[plugins.<name>]
-    /// idempotent`, else `start` and `stop` of the shipped docker-compose and supervisor
-    /// plugins (starting what runs or stopping what is stopped changes nothing).
-    fn idempotent(&self, plugin: &str) -> std::collections::BTreeSet<String> {
-        match self.plugins.get(plugin).and_then(|p| p.idempotent.clone()) {
-            Some(actions) => actions.into_iter().collect(),
-            None if matches!(plugin, "docker-compose" | "supervisor") => {
-                ["start", "stop"].map(String::from).into_iter().collect()
-            }
-            None => std::collections::BTreeSet::new(),
+    /// The (kind, action) pairs of `plugin` that may run again after a crash:
+    /// `[plugins.<name>] idempotent` (actions, on every kind the plugin handles them for)
+    /// when set, else what the plugin declares (`idempotent-actions`), else none.
+    fn idempotent(
+        &self,
+        plugin: &str,
+        handles: &[(EntityKind, String)],
+        declared: Option<Vec<types::HandledAction>>,
+    ) -> BTreeSet<(EntityKind, String)> {
+        match self.plugins.get(plugin).and_then(|p| p.idempotent.as_ref()) {
+            Some(actions) => handles
+                .iter()
+                .filter(|(_, a)| actions.contains(a))
+                .cloned()
+                .collect(),
+            None => declared
+                .unwrap_or_default()
+                .into_iter()
+                .map(|h| (kind_from_wit(h.kind), h.action))
+                .collect(),
         }
     }
 
@@ -132,8 +145,8 @@ pub struct LoadedPlugin {
     pub policy: Arc<Policy>,
     /// Whether the compiled code came from the disk cache.
     pub from_cache: bool,
-    /// Its actions that may run again after a crash interrupted them.
-    pub idempotent: std::collections::BTreeSet<String>,
+    /// The (kind, action) pairs that may run again after a crash interrupted them.
+    pub idempotent: BTreeSet<(EntityKind, String)>,
     pre: PluginPre<HostState>,
 }
 
@@ -316,25 +329,43 @@ impl Runtime {
             self.backends.clone(),
         )?;
         let call = async {
-            let plugin = pre.instantiate_async(&mut store).await?;
-            plugin.call_describe(&mut store).await
-        };
-        let info = match tokio::time::timeout(DESCRIBE_TIMEOUT + Duration::from_millis(500), call)
-            .await
-        {
-            Ok(Ok(info)) => info,
-            Ok(Err(e)) => {
-                let limiter = &store.data().limiter;
-                return Err(classify(&e, limiter, &stderr, "describe()", DESCRIBE_TIMEOUT).into());
-            }
-            Err(_) => {
-                return Err(RunError::NoReturn {
-                    who: "describe()".into(),
-                    within: DESCRIBE_TIMEOUT,
+            let instance = pre.instance_pre().instantiate_async(&mut store).await?;
+            let plugin = Plugin::new(&mut store, &instance)?;
+            let info = plugin.call_describe(&mut store).await?;
+            // Optional (world `plugin-with-idempotence`): a 0.1.0 plugin has no such export.
+            let declared = match instance.get_export_index(&mut store, None, IDEMPOTENT_EXPORT) {
+                Some(_) => {
+                    let f = instance
+                        .get_typed_func::<(), (Vec<types::HandledAction>,)>(
+                            &mut store,
+                            IDEMPOTENT_EXPORT,
+                        )
+                        .map_err(|e| {
+                            wasmtime::format_err!("{IDEMPOTENT_EXPORT} has the wrong type: {e}")
+                        })?;
+                    Some(f.call_async(&mut store, ()).await?.0)
                 }
-                .into());
-            }
+                None => None,
+            };
+            wasmtime::Result::<_>::Ok((info, declared))
         };
+        let (info, declared) =
+            match tokio::time::timeout(DESCRIBE_TIMEOUT + Duration::from_millis(500), call).await {
+                Ok(Ok(info)) => info,
+                Ok(Err(e)) => {
+                    let limiter = &store.data().limiter;
+                    return Err(
+                        classify(&e, limiter, &stderr, "describe()", DESCRIBE_TIMEOUT).into(),
+                    );
+                }
+                Err(_) => {
+                    return Err(RunError::NoReturn {
+                        who: "describe()".into(),
+                        within: DESCRIBE_TIMEOUT,
+                    }
+                    .into());
+                }
+            };
         drain("(loading)", "describe", &stdout, &stderr);
         validate_name(&info.name)?;
         if info.version.trim().is_empty() {
@@ -354,7 +385,7 @@ impl Runtime {
             .unwrap_or_default();
         Ok(LoadedPlugin {
             max_memory_bytes: self.settings.memory_cap(&info.name),
-            idempotent: self.settings.idempotent(&info.name),
+            idempotent: self.settings.idempotent(&info.name, &handles, declared),
             policy: Arc::new(Policy::new(
                 &info.name,
                 caps,

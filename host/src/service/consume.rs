@@ -7,13 +7,13 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use tokio::sync::{Mutex, mpsc};
+use tokio::sync::{Mutex, mpsc, oneshot};
 
 use super::Manager;
 use crate::codec::{self, Decoded, Format};
 use crate::ledger::{self, Known, Recent};
 use crate::message::{EntityKind, ManagerRequest, ManagerResponse};
-use crate::scheduler::{Scheduler, Slot};
+use crate::scheduler::{Scheduler, Slot, Turn};
 use crate::transport::{
     Claim, Delivery, Error, Queue, Settle, TransportOptions, response_format, unstorable_id,
     utc_now_rfc3339,
@@ -22,6 +22,13 @@ use crate::transport::{
 /// How long a stop waits for a fetch under way: the rows it takes are marked delivered, so they
 /// are run rather than left for the redeliver timeout, unless the database does not answer.
 const FETCH_GRACE: Duration = Duration::from_secs(5);
+
+/// At most this many requests of one entity have their start recorded ahead of their turn, so
+/// after a crash at most this many per entity are answered "interrupted" without having run.
+const MAX_LOOKAHEAD: u64 = 8;
+
+/// A request waiting for its start to be recorded, and where to say whether it was.
+type StartRequest = (i64, oneshot::Sender<bool>);
 
 /// What carries out a request for the loop: the [`Manager`]; a fake in the loop's tests.
 pub trait Execute: Send + Sync + 'static {
@@ -114,6 +121,17 @@ pub async fn consume<Q: Queue, E: Execute>(
         in_flight.clone(),
         winding_down.clone(),
     ));
+    // Set when no new request is taken: start records still failing then give up (the
+    // requests are left, not run, to the next process).
+    let draining = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let pace = Arc::new(Pace::default());
+    let (starts_tx, starts_rx) = mpsc::unbounded_channel::<StartRequest>();
+    let recorder = tokio::spawn(record_starts(
+        queue.clone(),
+        starts_rx,
+        pace.clone(),
+        draining.clone(),
+    ));
     // Registered before the first fetch: what an earlier process of this manager held comes
     // back at once.
     if let Err(e) = queue.heartbeat().await {
@@ -127,6 +145,8 @@ pub async fn consume<Q: Queue, E: Execute>(
     let scheduler = Arc::new(Scheduler::new(options.concurrency, options.batch));
     let shared = Arc::new(Shared {
         settle: settle_tx,
+        starts: starts_tx,
+        pace,
         in_flight,
         recent: Recent::default(),
         stats: Stats::default(),
@@ -221,18 +241,17 @@ pub async fn consume<Q: Queue, E: Execute>(
                     drop(slot);
                 }
                 Prepared::Run(run) => {
-                    let mut turn = scheduler.turn(&run.request.entity_id);
+                    let turn = scheduler.turn(&run.request.entity_id);
                     let (shared, executor) = (shared.clone(), executor.clone());
                     tokio::spawn(async move {
-                        turn.wait().await;
-                        shared.run(&*executor, run, slot).await;
-                        drop(turn);
+                        shared.take_turn(&*executor, run, turn, slot).await;
                     });
                 }
             }
         }
     }
     // Finish what is in flight, then flush the answers.
+    draining.store(true, Ordering::Relaxed);
     scheduler.drain().await;
     let stats = ConsumeStats {
         answered: shared.stats.answered.load(Ordering::Relaxed),
@@ -241,6 +260,7 @@ pub async fn consume<Q: Queue, E: Execute>(
     };
     drop(shared);
     winding_down.store(true, Ordering::Relaxed);
+    let _ = recorder.await;
     let _ = writer.await;
     keepalive.abort();
     stats
@@ -368,6 +388,8 @@ fn prepare(
 /// What the requests of one run share.
 struct Shared {
     settle: mpsc::UnboundedSender<Settle>,
+    starts: mpsc::UnboundedSender<StartRequest>,
+    pace: Arc<Pace>,
     in_flight: Arc<Mutex<HashSet<i64>>>,
     recent: Recent,
     stats: Stats,
@@ -393,9 +415,36 @@ impl Shared {
         let _ = self.settle.send(s);
     }
 
+    /// Waits for the request's turn on its entity and runs it. A request that is not
+    /// idempotent has its start recorded first (committed), asked for when few requests of
+    /// the entity are ahead of it, so the record overlaps them instead of delaying it; if the
+    /// record cannot be made, or another manager has taken the row back, it is not run here.
+    async fn take_turn<E: Execute>(&self, executor: &E, run: Box<Run>, mut turn: Turn, slot: Slot) {
+        let idempotent = executor.idempotent(&run.request).await;
+        // Interrupted and not idempotent: answered without running, nothing to record.
+        let start = if idempotent || run.claimed.is_some() {
+            None
+        } else {
+            turn.near(|| self.pace.lookahead()).await;
+            let (tx, rx) = oneshot::channel();
+            let _ = self.starts.send((run.id, tx));
+            Some(rx)
+        };
+        turn.wait().await;
+        if let Some(recorded) = start
+            && !recorded.await.unwrap_or(false)
+        {
+            tracing::warn!(row_id = run.id, correlation_id = %run.request.correlation_id, "not run here: its start could not be recorded, or another manager took it back");
+            self.in_flight.lock().await.remove(&run.id);
+            return;
+        }
+        self.run(executor, run, idempotent, slot).await;
+        drop(turn);
+    }
+
     /// Runs a request (or answers a duplicate this process answered already) and queues its
     /// answer; the slot is free once the answer is queued.
-    async fn run<E: Execute>(&self, executor: &E, run: Box<Run>, slot: Slot) {
+    async fn run<E: Execute>(&self, executor: &E, run: Box<Run>, idempotent: bool, slot: Slot) {
         let started = Instant::now();
         let Run {
             id,
@@ -414,11 +463,15 @@ impl Shared {
             },
             None => {
                 let response = match claimed {
-                    Some(claim) if !executor.idempotent(&request).await => {
+                    Some(claim) if !idempotent => {
                         tracing::warn!(row_id = id, correlation_id = %request.correlation_id, manager = %claim.manager, started_at = %claim.started_at, "interrupted request answered without running it again");
                         interrupted(&request, &claim)
                     }
-                    _ => executor.execute(&request).await,
+                    _ => {
+                        let response = executor.execute(&request).await;
+                        self.pace.note_action(started.elapsed());
+                        response
+                    }
                 };
                 self.recent.put(&response);
                 let entry = ledger::entry(&response, received_at, started.elapsed());
@@ -431,6 +484,102 @@ impl Shared {
         };
         self.finish(settle);
         drop(slot);
+    }
+}
+
+/// How long actions and start records take (moving averages), so a request asks for its
+/// start record early enough that it is written when its turn comes, and no earlier than
+/// that needs.
+#[derive(Debug)]
+struct Pace {
+    action_us: AtomicU64,
+    record_us: AtomicU64,
+}
+
+impl Default for Pace {
+    /// Nothing known yet (0): no lookahead until actions are seen to be quick.
+    fn default() -> Self {
+        Self {
+            action_us: AtomicU64::new(0),
+            record_us: AtomicU64::new(0),
+        }
+    }
+}
+
+impl Pace {
+    /// A moving average over about the last eight; the first value is taken as it is.
+    fn note(cell: &AtomicU64, took: Duration) {
+        let x = u64::try_from(took.as_micros()).unwrap_or(u64::MAX).max(1);
+        let old = cell.load(Ordering::Relaxed);
+        let new = if old == 0 { x } else { old - old / 8 + x / 8 };
+        cell.store(new, Ordering::Relaxed);
+    }
+
+    fn note_action(&self, took: Duration) {
+        Self::note(&self.action_us, took);
+    }
+
+    fn note_record(&self, took: Duration) {
+        Self::note(&self.record_us, took);
+    }
+
+    /// How many requests may be ahead of one that asks for its start record: none when a
+    /// record costs under a tenth of an action (it is then written when the turn comes, and a
+    /// crash interrupts only what runs); otherwise as many as one record's time covers.
+    fn lookahead(&self) -> u64 {
+        let action = self.action_us.load(Ordering::Relaxed);
+        let record = self.record_us.load(Ordering::Relaxed);
+        if action == 0 || record.saturating_mul(10) < action {
+            0
+        } else {
+            record.div_ceil(action.max(1)).clamp(1, MAX_LOOKAHEAD)
+        }
+    }
+}
+
+/// Writes start records in batches: everything asked for while one is written goes into the
+/// next statement. While the service runs a database that is away is retried (the requests
+/// wait, as their answers would); once it stops taking work, a few tries, then the requests
+/// are left unrun (claimed, not started: the next process runs them).
+async fn record_starts<Q: Queue>(
+    queue: Arc<Q>,
+    mut rx: mpsc::UnboundedReceiver<StartRequest>,
+    pace: Arc<Pace>,
+    draining: Arc<std::sync::atomic::AtomicBool>,
+) {
+    const ATTEMPTS_WHEN_STOPPING: u32 = 5;
+    let mut buf = Vec::with_capacity(256);
+    while rx.recv_many(&mut buf, 1024).await > 0 {
+        let batch = std::mem::take(&mut buf);
+        let ids: Vec<i64> = batch.iter().map(|(id, _)| *id).collect();
+        let mut delay = Duration::from_millis(50);
+        let mut last_tries = 0;
+        let recorded: HashSet<i64> = loop {
+            let t = Instant::now();
+            match queue.started(ids.clone()).await {
+                Ok(marked) => {
+                    pace.note_record(t.elapsed());
+                    break marked.into_iter().collect();
+                }
+                Err(e)
+                    if draining.load(Ordering::Relaxed) && {
+                        last_tries += 1;
+                        last_tries > ATTEMPTS_WHEN_STOPPING
+                    } =>
+                {
+                    tracing::error!(cause = %e, rows = ids.len(), "cannot record that requests start; leaving them to the next process");
+                    break HashSet::new();
+                }
+                Err(e) => {
+                    tracing::error!(cause = %e, rows = ids.len(), "cannot record that requests start, retrying");
+                    tokio::time::sleep(delay).await;
+                    delay = (delay * 2).min(Duration::from_secs(5));
+                }
+            }
+        };
+        for (id, tx) in batch {
+            let _ = tx.send(recorded.contains(&id));
+        }
     }
 }
 
@@ -678,6 +827,22 @@ mod tests {
         }
     }
 
+    #[test]
+    fn lookahead_covers_one_start_record_of_quick_actions_and_none_of_slow_ones() {
+        let ms = Duration::from_millis;
+        let pace = Pace::default();
+        assert_eq!(pace.lookahead(), 0, "nothing known");
+        pace.note_record(ms(1));
+        pace.note_action(ms(200));
+        assert_eq!(pace.lookahead(), 0, "a record is cheap beside the action");
+        let pace = Pace::default();
+        pace.note_record(Duration::from_micros(500));
+        pace.note_action(Duration::from_micros(100));
+        assert_eq!(pace.lookahead(), 5);
+        pace.note_record(ms(50));
+        assert_eq!(pace.lookahead(), MAX_LOOKAHEAD, "bounded");
+    }
+
     #[tokio::test(start_paused = true)]
     async fn answers_every_request_once_and_a_redelivery_from_the_ledger() {
         let q = Arc::new(MemoryQueue::new(options()));
@@ -920,6 +1085,98 @@ mod tests {
             stats.answered, 0,
             "a row a live manager works on is never taken"
         );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_request_that_waited_for_its_turn_when_its_manager_died_is_run() {
+        let q = Arc::new(MemoryQueue::new(options()));
+        let id = send_action(&q, "w1", "restart").await;
+        let old = format!("{}-0ld", std::process::id());
+        q.beat_as("marvin-manager", &old);
+        q.waiting_at(id, "marvin-manager", &old);
+        let fake = Arc::new(Fake::default());
+        consume(q.clone(), fake.clone(), limit(1), std::future::pending()).await;
+        assert_eq!(fake.runs("w1"), 1, "never started: run, not 'interrupted'");
+        assert!(answer(&q, "w1").success);
+    }
+
+    async fn send_on(q: &MemoryQueue, id: &str, entity: &str, action: &str) -> i64 {
+        let req = ManagerRequest::new(id, entity, action);
+        q.send("default", encode_request(&req, Format::Php, None))
+            .await
+            .unwrap()
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn starts_are_recorded_just_ahead_of_the_turn_so_a_crash_interrupts_few() {
+        let q = Arc::new(MemoryQueue::new(options()));
+        let mut line = Vec::new();
+        for i in 0..10 {
+            line.push(send_on(&q, &format!("line-{i}"), "one", "restart").await);
+        }
+        // Idempotent (the fake says `start` is): no record needed.
+        let idem = send_on(&q, "idem", "two", "start").await;
+        let fake = Arc::new(Fake {
+            delay: Duration::from_secs(5),
+            ..Fake::default()
+        });
+        let running = tokio::spawn(consume(
+            q.clone(),
+            fake.clone(),
+            ConsumeOptions::default(),
+            tokio::time::sleep(Duration::from_secs(100)),
+        ));
+        // 12 s in: line-0 and line-1 answered, line-2 runs, line-3 is next.
+        tokio::time::sleep(Duration::from_secs(12)).await;
+        let mut started = q.started_rows();
+        started.sort_unstable();
+        assert_eq!(
+            started,
+            [line[2]],
+            "a slow action: recorded when its turn comes"
+        );
+        assert!(!started.contains(&idem));
+        let mut got = answers(&q);
+        got.sort();
+        assert_eq!(got, ["idem", "line-0", "line-1"]);
+        running.abort();
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_start_record_that_fails_is_retried_and_the_request_runs_once() {
+        let q = Arc::new(MemoryQueue::new(options()));
+        send_on(&q, "r", "e", "restart").await;
+        q.fail_starts(3);
+        let fake = Arc::new(Fake::default());
+        let stats = consume(q.clone(), fake.clone(), limit(1), std::future::pending()).await;
+        assert_eq!(stats.answered, 1);
+        assert_eq!(fake.runs("r"), 1);
+        assert_eq!(answers(&q), ["r"]);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_row_taken_back_by_another_manager_before_its_start_is_not_run_here() {
+        let q = Arc::new(MemoryQueue::new(options()));
+        send_on(&q, "first", "e", "restart").await;
+        send_on(&q, "second", "e", "restart").await;
+        let third = send_on(&q, "third", "e", "restart").await;
+        let fake = Arc::new(Fake {
+            delay: Duration::from_secs(5),
+            ..Fake::default()
+        });
+        let q2 = q.clone();
+        let thief = tokio::spawn(async move {
+            // While `first` runs, `third` waits two places back, not yet recorded.
+            tokio::time::sleep(Duration::from_secs(1)).await;
+            q2.taken_by(third, "host-b", "b-process");
+        });
+        let stats = consume(q.clone(), fake.clone(), limit(3), std::future::pending()).await;
+        thief.await.unwrap();
+        assert_eq!(stats.answered, 2);
+        assert_eq!(fake.runs("third"), 0, "host-b has it");
+        let mut got = answers(&q);
+        got.sort();
+        assert_eq!(got, ["first", "second"]);
     }
 
     #[tokio::test(start_paused = true)]

@@ -139,7 +139,7 @@ impl Manager {
         self.routing()
             .router
             .route(entity.kind, &req.action)
-            .is_ok_and(|p| p.idempotent.contains(&req.action))
+            .is_ok_and(|p| p.idempotent.contains(&(entity.kind, req.action.clone())))
     }
 
     /// Carries out one request. Never fails: every problem becomes an error response.

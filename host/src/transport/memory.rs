@@ -41,7 +41,9 @@ struct State {
     failures: BTreeMap<i64, FailedRow>,
     failing_commits: usize,
     failing_fetches: usize,
+    failing_starts: usize,
     commits: usize,
+    starts: usize,
     refused: Option<String>,
     /// row id -> (manager, instance, started_at).
     claims: BTreeMap<i64, (String, String, Option<String>)>,
@@ -105,20 +107,30 @@ impl MemoryQueue {
         self.state().refused = Some(correlation_id.to_owned());
     }
 
-    /// The process `instance` of manager `manager` took row `id` (and has not answered).
+    /// The process `instance` of manager `manager` took row `id` and started its action (and
+    /// has not answered).
     pub fn taken_by(&self, id: i64, manager: &str, instance: &str) {
+        self.claim(
+            id,
+            manager,
+            instance,
+            Some("2026-01-01T00:00:00.000Z".into()),
+        );
+    }
+
+    /// The process `instance` of manager `manager` took row `id`, which waits for its turn
+    /// there (not started).
+    pub fn waiting_at(&self, id: i64, manager: &str, instance: &str) {
+        self.claim(id, manager, instance, None);
+    }
+
+    fn claim(&self, id: i64, manager: &str, instance: &str, started: Option<String>) {
         let mut st = self.state();
         if let Some(row) = st.rows.get_mut(&id) {
             row.delivered_at = Some(Instant::now());
         }
-        st.claims.insert(
-            id,
-            (
-                manager.to_owned(),
-                instance.to_owned(),
-                Some("2026-01-01T00:00:00.000Z".into()),
-            ),
-        );
+        st.claims
+            .insert(id, (manager.to_owned(), instance.to_owned(), started));
     }
 
     /// A heartbeat of process `instance` of manager `manager`.
@@ -126,6 +138,26 @@ impl MemoryQueue {
         self.state()
             .managers
             .insert(instance.to_owned(), (manager.to_owned(), Instant::now()));
+    }
+
+    /// The next `n` start records fail.
+    pub fn fail_starts(&self, n: usize) {
+        self.state().failing_starts = n;
+    }
+
+    /// Start records written so far (statements, not rows).
+    pub fn starts(&self) -> usize {
+        self.state().starts
+    }
+
+    /// The claimed rows whose action is recorded as started.
+    pub fn started_rows(&self) -> Vec<i64> {
+        self.state()
+            .claims
+            .iter()
+            .filter(|c| c.1.2.is_some())
+            .map(|c| *c.0)
+            .collect()
     }
 
     /// Commits that succeeded so far.
@@ -213,18 +245,36 @@ impl Queue for MemoryQueue {
                 row.delivered_at = Some(now);
             }
         }
-        let started = utc_now_rfc3339();
         for d in &taken {
-            claims.insert(
-                d.id,
-                (
-                    self.options.manager_id.clone(),
-                    self.instance.clone(),
-                    Some(started.clone()),
-                ),
-            );
+            let claim = claims
+                .entry(d.id)
+                .or_insert_with(|| (self.options.manager_id.clone(), self.instance.clone(), None));
+            if claim.2.is_none() {
+                claim.0.clone_from(&self.options.manager_id);
+            }
+            claim.1.clone_from(&self.instance);
         }
         Ok(taken)
+    }
+
+    async fn started(&self, ids: Vec<i64>) -> Result<Vec<i64>, Error> {
+        let mut st = self.state();
+        if st.failing_starts > 0 {
+            st.failing_starts -= 1;
+            return Err(down());
+        }
+        let now = utc_now_rfc3339();
+        let mut marked = Vec::new();
+        for id in ids {
+            if let Some((_, instance, started)) = st.claims.get_mut(&id)
+                && *instance == self.instance
+            {
+                started.get_or_insert_with(|| now.clone());
+                marked.push(id);
+            }
+        }
+        st.starts += 1;
+        Ok(marked)
     }
 
     async fn complete(&self, batch: Vec<Settle>) -> Result<(), Error> {

@@ -153,8 +153,8 @@ pub struct Delivery {
     pub decoded: Result<Decoded, String>,
     /// `delivered_at` was set: a consumer took it before and did not finish.
     pub redelivered: bool,
-    /// A manager took it before and did not answer (it stopped, or stopped heart-beating):
-    /// its action may have run.
+    /// A manager started its action before and did not answer (it stopped, or stopped
+    /// heart-beating): the action may have run.
     pub claimed: Option<Claim>,
     /// How long ago it was created (`created_at`, on the table's clock).
     pub age: Duration,
@@ -165,7 +165,7 @@ pub struct Delivery {
 pub struct Claim {
     /// The manager's id.
     pub manager: String,
-    /// When it took the request, RFC 3339 UTC.
+    /// When it recorded that the action starts, RFC 3339 UTC.
     pub started_at: String,
 }
 
@@ -253,8 +253,14 @@ pub trait Queue: Send + Sync + 'static {
     /// Creates the messenger table (as Symfony does, with the NOTIFY trigger on PostgreSQL)
     /// and the manager's tables, when missing.
     fn setup(&self) -> impl Future<Output = Result<(), Error>> + Send;
-    /// Takes up to `max` request rows and marks them delivered.
+    /// Takes up to `max` request rows, marks them delivered and claims them for this manager
+    /// process (not started yet).
     fn fetch(&self, max: usize) -> impl Future<Output = Result<Vec<Delivery>, Error>> + Send;
+    /// Records (committed) that the actions of these claimed rows start now, so a request
+    /// that comes back after a crash is known to have been started. Returns the rows it
+    /// recorded: a row another manager has taken back meanwhile is not among them, and must
+    /// not run here.
+    fn started(&self, ids: Vec<i64>) -> impl Future<Output = Result<Vec<i64>, Error>> + Send;
     /// Settles a batch in one transaction.
     fn complete(&self, batch: Vec<Settle>) -> impl Future<Output = Result<(), Error>> + Send;
     /// Moves `delivered_at` of rows still being worked on to now.

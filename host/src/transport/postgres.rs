@@ -216,9 +216,9 @@ impl Queue for PgTransport {
                RETURNING m.id, m.body, m.headers, m.available_at, picked.delivered_at AS previous, \
                  GREATEST(EXTRACT(EPOCH FROM ($3::timestamp - m.created_at)), 0)::bigint AS age_secs), \
              claimed AS (INSERT INTO {claims} (row_id, manager, instance, started_at) \
-               SELECT id, $8, $9, $10 FROM marked \
-               ON CONFLICT (row_id) DO UPDATE SET manager = EXCLUDED.manager, instance = EXCLUDED.instance, \
-                 started_at = EXCLUDED.started_at) \
+               SELECT id, $8, $9, NULL FROM marked \
+               ON CONFLICT (row_id) DO UPDATE SET instance = EXCLUDED.instance, \
+                 manager = CASE WHEN {claims}.started_at IS NULL THEN EXCLUDED.manager ELSE {claims}.manager END) \
              SELECT marked.*, \
                (SELECT c.manager FROM {claims} c WHERE c.row_id = marked.id AND c.started_at IS NOT NULL) AS claimed_by, \
                (SELECT c.started_at FROM {claims} c WHERE c.row_id = marked.id) AS claimed_at \
@@ -236,7 +236,6 @@ impl Queue for PgTransport {
         .bind(i64::try_from(self.options.takeover_secs).unwrap_or(i64::MAX))
         .bind(&self.options.manager_id)
         .bind(&self.instance)
-        .bind(utc_now_rfc3339())
         .fetch_all(&self.fetch_pool)
         .await?;
         let mut taken = Vec::with_capacity(rows.len());
@@ -375,6 +374,24 @@ impl Queue for PgTransport {
         .await?;
         self.after_delete(done.len() as u64);
         Ok(())
+    }
+
+    async fn started(&self, ids: Vec<i64>) -> Result<Vec<i64>, Error> {
+        if ids.is_empty() {
+            return Ok(ids);
+        }
+        // Committed like the claims (see `fetch_pool`). A start recorded before (a request
+        // re-run because it is idempotent) keeps its first time.
+        let marked: Vec<i64> = sqlx::query_scalar(&format!(
+            "UPDATE {} SET started_at = COALESCE(started_at, $1) WHERE row_id = ANY($2) AND instance = $3 RETURNING row_id",
+            self.names.claims
+        ))
+        .bind(utc_now_rfc3339())
+        .bind(&ids)
+        .bind(&self.instance)
+        .fetch_all(&self.fetch_pool)
+        .await?;
+        Ok(marked)
     }
 
     async fn heartbeat(&self) -> Result<(), Error> {

@@ -187,17 +187,16 @@ impl Inner {
             let mut q = QueryBuilder::<Sqlite>::new(format!(
                 "INSERT INTO {claims} (row_id, manager, instance, started_at) "
             ));
-            let started = utc_now_rfc3339();
             q.push_values(&taken, |mut row, d| {
                 row.push_bind(d.id)
                     .push_bind(&self.options.manager_id)
                     .push_bind(&self.instance)
-                    .push_bind(started.clone());
+                    .push("NULL");
             });
-            q.push(
-                " ON CONFLICT (row_id) DO UPDATE SET manager = excluded.manager, \
-                 instance = excluded.instance, started_at = excluded.started_at",
-            );
+            q.push(format!(
+                " ON CONFLICT (row_id) DO UPDATE SET instance = excluded.instance, \
+                 manager = CASE WHEN {claims}.started_at IS NULL THEN excluded.manager ELSE {claims}.manager END"
+            ));
             q.build().execute(&mut *conn).await?;
         }
         Ok(taken)
@@ -337,6 +336,28 @@ impl Queue for SqliteTransport {
             Inner::finish(tx, r).await
         })
         .await
+    }
+
+    async fn started(&self, ids: Vec<i64>) -> Result<Vec<i64>, Error> {
+        if ids.is_empty() {
+            return Ok(ids);
+        }
+        // A start recorded before (a request re-run because it is idempotent) keeps its
+        // first time.
+        let mut q = QueryBuilder::<Sqlite>::new(format!(
+            "UPDATE {} SET started_at = COALESCE(started_at, ",
+            self.names.claims
+        ));
+        q.push_bind(utc_now_rfc3339())
+            .push(") WHERE instance = ")
+            .push_bind(&self.instance)
+            .push(" AND row_id IN (");
+        let mut sep = q.separated(", ");
+        for id in ids {
+            sep.push_bind(id);
+        }
+        q.push(") RETURNING row_id");
+        Ok(q.build_query_scalar().fetch_all(&self.pool).await?)
     }
 
     async fn heartbeat(&self) -> Result<(), Error> {

@@ -20,7 +20,7 @@ mod compose;
 use std::time::Instant;
 
 use marvin_plugin_sdk::docker::{self, BuildOptions, Container};
-use marvin_plugin_sdk::types::{Capability, EntityKind, Target};
+use marvin_plugin_sdk::types::{Capability, EntityKind, HandledAction, Target};
 use marvin_plugin_sdk::{Guest, PluginInfo, Request, Response, error_text, log};
 use serde_json::{Value, json};
 
@@ -313,6 +313,11 @@ fn build(clock: &mut Clock, args: &Value, project: &str, service: &str) -> Respo
 }
 
 impl Guest for DockerCompose {
+    /// Starting what runs or stopping what is stopped changes nothing: safe to run again.
+    fn idempotent_actions() -> Vec<HandledAction> {
+        marvin_plugin_sdk::handles(EntityKind::Container, &["start", "stop"])
+    }
+
     fn describe() -> PluginInfo {
         marvin_plugin_sdk::info(
             "docker-compose",

@@ -167,6 +167,11 @@ fn run(req: &Request) -> Result<Response, String> {
 }
 
 impl Guest for ExecCmd {
+    /// None of its actions may run again after a crash interrupted them.
+    fn idempotent_actions() -> Vec<marvin_plugin_sdk::types::HandledAction> {
+        Vec::new()
+    }
+
     fn describe() -> PluginInfo {
         marvin_plugin_sdk::info(
             "exec-cmd",

@@ -1,6 +1,7 @@
 //! Guest-side helpers for marvin-manager plugins.
 //!
-//! A plugin implements [`Guest`] (`describe` and `handle`) and calls [`export!`]. It reaches
+//! A plugin implements [`Guest`] (`describe`, `idempotent_actions` and `handle`) and calls
+//! [`export!`]. It reaches
 //! the outside only through the imported interfaces ([`docker`], [`supervisor`], [`log`]),
 //! and only as far as the operator granted. Files under granted directories are readable
 //! with `std::fs` at their host path.
@@ -8,7 +9,7 @@
 //! A whole plugin — the `logs` action on workers answers the end of a program's log:
 //!
 //! ```no_run
-//! use marvin_plugin_sdk::types::{Capability, EntityKind, Target};
+//! use marvin_plugin_sdk::types::{Capability, EntityKind, HandledAction, Target};
 //! use marvin_plugin_sdk::{Guest, PluginInfo, Request, Response, supervisor};
 //! use serde_json::json;
 //!
@@ -18,6 +19,12 @@
 //!     /// Once, at load: name, version, the (kind, action) pairs, the capabilities.
 //!     fn describe() -> PluginInfo {
 //!         marvin_plugin_sdk::info("logs", "0.1.0", EntityKind::Worker, &["logs"], &[Capability::Supervisor])
+//!     }
+//!
+//!     /// Once, at load: the actions that may run again when a crash interrupted them.
+//!     /// Reading a log twice changes nothing.
+//!     fn idempotent_actions() -> Vec<HandledAction> {
+//!         marvin_plugin_sdk::handles(EntityKind::Worker, &["logs"])
 //!     }
 //!
 //!     /// Per request, on a fresh instance.
@@ -49,7 +56,7 @@ extern crate self as marvin_plugin_sdk;
 #[allow(missing_docs, unsafe_code)]
 pub mod bindings {
     wit_bindgen::generate!({
-        world: "plugin",
+        world: "plugin-with-idempotence",
         path: "../../wit",
         pub_export_macro: true,
         export_macro_name: "export",

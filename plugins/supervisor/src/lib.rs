@@ -15,7 +15,7 @@
 //! The response's metadata holds each affected process's state after the action.
 
 use marvin_plugin_sdk::supervisor::{self, Process, ProcessResult, ProcessState};
-use marvin_plugin_sdk::types::{Capability, EntityKind, Error, Target};
+use marvin_plugin_sdk::types::{Capability, EntityKind, Error, HandledAction, Target};
 use marvin_plugin_sdk::{Guest, PluginInfo, Request, Response, error_text};
 use serde_json::{Value, json};
 
@@ -443,6 +443,12 @@ fn update(only: &[String]) -> Response {
 }
 
 impl Guest for Supervisor {
+    /// `start`/`stop` end in the same state however often they run; `reread` only reads;
+    /// `update` brings the groups to the configuration, so a second run does what is left.
+    fn idempotent_actions() -> Vec<HandledAction> {
+        marvin_plugin_sdk::handles(EntityKind::Worker, &["start", "stop", "reread", "update"])
+    }
+
     fn describe() -> PluginInfo {
         marvin_plugin_sdk::info(
             "supervisor",

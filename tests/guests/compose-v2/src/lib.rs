@@ -6,6 +6,11 @@ use marvin_plugin_sdk::{Guest, PluginInfo, Request, Response, docker};
 struct ComposeV2;
 
 impl Guest for ComposeV2 {
+    /// None of its actions may run again after a crash interrupted them.
+    fn idempotent_actions() -> Vec<marvin_plugin_sdk::types::HandledAction> {
+        Vec::new()
+    }
+
     fn describe() -> PluginInfo {
         marvin_plugin_sdk::info(
             "docker-compose",

@@ -6,6 +6,11 @@ use serde_json::json;
 struct Echo;
 
 impl Guest for Echo {
+    /// `start` and `stop` on containers (so the host's load test sees a declaration).
+    fn idempotent_actions() -> Vec<marvin_plugin_sdk::types::HandledAction> {
+        handles(EntityKind::Container, &["start", "stop"])
+    }
+
     fn describe() -> PluginInfo {
         let mut h = handles(
             EntityKind::Container,

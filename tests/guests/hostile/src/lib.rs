@@ -7,6 +7,11 @@ use marvin_plugin_sdk::{Guest, PluginInfo, Request, Response, docker};
 struct Hostile;
 
 impl Guest for Hostile {
+    /// None of its actions may run again after a crash interrupted them.
+    fn idempotent_actions() -> Vec<marvin_plugin_sdk::types::HandledAction> {
+        Vec::new()
+    }
+
     fn describe() -> PluginInfo {
         marvin_plugin_sdk::info(
             "hostile",
