@@ -66,8 +66,11 @@ struct Tickets {
 }
 
 impl Line {
+    /// Every ticket handed out has finished. Lock order: the tickets, then the head (as in
+    /// [`Turn`]'s drop); the head is read and released first here.
     fn idle(&self) -> bool {
-        *self.head.borrow() >= self.tickets.lock().unwrap_or_else(|e| e.into_inner()).next
+        let head = *self.head.borrow();
+        head >= self.tickets.lock().unwrap_or_else(|e| e.into_inner()).next
     }
 }
 
@@ -312,6 +315,39 @@ mod tests {
             2,
             "a's line is forgotten, b's kept"
         );
+    }
+
+    /// Turns taken, waited for and dropped from many threads at once finish (a lock-order
+    /// inversion between a line's tickets and its head once hung the consumer here).
+    #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+    async fn many_turns_on_few_lines_from_many_threads_all_finish() {
+        let s = Arc::new(Scheduler::new(64, 64));
+        let done = Arc::new(AtomicUsize::new(0));
+        let mut tasks = Vec::new();
+        for i in 0..4000 {
+            let turn = s.turn(["a", "b", "c"][i % 3]);
+            let done = done.clone();
+            tasks.push(tokio::spawn(async move {
+                let mut turn = turn;
+                turn.near(|| 2).await;
+                turn.wait().await;
+                tokio::task::yield_now().await;
+                done.fetch_add(1, Ordering::Relaxed);
+            }));
+            if i % 7 == 0 {
+                // Lines forgotten and made again while others finish.
+                let _ = s.turn("d");
+            }
+        }
+        let all = async {
+            for t in tasks {
+                t.await.unwrap();
+            }
+        };
+        tokio::time::timeout(Duration::from_secs(20), all)
+            .await
+            .expect("every turn finished");
+        assert_eq!(done.load(Ordering::Relaxed), 4000);
     }
 
     #[tokio::test(start_paused = true)]

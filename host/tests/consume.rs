@@ -26,6 +26,7 @@ on_both_databases!(
     foreign_rows_cost_nothing_and_starve_nothing,
     a_dead_managers_requests_come_back_in_seconds_and_run_no_action_twice,
     a_request_core_gave_up_on_is_answered_expired,
+    the_hostile_corpus_is_settled_row_by_row,
 );
 
 async fn manager(s: &Setup) -> Arc<Manager> {
@@ -580,4 +581,110 @@ async fn a_request_core_gave_up_on_is_answered_expired<T: Queue + Records>(
         .find(|r| r.correlation_id == "fresh-1")
         .unwrap();
     assert!(fresh.success, "{fresh:?}");
+}
+
+/// The hostile corpus (`common/corpus.rs`, both serializers), each row followed by a valid
+/// request: every hostile row ends as its case says (answered, with success or the error it
+/// names; parked with its reason; or left as it was, when it is another class's), every valid
+/// request is answered once, and nothing of ours is left on the queue.
+async fn the_hostile_corpus_is_settled_row_by_row<T: Queue + Records>(
+    db: &TestDb,
+    mk: impl AsyncFn(&str) -> T,
+) {
+    use common::corpus::{Expect, cases};
+    let s = Setup::new(&[(guests::ECHO, "echo.wasm")]);
+    let t = Arc::new(mk("").await);
+    t.setup().await.unwrap();
+    let cases = cases();
+    assert!(cases.len() >= 60, "{} cases", cases.len());
+    let mut ids = Vec::new();
+    for (i, c) in cases.iter().enumerate() {
+        ids.push(t.send("requests", c.row.clone()).await.unwrap());
+        send(
+            &*t,
+            &request(&format!("valid-{i}"), "c1", "start"),
+            Format::Php,
+        )
+        .await;
+    }
+    let taken = cases.iter().filter(|c| c.expect != Expect::Foreign).count() + cases.len();
+    let stats = run_until_idle(t.clone(), manager(&s).await, taken as u64).await;
+    let answers = db.responses().await;
+    let parked = t.failed_rows().await.unwrap();
+    let waiting: Vec<String> = db
+        .query("SELECT CAST(id AS TEXT) FROM {t} WHERE queue_name = 'requests' AND delivered_at IS NULL")
+        .await
+        .into_iter()
+        .filter_map(|row| row.into_iter().next().flatten())
+        .collect();
+    let mut wrong = Vec::new();
+    for (c, id) in cases.iter().zip(&ids) {
+        let answered: Vec<_> = answers
+            .iter()
+            .filter(|a| !c.correlation_id.is_empty() && a.correlation_id == c.correlation_id)
+            .collect();
+        let parked_as = parked
+            .iter()
+            .find(|f| f.id == *id)
+            .map(|f| f.reason.clone());
+        let left = waiting.contains(&id.to_string());
+        let ok = match &c.expect {
+            Expect::Ok => answered.len() == 1 && answered[0].success,
+            Expect::Error(text) => {
+                answered.len() == 1
+                    && !answered[0].success
+                    && answered[0].error.as_deref().unwrap_or("").contains(text)
+            }
+            Expect::Parked(text) => parked_as
+                .as_deref()
+                .is_some_and(|r| r.contains(text) && !r.is_empty()),
+            Expect::Foreign => left && parked_as.is_none(),
+        };
+        if !ok {
+            wrong.push(format!(
+                "{}: expected {:?}; answered {:?}, parked {:?}, left on the queue {left}",
+                c.name,
+                c.expect,
+                answered
+                    .iter()
+                    .map(|a| (a.success, a.error.clone()))
+                    .collect::<Vec<_>>(),
+                parked_as.map(|r| r.chars().take(200).collect::<String>()),
+            ));
+        }
+    }
+    assert!(
+        wrong.is_empty(),
+        "{} of {} cases wrong:\n{}",
+        wrong.len(),
+        cases.len(),
+        wrong.join("\n")
+    );
+    for i in 0..cases.len() {
+        let valid: Vec<_> = answers
+            .iter()
+            .filter(|a| a.correlation_id == format!("valid-{i}"))
+            .collect();
+        assert!(valid.len() == 1 && valid[0].success, "valid-{i}: {valid:?}");
+    }
+    let foreign = cases.iter().filter(|c| c.expect == Expect::Foreign).count();
+    assert_eq!(
+        waiting.len(),
+        foreign,
+        "only the other classes' rows are left"
+    );
+    eprintln!(
+        "{:?}: {} hostile rows ({} answered, {} parked, {foreign} left alone), {} valid: {stats:?}",
+        db.db,
+        cases.len(),
+        cases
+            .iter()
+            .filter(|c| matches!(c.expect, Expect::Ok | Expect::Error(_)))
+            .count(),
+        cases
+            .iter()
+            .filter(|c| matches!(c.expect, Expect::Parked(_)))
+            .count(),
+        cases.len()
+    );
 }

@@ -1,6 +1,7 @@
 //! Faults with real processes, on both databases: `serve` killed with SIGKILL again and again
-//! while it works through requests whose action leaves a countable side effect (a line
-//! appended to a file in a real container by `exec_cmd`). Nothing is lost, nothing is
+//! while it works through requests whose action leaves a countable side effect — a line
+//! appended to a file in a real container by `exec_cmd` (300 requests), and a line the
+//! `counter` guest writes through the host's log (1,000 requests). Nothing is lost, nothing is
 //! answered twice, and no action runs twice: a request interrupted by a kill is answered
 //! "interrupted, not run again" within seconds of the restart.
 
@@ -13,18 +14,21 @@ use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use common::Setup;
 use common::db::{Db, TestDb, send};
 use common::docker::{Project, docker, endpoint};
+use common::{Setup, guests};
 use marvin_manager::codec::Format;
 use marvin_manager::message::{ManagerRequest, ManagerResponse};
 use marvin_manager::transport::{Queue, Records};
 
-on_both_databases!(sigkill_loses_nothing_answers_once_and_runs_no_action_twice);
+on_both_databases!(
+    sigkill_loses_nothing_answers_once_and_runs_no_action_twice,
+    sigkill_under_a_thousand_requests
+);
 
-/// Requests per database, and kills during them.
-const REQUESTS: usize = 300;
+/// Kills per run.
 const KILLS: usize = 10;
+/// Entity ids: their requests run side by side.
 const ENTITIES: usize = 6;
 
 fn serve(cwd: &Path, dsn: &str, log: &str) -> Child {
@@ -48,6 +52,7 @@ fn serve(cwd: &Path, dsn: &str, log: &str) -> Child {
         .unwrap()
 }
 
+/// 300 `exec_cmd` requests appending a line to a file in a real container.
 async fn sigkill_loses_nothing_answers_once_and_runs_no_action_twice<T: Queue + Records>(
     db: &TestDb,
     mk: impl AsyncFn(&str) -> T,
@@ -67,23 +72,73 @@ exec_shell = true
 {entities}"#,
             endpoint = endpoint(),
             name = p.name,
-            // Several entity ids on one container: their requests run side by side.
-            entities = (0..ENTITIES)
-                .map(|e| format!(
-                    "[entities.box{e}]\nkind = \"container\"\nproject = \"{}\"\nservice = \"web\"\n",
-                    p.name
-                ))
-                .collect::<String>()
+            entities = entities(&p.name),
         ),
     )
     .unwrap();
+    let requests = (0..300)
+        .map(|i| {
+            ManagerRequest::new(format!("k{i}"), format!("box{}", i % ENTITIES), "exec_cmd")
+                .with_command(Some(format!("echo k{i} >> /effects")))
+                .with_timeout(600)
+        })
+        .collect();
+    let effects = || docker(&["exec", &p.container("web", 1), "cat", "/effects"]);
+    kill_loop(db, mk, &s, requests, effects).await;
+}
+
+/// 1,000 requests of the `counter` guest, whose effect is a line in the manager's log.
+async fn sigkill_under_a_thousand_requests<T: Queue + Records>(
+    db: &TestDb,
+    mk: impl AsyncFn(&str) -> T,
+) {
+    let s = Setup::new(&[(guests::COUNTER, "counter.wasm")]);
+    std::fs::write(s.path().join("manager.toml"), entities("p")).unwrap();
+    let requests = (0..1000)
+        .map(|i| {
+            ManagerRequest::new(format!("n{i}"), format!("box{}", i % ENTITIES), "count")
+                .with_args(serde_json::json!({"ms": 40}))
+                .with_timeout(600)
+        })
+        .collect();
+    let log = s.path().join("serve.log");
+    let effects = || {
+        let text = std::fs::read_to_string(&log).unwrap_or_default();
+        text.split("effect[")
+            .skip(1)
+            .filter_map(|rest| rest.split(']').next())
+            .map(|id| format!("{id}\n"))
+            .collect::<String>()
+    };
+    kill_loop(db, mk, &s, requests, effects).await;
+}
+
+/// `ENTITIES` entity ids on the service `web` of compose project `project`.
+fn entities(project: &str) -> String {
+    (0..ENTITIES)
+        .map(|e| {
+            format!(
+                "[entities.box{e}]\nkind = \"container\"\nproject = \"{project}\"\nservice = \"web\"\n"
+            )
+        })
+        .collect()
+}
+
+/// Sends `requests`, kills `serve` [`KILLS`] times while it works through them, restarts it
+/// once more and checks: every request answered exactly once, every success ran exactly once,
+/// nothing ran twice (`effects` lists one correlation id per line per run), no claim left.
+async fn kill_loop<T: Queue + Records>(
+    db: &TestDb,
+    mk: impl AsyncFn(&str) -> T,
+    s: &Setup,
+    requests: Vec<ManagerRequest>,
+    effects: impl Fn() -> String,
+) {
+    let total = requests.len();
     let t = mk("").await;
     t.setup().await.unwrap();
-    for i in 0..REQUESTS {
-        let req = ManagerRequest::new(format!("k{i}"), format!("box{}", i % ENTITIES), "exec_cmd")
-            .with_command(Some(format!("echo k{i} >> /effects")))
-            .with_timeout(600);
-        send(&t, &req, Format::Php).await;
+    for req in &requests {
+        send(&t, req, Format::Php).await;
     }
     let dsn = db.dsn("");
     // A cheap pseudo-random pause, different on every run.
@@ -116,7 +171,7 @@ exec_shell = true
     let restart = Instant::now();
     let answers = loop {
         let answers = db.responses().await;
-        if answers.len() >= REQUESTS {
+        if answers.len() >= total {
             break answers;
         }
         if restart.elapsed() > Duration::from_secs(90) {
@@ -132,7 +187,7 @@ exec_shell = true
                 .collect();
             let tail: Vec<&str> = log.lines().rev().take(20).collect();
             panic!(
-                "{} of {REQUESTS} answered 90 s after the last restart; serve's first errors:\n{}\nits log ends:\n{}",
+                "{} of {total} answered 90 s after the last restart; serve's first errors:\n{}\nits log ends:\n{}",
                 answers.len(),
                 errors.join("\n"),
                 tail.into_iter().rev().collect::<Vec<_>>().join("\n")
@@ -149,10 +204,10 @@ exec_shell = true
     for a in &answers {
         by_id.entry(a.correlation_id.as_str()).or_default().push(a);
     }
-    assert_eq!(answers.len(), REQUESTS, "no request answered twice");
-    assert_eq!(by_id.len(), REQUESTS, "no request lost");
-    // The side effects, counted in the container.
-    let effects = docker(&["exec", &p.container("web", 1), "cat", "/effects"]);
+    assert_eq!(answers.len(), total, "no request answered twice");
+    assert_eq!(by_id.len(), total, "no request lost");
+    // The side effects, counted where they happened.
+    let effects = effects();
     let mut runs: HashMap<&str, usize> = HashMap::new();
     for line in effects.lines() {
         *runs.entry(line.trim()).or_default() += 1;
@@ -172,7 +227,7 @@ exec_shell = true
         }
     }
     eprintln!(
-        "{:?}: {KILLS} kills, {killed_at} answered before the last restart, {interrupted} interrupted, \
+        "{:?}: {total} requests, {KILLS} kills, {killed_at} answered before the last restart, {interrupted} interrupted, \
          the rest answered {drained:?} after it",
         db.db
     );

@@ -9,6 +9,7 @@ const GUESTS: &[(&str, &str)] = &[
     ("NOOP", "noop"),
     ("ECHO", "echo"),
     ("LEGACY", "legacy"),
+    ("COUNTER", "counter"),
     ("TWIN", "twin"),
     ("HOSTILE", "hostile"),
     ("BAD_DESCRIBE", "bad_describe"),

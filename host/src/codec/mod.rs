@@ -35,6 +35,59 @@ pub fn request_class_needle() -> String {
     REQUEST_CLASS.replace('\\', "\\\\")
 }
 
+/// What the SQL filter of a fetch looks for, so that a row of another class on a shared queue
+/// is not read while every row Symfony could take for a request, or that no Symfony
+/// serializer can decode (so no consumer of the queue would take it), is: then decoded, and
+/// answered or parked.
+#[derive(Debug, Clone)]
+pub struct Needles {
+    /// The class as stored (backslashes doubled by `addslashes` or JSON): the fast path.
+    pub exact: String,
+    /// The same, lower-case: PHP compares class names without regard to case.
+    pub lower: String,
+    /// The class with single backslashes, lower-case: a body never addslashed.
+    pub lower_plain: String,
+    /// A case-insensitive PostgreSQL regular expression for either form.
+    pub regex: String,
+    /// What every PHP-serialized envelope holds (its `message` property, addslashed): a body
+    /// that names `Envelope` without it is a truncated or broken envelope.
+    pub message_marker: &'static str,
+}
+
+impl Needles {
+    /// For [`REQUEST_CLASS`].
+    pub fn new() -> Self {
+        let exact = request_class_needle();
+        Self {
+            lower: exact.to_ascii_lowercase(),
+            lower_plain: REQUEST_CLASS.to_ascii_lowercase(),
+            regex: REQUEST_CLASS
+                .split('\\')
+                .map(regex_escape)
+                .collect::<Vec<_>>()
+                .join("\\\\{1,2}"),
+            exact,
+            message_marker: "Envelope\\0message",
+        }
+    }
+}
+
+impl Default for Needles {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+/// `s` with the characters a regular expression gives a meaning to escaped.
+fn regex_escape(s: &str) -> String {
+    s.chars()
+        .flat_map(|c| {
+            let special = !c.is_ascii_alphanumeric() && c != '_';
+            special.then_some('\\').into_iter().chain([c])
+        })
+        .collect()
+}
+
 /// Which serializer wrote a row.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -82,7 +135,15 @@ pub fn decode(body: &[u8], headers: &str) -> Result<Decoded, String> {
     };
     match header_map {
         Some(h) => decode_json(body, &h),
-        None => decode_php(body),
+        None => decode_php(body).map_err(|e| {
+            match serde_json::from_str::<Json>(headers) {
+                // Headers of the JSON serializer, without the one it needs.
+                Ok(Json::Object(m)) if !m.is_empty() => format!(
+                    "no `type` header (Symfony's Serializer needs it) and the body is not serialized PHP: {e}"
+                ),
+                _ => e,
+            }
+        }),
     }
 }
 
@@ -130,8 +191,12 @@ fn decode_php(body: &[u8]) -> Result<Decoded, String> {
     })
 }
 
+/// Class names as PHP compares them: without regard to ASCII case, a leading `\` (a fully
+/// qualified name) allowed.
 fn eq_class(a: &[u8], b: &str) -> bool {
-    a.eq_ignore_ascii_case(b.as_bytes())
+    a.strip_prefix(b"\\")
+        .unwrap_or(a)
+        .eq_ignore_ascii_case(b.as_bytes())
 }
 
 fn lossy(b: &[u8]) -> String {
@@ -164,10 +229,11 @@ fn php_bus_name(stamps: &Value) -> Option<String> {
 }
 
 fn php_request(props: &[(Vec<u8>, Value)]) -> Result<ManagerRequest, Malformed> {
+    // The last of a repeated property wins, as `unserialize` sets them in order.
     let get = |name: &str| {
         props
             .iter()
-            .find(|(n, _)| php::unmangle(n) == name.as_bytes())
+            .rfind(|(n, _)| php::unmangle(n) == name.as_bytes())
             .map(|(_, v)| v)
     };
     let string = |name: &str| match get(name) {
@@ -333,11 +399,20 @@ fn decode_json(body: &[u8], headers: &Map<String, Json>) -> Result<Decoded, Stri
                 .rev()
                 .find_map(|s| s.get("busName")?.as_str().map(str::to_owned))
         });
+    // Another class's row is not ours to judge: its body may be in any format.
+    if !eq_class(class.as_bytes(), REQUEST_CLASS) {
+        return Ok(Decoded {
+            format: Format::Json,
+            class,
+            bus_name,
+            request: None,
+        });
+    }
     let body: Json = serde_json::from_slice(body).map_err(|e| format!("body is not JSON: {e}"))?;
     let Json::Object(fields) = body else {
         return Err("body is not a JSON object".into());
     };
-    let request = eq_class(class.as_bytes(), REQUEST_CLASS).then(|| json_request(&fields));
+    let request = Some(json_request(&fields));
     Ok(Decoded {
         format: Format::Json,
         class,

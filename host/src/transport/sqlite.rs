@@ -13,7 +13,7 @@ use sqlx::sqlite::{
 };
 use sqlx::{QueryBuilder, Row, Sqlite, Transaction};
 
-use crate::codec::{self, request_class_needle};
+use crate::codec::{self, Needles};
 
 use super::managers::Dialect;
 use super::schema::{LEDGER_COLUMNS, Names};
@@ -33,7 +33,7 @@ pub struct SqliteTransport(Arc<Inner>);
 pub struct Inner {
     pool: SqlitePool,
     options: TransportOptions,
-    needle: String,
+    needles: Needles,
     names: Names,
     foreign: ForeignRows,
     /// This process, among the processes that ran under this manager id.
@@ -77,7 +77,7 @@ impl SqliteTransport {
         Ok(Self(Arc::new(Inner {
             pool,
             options,
-            needle: request_class_needle(),
+            needles: Needles::new(),
             names,
             foreign: ForeignRows::default(),
             instance: instance_token(),
@@ -137,17 +137,24 @@ impl Inner {
                SELECT d.row_id FROM {claims} d LEFT JOIN {managers} g ON g.instance = d.instance \
                WHERE g.instance IS NULL OR g.beat_at < CAST(strftime('%s', 'now') AS INTEGER) - ?7)) \
              AND m.available_at <= ?3 \
-             AND (instr(m.body, ?4) > 0 OR instr(m.headers, ?4) > 0 OR (m.headers = '[]' AND substr(m.body, -1) <> '}}')) \
+             AND (instr(m.body, ?4) > 0 OR instr(m.headers, ?4) > 0 \
+               OR (m.headers = '[]' AND substr(m.body, -1) <> '}}') \
+               OR instr(lower(m.body), ?8) > 0 OR instr(lower(m.headers), ?8) > 0 OR instr(lower(m.body), ?9) > 0 \
+               OR (m.headers = '[]' AND instr(m.body, 'Envelope') > 0 AND instr(m.body, ?10) = 0) \
+               OR (m.headers <> '[]' AND instr(m.headers, '\"type\"') = 0 AND instr(m.body, '\"containerId\"') > 0)) \
              AND m.id NOT IN (SELECT value FROM json_each(?6)) \
              ORDER BY m.available_at ASC, m.id ASC LIMIT ?5"
         ))
         .bind(&self.options.queue_name)
         .bind(ago_text(&self.options, self.options.redeliver_timeout_secs))
         .bind(now_text(&self.options))
-        .bind(&self.needle)
+        .bind(&self.needles.exact)
         .bind(i64::try_from(max).unwrap_or(i64::MAX))
         .bind(serde_json::to_string(&self.foreign.ids()).unwrap_or_else(|_| "[]".into()))
         .bind(i64::try_from(self.options.takeover_secs).unwrap_or(i64::MAX))
+        .bind(&self.needles.lower)
+        .bind(&self.needles.lower_plain)
+        .bind(self.needles.message_marker)
         .fetch_all(&mut *conn)
         .await?;
         let mut taken = Vec::with_capacity(rows.len());

@@ -14,6 +14,7 @@ use marvin_manager::service::Manager;
 
 pub use test_programs as guests;
 
+pub mod corpus;
 pub mod db;
 pub mod docker;
 pub mod supervisor;
