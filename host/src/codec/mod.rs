@@ -47,8 +47,6 @@ pub struct Needles {
     pub lower: String,
     /// The class with single backslashes, lower-case: a body never addslashed.
     pub lower_plain: String,
-    /// A case-insensitive PostgreSQL regular expression for either form.
-    pub regex: String,
     /// What every PHP-serialized envelope holds (its `message` property, addslashed): a body
     /// that names `Envelope` without it is a truncated or broken envelope.
     pub message_marker: &'static str,
@@ -61,11 +59,6 @@ impl Needles {
         Self {
             lower: exact.to_ascii_lowercase(),
             lower_plain: REQUEST_CLASS.to_ascii_lowercase(),
-            regex: REQUEST_CLASS
-                .split('\\')
-                .map(regex_escape)
-                .collect::<Vec<_>>()
-                .join("\\\\{1,2}"),
             exact,
             message_marker: "Envelope\\0message",
         }
@@ -76,16 +69,6 @@ impl Default for Needles {
     fn default() -> Self {
         Self::new()
     }
-}
-
-/// `s` with the characters a regular expression gives a meaning to escaped.
-fn regex_escape(s: &str) -> String {
-    s.chars()
-        .flat_map(|c| {
-            let special = !c.is_ascii_alphanumeric() && c != '_';
-            special.then_some('\\').into_iter().chain([c])
-        })
-        .collect()
 }
 
 /// Which serializer wrote a row.

@@ -209,8 +209,8 @@ impl Queue for PgTransport {
                    WHERE c.row_id = {t}.id \
                    AND (g.instance IS NULL OR g.beat_at < extract(epoch from clock_timestamp())::bigint - $7))) \
                AND available_at <= $3::timestamp \
-               AND ({}) \
                AND NOT (id = ANY($6::bigint[])) \
+               AND ({}) \
                ORDER BY available_at ASC LIMIT $5 FOR UPDATE SKIP LOCKED), \
              marked AS (UPDATE {t} m SET delivered_at = $3::timestamp FROM picked WHERE m.id = picked.id \
                RETURNING m.id, m.body, m.headers, m.available_at, picked.delivered_at AS previous, \
@@ -237,7 +237,8 @@ impl Queue for PgTransport {
         .bind(i64::try_from(self.options.takeover_secs).unwrap_or(i64::MAX))
         .bind(&self.options.manager_id)
         .bind(&self.instance)
-        .bind(&self.needles.regex)
+        .bind(&self.needles.lower)
+        .bind(&self.needles.lower_plain)
         .bind(self.needles.message_marker)
         .fetch_all(&self.fetch_pool)
         .await?;
@@ -532,16 +533,18 @@ impl Records for PgTransport {
     }
 }
 
-/// The rows a fetch decodes (`$4` the class as stored, `$10` its case-insensitive regular
-/// expression, `$11` the envelope's message marker): those naming the request class (the
-/// first test is the fast path of a busy queue; the regular expression catches other letter
-/// cases and bodies never addslashed), base64 bodies, PHP envelopes without their message
-/// (truncated), and JSON-looking rows of a request without a `type` header. Symfony decodes
-/// the first as requests and rejects the others; a row of another class is left unread.
+/// The rows a fetch decodes (`$4` the class as stored, `$10` the same in lower case, `$11`
+/// the class with single backslashes in lower case, `$12` the envelope's message marker):
+/// those naming the request class (the first test is the fast path of a busy queue; the
+/// lower-case ones catch other letter cases and bodies never addslashed), base64 bodies, PHP
+/// envelopes without their message (truncated), and JSON-looking rows of a request without a
+/// `type` header. Symfony decodes the first as requests and rejects the others; a row of
+/// another class is left unread. (No regular expression: PostgreSQL compiles one while
+/// planning every fetch, ~1 ms.)
 fn candidate_filter() -> &'static str {
-    "position($4 in body) > 0 OR position($4 in headers) > 0 \
+    "strpos(body, $4) > 0 OR strpos(headers, $4) > 0 \
      OR (headers = '[]' AND right(body, 1) <> '}') \
-     OR body ~* $10 OR headers ~* $10 \
-     OR (headers = '[]' AND position('Envelope' in body) > 0 AND position($11 in body) = 0) \
-     OR (headers <> '[]' AND position('\"type\"' in headers) = 0 AND position('\"containerId\"' in body) > 0)"
+     OR strpos(lower(body), $10) > 0 OR strpos(lower(headers), $10) > 0 OR strpos(lower(body), $11) > 0 \
+     OR (headers = '[]' AND strpos(body, 'Envelope') > 0 AND strpos(body, $12) = 0) \
+     OR (headers <> '[]' AND strpos(headers, '\"type\"') = 0 AND strpos(body, '\"containerId\"') > 0)"
 }

@@ -11,7 +11,7 @@ use sqlx::sqlite::{
     SqliteConnectOptions, SqliteConnection, SqliteJournalMode, SqlitePool, SqlitePoolOptions,
     SqliteSynchronous,
 };
-use sqlx::{QueryBuilder, Row, Sqlite, Transaction};
+use sqlx::{Connection, QueryBuilder, Row, Sqlite, Transaction};
 
 use crate::codec::{self, Needles};
 
@@ -71,6 +71,11 @@ impl SqliteTransport {
             .busy_timeout(Duration::from_secs(10));
         let pool = SqlitePoolOptions::new()
             .max_connections(4)
+            // A connection that comes back still counted in a transaction is closed, not
+            // reused: when SQLite rolls a transaction back by itself (a full disk, SQLITE_FULL),
+            // the ROLLBACK that follows fails and sqlx keeps counting it, so every later BEGIN
+            // on that connection would fail ("non-zero transaction depth"), for ever.
+            .after_release(|conn, _| Box::pin(async move { Ok(!conn.is_in_transaction()) }))
             .connect_with(connect)
             .await?;
         let names = Names::for_table(&options.table_name);
@@ -137,12 +142,12 @@ impl Inner {
                SELECT d.row_id FROM {claims} d LEFT JOIN {managers} g ON g.instance = d.instance \
                WHERE g.instance IS NULL OR g.beat_at < CAST(strftime('%s', 'now') AS INTEGER) - ?7)) \
              AND m.available_at <= ?3 \
+             AND m.id NOT IN (SELECT value FROM json_each(?6)) \
              AND (instr(m.body, ?4) > 0 OR instr(m.headers, ?4) > 0 \
                OR (m.headers = '[]' AND substr(m.body, -1) <> '}}') \
                OR instr(lower(m.body), ?8) > 0 OR instr(lower(m.headers), ?8) > 0 OR instr(lower(m.body), ?9) > 0 \
                OR (m.headers = '[]' AND instr(m.body, 'Envelope') > 0 AND instr(m.body, ?10) = 0) \
                OR (m.headers <> '[]' AND instr(m.headers, '\"type\"') = 0 AND instr(m.body, '\"containerId\"') > 0)) \
-             AND m.id NOT IN (SELECT value FROM json_each(?6)) \
              ORDER BY m.available_at ASC, m.id ASC LIMIT ?5"
         ))
         .bind(&self.options.queue_name)

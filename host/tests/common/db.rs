@@ -47,24 +47,26 @@ fn unique() -> String {
 }
 
 impl TestDb {
+    /// A fresh schema on the PostgreSQL server at `base`.
+    pub async fn pg_on(base: &str) -> Self {
+        let schema = unique();
+        let pool = sqlx::PgPool::connect(base).await.unwrap();
+        sqlx::query(&format!("CREATE SCHEMA {schema}"))
+            .execute(&pool)
+            .await
+            .unwrap();
+        pool.close().await;
+        Self {
+            db: Db::Pg,
+            base: base.to_owned(),
+            table: format!("{schema}.messenger_messages"),
+            _tmp: None,
+        }
+    }
+
     pub async fn new(db: Db) -> Self {
         match db {
-            Db::Pg => {
-                let base = pg_base();
-                let schema = unique();
-                let pool = sqlx::PgPool::connect(&base).await.unwrap();
-                sqlx::query(&format!("CREATE SCHEMA {schema}"))
-                    .execute(&pool)
-                    .await
-                    .unwrap();
-                pool.close().await;
-                Self {
-                    db,
-                    base,
-                    table: format!("{schema}.messenger_messages"),
-                    _tmp: None,
-                }
-            }
+            Db::Pg => Self::pg_on(&pg_base()).await,
             Db::Sqlite => {
                 let tmp = tempfile::tempdir().unwrap();
                 let base = format!("sqlite://{}", tmp.path().join("queue.db").display());
@@ -216,4 +218,106 @@ macro_rules! on_both_databases {
             )*
         }
     };
+}
+
+/// A PostgreSQL server of a test's own (`initdb` in a temp dir, a free port), for tests that
+/// stop and start it; stopped when dropped.
+pub struct TempPg {
+    dir: tempfile::TempDir,
+    bin: std::path::PathBuf,
+    port: u16,
+}
+
+impl TempPg {
+    pub fn new() -> Self {
+        let bin = std::fs::read_dir("/usr/lib/postgresql")
+            .unwrap()
+            .map(|e| e.unwrap().path().join("bin"))
+            .filter(|p| p.join("pg_ctl").exists())
+            .max()
+            .expect("PostgreSQL's binaries under /usr/lib/postgresql");
+        let dir = tempfile::tempdir().unwrap();
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let pg = Self { dir, bin, port };
+        if rustix::process::geteuid().is_root() {
+            let out = std::process::Command::new("chown")
+                .args(["postgres:postgres"])
+                .arg(pg.dir.path())
+                .output()
+                .unwrap();
+            assert!(out.status.success(), "{out:?}");
+        }
+        pg.run("initdb", &["-A", "trust", "-U", "postgres", "-D"], true);
+        pg.start();
+        pg
+    }
+
+    fn data(&self) -> std::path::PathBuf {
+        self.dir.path().join("data")
+    }
+
+    /// A PostgreSQL program, run as the `postgres` user when root (the server refuses root).
+    fn command(&self, program: &str) -> std::process::Command {
+        let exe = self.bin.join(program);
+        if rustix::process::geteuid().is_root() {
+            let mut c = std::process::Command::new("runuser");
+            c.args(["-u", "postgres", "--"]).arg(exe);
+            c
+        } else {
+            std::process::Command::new(exe)
+        }
+    }
+
+    fn run(&self, program: &str, args: &[&str], with_data: bool) {
+        let mut cmd = self.command(program);
+        cmd.args(args);
+        if with_data {
+            cmd.arg(self.data());
+        }
+        let out = cmd.output().unwrap();
+        assert!(out.status.success(), "{program}: {out:?}");
+    }
+
+    /// Starts the server and waits until it accepts connections.
+    pub fn start(&self) {
+        let data = self.data();
+        let log = data.join("log");
+        let opts = format!("-p {} -k /tmp -c listen_addresses=127.0.0.1", self.port);
+        self.run(
+            "pg_ctl",
+            &[
+                "-w",
+                "-l",
+                log.to_str().unwrap(),
+                "-o",
+                &opts,
+                "start",
+                "-D",
+            ],
+            true,
+        );
+    }
+
+    /// Stops the server (fast shutdown: sessions are closed).
+    pub fn stop(&self) {
+        self.run("pg_ctl", &["-w", "-m", "fast", "stop", "-D"], true);
+    }
+
+    pub fn url(&self) -> String {
+        format!("postgres://postgres@127.0.0.1:{}/postgres", self.port)
+    }
+}
+
+impl Drop for TempPg {
+    fn drop(&mut self) {
+        let _ = self
+            .command("pg_ctl")
+            .args(["-m", "immediate", "stop", "-D"])
+            .arg(self.data())
+            .output();
+    }
 }
