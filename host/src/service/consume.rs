@@ -47,6 +47,68 @@ impl Execute for Manager {
     }
 }
 
+/// Whether the loop reaches its queue: what readiness reports. Not ready until the first
+/// fetch succeeds; not ready while fetches, start records or commits fail (the database is
+/// away), ready again once each of them that failed has succeeded. Changes are logged once.
+#[derive(Debug, Default)]
+pub struct Health(std::sync::Mutex<HealthState>);
+
+/// A moment of [`Health`].
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct HealthState {
+    /// The queue is reachable: a fetch succeeded and nothing fails now.
+    pub ready: bool,
+    /// Why not, when a call failed.
+    pub last_error: Option<String>,
+    fetched: bool,
+    failing: [bool; 3],
+}
+
+/// The database calls of the loop.
+#[derive(Debug, Clone, Copy)]
+enum Call {
+    Fetch = 0,
+    Start = 1,
+    Commit = 2,
+}
+
+impl Health {
+    /// Whether the queue is reachable now.
+    pub fn ready(&self) -> bool {
+        self.state().ready
+    }
+
+    /// The state now.
+    pub fn snapshot(&self) -> HealthState {
+        self.state().clone()
+    }
+
+    fn state(&self) -> std::sync::MutexGuard<'_, HealthState> {
+        self.0.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn up(&self, call: Call) {
+        let mut st = self.state();
+        st.failing[call as usize] = false;
+        st.fetched |= matches!(call, Call::Fetch);
+        let ready = st.fetched && !st.failing.contains(&true);
+        if ready && !st.ready && st.last_error.is_some() {
+            tracing::info!("the queue is reachable again");
+        }
+        st.ready = ready;
+    }
+
+    fn down(&self, call: Call, e: &Error) {
+        let mut st = self.state();
+        if st.ready {
+            tracing::warn!(cause = %e, "the queue is unreachable: not ready until it is back");
+        }
+        st.failing[call as usize] = true;
+        st.ready = false;
+        st.last_error = Some(e.to_string());
+    }
+}
+
 /// How the loop runs.
 #[derive(Debug, Clone)]
 pub struct ConsumeOptions {
@@ -66,6 +128,8 @@ pub struct ConsumeOptions {
     /// A request older than its timeout plus this is answered "expired" instead of run (Core
     /// has given up on it: it marks a request timed out after 30 s); `None`: always run.
     pub expire_grace: Option<Duration>,
+    /// Where the loop says whether it reaches the queue (readiness).
+    pub health: Arc<Health>,
 }
 
 impl Default for ConsumeOptions {
@@ -78,6 +142,7 @@ impl Default for ConsumeOptions {
             poll: Duration::from_secs(1),
             keepalive: Duration::from_secs(60),
             expire_grace: Some(Duration::from_secs(30)),
+            health: Arc::default(),
         }
     }
 }
@@ -120,6 +185,7 @@ pub async fn consume<Q: Queue, E: Execute>(
         settle_rx,
         in_flight.clone(),
         winding_down.clone(),
+        options.health.clone(),
     ));
     // Set when no new request is taken: start records still failing then give up (the
     // requests are left, not run, to the next process).
@@ -131,6 +197,7 @@ pub async fn consume<Q: Queue, E: Execute>(
         starts_rx,
         pace.clone(),
         draining.clone(),
+        options.health.clone(),
     ));
     // Registered before the first fetch: what an earlier process of this manager held comes
     // back at once.
@@ -192,11 +259,13 @@ pub async fn consume<Q: Queue, E: Execute>(
         };
         let rows = match fetched {
             Ok(rows) => {
+                options.health.up(Call::Fetch);
                 tracing::debug!(asked = slots.len(), got = rows.len(), "fetched");
                 backoff = Duration::from_millis(50);
                 rows
             }
             Err(e) => {
+                options.health.down(Call::Fetch, &e);
                 tracing::error!(cause = %e, "cannot fetch from the queue");
                 drop(slots);
                 if stopping {
@@ -546,6 +615,7 @@ async fn record_starts<Q: Queue>(
     mut rx: mpsc::UnboundedReceiver<StartRequest>,
     pace: Arc<Pace>,
     draining: Arc<std::sync::atomic::AtomicBool>,
+    health: Arc<Health>,
 ) {
     const ATTEMPTS_WHEN_STOPPING: u32 = 5;
     let mut buf = Vec::with_capacity(256);
@@ -558,6 +628,7 @@ async fn record_starts<Q: Queue>(
             let t = Instant::now();
             match queue.started(ids.clone()).await {
                 Ok(marked) => {
+                    health.up(Call::Start);
                     pace.note_record(t.elapsed());
                     break marked.into_iter().collect();
                 }
@@ -571,6 +642,7 @@ async fn record_starts<Q: Queue>(
                     break HashSet::new();
                 }
                 Err(e) => {
+                    health.down(Call::Start, &e);
                     tracing::error!(cause = %e, rows = ids.len(), "cannot record that requests start, retrying");
                     tokio::time::sleep(delay).await;
                     delay = (delay * 2).min(Duration::from_secs(5));
@@ -637,12 +709,13 @@ async fn write_settlements<Q: Queue>(
     mut rx: mpsc::UnboundedReceiver<Settle>,
     in_flight: Arc<Mutex<HashSet<i64>>>,
     stopping: Arc<std::sync::atomic::AtomicBool>,
+    health: Arc<Health>,
 ) {
     let mut buf = Vec::with_capacity(512);
     while rx.recv_many(&mut buf, 512).await > 0 {
         let batch = std::mem::take(&mut buf);
         let ids: Vec<i64> = batch.iter().map(Settle::request_id).collect();
-        commit(&*queue, batch, &stopping).await;
+        commit(&*queue, batch, &stopping, &health).await;
         // Given up on, a row comes back after the redeliver timeout: stop keeping it alive.
         let mut held = in_flight.lock().await;
         for id in ids {
@@ -654,10 +727,15 @@ async fn write_settlements<Q: Queue>(
 /// Commits a batch. A batch the database refuses a value of (too long, a NUL byte) is split
 /// until the row is alone, so the others are not held back by it; that row's answer is then
 /// parked in the failure queue with the reason. A database that is away is retried.
-async fn commit<Q: Queue>(queue: &Q, batch: Vec<Settle>, stopping: &std::sync::atomic::AtomicBool) {
+async fn commit<Q: Queue>(
+    queue: &Q,
+    batch: Vec<Settle>,
+    stopping: &std::sync::atomic::AtomicBool,
+    health: &Health,
+) {
     let mut pending = vec![batch];
     while let Some(mut batch) = pending.pop() {
-        match commit_retrying(queue, &batch, stopping).await {
+        match commit_retrying(queue, &batch, stopping, health).await {
             Ok(()) => {}
             Err(e) if e.is_row_problem() && batch.len() > 1 => {
                 let second = batch.split_off(batch.len() / 2);
@@ -694,6 +772,7 @@ async fn commit_retrying<Q: Queue>(
     queue: &Q,
     batch: &[Settle],
     stopping: &std::sync::atomic::AtomicBool,
+    health: &Health,
 ) -> Result<(), Error> {
     const ATTEMPTS_WHEN_STOPPING: u32 = 5;
     let mut delay = Duration::from_millis(100);
@@ -703,6 +782,7 @@ async fn commit_retrying<Q: Queue>(
         let t = Instant::now();
         match queue.complete(batch.to_vec()).await {
             Ok(()) => {
+                health.up(Call::Commit);
                 tracing::debug!(
                     rows = batch.len(),
                     elapsed_us = t.elapsed().as_micros() as u64,
@@ -720,6 +800,7 @@ async fn commit_retrying<Q: Queue>(
                 return Err(e);
             }
             Err(e) => {
+                health.down(Call::Commit, &e);
                 tracing::error!(cause = %e, attempt, rows = batch.len(), "cannot commit answers, keeping them and retrying");
                 tokio::time::sleep(delay).await;
                 delay = (delay * 2).min(Duration::from_secs(5));
@@ -1206,6 +1287,42 @@ mod tests {
         };
         consume(q.clone(), fake.clone(), opts, std::future::pending()).await;
         assert_eq!(fake.runs("old"), 1);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn readiness_follows_the_database() {
+        let q = Arc::new(MemoryQueue::new(options()));
+        let health = Arc::new(Health::default());
+        assert!(!health.ready(), "not ready before the first fetch");
+        q.fail_fetches(20);
+        let opts = ConsumeOptions {
+            health: health.clone(),
+            poll: Duration::from_millis(100),
+            ..ConsumeOptions::default()
+        };
+        let fake = Arc::new(Fake::default());
+        let run = tokio::spawn(consume(
+            q.clone(),
+            fake,
+            opts,
+            tokio::time::sleep(Duration::from_secs(120)),
+        ));
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        let st = health.snapshot();
+        assert!(!st.ready);
+        assert!(st.last_error.is_some_and(|e| e.contains("database error")));
+        // 20 failures with a backoff topping out at 5 s: back within ~90 s.
+        tokio::time::sleep(Duration::from_secs(90)).await;
+        assert!(health.ready(), "{:?}", health.snapshot());
+        // Commits failing make it not ready again until one succeeds.
+        q.fail_commits(3);
+        send(&q, "c1", "e").await;
+        tokio::time::sleep(Duration::from_millis(250)).await;
+        assert!(!health.ready());
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        assert!(health.ready());
+        assert_eq!(answers(&q), ["c1"]);
+        run.abort();
     }
 
     #[tokio::test(start_paused = true)]

@@ -10,7 +10,7 @@ use std::time::Instant;
 
 use tracing::Instrument;
 
-pub use consume::{ConsumeOptions, ConsumeStats, consume};
+pub use consume::{ConsumeOptions, ConsumeStats, Health, HealthState, consume};
 
 use crate::message::{EntityKind, ManagerRequest, ManagerResponse};
 use crate::registry::Registry;

@@ -21,10 +21,7 @@ impl Guest for Counter {
     }
 
     fn handle(req: Request) -> Response {
-        log::log(
-            log::Level::Info,
-            &format!("effect[{}]", req.correlation_id),
-        );
+        log::log(log::Level::Info, &format!("effect[{}]", req.correlation_id));
         let ms = marvin_plugin_sdk::arg_u64(&req, "ms").unwrap_or(40);
         std::thread::sleep(Duration::from_millis(ms));
         Response::ok("counted")
