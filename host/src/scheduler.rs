@@ -2,11 +2,11 @@
 //! (batching), and the order of requests on one entity (each waits for the previous one, so a
 //! `stop` sent after a `start` lands after it). It knows no queue and no plugin.
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use tokio::sync::{OwnedSemaphorePermit, Semaphore, watch};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, oneshot};
 
 /// How long a busy consumer waits for more free slots before fetching fewer rows.
 pub const BATCH_WAIT: Duration = Duration::from_millis(2);
@@ -51,26 +51,30 @@ impl Slots {
 }
 
 /// One entity's line: tickets are handed out in order; `head` is the first ticket not
-/// finished (the request that runs, or is about to).
-#[derive(Debug)]
-struct Line {
-    head: watch::Sender<u64>,
-    tickets: Mutex<Tickets>,
-}
+/// finished (the request that runs, or is about to). One lock for all of it.
+#[derive(Debug, Default)]
+struct Line(Mutex<LineState>);
 
 #[derive(Debug, Default)]
-struct Tickets {
+struct LineState {
+    head: u64,
     next: u64,
     /// Finished ahead of the head (a turn dropped before its time): skipped when reached.
     finished: BTreeSet<u64>,
+    /// Turns waiting for the head to reach a ticket, by that ticket: only they are woken when
+    /// it does (not every turn of a long line at every move).
+    waiters: BTreeMap<u64, Vec<oneshot::Sender<()>>>,
 }
 
 impl Line {
-    /// Every ticket handed out has finished. Lock order: the tickets, then the head (as in
-    /// [`Turn`]'s drop); the head is read and released first here.
+    fn state(&self) -> std::sync::MutexGuard<'_, LineState> {
+        self.0.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Every ticket handed out has finished.
     fn idle(&self) -> bool {
-        let head = *self.head.borrow();
-        head >= self.tickets.lock().unwrap_or_else(|e| e.into_inner()).next
+        let st = self.state();
+        st.head >= st.next
     }
 }
 
@@ -90,34 +94,47 @@ impl Turn {
     }
 
     /// Waits until at most `n()` requests of the entity are ahead of this one (the one
-    /// running included), `n` asked again each time the line moves: what is done ahead of a
+    /// running included; `n` is asked once, when the wait begins): what is done ahead of a
     /// request's turn (recording that it starts) can then overlap the requests before it.
     pub async fn near(&self, n: impl Fn() -> u64) {
-        let ticket = self.ticket;
-        let mut head = self.line.head.subscribe();
-        // The sender lives in the line this turn holds: it cannot be dropped.
-        let _ = head.wait_for(|h| h.saturating_add(n()) >= ticket).await;
+        let waiting = {
+            let mut st = self.line.state();
+            let due = self.ticket.saturating_sub(n());
+            if st.head >= due {
+                return;
+            }
+            let (tx, rx) = oneshot::channel();
+            st.waiters.entry(due).or_default().push(tx);
+            rx
+        };
+        // The sender is dropped only with the line this turn holds, or sent: either way the
+        // head has moved as far.
+        let _ = waiting.await;
     }
 
     /// How many requests of the entity are ahead of this one now.
     pub fn ahead(&self) -> u64 {
-        self.ticket.saturating_sub(*self.line.head.borrow())
+        self.ticket.saturating_sub(self.line.state().head)
     }
 }
 
 impl Drop for Turn {
     fn drop(&mut self) {
-        let mut tickets = self.line.tickets.lock().unwrap_or_else(|e| e.into_inner());
-        tickets.finished.insert(self.ticket);
-        let mut head = *self.line.head.borrow();
-        while tickets.finished.remove(&head) {
-            head += 1;
+        let mut st = self.line.state();
+        st.finished.insert(self.ticket);
+        while {
+            let head = st.head;
+            st.finished.remove(&head)
+        } {
+            st.head += 1;
         }
-        self.line.head.send_if_modified(|h| {
-            let moved = *h != head;
-            *h = head;
-            moved
-        });
+        let after_head = st.head + 1;
+        let later = st.waiters.split_off(&after_head);
+        let due = std::mem::replace(&mut st.waiters, later);
+        drop(st);
+        for tx in due.into_values().flatten() {
+            let _ = tx.send(());
+        }
     }
 }
 
@@ -177,19 +194,11 @@ impl Scheduler {
         // Lines whose last request has finished are forgotten, so the map holds only the
         // entities with work in flight.
         order.retain(|_, line| !line.idle());
-        let line = order
-            .entry(entity.to_owned())
-            .or_insert_with(|| {
-                Arc::new(Line {
-                    head: watch::Sender::new(0),
-                    tickets: Mutex::default(),
-                })
-            })
-            .clone();
+        let line = order.entry(entity.to_owned()).or_default().clone();
         let ticket = {
-            let mut tickets = line.tickets.lock().unwrap_or_else(|e| e.into_inner());
-            tickets.next += 1;
-            tickets.next - 1
+            let mut st = line.state();
+            st.next += 1;
+            st.next - 1
         };
         Turn { line, ticket }
     }
