@@ -239,11 +239,15 @@ pub(super) async fn dispatch(global: &GlobalArgs, args: DispatchArgs) -> anyhow:
     };
     let row = codec::encode_request(&request, format, Some(&args.bus));
     with_transport!(opened, t => {
-        if t.options().auto_setup {
-            t.setup().await?;
-        }
         let queue = t.options().queue_name.clone();
-        let id = t.send(&queue, row).await?;
+        // One INSERT; setup only when the table turns out to be missing.
+        let id = match t.send(&queue, row.clone()).await {
+            Err(e) if e.is_missing_table() && t.options().auto_setup => {
+                t.setup().await?;
+                t.send(&queue, row).await?
+            }
+            other => other?,
+        };
         eprintln!("dispatched {} as row {id} on queue {queue}", request.correlation_id);
         if !args.wait {
             return Ok(ExitCode::SUCCESS);

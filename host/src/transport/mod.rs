@@ -48,6 +48,16 @@ pub enum Error {
 }
 
 impl Error {
+    /// Whether the statement failed because the queue's table does not exist (yet).
+    pub fn is_missing_table(&self) -> bool {
+        match self {
+            Self::Db(sqlx::Error::Database(e)) => {
+                e.code().as_deref() == Some("42P01") || e.message().contains("no such table")
+            }
+            _ => false,
+        }
+    }
+
     /// Whether the database refused a value of the batch (too long, a NUL byte, a
     /// constraint), as opposed to being away: retrying the same batch cannot help, splitting
     /// it finds the row.

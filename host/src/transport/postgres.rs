@@ -58,6 +58,23 @@ enum VacuumState {
 }
 
 impl PgTransport {
+    /// Whether every table and index of the queue exists, and the NOTIFY trigger when used.
+    async fn tables_ready<'e, E>(&self, executor: E, relations: &[String]) -> Result<bool, Error>
+    where
+        E: sqlx::PgExecutor<'e>,
+    {
+        Ok(sqlx::query_scalar(
+            "SELECT (SELECT bool_and(to_regclass(r) IS NOT NULL) FROM unnest($1::text[]) AS r) \
+               AND (NOT $2 OR EXISTS (SELECT 1 FROM pg_trigger \
+                 WHERE tgname = 'notify_trigger' AND tgrelid = to_regclass($3)))",
+        )
+        .bind(relations)
+        .bind(self.options.use_notify)
+        .bind(self.table())
+        .fetch_one(executor)
+        .await?)
+    }
+
     /// A queue that fills and drains by thousands of rows a second outruns autovacuum: with
     /// statistics from when the table was empty, PostgreSQL plans the fetch as a bitmap scan
     /// of the whole backlog plus a sort (31 ms per call on a 20,000-row backlog instead of
@@ -172,13 +189,22 @@ impl PgTransport {
 
 impl Queue for PgTransport {
     async fn setup(&self) -> Result<(), Error> {
+        let statements = schema::postgres(self.table(), self.options.use_notify);
+        let relations = schema::relations(&statements, self.table());
+        // Ready: no DDL at all (DDL takes locks that deadlock against other processes'
+        // fetches and setups when many start at once).
+        if self.tables_ready(&self.pool, &relations).await? {
+            return Ok(());
+        }
         let mut tx = self.pool.begin().await?;
-        // One setup at a time, like Symfony's (the DDL is not concurrency-safe in PostgreSQL).
+        // One setup at a time; the one that waited finds the work done.
         sqlx::query("SELECT pg_advisory_xact_lock(7302911)")
             .execute(&mut *tx)
             .await?;
-        for stmt in schema::postgres(self.table(), self.options.use_notify) {
-            sqlx::query(&stmt).execute(&mut *tx).await?;
+        if !self.tables_ready(&mut *tx, &relations).await? {
+            for stmt in statements {
+                sqlx::query(&stmt).execute(&mut *tx).await?;
+            }
         }
         tx.commit().await?;
         Ok(())

@@ -48,6 +48,26 @@ fn split(table: &str) -> (&str, &str) {
     }
 }
 
+/// The tables and indexes `statements` create, as names to look up (indexes qualified with
+/// the schema of `table`, where PostgreSQL puts them): when all exist (and the trigger, on
+/// PostgreSQL), setup has nothing to do and runs no DDL.
+pub(crate) fn relations(statements: &[String], table: &str) -> Vec<String> {
+    let (_, schema) = split(table);
+    statements
+        .iter()
+        .filter_map(|stmt| {
+            if let Some(rest) = stmt.strip_prefix("CREATE TABLE IF NOT EXISTS ") {
+                rest.split_whitespace().next().map(str::to_owned)
+            } else {
+                let rest = stmt.strip_prefix("CREATE INDEX IF NOT EXISTS ")?;
+                rest.split_whitespace()
+                    .next()
+                    .map(|i| format!("{schema}{i}"))
+            }
+        })
+        .collect()
+}
+
 /// PostgreSQL: table, indexes, and (with `use_notify`) Symfony's NOTIFY trigger.
 pub(crate) fn postgres(table: &str, use_notify: bool) -> Vec<String> {
     let mut sql = vec![format!(
@@ -138,6 +158,18 @@ mod tests {
             dbal_index_name("messenger_messages", "delivered_at"),
             "IDX_75EA56E016BA31DB"
         );
+    }
+
+    #[test]
+    fn relations_are_every_table_and_index_created() {
+        let r = relations(&postgres("app.queue", true), "app.queue");
+        assert_eq!(r.len(), 10, "{r:?}");
+        assert!(r.contains(&"app.queue".to_owned()));
+        assert!(r.contains(&"app.marvin_manager_claims".to_owned()));
+        assert!(r.contains(&"app.marvin_manager_ledger_received".to_owned()));
+        assert!(r.iter().any(|n| n.starts_with("app.IDX_")));
+        let r = relations(&sqlite("messenger_messages"), "messenger_messages");
+        assert_eq!(r.len(), 10, "{r:?}");
     }
 
     #[test]

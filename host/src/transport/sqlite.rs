@@ -97,6 +97,22 @@ impl Inner {
         &self.pool
     }
 
+    /// Whether every table and index of the queue exists.
+    async fn tables_ready<'e, E>(&self, executor: E, relations: &[String]) -> Result<bool, Error>
+    where
+        E: sqlx::SqliteExecutor<'e>,
+    {
+        let names = serde_json::to_string(relations).unwrap_or_else(|_| "[]".into());
+        let found: i64 = sqlx::query_scalar(
+            "SELECT count(*) FROM sqlite_master WHERE type IN ('table', 'index') \
+             AND name IN (SELECT value FROM json_each(?1))",
+        )
+        .bind(names)
+        .fetch_one(executor)
+        .await?;
+        Ok(usize::try_from(found).is_ok_and(|n| n == relations.len()))
+    }
+
     fn table(&self) -> &str {
         &self.options.table_name
     }
@@ -309,10 +325,19 @@ impl Queue for SqliteTransport {
     async fn setup(&self) -> Result<(), Error> {
         let inner = self.0.clone();
         detached(async move {
+            let statements = schema::sqlite(inner.table());
+            let relations = schema::relations(&statements, inner.table());
+            // Ready: no DDL, no write lock taken.
+            if inner.tables_ready(&inner.pool, &relations).await? {
+                return Ok(());
+            }
+            // One setup at a time (the write lock); the one that waited finds the work done.
             let mut tx = inner.begin_immediate().await?;
             let r = async {
-                for stmt in schema::sqlite(inner.table()) {
-                    sqlx::query(&stmt).execute(&mut *tx).await?;
+                if !inner.tables_ready(&mut *tx, &relations).await? {
+                    for stmt in statements {
+                        sqlx::query(&stmt).execute(&mut *tx).await?;
+                    }
                 }
                 Ok(())
             }
