@@ -11,7 +11,7 @@ mod common;
 
 use std::collections::HashMap;
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Command};
 use std::time::{Duration, Instant};
 
 use common::db::{Db, TempPg, TestDb, send};
@@ -33,22 +33,8 @@ const KILLS: usize = 10;
 const ENTITIES: usize = 6;
 
 fn serve(cwd: &Path, dsn: &str, log: &str) -> Child {
-    Command::new(env!("CARGO_BIN_EXE_marvin-manager"))
-        .current_dir(cwd)
+    common::manager_command(cwd, dsn, &cwd.join(log))
         .arg("serve")
-        .env("MARVIN_CACHE_DIR", cwd.join("cache"))
-        .env("MARVIN_DSN", dsn)
-        .env("MARVIN_CONFIG", cwd.join("manager.toml"))
-        .env_remove("MARVIN_PLUGINS_DIR")
-        .env_remove("RUST_LOG")
-        .stdout(Stdio::null())
-        .stderr(Stdio::from(
-            std::fs::OpenOptions::new()
-                .create(true)
-                .append(true)
-                .open(cwd.join(log))
-                .unwrap(),
-        ))
         .spawn()
         .unwrap()
 }

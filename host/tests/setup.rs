@@ -7,8 +7,7 @@
 
 mod common;
 
-use std::path::Path;
-use std::process::{Child, Command, Stdio};
+use std::process::Child;
 use std::time::{Duration, Instant};
 
 use common::db::{Db, TestDb};
@@ -19,19 +18,6 @@ on_both_databases!(five_serve_and_five_dispatch_start_together_on_an_empty_datab
 
 const ROUNDS: usize = 20;
 const PROCESSES: usize = 5;
-
-fn command(cwd: &Path, dsn: &str, log: &Path) -> Command {
-    let mut c = Command::new(env!("CARGO_BIN_EXE_marvin-manager"));
-    c.current_dir(cwd)
-        .env("MARVIN_CACHE_DIR", cwd.join("cache"))
-        .env("MARVIN_DSN", dsn)
-        .env("MARVIN_CONFIG", cwd.join("manager.toml"))
-        .env_remove("MARVIN_PLUGINS_DIR")
-        .env_remove("RUST_LOG")
-        .stdout(Stdio::null())
-        .stderr(Stdio::from(std::fs::File::create(log).unwrap()));
-    c
-}
 
 async fn five_serve_and_five_dispatch_start_together_on_an_empty_database<T: Queue + Records>(
     db: &TestDb,
@@ -51,13 +37,13 @@ async fn five_serve_and_five_dispatch_start_together_on_an_empty_database<T: Que
         let mut dispatches: Vec<Child> = Vec::new();
         for k in 0..PROCESSES {
             serves.push(
-                command(s.path(), &dsn, &log("serve", k))
+                common::manager_command(s.path(), &dsn, &log("serve", k))
                     .arg("serve")
                     .spawn()
                     .unwrap(),
             );
             dispatches.push(
-                command(s.path(), &dsn, &log("dispatch", k))
+                common::manager_command(s.path(), &dsn, &log("dispatch", k))
                     .args(["dispatch", "--entity", "c1", "--action", "start", "--wait"])
                     .args(["--correlation-id", &format!("r{round}-{k}")])
                     .spawn()

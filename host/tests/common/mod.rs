@@ -178,3 +178,25 @@ pub async fn assert_echo_still_serves(m: &Manager) {
     assert_eq!(seen["args"]["k"], "v");
     assert_eq!(r.metadata["plugin"], "echo");
 }
+
+/// The `marvin-manager` binary run from `cwd` on `dsn`, as an operator would start it there:
+/// `cwd/manager.toml`, its `plugins` directory, a compile cache in `cwd/cache`; stderr
+/// appended to `log`.
+pub fn manager_command(cwd: &Path, dsn: &str, log: &Path) -> std::process::Command {
+    let mut c = std::process::Command::new(env!("CARGO_BIN_EXE_marvin-manager"));
+    c.current_dir(cwd)
+        .env("MARVIN_CACHE_DIR", cwd.join("cache"))
+        .env("MARVIN_DSN", dsn)
+        .env("MARVIN_CONFIG", cwd.join("manager.toml"))
+        .env_remove("MARVIN_PLUGINS_DIR")
+        .env_remove("RUST_LOG")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::from(
+            std::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(log)
+                .unwrap(),
+        ));
+    c
+}
