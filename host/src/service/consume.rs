@@ -658,47 +658,38 @@ async fn record_starts<Q: Queue>(
 /// The answer to a request Core has given up on: carrying it out now (a restart minutes or
 /// hours late) would surprise more than it helps.
 fn expired(request: &ManagerRequest, age: Duration, grace: Duration) -> ManagerResponse {
-    let mut metadata = serde_json::Map::new();
-    metadata.insert("expired".into(), true.into());
-    metadata.insert("age_secs".into(), age.as_secs().into());
-    ManagerResponse {
-        correlation_id: request.correlation_id.clone(),
-        entity_type: EntityKind::guess(&request.action),
-        entity_id: request.entity_id.clone(),
-        action: request.action.clone(),
-        success: false,
-        output: None,
-        error: Some(format!(
+    let mut r = ManagerResponse::failure(
+        request,
+        EntityKind::guess(&request.action),
+        format!(
             "expired, not run: the request was sent {} s ago, past its timeout of {} s and {} s of grace, so Core no longer waits for it",
             age.as_secs(),
             request.timeout().as_secs(),
             grace.as_secs()
-        )),
-        metadata,
-    }
+        ),
+    );
+    r.metadata.insert("expired".into(), true.into());
+    r.metadata.insert("age_secs".into(), age.as_secs().into());
+    r
 }
 
-/// The answer to a request a manager took and stopped without answering (a crash, a kill):
-/// its action may have run (or been waiting for its turn), so it is not run again; Core
-/// decides.
+/// The answer to a request whose action a manager started and which it did not answer (a
+/// crash, a kill): the action may have run, so it is not run again; Core decides.
 fn interrupted(request: &ManagerRequest, claim: &Claim) -> ManagerResponse {
-    let mut metadata = serde_json::Map::new();
-    metadata.insert("interrupted".into(), true.into());
-    metadata.insert("started_at".into(), claim.started_at.clone().into());
-    metadata.insert("manager".into(), claim.manager.clone().into());
-    ManagerResponse {
-        correlation_id: request.correlation_id.clone(),
-        entity_type: EntityKind::guess(&request.action),
-        entity_id: request.entity_id.clone(),
-        action: request.action.clone(),
-        success: false,
-        output: None,
-        error: Some(format!(
+    let mut r = ManagerResponse::failure(
+        request,
+        EntityKind::guess(&request.action),
+        format!(
             "the manager that took this request (manager '{}', at {}) stopped before answering, possibly during the action; it was not run again, so that it does not run twice: check the state of '{}'",
             claim.manager, claim.started_at, request.entity_id
-        )),
-        metadata,
-    }
+        ),
+    );
+    r.metadata.insert("interrupted".into(), true.into());
+    r.metadata
+        .insert("started_at".into(), claim.started_at.clone().into());
+    r.metadata
+        .insert("manager".into(), claim.manager.clone().into());
+    r
 }
 
 /// Commits answers in batches: everything queued when the previous commit ends goes into the
