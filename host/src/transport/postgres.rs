@@ -225,9 +225,9 @@ impl Queue for PgTransport {
             claims, managers, ..
         } = &self.names;
         // Rows a dead manager held (its process was replaced, or it stopped heart-beating)
-        // are taken back at once; the claim of each taken row is written in the same
-        // statement (and committed: the fetch pool commits synchronously), so a request that
-        // comes back later is known to have been started.
+        // are taken back at once; each taken row is claimed for this process in the same
+        // statement (no start time: `started` records that), keeping the start of a claim
+        // taken over, so a request that comes back is known to have been started or not.
         let rows = sqlx::query(&format!(
             "WITH picked AS (SELECT id, delivered_at FROM {t} \
                WHERE queue_name = $1 AND (delivered_at IS NULL OR delivered_at < $2::timestamp \
@@ -245,10 +245,8 @@ impl Queue for PgTransport {
                SELECT id, $8, $9, NULL FROM marked \
                ON CONFLICT (row_id) DO UPDATE SET instance = EXCLUDED.instance, \
                  manager = CASE WHEN {claims}.started_at IS NULL THEN EXCLUDED.manager ELSE {claims}.manager END) \
-             SELECT marked.*, \
-               (SELECT c.manager FROM {claims} c WHERE c.row_id = marked.id AND c.started_at IS NOT NULL) AS claimed_by, \
-               (SELECT c.started_at FROM {claims} c WHERE c.row_id = marked.id) AS claimed_at \
-             FROM marked",
+             SELECT marked.*, c.manager AS claimed_by, c.started_at AS claimed_at \
+             FROM marked LEFT JOIN {claims} c ON c.row_id = marked.id AND c.started_at IS NOT NULL",
             candidate_filter()
         ))
         // Planned for these values every time: PostgreSQL's generic plan for this statement
@@ -559,18 +557,13 @@ impl Records for PgTransport {
     }
 }
 
-/// The rows a fetch decodes (`$4` the class as stored, `$10` the same in lower case, `$11`
-/// the class with single backslashes in lower case, `$12` the envelope's message marker):
-/// those naming the request class (the first test is the fast path of a busy queue; the
-/// lower-case ones catch other letter cases and bodies never addslashed), base64 bodies, PHP
-/// envelopes without their message (truncated), and JSON-looking rows of a request without a
-/// `type` header. Symfony decodes the first as requests and rejects the others; a row of
-/// another class is left unread. (No regular expression: PostgreSQL compiles one while
-/// planning every fetch, ~1 ms.)
-fn candidate_filter() -> &'static str {
-    "strpos(body, $4) > 0 OR strpos(headers, $4) > 0 \
-     OR (headers = '[]' AND right(body, 1) <> '}') \
-     OR strpos(lower(body), $10) > 0 OR strpos(lower(headers), $10) > 0 OR strpos(lower(body), $11) > 0 \
-     OR (headers = '[]' AND strpos(body, 'Envelope') > 0 AND strpos(body, $12) = 0) \
-     OR (headers <> '[]' AND strpos(headers, '\"type\"') = 0 AND strpos(body, '\"containerId\"') > 0)"
+/// The fetch's filter (see [`super::candidate_filter`]).
+fn candidate_filter() -> String {
+    super::candidate_filter(
+        |h, n| format!("strpos({h}, {n})"),
+        |c| format!("right({c}, 1)"),
+        ["$4", "$10", "$11", "$12"],
+        "body",
+        "headers",
+    )
 }

@@ -147,8 +147,9 @@ impl Inner {
             claims, managers, ..
         } = &self.names;
         // Rows a dead manager held (its process was replaced, or it stopped heart-beating)
-        // are taken back at once; each taken row is claimed in this transaction, so a request
-        // that comes back later is known to have been started.
+        // are taken back at once; each taken row is claimed for this process in this
+        // transaction (no start time: `started` records that), keeping the start of a claim
+        // taken over, so a request that comes back is known to have been started or not.
         let rows = sqlx::query(&format!(
             "SELECT m.id, m.body, m.headers, m.delivered_at IS NOT NULL AS redelivered, \
                MAX(CAST(strftime('%s', ?3) AS INTEGER) - CAST(strftime('%s', m.created_at) AS INTEGER), 0) AS age_secs, \
@@ -159,12 +160,15 @@ impl Inner {
                WHERE g.instance IS NULL OR g.beat_at < CAST(strftime('%s', 'now') AS INTEGER) - ?7)) \
              AND m.available_at <= ?3 \
              AND m.id NOT IN (SELECT value FROM json_each(?6)) \
-             AND (instr(m.body, ?4) > 0 OR instr(m.headers, ?4) > 0 \
-               OR (m.headers = '[]' AND substr(m.body, -1) <> '}}') \
-               OR instr(lower(m.body), ?8) > 0 OR instr(lower(m.headers), ?8) > 0 OR instr(lower(m.body), ?9) > 0 \
-               OR (m.headers = '[]' AND instr(m.body, 'Envelope') > 0 AND instr(m.body, ?10) = 0) \
-               OR (m.headers <> '[]' AND instr(m.headers, '\"type\"') = 0 AND instr(m.body, '\"containerId\"') > 0)) \
-             ORDER BY m.available_at ASC, m.id ASC LIMIT ?5"
+             AND ({}) \
+             ORDER BY m.available_at ASC, m.id ASC LIMIT ?5",
+            super::candidate_filter(
+                |h, n| format!("instr({h}, {n})"),
+                |c| format!("substr({c}, -1)"),
+                ["?4", "?8", "?9", "?10"],
+                "m.body",
+                "m.headers",
+            )
         ))
         .bind(&self.options.queue_name)
         .bind(ago_text(&self.options, self.options.redeliver_timeout_secs))
