@@ -72,6 +72,17 @@ enum Call {
     Commit = 2,
 }
 
+impl Call {
+    /// What the log says while the call is retried.
+    fn retrying(self) -> &'static str {
+        match self {
+            Self::Fetch => "cannot fetch from the queue, retrying",
+            Self::Start => "cannot record that requests start, retrying",
+            Self::Commit => "cannot commit answers, keeping them and retrying",
+        }
+    }
+}
+
 impl Health {
     /// Whether the queue is reachable now.
     pub fn ready(&self) -> bool {
@@ -617,36 +628,28 @@ async fn record_starts<Q: Queue>(
     draining: Arc<std::sync::atomic::AtomicBool>,
     health: Arc<Health>,
 ) {
-    const ATTEMPTS_WHEN_STOPPING: u32 = 5;
     let mut buf = Vec::with_capacity(256);
     while rx.recv_many(&mut buf, 1024).await > 0 {
         let batch = std::mem::take(&mut buf);
         let ids: Vec<i64> = batch.iter().map(|(id, _)| *id).collect();
-        let mut delay = Duration::from_millis(50);
-        let mut last_tries = 0;
-        let recorded: HashSet<i64> = loop {
-            let t = Instant::now();
-            match queue.started(ids.clone()).await {
-                Ok(marked) => {
-                    health.up(Call::Start);
-                    pace.note_record(t.elapsed());
-                    break marked.into_iter().collect();
-                }
-                Err(e)
-                    if draining.load(Ordering::Relaxed) && {
-                        last_tries += 1;
-                        last_tries > ATTEMPTS_WHEN_STOPPING
-                    } =>
-                {
-                    tracing::error!(cause = %e, rows = ids.len(), "cannot record that requests start; leaving them to the next process");
-                    break HashSet::new();
-                }
-                Err(e) => {
-                    health.down(Call::Start, &e);
-                    tracing::error!(cause = %e, rows = ids.len(), "cannot record that requests start, retrying");
-                    tokio::time::sleep(delay).await;
-                    delay = (delay * 2).min(Duration::from_secs(5));
-                }
+        let recorded: HashSet<i64> = match retrying(
+            Call::Start,
+            &health,
+            &draining,
+            Duration::from_millis(50),
+            ids.len(),
+            |_| false,
+            || queue.started(ids.clone()),
+        )
+        .await
+        {
+            Ok((marked, took)) => {
+                pace.note_record(took);
+                marked.into_iter().collect()
+            }
+            Err(e) => {
+                tracing::error!(cause = %e, rows = ids.len(), "cannot record that requests start; leaving them to the next process");
+                HashSet::new()
             }
         };
         for (id, tx) in batch {
@@ -765,23 +768,49 @@ async fn commit_retrying<Q: Queue>(
     stopping: &std::sync::atomic::AtomicBool,
     health: &Health,
 ) -> Result<(), Error> {
+    let (_, took) = retrying(
+        Call::Commit,
+        health,
+        stopping,
+        Duration::from_millis(100),
+        batch.len(),
+        Error::is_row_problem,
+        || queue.complete(batch.to_vec()),
+    )
+    .await?;
+    tracing::debug!(
+        rows = batch.len(),
+        elapsed_us = took.as_micros() as u64,
+        "answers committed"
+    );
+    Ok(())
+}
+
+/// Makes a database call until it succeeds, retrying with backoff (from `first_delay`,
+/// doubling up to 5 s) for as long as the service runs, and a few more times once `stopping`
+/// is set; an error `final_error` says retrying cannot help is returned at once (`rows`: how
+/// many rows it carries, for the log). The loop's
+/// health follows the call. Returns the result and how long the successful attempt took.
+async fn retrying<T, F: Future<Output = Result<T, Error>>>(
+    call: Call,
+    health: &Health,
+    stopping: &std::sync::atomic::AtomicBool,
+    first_delay: Duration,
+    rows: usize,
+    final_error: impl Fn(&Error) -> bool,
+    mut attempt: impl FnMut() -> F,
+) -> Result<(T, Duration), Error> {
     const ATTEMPTS_WHEN_STOPPING: u32 = 5;
-    let mut delay = Duration::from_millis(100);
-    let mut attempt = 1;
-    let mut last_tries = 0;
+    let mut delay = first_delay;
+    let (mut tries, mut last_tries) = (1, 0);
     loop {
         let t = Instant::now();
-        match queue.complete(batch.to_vec()).await {
-            Ok(()) => {
-                health.up(Call::Commit);
-                tracing::debug!(
-                    rows = batch.len(),
-                    elapsed_us = t.elapsed().as_micros() as u64,
-                    "answers committed"
-                );
-                return Ok(());
+        match attempt().await {
+            Ok(v) => {
+                health.up(call);
+                return Ok((v, t.elapsed()));
             }
-            Err(e) if e.is_row_problem() => return Err(e),
+            Err(e) if final_error(&e) => return Err(e),
             Err(e)
                 if stopping.load(Ordering::Relaxed) && {
                     last_tries += 1;
@@ -791,11 +820,11 @@ async fn commit_retrying<Q: Queue>(
                 return Err(e);
             }
             Err(e) => {
-                health.down(Call::Commit, &e);
-                tracing::error!(cause = %e, attempt, rows = batch.len(), "cannot commit answers, keeping them and retrying");
+                health.down(call, &e);
+                tracing::error!(cause = %e, attempt = tries, rows, "{}", call.retrying());
                 tokio::time::sleep(delay).await;
                 delay = (delay * 2).min(Duration::from_secs(5));
-                attempt += 1;
+                tries += 1;
             }
         }
     }
