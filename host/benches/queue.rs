@@ -88,7 +88,7 @@ fn main() {
         std::env::var("MARVIN_TEST_PG").expect("MARVIN_TEST_PG: run `. scripts/services` first");
     let php = std::env::var("MARVIN_TEST_PHP").unwrap_or_else(|_| "php".into());
     if std::env::var_os("RUST_LOG").is_some() {
-        marvin_manager::cli::init_tracing("warn");
+        marvin_manager::cli::logging::init("warn", marvin_manager::cli::logging::LogFormat::Text);
     }
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()

@@ -36,6 +36,17 @@ pub struct Config {
     /// This manager among those sharing the queue.
     #[serde(default)]
     pub manager: ManagerConfig,
+    /// The operator's HTTP listener: metrics and health.
+    #[serde(default)]
+    pub http: HttpConfig,
+}
+
+/// `[http]`: off unless `listen` is set.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HttpConfig {
+    /// `host:port` to serve `/metrics`, `/healthz` and `/readyz` on, e.g. `127.0.0.1:9464`.
+    pub listen: Option<String>,
 }
 
 /// `[manager]`.
@@ -72,7 +83,7 @@ pub struct RuntimeConfig {
 }
 
 /// `[transport]`.
-#[derive(Debug, Clone, Default, Deserialize)]
+#[derive(Clone, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct TransportConfig {
     /// `postgres://…` or `sqlite://…`, with Symfony's options in the query string. `--dsn`
@@ -80,6 +91,15 @@ pub struct TransportConfig {
     pub dsn: Option<String>,
     /// Requests carried out at once.
     pub concurrency: Option<usize>,
+}
+
+impl std::fmt::Debug for TransportConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TransportConfig")
+            .field("dsn", &self.dsn.as_deref().map(crate::secrets::url))
+            .field("concurrency", &self.concurrency)
+            .finish()
+    }
 }
 
 /// `[docker]`.
@@ -96,7 +116,7 @@ pub struct DockerConfig {
 }
 
 /// `[supervisor]`.
-#[derive(Debug, Clone, Default, Deserialize)]
+#[derive(Clone, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct SupervisorConfig {
     /// `unix:///var/run/supervisor.sock` (the default) or `http://127.0.0.1:9001`
@@ -106,6 +126,19 @@ pub struct SupervisorConfig {
     pub username: Option<String>,
     /// Its password.
     pub password: Option<String>,
+}
+
+impl std::fmt::Debug for SupervisorConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SupervisorConfig")
+            .field("url", &self.url.as_deref().map(crate::secrets::url))
+            .field("username", &self.username)
+            .field(
+                "password",
+                &self.password.as_ref().map(|_| crate::secrets::MASK),
+            )
+            .finish()
+    }
 }
 
 /// `[plugins.<name>]`.
@@ -237,8 +270,19 @@ impl Config {
     }
 
     /// Parses TOML text.
+    ///
+    /// The error names the line and column but never quotes the file: the line could hold a
+    /// password.
     pub fn parse(text: &str) -> Result<Self, String> {
-        toml::from_str(text).map_err(|e| e.to_string().trim_end().to_owned())
+        toml::from_str(text).map_err(|e| {
+            let at = e.span().map(|span| {
+                let before = &text[..span.start.min(text.len())];
+                let line = before.matches('\n').count() + 1;
+                let column = before.len() - before.rfind('\n').map_or(0, |i| i + 1) + 1;
+                format!("line {line}, column {column}: ")
+            });
+            format!("{}{}", at.unwrap_or_default(), e.message().trim_end())
+        })
     }
 
     /// Checks what serde cannot.
@@ -275,7 +319,8 @@ impl Config {
             && !url.starts_with("http://")
         {
             return Err(format!(
-                "[supervisor] url = '{url}' must start with unix:// or http://"
+                "[supervisor] url = '{}' must start with unix:// or http://",
+                crate::secrets::url(url)
             ));
         }
         let caps = std::iter::once(("[runtime]".to_owned(), self.runtime.max_memory_bytes)).chain(
@@ -307,12 +352,34 @@ impl Config {
         if let Some(p) = self.runtime.cache_dir.as_mut() {
             join(p);
         }
+        if let Some(dsn) = self.transport.dsn.as_mut() {
+            *dsn = sqlite_relative_to(dsn, base);
+        }
         for plugin in self.plugins.values_mut() {
             plugin.grants.files.iter_mut().for_each(join);
             if let Some(d) = plugin.grants.docker.as_mut() {
                 d.build_dirs.iter_mut().for_each(join);
             }
         }
+    }
+}
+
+/// `sqlite://relative.db…` with the path joined to `base`; any other DSN as is. `sqlite:///abs`
+/// and in-memory databases (`sqlite::memory:`, `mode=memory`) are left alone.
+pub fn sqlite_relative_to(dsn: &str, base: &Path) -> String {
+    let Some(rest) = dsn.strip_prefix("sqlite://") else {
+        return dsn.to_owned();
+    };
+    let (path, query) = rest
+        .split_once('?')
+        .map_or((rest, None), |(p, q)| (p, Some(q)));
+    if path.is_empty() || path.starts_with('/') || path.starts_with(":memory:") {
+        return dsn.to_owned();
+    }
+    let joined = base.join(path);
+    match query {
+        Some(q) => format!("sqlite://{}?{q}", joined.display()),
+        None => format!("sqlite://{}", joined.display()),
     }
 }
 

@@ -9,7 +9,7 @@
 //! [`registry`] (entity id -> target) -> [`router`] (kind and action -> plugin) ->
 //! [`runtime`] (wasmtime, plugin loading, limits) -> [`capabilities`] (host calls, grant
 //! checks, backends). [`scripting`] runs plugins against scripted or recorded host calls.
-//! [`config`], [`message`] and [`bindings`] are data types. [`cli`] builds the parts: the one
+//! [`config`], [`message`], [`secrets`], [`metrics`] and [`bindings`] are data types. [`cli`] builds the parts: the one
 //! composition root. `docs/architecture.md` draws the map and lists the imports that must
 //! never exist.
 
@@ -20,10 +20,12 @@ pub mod codec;
 pub mod config;
 pub mod ledger;
 pub mod message;
+pub mod metrics;
 pub mod registry;
 pub mod router;
 pub mod runtime;
 pub mod scheduler;
 pub mod scripting;
+pub mod secrets;
 pub mod service;
 pub mod transport;

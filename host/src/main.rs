@@ -12,7 +12,7 @@ static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 fn main() -> ExitCode {
     let cli = marvin_manager::cli::Cli::parse();
-    marvin_manager::cli::init_tracing(cli.default_log_level());
+    cli.init_tracing();
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -30,7 +30,7 @@ fn main() -> ExitCode {
     match result {
         Ok(code) => code,
         Err(e) => {
-            eprintln!("error: {e:#}");
+            eprintln!("error: {}", marvin_manager::cli::describe(&e));
             ExitCode::FAILURE
         }
     }

@@ -8,7 +8,7 @@ use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 
 /// Data types every stage may use: they import no stage.
-const DATA: &[&str] = &["config", "message", "bindings"];
+const DATA: &[&str] = &["config", "message", "bindings", "secrets", "metrics"];
 
 /// What each stage may import besides [`DATA`] (docs/architecture.md, "may import").
 fn allowed(stage: &str) -> Option<&'static [&'static str]> {
@@ -33,7 +33,7 @@ fn allowed(stage: &str) -> Option<&'static [&'static str]> {
         "runtime" => &["capabilities"],
         "capabilities" => &[],
         "scripting" => &["runtime", "capabilities"],
-        "config" | "message" | "bindings" => &[],
+        "config" | "message" | "bindings" | "secrets" | "metrics" => &[],
         other => panic!("{other} is not a stage of docs/architecture.md: add it there and here"),
     })
 }

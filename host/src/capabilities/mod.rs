@@ -71,6 +71,9 @@ impl Capabilities {
             reason = %denied.0,
             "capability call denied"
         );
+        if let Some(m) = crate::metrics::get() {
+            m.denied(self.policy.plugin());
+        }
         types::Error::PermissionDenied(denied.to_string())
     }
 

@@ -308,7 +308,7 @@ impl Policy {
 }
 
 /// The variables `grants` (patterns of names, or `NAME=value`) give a plugin, from `own`.
-fn environment(
+pub fn environment(
     grants: &[String],
     own: impl Iterator<Item = (String, String)>,
 ) -> Vec<(String, String)> {

@@ -3,11 +3,24 @@
 //! runtime, backends, recorder) are built here and handed in; nothing below reads the process
 //! environment or the working directory.
 
+/// Runs `$body` with `$t` bound to whichever transport `$opened` holds.
+macro_rules! with_transport {
+    ($opened:expr, $t:ident => $body:expr) => {
+        match $opened {
+            $crate::cli::queue::Opened::Pg($t) => $body,
+            $crate::cli::queue::Opened::Sqlite($t) => $body,
+        }
+    };
+}
+
 mod entities;
+mod http;
+pub mod logging;
 mod plugin_test;
 mod plugins;
 mod queue;
 mod run;
+mod serve;
 
 pub use queue::DEFAULT_DSN;
 
@@ -45,7 +58,7 @@ pub struct Cli {
     command: Command,
 }
 
-#[derive(Debug, Args)]
+#[derive(Debug, Clone, Args)]
 struct GlobalArgs {
     /// The config file [default: manager.toml in the working directory, when present]
     #[arg(long, global = true, env = "MARVIN_CONFIG", value_name = "FILE")]
@@ -63,12 +76,21 @@ struct GlobalArgs {
         hide_env_values = true
     )]
     dsn: Option<String>,
+    /// How log lines are written: text, or JSON lines for log shippers.
+    #[arg(
+        long,
+        global = true,
+        env = "MARVIN_LOG_FORMAT",
+        value_enum,
+        default_value = "text"
+    )]
+    log_format: logging::LogFormat,
 }
 
 #[derive(Debug, Subcommand)]
 enum Command {
     /// Consumes requests from the queue and answers them, like `messenger:consume`.
-    Serve(queue::ServeArgs),
+    Serve(serve::ServeArgs),
     /// Creates the queue table (as Symfony does) and the manager's tables.
     Setup(queue::SetupArgs),
     /// Sends a request as Core does; `--wait` prints the answer.
@@ -96,23 +118,36 @@ impl Cli {
     }
 }
 
-/// Installs the log subscriber on stderr: `RUST_LOG`, else `default`.
-pub fn init_tracing(default: &str) {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
-    tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .try_init()
-        .ok();
+impl Cli {
+    /// Installs the log subscriber on stderr: `RUST_LOG`, else the command's default level,
+    /// in the format asked for.
+    pub fn init_tracing(&self) {
+        logging::init(self.default_log_level(), self.global.log_format);
+    }
+}
+
+/// An error for people: its chain of causes, each said once (a cause whose text the message
+/// before it already holds is left out), without any known secret.
+pub fn describe(error: &anyhow::Error) -> String {
+    let mut text = String::new();
+    for cause in error.chain() {
+        let c = cause.to_string();
+        if text.contains(&c) {
+            continue;
+        }
+        if !text.is_empty() {
+            text.push_str(": ");
+        }
+        text.push_str(&c);
+    }
+    logging::scrub(&text)
 }
 
 /// Runs the command.
 pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     match cli.command {
         Command::Plugins(args) => plugins::run(&cli.global, args).await,
-        Command::Serve(args) => queue::serve(&cli.global, args).await,
+        Command::Serve(args) => serve::serve(&cli.global, args).await,
         Command::Setup(args) => queue::setup(&cli.global, args).await,
         Command::Dispatch(args) => queue::dispatch(&cli.global, args).await,
         Command::Actions(args) => queue::actions(&cli.global, args).await,
@@ -159,6 +194,8 @@ impl RequestArgs {
 /// The configuration and the paths, after flags, environment and defaults.
 struct Settings {
     config: Config,
+    /// The DSN in force: `--dsn`, `MARVIN_DSN`, `[transport] dsn`, else the default.
+    dsn: String,
     plugins_dir: PathBuf,
     cache_dir: Option<PathBuf>,
     backends: std::sync::OnceLock<Backends>,
@@ -166,11 +203,17 @@ struct Settings {
 
 impl GlobalArgs {
     fn settings(&self) -> anyhow::Result<Settings> {
+        // The DSN given outside the file is a secret before the file is read.
+        if let Some(dsn) = &self.dsn {
+            logging::set_redactor(crate::secrets::Redactor::new(crate::secrets::of_url(dsn)));
+        }
         let config = match &self.config {
             Some(path) => Config::load(path)?,
             None if Path::new(DEFAULT_CONFIG).exists() => Config::load(Path::new(DEFAULT_CONFIG))?,
             None => Config::default(),
         };
+        let dsn = self.dsn(config.transport.dsn.as_deref());
+        logging::set_redactor(redactor(&config, &dsn));
         let plugins_dir = self
             .plugins_dir
             .clone()
@@ -179,11 +222,36 @@ impl GlobalArgs {
         let cache_dir = config.runtime.cache_dir.clone().or_else(default_cache_dir);
         Ok(Settings {
             config,
+            dsn,
             plugins_dir,
             cache_dir,
             backends: std::sync::OnceLock::new(),
         })
     }
+}
+
+/// The secrets of these settings: the DSN's password, supervisord's, and the granted
+/// environment values whose names (or URL values) say they are secrets.
+fn redactor(config: &Config, dsn: &str) -> crate::secrets::Redactor {
+    let mut secrets = crate::secrets::of_url(dsn);
+    let sv = &config.supervisor;
+    secrets.extend(sv.password.clone());
+    secrets.extend(
+        sv.url
+            .as_deref()
+            .map(crate::secrets::of_url)
+            .unwrap_or_default(),
+    );
+    let own = environment();
+    for plugin in config.plugins.values() {
+        let env = crate::capabilities::policy::environment(&plugin.grants.env, own.iter().cloned());
+        secrets.extend(
+            env.into_iter()
+                .filter(|(k, v)| crate::secrets::secret_env(k, v))
+                .map(|(_, v)| v),
+        );
+    }
+    crate::secrets::Redactor::new(secrets)
 }
 
 /// The manager's environment, as far as it is UTF-8: what `grants.env` picks from.
@@ -272,7 +340,8 @@ impl Settings {
             crate::runtime::plugins::BUILTIN,
         )
         .await;
-        Ok(Manager::new(self.registry(), runtime, dir))
+        let redactor = redactor(&self.config, &self.dsn);
+        Ok(Manager::new(self.registry(), runtime, dir).with_redactor(redactor))
     }
 }
 

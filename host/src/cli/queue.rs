@@ -9,7 +9,6 @@ use clap::Args;
 
 use crate::codec::{self, Format};
 use crate::config::ManagerConfig;
-use crate::service::{ConsumeOptions, consume};
 use crate::transport::dsn::{Dsn, Kind, TransportOptions, redact};
 use crate::transport::postgres::PgTransport;
 use crate::transport::sqlite::SqliteTransport;
@@ -22,22 +21,13 @@ use super::{GlobalArgs, RequestArgs};
 pub const DEFAULT_DSN: &str = "sqlite://marvin.db?queue_name=manager_messages";
 
 /// Either transport, chosen by the DSN.
-enum Opened {
+pub(super) enum Opened {
     Pg(Arc<PgTransport>),
     Sqlite(Arc<SqliteTransport>),
 }
 
-macro_rules! with_transport {
-    ($opened:expr, $t:ident => $body:expr) => {
-        match $opened {
-            Opened::Pg($t) => $body,
-            Opened::Sqlite($t) => $body,
-        }
-    };
-}
-
 impl GlobalArgs {
-    fn dsn(&self, configured: Option<&str>) -> String {
+    pub(super) fn dsn(&self, configured: Option<&str>) -> String {
         self.dsn
             .clone()
             .or_else(|| configured.map(str::to_owned))
@@ -45,7 +35,11 @@ impl GlobalArgs {
     }
 }
 
-async fn open(dsn: &str, connections: u32, manager: &ManagerConfig) -> anyhow::Result<Opened> {
+pub(super) async fn open(
+    dsn: &str,
+    connections: u32,
+    manager: &ManagerConfig,
+) -> anyhow::Result<Opened> {
     let mut parsed = Dsn::parse(dsn)?;
     // `[manager]` wins; else the DSN's `manager_id`; else the host name.
     if let Some(id) = &manager.id {
@@ -86,125 +80,11 @@ pub(super) struct SetupArgs {}
 
 pub(super) async fn setup(global: &GlobalArgs, _args: SetupArgs) -> anyhow::Result<ExitCode> {
     let settings = global.settings()?;
-    let dsn = global.dsn(settings.config.transport.dsn.as_deref());
+    let dsn = settings.dsn.clone();
     let opened = open(&dsn, 2, &settings.config.manager).await?;
     with_transport!(opened, t => t.setup().await.context("setup failed")?);
     println!("tables ready at {}", redact(&dsn));
     Ok(ExitCode::SUCCESS)
-}
-
-#[derive(Debug, Args)]
-pub(super) struct ServeArgs {
-    /// Stop after this many messages.
-    #[arg(long)]
-    limit: Option<u64>,
-    /// Stop after this many seconds.
-    #[arg(long, value_name = "SECONDS")]
-    time_limit: Option<u64>,
-    /// Requests carried out at once [default: `[transport] concurrency`, else 128].
-    #[arg(long)]
-    concurrency: Option<usize>,
-    /// Writes each request's host calls, request and response to DIR/<correlation id>.json,
-    /// a trace `plugin test --replay` runs again.
-    #[arg(long, value_name = "DIR")]
-    record: Option<std::path::PathBuf>,
-}
-
-pub(super) async fn serve(global: &GlobalArgs, args: ServeArgs) -> anyhow::Result<ExitCode> {
-    let settings = global.settings()?;
-    let dsn = global.dsn(settings.config.transport.dsn.as_deref());
-    let concurrency = args
-        .concurrency
-        .or(settings.config.transport.concurrency)
-        .unwrap_or(128);
-    // Every running request holds a plugin instance from the pool: never run more at once
-    // than the pool has (a few stay free for loading plugins).
-    let instances = settings
-        .config
-        .runtime
-        .max_instances
-        .map_or(256, |n| n as usize);
-    let concurrency = if concurrency + 8 > instances {
-        let clamped = instances.saturating_sub(8).max(1);
-        tracing::warn!(
-            concurrency,
-            max_instances = instances,
-            clamped,
-            "concurrency above the plugin instance pool; lowered"
-        );
-        clamped
-    } else {
-        concurrency
-    };
-    let opened = open(&dsn, 8, &settings.config.manager).await?;
-    let manager = Arc::new(settings.manager(args.record).await?);
-    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
-    tokio::spawn(async move {
-        wait_for_signal().await;
-        tracing::info!("stop requested: finishing what is in flight");
-        let _ = stop_tx.send(true);
-    });
-    let stopped = |mut rx: tokio::sync::watch::Receiver<bool>| async move {
-        let _ = rx.wait_for(|s| *s).await;
-    };
-    let watcher = tokio::spawn(manager.clone().watch_plugins(stopped(stop_rx.clone())));
-    let routing = manager.routing();
-    tracing::info!(
-        queue = %redact(&dsn),
-        plugins_dir = %manager.plugins().dir().display(),
-        plugins = routing.router().serving().len(),
-        skipped = routing.set().failures().len() + routing.router().refused().len(),
-        "serving"
-    );
-    let stats = with_transport!(opened, t => {
-        if t.options().auto_setup {
-            t.setup().await.context("cannot create the queue tables (set auto_setup=false to skip)")?;
-        }
-        let keepalive = Duration::from_secs((t.options().redeliver_timeout_secs / 3).clamp(1, 60));
-        let own = &settings.config.manager;
-        let options = ConsumeOptions {
-            limit: args.limit,
-            time_limit: args.time_limit.map(Duration::from_secs),
-            concurrency,
-            keepalive,
-            expire_grace: own
-                .expire_stale
-                .unwrap_or(true)
-                .then(|| Duration::from_secs(own.stale_grace_secs.unwrap_or(30))),
-            ..ConsumeOptions::default()
-        };
-        consume(t, manager.clone(), options, stopped(stop_rx.clone())).await
-    });
-    watcher.abort();
-    tracing::info!(
-        answered = stats.answered,
-        from_ledger = stats.from_ledger,
-        failed_rows = stats.failed_rows,
-        "stopped"
-    );
-    Ok(ExitCode::SUCCESS)
-}
-
-async fn wait_for_signal() {
-    #[cfg(unix)]
-    {
-        use tokio::signal::unix::{SignalKind, signal};
-        match signal(SignalKind::terminate()) {
-            Ok(mut term) => {
-                tokio::select! {
-                    _ = tokio::signal::ctrl_c() => {}
-                    _ = term.recv() => {}
-                }
-            }
-            Err(_) => {
-                let _ = tokio::signal::ctrl_c().await;
-            }
-        }
-    }
-    #[cfg(not(unix))]
-    {
-        let _ = tokio::signal::ctrl_c().await;
-    }
 }
 
 #[derive(Debug, Clone, Copy, clap::ValueEnum)]
@@ -230,7 +110,7 @@ pub(super) struct DispatchArgs {
 
 pub(super) async fn dispatch(global: &GlobalArgs, args: DispatchArgs) -> anyhow::Result<ExitCode> {
     let settings = global.settings()?;
-    let dsn = global.dsn(settings.config.transport.dsn.as_deref());
+    let dsn = settings.dsn.clone();
     let opened = open(&dsn, 2, &settings.config.manager).await?;
     let request = args.request.into_request()?;
     let format = match args.serializer {
@@ -310,7 +190,7 @@ fn since(s: &str) -> anyhow::Result<String> {
 
 pub(super) async fn actions(global: &GlobalArgs, args: ActionsArgs) -> anyhow::Result<ExitCode> {
     let settings = global.settings()?;
-    let dsn = global.dsn(settings.config.transport.dsn.as_deref());
+    let dsn = settings.dsn.clone();
     let opened = open(&dsn, 2, &settings.config.manager).await?;
     let filter = HistoryFilter {
         entity_id: args.entity,

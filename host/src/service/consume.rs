@@ -13,6 +13,7 @@ use super::Manager;
 use crate::codec::{self, Decoded, Format};
 use crate::ledger::{self, Known, Recent};
 use crate::message::{EntityKind, ManagerRequest, ManagerResponse};
+use crate::metrics::Outcome;
 use crate::scheduler::{Scheduler, Slot, Turn};
 use crate::transport::{
     Claim, Delivery, Error, Queue, Settle, TransportOptions, response_format, unstorable_id,
@@ -44,6 +45,15 @@ impl Execute for Manager {
     }
     fn idempotent(&self, req: &ManagerRequest) -> impl Future<Output = bool> + Send {
         Manager::idempotent(self, req)
+    }
+}
+
+impl Execute for super::Reloadable {
+    async fn execute(&self, req: &ManagerRequest) -> ManagerResponse {
+        self.current().execute(req).await
+    }
+    async fn idempotent(&self, req: &ManagerRequest) -> bool {
+        self.current().idempotent(req).await
     }
 }
 
@@ -107,6 +117,9 @@ impl Health {
             tracing::info!("the queue is reachable again");
         }
         st.ready = ready;
+        if let Some(m) = crate::metrics::get() {
+            m.ready(ready);
+        }
     }
 
     fn down(&self, call: Call, e: &Error) {
@@ -116,6 +129,14 @@ impl Health {
         }
         st.failing[call as usize] = true;
         st.ready = false;
+        if let Some(m) = crate::metrics::get() {
+            m.ready(false);
+            match call {
+                Call::Fetch => m.fetch_error(),
+                Call::Commit => m.commit_error(),
+                Call::Start => {}
+            }
+        }
         st.last_error = Some(e.to_string());
     }
 }
@@ -127,6 +148,9 @@ pub struct ConsumeOptions {
     pub limit: Option<u64>,
     /// Stop after this long (`--time-limit`).
     pub time_limit: Option<Duration>,
+    /// Stop once this many answers said the action failed or rows were parked
+    /// (`--failure-limit`).
+    pub failure_limit: Option<u64>,
     /// Requests carried out at once.
     pub concurrency: usize,
     /// Rows taken per fetch, at most.
@@ -148,6 +172,7 @@ impl Default for ConsumeOptions {
         Self {
             limit: None,
             time_limit: None,
+            failure_limit: None,
             concurrency: 128,
             batch: 256,
             poll: Duration::from_secs(1),
@@ -167,6 +192,9 @@ pub struct ConsumeStats {
     pub from_ledger: u64,
     /// Rows moved to the failure queue.
     pub failed_rows: u64,
+    /// Answers that say the action failed, and rows moved to the failure queue (what
+    /// `--failure-limit` counts).
+    pub failures: u64,
 }
 
 #[derive(Default)]
@@ -174,6 +202,7 @@ struct Stats {
     answered: AtomicU64,
     from_ledger: AtomicU64,
     failed: AtomicU64,
+    failures: AtomicU64,
 }
 
 /// Runs until `shutdown` resolves, the limit or the time limit is reached. In-flight requests
@@ -237,6 +266,12 @@ pub async fn consume<Q: Queue, E: Execute>(
 
     loop {
         if stopping || options.limit.is_some_and(|l| taken >= l) {
+            break;
+        }
+        if let Some(limit) = options.failure_limit
+            && shared.stats.failures.load(Ordering::Relaxed) >= limit
+        {
+            tracing::info!(limit, "failure limit reached: stopping");
             break;
         }
         let time_left = options
@@ -337,6 +372,7 @@ pub async fn consume<Q: Queue, E: Execute>(
         answered: shared.stats.answered.load(Ordering::Relaxed),
         from_ledger: shared.stats.from_ledger.load(Ordering::Relaxed),
         failed_rows: shared.stats.failed.load(Ordering::Relaxed),
+        failures: shared.stats.failures.load(Ordering::Relaxed),
     };
     drop(shared);
     winding_down.store(true, Ordering::Relaxed);
@@ -399,7 +435,8 @@ fn prepare(
     };
     let format = response_format(options, decoded.format);
     let bus = decoded.bus_name;
-    let reply = |response: &ManagerResponse, ledger| {
+    let reply = |response: &ManagerResponse, ledger: Option<Box<crate::transport::LedgerEntry>>| {
+        count_answer(response, ledger.is_none());
         Prepared::Settle(Settle::Reply {
             request_id: id,
             response: codec::encode_response(response, format, bus.as_deref()),
@@ -485,11 +522,18 @@ impl Shared {
                 self.stats.answered.fetch_add(1, Ordering::Relaxed);
                 self.stats.from_ledger.fetch_add(1, Ordering::Relaxed);
             }
-            Settle::Reply { .. } => {
+            Settle::Reply { ledger, .. } => {
                 self.stats.answered.fetch_add(1, Ordering::Relaxed);
+                if ledger.as_ref().is_some_and(|e| !e.success) {
+                    self.stats.failures.fetch_add(1, Ordering::Relaxed);
+                }
             }
             Settle::Fail { .. } => {
                 self.stats.failed.fetch_add(1, Ordering::Relaxed);
+                self.stats.failures.fetch_add(1, Ordering::Relaxed);
+                if let Some(m) = crate::metrics::get() {
+                    m.parked(1);
+                }
             }
         }
         let _ = self.settle.send(s);
@@ -536,11 +580,14 @@ impl Shared {
         } = *run;
         let encode = |r: &ManagerResponse| codec::encode_response(r, format, bus.as_deref());
         let settle = match self.recent.get(&request.correlation_id) {
-            Some(response) => Settle::Reply {
-                request_id: id,
-                response: encode(&response),
-                ledger: None,
-            },
+            Some(response) => {
+                count_answer(&response, true);
+                Settle::Reply {
+                    request_id: id,
+                    response: encode(&response),
+                    ledger: None,
+                }
+            }
             None => {
                 let response = match claimed {
                     Some(claim) if !idempotent => {
@@ -548,11 +595,19 @@ impl Shared {
                         interrupted(&request, &claim)
                     }
                     _ => {
+                        let metrics = crate::metrics::get();
+                        if let Some(m) = metrics {
+                            m.running(1);
+                        }
                         let response = executor.execute(&request).await;
+                        if let Some(m) = metrics {
+                            m.running(-1);
+                        }
                         self.pace.note_action(started.elapsed());
                         response
                     }
                 };
+                count_answer(&response, false);
                 self.recent.put(&response);
                 let entry = ledger::entry(&response, received_at, started.elapsed());
                 Settle::Reply {
@@ -565,6 +620,38 @@ impl Shared {
         self.finish(settle);
         drop(slot);
     }
+}
+
+/// Counts an answer in the metrics: by the plugin that ran (`-` when none did), the action
+/// and what the answer was.
+fn count_answer(response: &ManagerResponse, from_ledger: bool) {
+    let Some(m) = crate::metrics::get() else {
+        return;
+    };
+    let flag = |k: &str| {
+        response
+            .metadata
+            .get(k)
+            .and_then(serde_json::Value::as_bool)
+            == Some(true)
+    };
+    let outcome = if from_ledger {
+        Outcome::Ledger
+    } else if flag("expired") {
+        Outcome::Expired
+    } else if flag("interrupted") {
+        Outcome::Interrupted
+    } else if response.success {
+        Outcome::Success
+    } else {
+        Outcome::Failure
+    };
+    let plugin = response
+        .metadata
+        .get("plugin")
+        .and_then(serde_json::Value::as_str)
+        .unwrap_or("-");
+    m.answered(plugin, &response.action, outcome);
 }
 
 /// How long actions and start records take (moving averages), so a request asks for its

@@ -10,7 +10,7 @@ use std::time::Instant;
 
 use tracing::Instrument;
 
-pub use consume::{ConsumeOptions, ConsumeStats, Health, HealthState, consume};
+pub use consume::{ConsumeOptions, ConsumeStats, Execute, Health, HealthState, consume};
 
 use crate::message::{EntityKind, ManagerRequest, ManagerResponse};
 use crate::registry::Registry;
@@ -64,6 +64,7 @@ pub struct Manager {
     runtime: Arc<Runtime>,
     plugins: Arc<PluginDir>,
     routing: RwLock<Arc<Routing>>,
+    redactor: crate::secrets::Redactor,
 }
 
 impl Manager {
@@ -71,12 +72,21 @@ impl Manager {
     pub fn new(registry: Registry, runtime: Arc<Runtime>, plugins: Arc<PluginDir>) -> Self {
         let routing = Routing::new(plugins.snapshot());
         log_refusals(&[], routing.router.refused());
+        count_plugins(None, &routing);
         Self {
             registry,
             runtime,
             plugins,
             routing: RwLock::new(Arc::new(routing)),
+            redactor: crate::secrets::Redactor::default(),
         }
+    }
+
+    /// Every response is scrubbed of these secrets before it leaves (to Core and the
+    /// ledger): whatever a plugin or a backend's error put in it.
+    pub fn with_redactor(mut self, redactor: crate::secrets::Redactor) -> Self {
+        self.redactor = redactor;
+        self
     }
 
     /// The plugin runtime.
@@ -105,6 +115,7 @@ impl Manager {
         if !Arc::ptr_eq(&slot.set, &set) {
             let routing = Routing::new(set);
             log_refusals(slot.router.refused(), routing.router.refused());
+            count_plugins(Some(&slot), &routing);
             *slot = Arc::new(routing);
         }
         slot.clone()
@@ -151,7 +162,18 @@ impl Manager {
             action = %req.action,
             plugin = tracing::field::Empty,
         );
-        self.execute_inner(req).instrument(span).await
+        let mut response = self.execute_inner(req).instrument(span).await;
+        if !self.redactor.is_empty() {
+            let r = &self.redactor;
+            for text in [&mut response.output, &mut response.error]
+                .into_iter()
+                .flatten()
+            {
+                r.scrub_string(text);
+            }
+            r.scrub_map(&mut response.metadata);
+        }
+        response
     }
 
     async fn execute_inner(&self, req: &ManagerRequest) -> ManagerResponse {
@@ -191,6 +213,9 @@ impl Manager {
                 u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX),
             ),
         );
+        if let Some(m) = crate::metrics::get() {
+            m.duration(&plugin.name, &req.action, started.elapsed().as_secs_f64());
+        }
         if outcome.success {
             tracing::info!("action done");
         } else {
@@ -217,6 +242,40 @@ impl Manager {
             },
             metadata,
         }
+    }
+}
+
+/// The plugin metrics: how many serve, and the files that failed to load or were refused
+/// since `before`.
+fn count_plugins(before: Option<&Routing>, now: &Routing) {
+    let Some(m) = crate::metrics::get() else {
+        return;
+    };
+    let failing = |r: &Routing| r.set.failures().len() + r.router.refused().len();
+    let was = before.map_or(0, failing);
+    m.plugins(now.router.serving().len(), failing(now).saturating_sub(was));
+}
+
+/// The manager in force, replaced whole on a reload of the configuration: a request holds
+/// the manager it started on until it is done, so nothing in flight is dropped or changes
+/// grants half-way.
+pub struct Reloadable(RwLock<Arc<Manager>>);
+
+impl Reloadable {
+    /// Starts with `manager`.
+    pub fn new(manager: Arc<Manager>) -> Self {
+        Self(RwLock::new(manager))
+    }
+
+    /// The manager new requests run on.
+    pub fn current(&self) -> Arc<Manager> {
+        self.0.read().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    /// New requests run on `manager` from now on; the old one lives as long as the requests
+    /// running on it.
+    pub fn replace(&self, manager: Arc<Manager>) {
+        *self.0.write().unwrap_or_else(|e| e.into_inner()) = manager;
     }
 }
 

@@ -31,6 +31,22 @@ impl Zone {
         })
     }
 
+    /// How long ago `YYYY-MM-DD HH:MM:SS` (a time written in this zone) was; `None` when the
+    /// text is not such a time.
+    pub fn age_secs(&self, text: &str) -> Option<f64> {
+        let naive =
+            chrono::NaiveDateTime::parse_from_str(text.get(..19)?, "%Y-%m-%d %H:%M:%S").ok()?;
+        let at = match self {
+            Self::Utc => naive.and_utc(),
+            Self::Named(tz) => tz
+                .from_local_datetime(&naive)
+                .earliest()?
+                .with_timezone(&chrono::Utc),
+        };
+        let age = chrono::Utc::now().signed_duration_since(at);
+        Some((age.num_milliseconds() as f64 / 1000.0).max(0.0))
+    }
+
     /// `YYYY-MM-DD HH:MM:SS` for now + `offset_secs`, truncated to the second.
     pub fn format_now(&self, offset_secs: i64) -> String {
         let t = chrono::Utc::now() + chrono::Duration::seconds(offset_secs);
@@ -124,10 +140,42 @@ const OURS: &[&str] = &[
     "serializer",
     "manager_id",
     "takeover_timeout",
-    // Symfony's, accepted and ignored so a Core DSN can be pasted as is.
+];
+
+/// Symfony's and Doctrine's options that mean nothing here, accepted and dropped so a Core DSN
+/// can be pasted as is.
+const IGNORED: &[&str] = &[
     "check_delayed_interval",
     "get_notify_timeout",
+    "serverVersion",
+    "server_version",
+    "charset",
 ];
+
+/// The connection options passed on to the PostgreSQL driver (libpq's names).
+const POSTGRES: &[&str] = &[
+    "sslmode",
+    "ssl-mode",
+    "sslrootcert",
+    "ssl-root-cert",
+    "ssl-ca",
+    "sslcert",
+    "ssl-cert",
+    "sslkey",
+    "ssl-key",
+    "statement-cache-capacity",
+    "host",
+    "hostaddr",
+    "port",
+    "dbname",
+    "user",
+    "password",
+    "application_name",
+    "options",
+];
+
+/// The connection options passed on to SQLite.
+const SQLITE: &[&str] = &["mode", "cache", "immutable", "vfs"];
 
 fn truthy(k: &str, v: &str) -> Result<bool, Error> {
     match v {
@@ -138,32 +186,43 @@ fn truthy(k: &str, v: &str) -> Result<bool, Error> {
 }
 
 impl Dsn {
-    /// Parses a DSN.
+    /// Parses a DSN. An option nobody knows is an error naming the known ones (a typo must
+    /// not silently serve another queue); a `doctrine://` DSN gets a hint.
     pub fn parse(dsn: &str) -> Result<Self, Error> {
         let (scheme, rest) = dsn.split_once("://").ok_or_else(|| {
             Error::Settings(format!(
                 "'{}' is not a DSN (postgres://… or sqlite://…)",
-                redact(dsn)
+                crate::secrets::url(dsn)
             ))
         })?;
+        let (base, query) = rest.split_once('?').unwrap_or((rest, ""));
         let kind = match scheme {
             "postgres" | "postgresql" | "pgsql" => Kind::Postgres,
             "sqlite" => Kind::Sqlite,
+            "doctrine" => return Err(Error::Settings(doctrine_hint(base, query))),
             other => {
                 return Err(Error::Settings(format!(
-                    "unsupported DSN scheme '{other}' (postgres or sqlite)"
+                    "unsupported DSN scheme '{other}' (postgres://… or sqlite://…)"
                 )));
             }
         };
-        let (base, query) = rest.split_once('?').unwrap_or((rest, ""));
+        let driver = match kind {
+            Kind::Postgres => POSTGRES,
+            Kind::Sqlite => SQLITE,
+        };
         let mut ours = BTreeMap::new();
         let mut theirs = Vec::new();
         for pair in query.split('&').filter(|p| !p.is_empty()) {
-            let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
-            if OURS.contains(&k) {
-                ours.insert(k.to_owned(), percent_decode(v));
-            } else {
+            let raw_key = pair.split_once('=').map_or(pair, |(k, _)| k);
+            let Some((k, v)) = form_urlencoded::parse(pair.as_bytes()).next() else {
+                continue;
+            };
+            if OURS.contains(&&*k) {
+                ours.insert(k.into_owned(), v.into_owned());
+            } else if driver.contains(&&*k) || k.starts_with("options[") && kind == Kind::Postgres {
                 theirs.push(pair);
+            } else if !IGNORED.contains(&&*k) {
+                return Err(Error::Settings(unknown_option(raw_key, driver)));
             }
         }
         let mut o = TransportOptions::default();
@@ -252,38 +311,43 @@ fn valid_table_name(t: &str) -> Result<(), Error> {
     }
 }
 
-fn percent_decode(s: &str) -> String {
-    let b = s.as_bytes();
-    let mut out = Vec::with_capacity(b.len());
-    let mut i = 0;
-    while i < b.len() {
-        if b[i] == b'%'
-            && i + 2 < b.len()
-            && let Ok(v) =
-                u8::from_str_radix(std::str::from_utf8(&b[i + 1..i + 3]).unwrap_or("zz"), 16)
-        {
-            out.push(v);
-            i += 3;
-        } else {
-            out.push(if b[i] == b'+' { b' ' } else { b[i] });
-            i += 1;
-        }
-    }
-    String::from_utf8_lossy(&out).into_owned()
+/// What to say about an option nobody knows: the nearest known one, and all of them.
+fn unknown_option(key: &str, driver: &[&str]) -> String {
+    let known: Vec<&str> = OURS.iter().chain(driver).copied().collect();
+    let nearest = known
+        .iter()
+        .map(|k| (strsim::damerau_levenshtein(key, k), *k))
+        .min()
+        .filter(|(d, _)| *d <= 3)
+        .map(|(_, k)| format!(" (did you mean {k}?)"))
+        .unwrap_or_default();
+    format!(
+        "unknown DSN option '{key}'{nearest}; known options: {}",
+        known.join(", ")
+    )
+}
+
+/// Core's `messenger.yaml` names a Doctrine connection (`doctrine://default?…`); the manager
+/// needs that connection's URL (Core's `DATABASE_URL`) with the same options.
+fn doctrine_hint(connection: &str, query: &str) -> String {
+    let options = if query.is_empty() {
+        String::new()
+    } else {
+        format!(
+            "?{}",
+            crate::secrets::url(&format!("x://h?{query}"))["x://h?".len()..].to_owned()
+        )
+    };
+    format!(
+        "doctrine://{connection} names a Doctrine connection of Core's configuration, which the \
+         manager cannot read: use that connection's URL (Core's DATABASE_URL) with the same \
+         options, e.g. postgres://user:password@host:5432/marvin{options}"
+    )
 }
 
 /// A DSN with its password hidden, for messages.
 pub fn redact(dsn: &str) -> String {
-    match (dsn.find("://"), dsn.rfind('@')) {
-        (Some(s), Some(at)) if at > s => {
-            let creds = &dsn[s + 3..at];
-            match creds.split_once(':') {
-                Some((user, _)) => format!("{}{user}:***{}", &dsn[..s + 3], &dsn[at..]),
-                None => dsn.to_owned(),
-            }
-        }
-        _ => dsn.to_owned(),
-    }
+    crate::secrets::url(dsn)
 }
 
 #[cfg(test)]
@@ -313,6 +377,36 @@ mod tests {
         assert!(Dsn::parse("postgres://h/db?redeliver_timeout=soon").is_err());
         assert!(Dsn::parse("postgres://h/db?timezone=Mars/Olympus").is_err());
         assert_eq!(redact("postgres://u:secret@h/db"), "postgres://u:***@h/db");
+    }
+
+    #[test]
+    fn unknown_options_and_doctrine_dsns_say_what_to_do() {
+        let e = Dsn::parse("postgres://h/db?queue_nmae=x")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("'queue_nmae'"), "{e}");
+        assert!(e.contains("did you mean queue_name?"), "{e}");
+        assert!(e.contains("sslmode"), "{e}");
+        let e = Dsn::parse("sqlite://m.db?sslmode=x")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("'sslmode'") && !e.contains("sslrootcert"), "{e}");
+        let e = Dsn::parse("doctrine://default?queue_name=manager_requests&password=hush")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("DATABASE_URL"), "{e}");
+        assert!(
+            e.contains("?queue_name=manager_requests&password=***"),
+            "{e}"
+        );
+        assert!(!e.contains("hush"), "{e}");
+        // Doctrine's own options are dropped, libpq's passed on, `+` is a space as in PHP.
+        let d = Dsn::parse(
+            "postgresql://u@h/db?serverVersion=16&charset=utf8&sslmode=disable&queue_name=a+b",
+        )
+        .unwrap();
+        assert_eq!(d.url, "postgres://u@h/db?sslmode=disable");
+        assert_eq!(d.options.queue_name, "a b");
     }
 
     #[test]

@@ -405,6 +405,41 @@ impl Records for MemoryQueue {
     async fn failed_rows(&self) -> Result<Vec<FailedRow>, Error> {
         Ok(self.state().failures.values().cloned().collect())
     }
+
+    async fn queue_stats(&self) -> Result<super::QueueStats, Error> {
+        let minute_ago = (chrono::Utc::now() - chrono::Duration::seconds(60))
+            .format("%Y-%m-%dT%H:%M:%S%.3fZ")
+            .to_string();
+        let st = self.state();
+        let mut queues: BTreeMap<&str, super::QueueDepth> = BTreeMap::new();
+        for row in st.rows.values() {
+            let q = queues
+                .entry(&row.queue)
+                .or_insert_with(|| super::QueueDepth {
+                    queue: row.queue.clone(),
+                    waiting: 0,
+                    in_progress: 0,
+                    oldest_waiting_secs: 0.0,
+                });
+            if row.delivered_at.is_some() {
+                q.in_progress += 1;
+            } else {
+                q.waiting += 1;
+                let age = row.created_at.elapsed().as_secs_f64();
+                q.oldest_waiting_secs = q.oldest_waiting_secs.max(age);
+            }
+        }
+        Ok(super::QueueStats {
+            queues: queues.into_values().collect(),
+            answered_last_minute: u64::try_from(
+                st.ledger
+                    .values()
+                    .filter(|e| e.finished_at >= minute_ago)
+                    .count(),
+            )
+            .unwrap_or(u64::MAX),
+        })
+    }
 }
 
 #[cfg(test)]

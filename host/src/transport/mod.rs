@@ -305,6 +305,30 @@ pub trait Records: Send + Sync + 'static {
     ) -> impl Future<Output = Result<Vec<LedgerEntry>, Error>> + Send;
     /// Rows in the failure queue with their reasons.
     fn failed_rows(&self) -> impl Future<Output = Result<Vec<FailedRow>, Error>> + Send;
+    /// What waits in the table, per queue, and how many answers the last minute saw.
+    fn queue_stats(&self) -> impl Future<Output = Result<QueueStats, Error>> + Send;
+}
+
+/// The table now (`stats`, the queue metrics).
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct QueueStats {
+    /// Every queue of the table that holds rows, by name.
+    pub queues: Vec<QueueDepth>,
+    /// Answers this queue's managers committed in the last 60 s (from the ledger).
+    pub answered_last_minute: u64,
+}
+
+/// One queue of the table.
+#[derive(Debug, Clone, PartialEq)]
+pub struct QueueDepth {
+    /// `queue_name`.
+    pub queue: String,
+    /// Rows nobody has taken (delayed ones included).
+    pub waiting: u64,
+    /// Rows taken and not finished.
+    pub in_progress: u64,
+    /// Age of the oldest waiting row, from its `created_at` (0 when none waits).
+    pub oldest_waiting_secs: f64,
 }
 
 /// Reads a ledger row (same columns on both databases).

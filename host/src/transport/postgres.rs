@@ -15,9 +15,9 @@ use crate::codec::{self, Needles};
 use super::managers::Dialect;
 use super::schema::{LEDGER_COLUMNS, Names};
 use super::{
-    Claim, Delivery, Error, FailedRow, ForeignRows, HistoryFilter, LedgerEntry, Queue, Records,
-    Settle, TransportOptions, ago_text, classify_row, entry_from_row, instance_token, managers,
-    now_text, records, schema, storable, unstorable_id, utc_now_rfc3339,
+    Claim, Delivery, Error, FailedRow, ForeignRows, HistoryFilter, LedgerEntry, Queue, QueueStats,
+    Records, Settle, TransportOptions, ago_text, classify_row, entry_from_row, instance_token,
+    managers, now_text, records, schema, storable, unstorable_id, utc_now_rfc3339,
 };
 
 /// The PostgreSQL transport.
@@ -130,6 +130,15 @@ impl PgTransport {
         let connect: PgConnectOptions = url
             .parse()
             .map_err(|e| Error::Settings(format!("invalid PostgreSQL DSN: {e}")))?;
+        // One plain connection first: a closed port or a wrong password is said at once
+        // ("connection refused"), where a pool would retry until its acquire timeout.
+        {
+            use sqlx::Connection;
+            sqlx::PgConnection::connect_with(&connect)
+                .await?
+                .close()
+                .await?;
+        }
         // No ping before each acquire: a dead connection fails the statement, which the
         // caller retries; a ping would add a round trip to every step of every request.
         let pool = PgPoolOptions::new()
@@ -554,6 +563,11 @@ impl Records for PgTransport {
 
     async fn failed_rows(&self) -> Result<Vec<FailedRow>, Error> {
         records::failed_rows(&self.pool, &self.names).await
+    }
+
+    async fn queue_stats(&self) -> Result<QueueStats, Error> {
+        let o = &self.options;
+        records::queue_stats(&self.pool, &o.table_name, &self.names, o.timezone).await
     }
 }
 

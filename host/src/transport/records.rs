@@ -4,8 +4,9 @@
 
 use sqlx::{Arguments, Database, Decode, Encode, Executor, IntoArguments, Pool, Row, Type};
 
+use super::dsn::Zone;
 use super::schema::{LEDGER_COLUMNS, Names};
-use super::{Error, FailedRow, HistoryFilter, LedgerEntry, entry_from_row};
+use super::{Error, FailedRow, HistoryFilter, LedgerEntry, QueueDepth, QueueStats, entry_from_row};
 
 /// Ledger history, newest first.
 pub(crate) async fn history<DB>(
@@ -115,4 +116,73 @@ where
         })
         .collect::<Result<_, sqlx::Error>>()
         .map_err(Error::from)
+}
+
+/// What waits in `table`, per queue; the answers of the last minute from the ledger.
+pub(crate) async fn queue_stats<DB>(
+    pool: &Pool<DB>,
+    table: &str,
+    names: &Names,
+    zone: Zone,
+) -> Result<QueueStats, Error>
+where
+    DB: Database,
+    for<'c> &'c mut DB::Connection: Executor<'c, Database = DB>,
+    for<'q> DB::Arguments<'q>: IntoArguments<'q, DB>,
+    for<'q> String: Encode<'q, DB>,
+    for<'r> String: Decode<'r, DB> + Type<DB>,
+    for<'r> Option<String>: Decode<'r, DB>,
+    Option<String>: Type<DB>,
+    for<'r> i64: Decode<'r, DB> + Type<DB>,
+    &'static str: sqlx::ColumnIndex<DB::Row>,
+{
+    let rows = sqlx::query::<DB>(&format!(
+        "SELECT queue_name, CAST(SUM(CASE WHEN delivered_at IS NULL THEN 1 ELSE 0 END) AS BIGINT) AS waiting, \
+         CAST(SUM(CASE WHEN delivered_at IS NULL THEN 0 ELSE 1 END) AS BIGINT) AS in_progress, \
+         CAST(MIN(CASE WHEN delivered_at IS NULL THEN created_at END) AS TEXT) AS oldest \
+         FROM {table} GROUP BY queue_name ORDER BY queue_name"
+    ))
+    .fetch_all(pool)
+    .await?;
+    let count = |n: i64| u64::try_from(n).unwrap_or(0);
+    let queues = rows
+        .iter()
+        .map(|r| {
+            let oldest: Option<String> = r.try_get("oldest")?;
+            Ok(QueueDepth {
+                queue: r.try_get("queue_name")?,
+                waiting: count(r.try_get("waiting")?),
+                in_progress: count(r.try_get("in_progress")?),
+                oldest_waiting_secs: oldest
+                    .as_deref()
+                    .and_then(|t| zone.age_secs(t))
+                    .unwrap_or(0.0),
+            })
+        })
+        .collect::<Result<Vec<_>, sqlx::Error>>()?;
+    let minute_ago = (chrono::Utc::now() - chrono::Duration::seconds(60))
+        .format("%Y-%m-%dT%H:%M:%S%.3fZ")
+        .to_string();
+    let mut sql = format!(
+        "SELECT COUNT(*) AS n FROM {} WHERE finished_at >= ",
+        names.ledger
+    );
+    let mut scratch = <DB::Arguments<'static>>::default();
+    scratch
+        .add(minute_ago.clone())
+        .map_err(|e| Error::Db(sqlx::Error::Encode(e)))?;
+    scratch
+        .format_placeholder(&mut sql)
+        .map_err(|e| Error::Db(sqlx::Error::Protocol(e.to_string())))?;
+    let mut args = DB::Arguments::default();
+    args.add(minute_ago)
+        .map_err(|e| Error::Db(sqlx::Error::Encode(e)))?;
+    let answered: i64 = sqlx::query_with::<DB, _>(&sql, args)
+        .fetch_one(pool)
+        .await?
+        .try_get("n")?;
+    Ok(QueueStats {
+        queues,
+        answered_last_minute: count(answered),
+    })
 }

@@ -18,9 +18,9 @@ use crate::codec::{self, Needles};
 use super::managers::Dialect;
 use super::schema::{LEDGER_COLUMNS, Names};
 use super::{
-    Claim, Delivery, Error, FailedRow, ForeignRows, HistoryFilter, LedgerEntry, Queue, Records,
-    Settle, TransportOptions, ago_text, classify_row, entry_from_row, instance_token, managers,
-    now_text, records, schema, storable, utc_now_rfc3339,
+    Claim, Delivery, Error, FailedRow, ForeignRows, HistoryFilter, LedgerEntry, Queue, QueueStats,
+    Records, Settle, TransportOptions, ago_text, classify_row, entry_from_row, instance_token,
+    managers, now_text, records, schema, storable, utc_now_rfc3339,
 };
 
 /// How often an idle consumer looks at the table (SQLite has no notifications).
@@ -488,5 +488,10 @@ impl Records for SqliteTransport {
 
     async fn failed_rows(&self) -> Result<Vec<FailedRow>, Error> {
         records::failed_rows(&self.pool, &self.names).await
+    }
+
+    async fn queue_stats(&self) -> Result<QueueStats, Error> {
+        let o = &self.options;
+        records::queue_stats(&self.pool, &o.table_name, &self.names, o.timezone).await
     }
 }

@@ -65,12 +65,40 @@ pub struct Supervisord {
 
 impl Supervisord {
     /// `unix:///path/to.sock` or `http://host:port` (the `/RPC2` path is added), with
-    /// optional basic-auth credentials.
+    /// optional basic-auth credentials: `username` / `password`, or in the URL
+    /// (`http://user:pass@host:9001`, percent-encoded as URLs are; the arguments win). The URL
+    /// is shown in messages without its credentials.
     pub fn new(url: &str, username: Option<&str>, password: Option<&str>) -> Result<Self, String> {
+        let shown = crate::secrets::url(url);
+        let mut from_url: Option<(String, String)> = None;
         let endpoint = if let Some(path) = url.strip_prefix("unix://") {
             Endpoint::Unix(path.to_owned())
         } else if let Some(rest) = url.strip_prefix("http://") {
-            let host_port = rest.split('/').next().unwrap_or_default();
+            let authority = rest.split(['/', '?', '#']).next().unwrap_or_default();
+            // The user information ends at the last `@` of the part before the path.
+            let authority_end = rest.find(['?', '#']).unwrap_or(rest.len());
+            let (creds, host_port) = match rest[..authority_end].rfind('@') {
+                Some(at) => {
+                    let host = rest[at + 1..]
+                        .split(['/', '?', '#'])
+                        .next()
+                        .unwrap_or_default();
+                    (Some(&rest[..at]), host)
+                }
+                None => (None, authority),
+            };
+            if let Some(creds) = creds {
+                let (user, pass) = creds.split_once(':').unwrap_or((creds, ""));
+                let decode = |s: &str| {
+                    percent_encoding::percent_decode_str(s)
+                        .decode_utf8_lossy()
+                        .into_owned()
+                };
+                from_url = Some((decode(user), decode(pass)));
+            }
+            if host_port.is_empty() {
+                return Err(format!("supervisord url '{shown}' names no host"));
+            }
             let host_port = if host_port.contains(':') {
                 host_port.to_owned()
             } else {
@@ -79,15 +107,23 @@ impl Supervisord {
             Endpoint::Tcp { host_port }
         } else {
             return Err(format!(
-                "supervisord url '{url}' must start with unix:// or http://"
+                "supervisord url '{shown}' must start with unix:// or http://"
             ));
         };
-        let auth = username.map(|u| {
-            base64::engine::general_purpose::STANDARD
-                .encode(format!("{u}:{}", password.unwrap_or_default()))
-        });
+        let credentials = match (username, from_url) {
+            (Some(u), _) => Some((u.to_owned(), password.unwrap_or_default().to_owned())),
+            (None, Some((u, p))) => Some((u, password.map_or(p, str::to_owned))),
+            (None, None) => None,
+        };
+        let auth = credentials
+            .map(|(u, p)| base64::engine::general_purpose::STANDARD.encode(format!("{u}:{p}")));
+        // Without the credentials: this is what messages name.
+        let url = match &endpoint {
+            Endpoint::Unix(_) => url.to_owned(),
+            Endpoint::Tcp { host_port } => format!("http://{host_port}"),
+        };
         Ok(Self {
-            url: url.to_owned(),
+            url,
             endpoint,
             auth,
         })

@@ -18,7 +18,15 @@ impl Guest for Hostile {
             "0.6.6",
             EntityKind::Container,
             &[
-                "loop", "membomb", "panic", "docker", "read", "write", "flood", "env",
+                "loop",
+                "membomb",
+                "panic",
+                "docker",
+                "read",
+                "write",
+                "flood",
+                "env",
+                "env_values",
             ],
             &[Capability::Docker, Capability::Files],
         )
@@ -67,6 +75,16 @@ impl Guest for Hostile {
                 let vars: Vec<String> = std::env::vars().map(|(k, _)| k).collect();
                 let args: Vec<String> = std::env::args().collect();
                 Response::ok(format!("env={} args={}", vars.len(), args.len()))
+            }
+            // Every variable it sees, values included, in its log, its output and its error:
+            // the host must keep the secrets among them from leaving.
+            "env_values" => {
+                let vars: Vec<String> = std::env::vars().map(|(k, v)| format!("{k}={v}")).collect();
+                let all = vars.join(" ");
+                marvin_plugin_sdk::log::log(marvin_plugin_sdk::log::Level::Warn, &all);
+                Response::fail(format!("leaking {all}"))
+                    .with_output(all.clone())
+                    .metadata(serde_json::json!({ "env": all }))
             }
             other => Response::fail(format!("unknown action {other}")),
         }
