@@ -117,6 +117,8 @@ pub(super) async fn serve(global: &GlobalArgs, args: ServeArgs) -> anyhow::Resul
         tokio::spawn(watch_memory(limit, stop_tx.clone()));
     }
 
+    // Fed from the start: waiting for the queue is not hanging.
+    let watchdog = watchdog();
     let health = Arc::new(Health::default());
     let probe = Probe::new(health.clone());
     let listener = match &settings.config.http.listen {
@@ -134,6 +136,7 @@ pub(super) async fn serve(global: &GlobalArgs, args: ServeArgs) -> anyhow::Resul
 
     let Some(opened) = connect(&dsn, &settings, &probe, stop_rx.clone()).await? else {
         abort(listener);
+        abort(watchdog);
         return Ok(ExitCode::SUCCESS);
     };
     let routing = manager.routing();
@@ -149,7 +152,6 @@ pub(super) async fn serve(global: &GlobalArgs, args: ServeArgs) -> anyhow::Resul
         sd_notify::NotifyState::Ready,
         sd_notify::NotifyState::Status("serving"),
     ]);
-    let watchdog = watchdog();
 
     // SIGHUP: read manager.toml again; a bad file is reported and the old settings kept.
     let reloader = {
@@ -210,9 +212,7 @@ pub(super) async fn serve(global: &GlobalArgs, args: ServeArgs) -> anyhow::Resul
     });
     notify(&[sd_notify::NotifyState::Stopping]);
     reloader.abort();
-    if let Some(w) = watchdog {
-        w.abort();
-    }
+    abort(watchdog);
     abort(listener);
     tracing::info!(
         answered = stats.answered,
@@ -300,8 +300,14 @@ async fn connect(
 /// Pings systemd's watchdog at half its interval while the process runs, when `WatchdogSec`
 /// is set.
 fn watchdog() -> Option<tokio::task::JoinHandle<()>> {
-    let mut usec = 0;
-    if !sd_notify::watchdog_enabled(false, &mut usec) || usec == 0 {
+    // As sd_watchdog_enabled(3): `WATCHDOG_USEC`, and `WATCHDOG_PID` (when set) naming us.
+    let usec: u64 = std::env::var("WATCHDOG_USEC").ok()?.parse().ok()?;
+    if let Ok(pid) = std::env::var("WATCHDOG_PID")
+        && pid.parse::<u32>().ok() != Some(std::process::id())
+    {
+        return None;
+    }
+    if usec == 0 {
         return None;
     }
     let every = Duration::from_micros(usec / 2);

@@ -268,12 +268,6 @@ pub async fn consume<Q: Queue, E: Execute>(
         if stopping || options.limit.is_some_and(|l| taken >= l) {
             break;
         }
-        if let Some(limit) = options.failure_limit
-            && shared.stats.failures.load(Ordering::Relaxed) >= limit
-        {
-            tracing::info!(limit, "failure limit reached: stopping");
-            break;
-        }
         let time_left = options
             .time_limit
             .map(|t| t.saturating_sub(started.elapsed()));
@@ -289,6 +283,14 @@ pub async fn consume<Q: Queue, E: Execute>(
             s = scheduler.admit(left) => s,
         };
         if slots.is_empty() {
+            break;
+        }
+        // Counted when the answer is queued, before its slot is free: a slot taken now sees
+        // every failure before it.
+        if let Some(limit) = options.failure_limit
+            && shared.stats.failures.load(Ordering::Relaxed) >= limit
+        {
+            tracing::info!(limit, "failure limit reached: stopping");
             break;
         }
         let fetch = queue.fetch(slots.len());

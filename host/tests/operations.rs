@@ -1,0 +1,558 @@
+//! Running it in production, as processes: no configured secret in any output; a queue that
+//! is not there yet waited for (and said so) with `/readyz` 503 until it is; `/metrics`
+//! counting what was answered; systemd's notifications (READY, RELOADING, WATCHDOG,
+//! STOPPING) on a real notify socket; SIGHUP reloading `manager.toml` (a bad file kept out);
+//! JSON logs carrying the correlation id; `--failure-limit` and `--memory-limit`.
+
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+mod common;
+
+use std::io::{Read, Write};
+use std::path::Path;
+use std::process::{Child, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use common::db::{Db, TempPg, TestDb};
+use common::supervisor::Supervisord;
+use common::{Setup, guests, manager_command};
+
+const DSN_SECRET: &str = "PgS3cret-dsn-4711";
+const SV_SECRET: &str = "SvS3cret-4712";
+const TOKEN: &str = "TokS3cret-4713";
+const SECRETS: [&str; 3] = [DSN_SECRET, SV_SECRET, TOKEN];
+
+/// Fails naming the output a secret leaked into.
+fn assert_clean(what: &str, text: &str) {
+    for s in SECRETS {
+        assert!(!text.contains(s), "{what} holds the secret {s}:\n{text}");
+    }
+}
+
+/// The binary run to completion in `cwd` on `dsn`.
+fn marvin(cwd: &Path, dsn: &str, args: &[&str]) -> Output {
+    let log = cwd.join("commands.log");
+    manager_command(cwd, dsn, &log)
+        .args(args)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .env("API_TOKEN", TOKEN)
+        .env("TAG", "v1")
+        .output()
+        .unwrap()
+}
+
+fn text(o: &Output) -> String {
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    )
+}
+
+fn serve(cwd: &Path, dsn: &str, args: &[&str]) -> Child {
+    manager_command(cwd, dsn, &cwd.join("serve.log"))
+        .arg("serve")
+        .args(args)
+        .env("API_TOKEN", TOKEN)
+        .env("TAG", "v1")
+        .spawn()
+        .unwrap()
+}
+
+fn signal(child: &Child, sig: rustix::process::Signal) {
+    let pid = rustix::process::Pid::from_raw(i32::try_from(child.id()).unwrap()).unwrap();
+    rustix::process::kill_process(pid, sig).unwrap();
+}
+
+fn wait_exit(child: &mut Child, limit: Duration, log: &Path) -> std::process::ExitStatus {
+    let t = Instant::now();
+    loop {
+        if let Some(s) = child.try_wait().unwrap() {
+            return s;
+        }
+        if t.elapsed() > limit {
+            let _ = child.kill();
+            panic!(
+                "serve did not exit within {limit:?}; its log:\n{}",
+                std::fs::read_to_string(log).unwrap_or_default()
+            );
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// Waits until `log` holds `needle`.
+fn wait_log(log: &Path, needle: &str, limit: Duration) -> String {
+    let t = Instant::now();
+    loop {
+        let text = std::fs::read_to_string(log).unwrap_or_default();
+        if text.contains(needle) {
+            return text;
+        }
+        assert!(
+            t.elapsed() < limit,
+            "'{needle}' not logged within {limit:?}:\n{text}"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// GET `path` from the listener: (status, body); `None` while nothing listens.
+fn get(port: u16, path: &str) -> Option<(u16, String)> {
+    let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).ok()?;
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    write!(
+        s,
+        "GET {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n"
+    )
+    .ok()?;
+    let mut answer = String::new();
+    s.read_to_string(&mut answer).ok()?;
+    let status = answer.split_whitespace().nth(1)?.parse().ok()?;
+    let body = answer.split_once("\r\n\r\n")?.1.to_owned();
+    Some((status, body))
+}
+
+/// Polls `path` until its status is `want`.
+fn wait_status(port: u16, path: &str, want: u16, limit: Duration) -> String {
+    let t = Instant::now();
+    loop {
+        if let Some((status, body)) = get(port, path)
+            && status == want
+        {
+            return body;
+        }
+        assert!(
+            t.elapsed() < limit,
+            "{path} did not answer {want} within {limit:?}: {:?}",
+            get(port, path)
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn no_configured_secret_leaves_in_any_output() {
+    let db = TestDb::new(Db::Pg).await;
+    // The test server trusts local connections: the password is accepted and ignored, so it
+    // is a real DSN with a real secret.
+    let dsn = db
+        .dsn("")
+        .replacen("postgres@", &format!("postgres:{DSN_SECRET}@"), 1);
+    let port = free_port();
+    let sv = Supervisord::start_with(
+        "[program:web]\ncommand=/bin/sleep 3600\nstartsecs=0\nstopwaitsecs=5\n",
+        &format!(
+            "[inet_http_server]\nport=127.0.0.1:{port}\nusername=marvin\npassword={SV_SECRET}\n"
+        ),
+    );
+    let s = Setup::new(&[(guests::HOSTILE, "hostile.wasm")]);
+    let config = |sv_port: u16| {
+        format!(
+            "[supervisor]\nurl = \"http://marvin:{SV_SECRET}@127.0.0.1:{sv_port}\"\n\n\
+             [plugins.supervisor.grants.supervisor]\nprograms = [\"web\"]\n\n\
+             [plugins.hostile.grants]\nenv = [\"API_TOKEN\", \"TAG\"]\n\n\
+             [entities.web]\nkind = \"worker\"\nprogram = \"web\"\n\n\
+             [entities.box]\nkind = \"container\"\nproject = \"marvin\"\nservice = \"box\"\n"
+        )
+    };
+    std::fs::write(s.path().join("manager.toml"), config(port)).unwrap();
+    let log = s.path().join("serve.log");
+    let mut child = serve(s.path(), &dsn, &[]);
+    let dispatch = |entity: &str, action: &str| {
+        marvin(
+            s.path(),
+            &dsn,
+            &["dispatch", "--entity", entity, "--action", action, "--wait"],
+        )
+    };
+
+    // Credentials in the URL are sent as basic auth: the stop is done.
+    let o = dispatch("web", "stop");
+    assert!(o.status.success(), "{}", text(&o));
+    assert_eq!(sv.state("web"), "STOPPED");
+    assert_clean("dispatch", &text(&o));
+
+    // A plugin that puts every variable it sees in its output, error, metadata and log.
+    let o = dispatch("box", "env_values");
+    let out = text(&o);
+    assert!(out.contains("API_TOKEN=***"), "{out}");
+    assert!(
+        out.contains("TAG=v1"),
+        "a value that is no secret stays: {out}"
+    );
+    assert_clean("the plugin's answer", &out);
+
+    // supervisord away: the answer names it without the credentials.
+    std::fs::write(s.path().join("manager.toml"), config(1)).unwrap();
+    signal(&child, rustix::process::Signal::HUP);
+    wait_log(&log, "configuration reloaded", Duration::from_secs(30));
+    let o = dispatch("web", "start");
+    let out = text(&o);
+    assert!(!o.status.success(), "{out}");
+    assert!(out.contains("http://127.0.0.1:1"), "{out}");
+    assert_clean("the unreachable supervisord's answer", &out);
+
+    // The operator's commands.
+    for args in [
+        &["plugins"][..],
+        &["plugins", "--json"],
+        &["entities"],
+        &["actions"],
+        &["actions", "--json", "--failed"],
+    ] {
+        let o = marvin(s.path(), &dsn, args);
+        assert!(o.status.success(), "{args:?}: {}", text(&o));
+        assert_clean(&format!("{args:?}"), &text(&o));
+    }
+    // Errors: a DSN with a password (in the URL, in an option) on a closed port, a typo
+    // beside a password, a config file that does not parse next to one.
+    for bad in [
+        format!("postgres://postgres:{DSN_SECRET}@127.0.0.1:1/x"),
+        format!("postgres://postgres@127.0.0.1:1/x?password={DSN_SECRET}"),
+        format!("postgres://postgres:{DSN_SECRET}@127.0.0.1:1/x?queue_nmae=x"),
+        format!("doctrine://default?password={DSN_SECRET}"),
+    ] {
+        let o = marvin(s.path(), &bad, &["setup"]);
+        assert!(!o.status.success());
+        let out = text(&o);
+        assert!(out.starts_with("error: "), "{out}");
+        assert_clean("setup's error", &out);
+    }
+    let bad = s.path().join("bad.toml");
+    std::fs::write(
+        &bad,
+        format!("[supervisor]\nurl = \"http://127.0.0.1:9001\"\npasword = \"{SV_SECRET}\"\n"),
+    )
+    .unwrap();
+    let o = marvin(
+        s.path(),
+        &dsn,
+        &["--config", bad.to_str().unwrap(), "plugins"],
+    );
+    let out = text(&o);
+    assert!(out.contains("line 3"), "{out}");
+    assert_clean("a config error", &out);
+
+    signal(&child, rustix::process::Signal::TERM);
+    wait_exit(&mut child, Duration::from_secs(30), &log);
+    // What Core reads, and what the ledger keeps.
+    let rows = db
+        .query(&format!("SELECT body, headers FROM {}", db.table()))
+        .await;
+    assert!(!rows.is_empty());
+    assert_clean("the answers' rows", &format!("{rows:?}"));
+    let ledger = db
+        .query(&format!(
+            "SELECT correlation_id, entity_id, action, plugin, error, response FROM {}",
+            db.table()
+                .replace("messenger_messages", "marvin_manager_ledger")
+        ))
+        .await;
+    assert!(ledger.len() >= 3, "{ledger:?}");
+    assert_clean("the ledger", &format!("{ledger:?}"));
+    let logged = std::fs::read_to_string(&log).unwrap();
+    assert!(logged.contains("API_TOKEN=***"), "{logged}");
+    assert_clean("serve's log", &logged);
+    assert_clean(
+        "the commands' log",
+        &std::fs::read_to_string(s.path().join("commands.log")).unwrap_or_default(),
+    );
+}
+
+/// What the service told its notify socket, datagram by datagram.
+struct NotifySocket {
+    path: std::path::PathBuf,
+    seen: std::sync::Arc<std::sync::Mutex<Vec<String>>>,
+}
+
+impl NotifySocket {
+    fn bind(dir: &Path) -> Self {
+        let path = dir.join("notify.sock");
+        let sock = std::os::unix::net::UnixDatagram::bind(&path).unwrap();
+        let seen = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let into = seen.clone();
+        std::thread::spawn(move || {
+            let mut buf = [0u8; 4096];
+            while let Ok(n) = sock.recv(&mut buf) {
+                into.lock()
+                    .unwrap()
+                    .push(String::from_utf8_lossy(&buf[..n]).into_owned());
+            }
+        });
+        Self { path, seen }
+    }
+
+    fn seen(&self) -> Vec<String> {
+        self.seen.lock().unwrap().clone()
+    }
+
+    fn wait_for(&self, needle: &str, limit: Duration) {
+        let t = Instant::now();
+        while !self.seen().iter().any(|m| m.contains(needle)) {
+            assert!(
+                t.elapsed() < limit,
+                "{needle} not notified within {limit:?}: {:?}",
+                self.seen()
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+const ECHO_CONFIG: &str = "[entities.e1]\nkind = \"container\"\nproject = \"p\"\nservice = \"s\"\n";
+
+/// PostgreSQL not there yet: `serve` says so and retries, `/readyz` is 503 (and systemd is not
+/// told READY) until it is; then it serves, `/metrics` counts the answer, SIGHUP is a
+/// RELOADING then READY, the watchdog is fed, SIGTERM says STOPPING.
+#[test]
+fn serve_waits_for_the_queue_and_tells_systemd_and_prometheus() {
+    let pg = TempPg::new();
+    pg.stop();
+    let s = Setup::new(&[(guests::ECHO, "echo.wasm")]);
+    let port = free_port();
+    std::fs::write(
+        s.path().join("manager.toml"),
+        format!("[http]\nlisten = \"127.0.0.1:{port}\"\n\n{ECHO_CONFIG}"),
+    )
+    .unwrap();
+    let dsn = format!("{}?queue_name=q", pg.url());
+    let notify = NotifySocket::bind(s.path());
+    let log = s.path().join("serve.log");
+    let mut child = manager_command(s.path(), &dsn, &log)
+        .arg("serve")
+        .env("NOTIFY_SOCKET", &notify.path)
+        .env("WATCHDOG_USEC", "200000")
+        .spawn()
+        .unwrap();
+    // Alive, not ready, and saying why, at once (no pool timeout).
+    assert_eq!(
+        wait_status(port, "/healthz", 200, Duration::from_secs(30)),
+        "ok\n"
+    );
+    let t = Instant::now();
+    loop {
+        let (status, why) = get(port, "/readyz").unwrap();
+        assert_eq!(status, 503, "{why}");
+        if why.contains("Connection refused") {
+            break;
+        }
+        assert!(t.elapsed() < Duration::from_secs(60), "{why}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let logged = wait_log(
+        &log,
+        "the queue is unreachable: waiting for it",
+        Duration::from_secs(5),
+    );
+    assert!(logged.contains("retry_in_secs"), "{logged}");
+    notify.wait_for("WATCHDOG=1", Duration::from_secs(5));
+    assert!(
+        !notify.seen().iter().any(|m| m.contains("READY=1")),
+        "READY before the queue: {:?}",
+        notify.seen()
+    );
+
+    pg.start();
+    wait_status(port, "/readyz", 200, Duration::from_secs(60));
+    notify.wait_for("READY=1", Duration::from_secs(5));
+    let o = marvin(
+        s.path(),
+        &dsn,
+        &["dispatch", "--entity", "e1", "--action", "start", "--wait"],
+    );
+    assert!(o.status.success(), "{}", text(&o));
+    let metrics = wait_status(port, "/metrics", 200, Duration::from_secs(5));
+    assert!(
+        metrics.contains(
+            "marvin_manager_requests_answered_total{plugin=\"echo\",action=\"start\",outcome=\"success\"} 1"
+        ),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains(
+            "marvin_manager_request_duration_seconds_count{plugin=\"echo\",action=\"start\"} 1"
+        ),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("marvin_manager_queue_depth{queue=\"q\"} 1"),
+        "the answer waits for Core on the same queue: {metrics}"
+    );
+    assert!(metrics.contains("marvin_manager_ready 1"), "{metrics}");
+    assert!(metrics.ends_with("# EOF\n"), "{metrics}");
+
+    signal(&child, rustix::process::Signal::HUP);
+    notify.wait_for("RELOADING=1", Duration::from_secs(10));
+    wait_log(&log, "configuration reloaded", Duration::from_secs(30));
+    signal(&child, rustix::process::Signal::TERM);
+    assert!(wait_exit(&mut child, Duration::from_secs(30), &log).success());
+    notify.wait_for("STOPPING=1", Duration::from_secs(5));
+    let seen = notify.seen();
+    let ready = seen.iter().filter(|m| m.contains("READY=1")).count();
+    assert_eq!(ready, 2, "once serving, once after the reload: {seen:?}");
+}
+
+/// SIGHUP applies a new `manager.toml` (a new entity) and keeps the old one when the new file
+/// is bad; JSON log lines carry the request's correlation id.
+#[test]
+fn sighup_reloads_and_json_logs_carry_the_correlation_id() {
+    let s = Setup::new(&[(guests::ECHO, "echo.wasm")]);
+    let db = s.path().join("q.db");
+    let dsn = format!("sqlite://{}?queue_name=q", db.display());
+    let config = s.path().join("manager.toml");
+    std::fs::write(&config, ECHO_CONFIG).unwrap();
+    let log = s.path().join("serve.log");
+    let mut child = serve(s.path(), &dsn, &["--log-format", "json"]);
+    // The client reads a file of its own: serve's is made bad below.
+    let client = s.path().join("client.toml");
+    std::fs::write(&client, "").unwrap();
+    let dispatch = |entity: &str, id: &str| {
+        marvin(
+            s.path(),
+            &dsn,
+            &[
+                "--config",
+                client.to_str().unwrap(),
+                "dispatch",
+                "--entity",
+                entity,
+                "--action",
+                "start",
+                "--correlation-id",
+                id,
+                "--wait",
+            ],
+        )
+    };
+    assert!(dispatch("e1", "corr-1").status.success());
+    // A second entity, added by a reload.
+    assert!(!dispatch("e2", "corr-2").status.success());
+    std::fs::write(
+        &config,
+        format!(
+            "{ECHO_CONFIG}[entities.e2]\nkind = \"container\"\nproject = \"p\"\nservice = \"t\"\n"
+        ),
+    )
+    .unwrap();
+    signal(&child, rustix::process::Signal::HUP);
+    wait_log(&log, "configuration reloaded", Duration::from_secs(30));
+    let o = dispatch("e2", "corr-3");
+    assert!(o.status.success(), "{}", text(&o));
+    // A bad file: reported, the settings in force kept.
+    std::fs::write(&config, "[entities.e3\n").unwrap();
+    signal(&child, rustix::process::Signal::HUP);
+    wait_log(&log, "configuration not reloaded", Duration::from_secs(30));
+    let o = dispatch("e2", "corr-4");
+    assert!(o.status.success(), "{}", text(&o));
+    signal(&child, rustix::process::Signal::TERM);
+    assert!(wait_exit(&mut child, Duration::from_secs(30), &log).success());
+
+    let logged = std::fs::read_to_string(&log).unwrap();
+    let lines: Vec<serde_json::Value> = logged
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{e}: {l}")))
+        .collect();
+    for id in ["corr-1", "corr-3", "corr-4"] {
+        let of_request: Vec<&serde_json::Value> = lines
+            .iter()
+            .filter(|l| l["span"]["correlation_id"] == id)
+            .collect();
+        let messages: Vec<&str> = of_request
+            .iter()
+            .filter_map(|l| l["message"].as_str())
+            .collect();
+        assert!(
+            messages.contains(&"action done"),
+            "{id}: {messages:?}\n{logged}"
+        );
+        // The plugin's own log line, too.
+        assert!(
+            messages.iter().any(|m| m.contains("echo start on e")),
+            "{id}: {messages:?}\n{logged}"
+        );
+    }
+    let reasons: Vec<&serde_json::Value> = lines
+        .iter()
+        .filter(|l| l["message"] == "configuration not reloaded: keeping the one in force")
+        .collect();
+    assert_eq!(reasons.len(), 1, "{logged}");
+    assert!(
+        reasons[0]["cause"].as_str().unwrap().contains("line 1"),
+        "{logged}"
+    );
+}
+
+/// A relative SQLite path in `manager.toml` is the file's neighbour, wherever the command
+/// runs; `--failure-limit` and `--memory-limit` stop `serve` as `messenger:consume`'s do.
+#[test]
+fn sqlite_paths_and_the_limits_of_serve() {
+    let s = Setup::new(&[(guests::ECHO, "echo.wasm")]);
+    let etc = s.path().join("etc");
+    std::fs::create_dir(&etc).unwrap();
+    std::fs::write(
+        etc.join("manager.toml"),
+        format!("[transport]\ndsn = \"sqlite://rel.db?queue_name=q\"\n\n{ECHO_CONFIG}"),
+    )
+    .unwrap();
+    let run = |args: &[&str]| {
+        let mut c = std::process::Command::new(env!("CARGO_BIN_EXE_marvin-manager"));
+        c.current_dir(s.path())
+            .env("MARVIN_CONFIG", etc.join("manager.toml"))
+            .env("MARVIN_CACHE_DIR", s.path().join("cache"))
+            .env_remove("MARVIN_DSN")
+            .env_remove("RUST_LOG")
+            .args(args);
+        c
+    };
+    let o = run(&["setup"]).output().unwrap();
+    assert!(o.status.success(), "{}", text(&o));
+    assert!(etc.join("rel.db").exists());
+    assert!(!s.path().join("rel.db").exists());
+
+    for id in ["f1", "f2", "f3"] {
+        let o = run(&[
+            "dispatch",
+            "--entity",
+            "nope",
+            "--action",
+            "start",
+            "--correlation-id",
+            id,
+        ])
+        .output()
+        .unwrap();
+        assert!(o.status.success(), "{}", text(&o));
+    }
+    let log = s.path().join("serve.log");
+    let mut child = run(&["serve", "--failure-limit", "2", "--concurrency", "1"])
+        .stderr(std::fs::File::create(&log).unwrap())
+        .spawn()
+        .unwrap();
+    assert!(wait_exit(&mut child, Duration::from_secs(30), &log).success());
+    let logged = std::fs::read_to_string(&log).unwrap();
+    assert!(logged.contains("failure limit reached"), "{logged}");
+    let o = run(&["actions", "--json"]).output().unwrap();
+    let answered = serde_json::from_slice::<serde_json::Value>(&o.stdout).unwrap()["actions"]
+        .as_array()
+        .unwrap()
+        .len();
+    assert_eq!(answered, 2, "stopped after two failures: {}", text(&o));
+
+    let mut child = run(&["serve", "--memory-limit", "1M"])
+        .stderr(std::fs::File::create(&log).unwrap())
+        .spawn()
+        .unwrap();
+    assert!(wait_exit(&mut child, Duration::from_secs(30), &log).success());
+    let logged = std::fs::read_to_string(&log).unwrap();
+    assert!(logged.contains("memory limit reached"), "{logged}");
+}
