@@ -39,6 +39,45 @@ pub struct Config {
     /// The operator's HTTP listener: metrics and health.
     #[serde(default)]
     pub http: HttpConfig,
+    /// How long answers and parked rows are kept.
+    #[serde(default)]
+    pub ledger: LedgerConfig,
+}
+
+/// How long the ledger keeps answers (and the failure queue parked rows) when `keep` is not
+/// set.
+pub const DEFAULT_LEDGER_KEEP: &str = "30d";
+
+/// `[ledger]`.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LedgerConfig {
+    /// An age (`30d`, `12h`, `90m`): `serve` deletes ledger rows and parked rows older than
+    /// this, hourly; `forever` keeps everything. Default 30d.
+    pub keep: Option<String>,
+}
+
+impl LedgerConfig {
+    /// How long to keep, in seconds; `None`: forever.
+    pub fn keep_secs(&self) -> Option<i64> {
+        match self.keep.as_deref().unwrap_or(DEFAULT_LEDGER_KEEP) {
+            "forever" => None,
+            k => age_secs(k),
+        }
+    }
+}
+
+/// `45s`, `30m`, `12h`, `30d` in seconds.
+pub fn age_secs(s: &str) -> Option<i64> {
+    let unit = match s.chars().last()? {
+        's' => 1,
+        'm' => 60,
+        'h' => 3600,
+        'd' => 86_400,
+        _ => return None,
+    };
+    let n: i64 = s[..s.len() - 1].parse().ok()?;
+    (n > 0).then(|| n.saturating_mul(unit))
 }
 
 /// `[http]`: off unless `listen` is set.
@@ -313,6 +352,14 @@ impl Config {
                     }
                 }
             }
+        }
+        if let Some(keep) = &self.ledger.keep
+            && keep != "forever"
+            && age_secs(keep).is_none()
+        {
+            return Err(format!(
+                "[ledger] keep = '{keep}': use an age such as 30d, 12h, 90m, or \"forever\""
+            ));
         }
         if let Some(url) = &self.supervisor.url
             && !url.starts_with("unix://")

@@ -556,3 +556,143 @@ fn sqlite_paths_and_the_limits_of_serve() {
     let logged = std::fs::read_to_string(&log).unwrap();
     assert!(logged.contains("memory limit reached"), "{logged}");
 }
+
+on_both_databases!(the_messenger_commands_work_on_parked_rows);
+
+/// `failed show|retry|remove`, `stats` and `prune`, as an operator runs them, on rows the
+/// manager parked: each says what it did and the table shows it.
+async fn the_messenger_commands_work_on_parked_rows<T, F>(db: &TestDb, transport: F)
+where
+    T: marvin_manager::transport::Queue + marvin_manager::transport::Records,
+    F: AsyncFn(&str) -> T,
+{
+    use common::corpus::{Expect, cases};
+    let s = Setup::new(&[(guests::ECHO, "echo.wasm")]);
+    std::fs::write(s.path().join("manager.toml"), ECHO_CONFIG).unwrap();
+    let dsn = db.dsn("");
+    let t = transport("").await;
+    t.setup().await.unwrap();
+    let poison: Vec<_> = cases()
+        .into_iter()
+        .filter(|c| matches!(c.expect, Expect::Parked(_)))
+        .take(3)
+        .collect();
+    assert_eq!(poison.len(), 3);
+    for c in &poison {
+        t.send("requests", c.row.clone()).await.unwrap();
+    }
+    common::db::send(
+        &t,
+        &common::db::request("good-1", "e1", "start"),
+        marvin_manager::codec::Format::Php,
+    )
+    .await;
+    let run = |args: &[&str]| marvin(s.path(), &dsn, args);
+    let json = |args: &[&str]| -> serde_json::Value {
+        let o = run(args);
+        assert!(o.status.success(), "{args:?}: {}", text(&o));
+        serde_json::from_slice(&o.stdout).unwrap_or_else(|e| panic!("{e}: {}", text(&o)))
+    };
+
+    let stats = json(&["stats", "--json"]);
+    let requests = stats["queues"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|q| q["queue"] == "requests")
+        .unwrap();
+    assert_eq!(requests["waiting"], 4, "{stats}");
+
+    let o = run(&["serve", "--limit", "4"]);
+    assert!(o.status.success(), "{}", text(&o));
+    let parked = json(&["failed", "show", "--json"]);
+    let parked = parked.as_array().unwrap();
+    assert_eq!(parked.len(), 3, "{parked:?}");
+    for (row, case) in parked.iter().zip(&poison) {
+        let Expect::Parked(why) = case.expect else {
+            unreachable!()
+        };
+        assert!(row["reason"].as_str().unwrap().contains(why), "{row}");
+        assert_eq!(row["original_queue"], "requests");
+    }
+    let ids: Vec<i64> = parked.iter().map(|r| r["id"].as_i64().unwrap()).collect();
+    let one = run(&["failed", "show", &ids[0].to_string()]);
+    assert!(
+        text(&one).contains("from queue:     requests"),
+        "{}",
+        text(&one)
+    );
+    let stats = json(&["stats", "--json"]);
+    assert_eq!(stats["answered_last_minute"], 1, "{stats}");
+    let failed_queue = stats["queues"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|q| q["queue"] == "failed")
+        .unwrap();
+    assert_eq!(failed_queue["waiting"], 3, "{stats}");
+
+    // Retry puts it back where it came from: taken again (and, still poison, parked again).
+    let o = run(&["failed", "retry", &ids[0].to_string()]);
+    assert!(o.status.success(), "{}", text(&o));
+    let queue_of = |rows: Vec<Vec<Option<String>>>| rows[0][0].clone().unwrap();
+    let sql = format!(
+        "SELECT queue_name FROM {} WHERE id = {}",
+        db.table(),
+        ids[0]
+    );
+    assert_eq!(queue_of(db.query(&sql).await), "requests");
+    assert_eq!(
+        json(&["failed", "show", "--json"])
+            .as_array()
+            .unwrap()
+            .len(),
+        2
+    );
+    let o = run(&["serve", "--limit", "1"]);
+    assert!(o.status.success(), "{}", text(&o));
+    assert_eq!(queue_of(db.query(&sql).await), "failed");
+    assert_eq!(
+        json(&["failed", "show", "--json"])
+            .as_array()
+            .unwrap()
+            .len(),
+        3
+    );
+    // A row that is not parked is not retried.
+    let o = run(&["failed", "retry", "999999"]);
+    assert!(!o.status.success());
+    assert!(text(&o).contains("0 of 1"), "{}", text(&o));
+
+    let o = run(&["failed", "remove", &ids[1].to_string()]);
+    assert!(o.status.success(), "{}", text(&o));
+    let sql = format!(
+        "SELECT CAST(count(*) AS TEXT) FROM {} WHERE queue_name = 'failed'",
+        db.table()
+    );
+    assert_eq!(db.query(&sql).await[0][0].as_deref(), Some("2"));
+    let o = run(&["failed", "remove", "--all"]);
+    assert!(text(&o).contains("2 of 2"), "{}", text(&o));
+    assert_eq!(db.query(&sql).await[0][0].as_deref(), Some("0"));
+
+    // Prune: what is older than the age kept goes.
+    assert_eq!(
+        json(&["actions", "--json"])["actions"]
+            .as_array()
+            .unwrap()
+            .len(),
+        1
+    );
+    let o = run(&["prune", "--keep", "1h"]);
+    assert!(text(&o).contains("pruned 0 ledger row(s)"), "{}", text(&o));
+    std::thread::sleep(Duration::from_millis(1100));
+    let o = run(&["prune", "--keep", "1s"]);
+    assert!(text(&o).contains("pruned 1 ledger row(s)"), "{}", text(&o));
+    assert_eq!(
+        json(&["actions", "--json"])["actions"]
+            .as_array()
+            .unwrap()
+            .len(),
+        0
+    );
+}

@@ -16,6 +16,7 @@ macro_rules! with_transport {
 mod entities;
 mod http;
 pub mod logging;
+mod messenger;
 mod plugin_test;
 mod plugins;
 mod queue;
@@ -97,6 +98,12 @@ enum Command {
     Dispatch(queue::DispatchArgs),
     /// Shows the history of actions (the ledger).
     Actions(queue::ActionsArgs),
+    /// The rows parked in the failure queue: show, retry, remove (`messenger:failed:*`).
+    Failed(messenger::FailedArgs),
+    /// Rows waiting per queue, the oldest one's age, answers per minute (`messenger:stats`).
+    Stats(messenger::StatsArgs),
+    /// Deletes ledger rows and parked rows older than `--keep` (or `[ledger] keep`).
+    Prune(messenger::PruneArgs),
     /// Lists the plugins: versions, actions, capabilities requested and granted, load errors.
     Plugins(plugins::PluginsArgs),
     /// Carries out one request without any queue and prints the response as JSON.
@@ -151,6 +158,9 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Setup(args) => queue::setup(&cli.global, args).await,
         Command::Dispatch(args) => queue::dispatch(&cli.global, args).await,
         Command::Actions(args) => queue::actions(&cli.global, args).await,
+        Command::Failed(args) => messenger::failed(&cli.global, args).await,
+        Command::Stats(args) => messenger::stats(&cli.global, args).await,
+        Command::Prune(args) => messenger::prune(&cli.global, args).await,
         Command::Run(args) => run::run(&cli.global, args).await,
         Command::Plugin(args) => plugin_test::run(&cli.global, args).await,
         Command::Entities(args) => entities::run(&cli.global, args).await,

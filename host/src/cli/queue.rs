@@ -165,21 +165,18 @@ pub(super) struct ActionsArgs {
     json: bool,
 }
 
-/// `30m` / `2h` / `7d` / `45s` -> an RFC 3339 UTC time that long ago; RFC 3339 as is.
+/// `30m` / `2h` / `7d` / `45s` -> the RFC 3339 UTC time that long ago.
+pub(super) fn ago(s: &str) -> anyhow::Result<String> {
+    let secs = crate::config::age_secs(s)
+        .with_context(|| format!("'{s}' is not an age such as 30m, 2h, 7d"))?;
+    let t = chrono::Utc::now() - chrono::Duration::seconds(secs);
+    Ok(t.format("%Y-%m-%dT%H:%M:%S%.3fZ").to_string())
+}
+
+/// An age (`ago`) or an RFC 3339 time, as RFC 3339 UTC.
 fn since(s: &str) -> anyhow::Result<String> {
-    let unit = |c: char| match c {
-        's' => Some(1),
-        'm' => Some(60),
-        'h' => Some(3600),
-        'd' => Some(86_400),
-        _ => None,
-    };
-    if let Some(last) = s.chars().last()
-        && let Some(mult) = unit(last)
-        && let Ok(n) = s[..s.len() - 1].parse::<i64>()
-    {
-        let t = chrono::Utc::now() - chrono::Duration::seconds(n.saturating_mul(mult));
-        return Ok(t.format("%Y-%m-%dT%H:%M:%S%.3fZ").to_string());
+    if let Ok(t) = ago(s) {
+        return Ok(t);
     }
     let t = chrono::DateTime::parse_from_rfc3339(s)
         .with_context(|| format!("--since {s}: use RFC 3339 or an age such as 30m, 2h, 7d"))?;

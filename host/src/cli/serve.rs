@@ -200,6 +200,7 @@ pub(super) async fn serve(global: &GlobalArgs, args: ServeArgs) -> anyhow::Resul
             health: health.clone(),
             ..ConsumeOptions::default()
         };
+        let pruner = settings.config.ledger.keep_secs().map(|keep| tokio::spawn(prune_hourly(t.clone(), keep)));
         let mut stop_seen = stop_rx.clone();
         let draining = async move {
             let _ = stop_seen.wait_for(|s| *s).await;
@@ -208,7 +209,9 @@ pub(super) async fn serve(global: &GlobalArgs, args: ServeArgs) -> anyhow::Resul
                 sd_notify::NotifyState::Status("finishing what is in flight"),
             ]);
         };
-        consume(t, current.clone(), options, draining).await
+        let stats = consume(t, current.clone(), options, draining).await;
+        abort(pruner);
+        stats
     });
     notify(&[sd_notify::NotifyState::Stopping]);
     reloader.abort();
@@ -317,6 +320,30 @@ fn watchdog() -> Option<tokio::task::JoinHandle<()>> {
             tokio::time::sleep(every).await;
         }
     }))
+}
+
+/// Deletes ledger rows and parked rows older than `keep_secs`, now and every hour
+/// (`[ledger] keep`).
+async fn prune_hourly<T: Records>(t: Arc<T>, keep_secs: i64) {
+    loop {
+        let before = (chrono::Utc::now() - chrono::Duration::seconds(keep_secs))
+            .format("%Y-%m-%dT%H:%M:%S%.3fZ")
+            .to_string();
+        match t.prune(before).await {
+            Ok(p) if p.ledger + p.failed > 0 => {
+                tracing::info!(
+                    ledger = p.ledger,
+                    parked = p.failed,
+                    "pruned what is older than [ledger] keep"
+                );
+            }
+            Ok(_) => {}
+            Err(e) => {
+                tracing::warn!(cause = %e, "cannot prune the ledger; trying again in an hour")
+            }
+        }
+        tokio::time::sleep(Duration::from_secs(3600)).await;
+    }
 }
 
 /// Stops when the process's resident memory passes `limit` (`--memory-limit`).

@@ -406,6 +406,70 @@ impl Records for MemoryQueue {
         Ok(self.state().failures.values().cloned().collect())
     }
 
+    async fn failed_messages(
+        &self,
+        id: Option<i64>,
+        limit: i64,
+    ) -> Result<Vec<super::FailedMessage>, Error> {
+        let st = self.state();
+        Ok(st
+            .failures
+            .values()
+            .filter(|f| id.is_none_or(|id| f.id == id))
+            .filter_map(|f| {
+                let row = st.rows.get(&f.id)?;
+                Some(super::FailedMessage {
+                    id: f.id,
+                    original_queue: f.original_queue.clone(),
+                    reason: f.reason.clone(),
+                    failed_at: String::new(),
+                    created_at: String::new(),
+                    headers: row.row.headers.clone(),
+                    body: row.row.body.clone(),
+                })
+            })
+            .take(usize::try_from(limit.max(1)).unwrap_or(usize::MAX))
+            .collect())
+    }
+
+    async fn retry_failed(&self, ids: Vec<i64>) -> Result<Vec<i64>, Error> {
+        let mut st = self.state();
+        let mut done = Vec::new();
+        for id in ids {
+            let Some(f) = st.failures.remove(&id) else {
+                continue;
+            };
+            if let Some(row) = st.rows.get_mut(&id) {
+                row.queue = f.original_queue;
+                row.delivered_at = None;
+                done.push(id);
+            }
+        }
+        Ok(done)
+    }
+
+    async fn remove_failed(&self, ids: Vec<i64>) -> Result<Vec<i64>, Error> {
+        let mut st = self.state();
+        let mut done = Vec::new();
+        for id in ids {
+            if st.failures.remove(&id).is_some() {
+                st.rows.remove(&id);
+                done.push(id);
+            }
+        }
+        Ok(done)
+    }
+
+    async fn prune(&self, before: String) -> Result<super::Pruned, Error> {
+        let mut st = self.state();
+        let n = st.ledger.len();
+        st.ledger.retain(|_, e| e.finished_at >= before);
+        Ok(super::Pruned {
+            ledger: (n - st.ledger.len()) as u64,
+            failed: 0,
+        })
+    }
+
     async fn queue_stats(&self) -> Result<super::QueueStats, Error> {
         let minute_ago = (chrono::Utc::now() - chrono::Duration::seconds(60))
             .format("%Y-%m-%dT%H:%M:%S%.3fZ")

@@ -307,6 +307,49 @@ pub trait Records: Send + Sync + 'static {
     fn failed_rows(&self) -> impl Future<Output = Result<Vec<FailedRow>, Error>> + Send;
     /// What waits in the table, per queue, and how many answers the last minute saw.
     fn queue_stats(&self) -> impl Future<Output = Result<QueueStats, Error>> + Send;
+    /// The rows this manager parked in the failure queue (all, or the one `id`), oldest
+    /// first, at most `limit`.
+    fn failed_messages(
+        &self,
+        id: Option<i64>,
+        limit: i64,
+    ) -> impl Future<Output = Result<Vec<FailedMessage>, Error>> + Send;
+    /// Puts parked rows back on the queue they came from (as new, available now); the ids
+    /// retried. Rows that are not parked by this manager are left alone.
+    fn retry_failed(&self, ids: Vec<i64>) -> impl Future<Output = Result<Vec<i64>, Error>> + Send;
+    /// Deletes parked rows and their records; the ids removed.
+    fn remove_failed(&self, ids: Vec<i64>) -> impl Future<Output = Result<Vec<i64>, Error>> + Send;
+    /// Deletes ledger rows answered before `before` (RFC 3339 UTC), and parked rows (with
+    /// their records) parked before it.
+    fn prune(&self, before: String) -> impl Future<Output = Result<Pruned, Error>> + Send;
+}
+
+/// A row of the failure queue, as `failed show` prints it.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct FailedMessage {
+    /// The row id.
+    pub id: i64,
+    /// The queue it came from.
+    pub original_queue: String,
+    /// Why it was parked.
+    pub reason: String,
+    /// When (RFC 3339 UTC).
+    pub failed_at: String,
+    /// When it was first sent (`created_at`, in the DSN's time zone).
+    pub created_at: String,
+    /// Its headers, as stored.
+    pub headers: String,
+    /// Its body, as stored.
+    pub body: String,
+}
+
+/// What a prune deleted.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize)]
+pub struct Pruned {
+    /// Ledger rows.
+    pub ledger: u64,
+    /// Parked rows (and their records).
+    pub failed: u64,
 }
 
 /// The table now (`stats`, the queue metrics).

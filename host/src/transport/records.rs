@@ -6,7 +6,10 @@ use sqlx::{Arguments, Database, Decode, Encode, Executor, IntoArguments, Pool, R
 
 use super::dsn::Zone;
 use super::schema::{LEDGER_COLUMNS, Names};
-use super::{Error, FailedRow, HistoryFilter, LedgerEntry, QueueDepth, QueueStats, entry_from_row};
+use super::{
+    Error, FailedMessage, FailedRow, HistoryFilter, LedgerEntry, Pruned, QueueDepth, QueueStats,
+    entry_from_row,
+};
 
 /// Ledger history, newest first.
 pub(crate) async fn history<DB>(
@@ -184,5 +187,235 @@ where
     Ok(QueueStats {
         queues,
         answered_last_minute: count(answered),
+    })
+}
+
+/// `template` with each `{}` replaced by the dialect's next placeholder (`$1`… on PostgreSQL,
+/// `?` on SQLite).
+fn numbered<DB>(template: &str) -> Result<String, Error>
+where
+    DB: Database,
+    for<'q> i64: Encode<'q, DB> + Type<DB>,
+{
+    let mut scratch = <DB::Arguments<'static>>::default();
+    let mut parts = template.split("{}");
+    let mut sql = parts.next().unwrap_or_default().to_owned();
+    for part in parts {
+        scratch
+            .add(0i64)
+            .map_err(|e| Error::Db(sqlx::Error::Encode(e)))?;
+        scratch
+            .format_placeholder(&mut sql)
+            .map_err(|e| Error::Db(sqlx::Error::Protocol(e.to_string())))?;
+        sql.push_str(part);
+    }
+    Ok(sql)
+}
+
+/// The values, bound in order.
+fn bound<'q, DB>(values: &[Value]) -> Result<DB::Arguments<'q>, Error>
+where
+    DB: Database,
+    String: Encode<'q, DB> + Type<DB>,
+    i64: Encode<'q, DB> + Type<DB>,
+{
+    let mut args = DB::Arguments::default();
+    for v in values {
+        v.add_to::<DB>(&mut args)?;
+    }
+    Ok(args)
+}
+
+/// Where the failure queue is.
+pub(crate) struct FailureQueue<'a> {
+    pub(crate) table: &'a str,
+    pub(crate) names: &'a Names,
+    pub(crate) queue: &'a str,
+    /// How a text parameter becomes a timestamp column's value (`{}` is the placeholder):
+    /// a cast on PostgreSQL, the text itself on SQLite.
+    pub(crate) timestamp: &'static str,
+}
+
+/// The rows this manager parked (joined with their records), oldest first.
+pub(crate) async fn failed_messages<DB>(
+    pool: &Pool<DB>,
+    at: FailureQueue<'_>,
+    id: Option<i64>,
+    limit: i64,
+) -> Result<Vec<FailedMessage>, Error>
+where
+    DB: Database,
+    for<'c> &'c mut DB::Connection: Executor<'c, Database = DB>,
+    for<'q> DB::Arguments<'q>: IntoArguments<'q, DB>,
+    for<'q> String: Encode<'q, DB> + Decode<'q, DB> + Type<DB>,
+    for<'q> i64: Encode<'q, DB> + Decode<'q, DB> + Type<DB>,
+    &'static str: sqlx::ColumnIndex<DB::Row>,
+{
+    let mut values = vec![Value::Text(at.queue.to_owned())];
+    let mut template = format!(
+        "SELECT m.id, f.original_queue, f.reason, f.failed_at, CAST(m.created_at AS TEXT) AS created_at, \
+         m.headers, m.body FROM {} m JOIN {} f ON f.row_id = m.id WHERE m.queue_name = {{}}",
+        at.table, at.names.failures
+    );
+    if let Some(id) = id {
+        template.push_str(" AND m.id = {}");
+        values.push(Value::Int(id));
+    }
+    template.push_str(" ORDER BY m.id LIMIT {}");
+    values.push(Value::Int(limit.max(1)));
+    let sql = numbered::<DB>(&template)?;
+    let rows = sqlx::query_with::<DB, _>(&sql, bound::<DB>(&values)?)
+        .fetch_all(pool)
+        .await?;
+    rows.iter()
+        .map(|r| {
+            Ok(FailedMessage {
+                id: r.try_get("id")?,
+                original_queue: r.try_get("original_queue")?,
+                reason: r.try_get("reason")?,
+                failed_at: r.try_get("failed_at")?,
+                created_at: r.try_get("created_at")?,
+                headers: r.try_get("headers")?,
+                body: r.try_get("body")?,
+            })
+        })
+        .collect::<Result<_, sqlx::Error>>()
+        .map_err(Error::from)
+}
+
+/// Moves parked rows back to their queue, available at `now` (the DSN's zone), and drops
+/// their records; each in its own transaction. The ids done.
+pub(crate) async fn retry_failed<DB>(
+    pool: &Pool<DB>,
+    at: FailureQueue<'_>,
+    ids: Vec<i64>,
+    now: String,
+) -> Result<Vec<i64>, Error>
+where
+    DB: Database,
+    for<'c> &'c mut DB::Connection: Executor<'c, Database = DB>,
+    for<'q> DB::Arguments<'q>: IntoArguments<'q, DB>,
+    for<'q> String: Encode<'q, DB> + Type<DB>,
+    for<'q> i64: Encode<'q, DB> + Type<DB>,
+{
+    let update = numbered::<DB>(&format!(
+        "UPDATE {t} SET queue_name = (SELECT original_queue FROM {f} WHERE row_id = {{}}), \
+         delivered_at = NULL, available_at = {ts} \
+         WHERE id = {{}} AND queue_name = {{}} AND id IN (SELECT row_id FROM {f}) RETURNING id",
+        t = at.table,
+        f = at.names.failures,
+        ts = at.timestamp,
+    ))?;
+    let forget = numbered::<DB>(&format!(
+        "DELETE FROM {} WHERE row_id = {{}}",
+        at.names.failures
+    ))?;
+    let mut done = Vec::new();
+    for id in ids {
+        let mut tx = pool.begin().await?;
+        let values = [
+            Value::Int(id),
+            Value::Text(now.clone()),
+            Value::Int(id),
+            Value::Text(at.queue.to_owned()),
+        ];
+        let moved = sqlx::query_with::<DB, _>(&update, bound::<DB>(&values)?)
+            .fetch_optional(&mut *tx)
+            .await?;
+        if moved.is_some() {
+            sqlx::query_with::<DB, _>(&forget, bound::<DB>(&[Value::Int(id)])?)
+                .execute(&mut *tx)
+                .await?;
+            done.push(id);
+        }
+        tx.commit().await?;
+    }
+    Ok(done)
+}
+
+/// Deletes parked rows and their records. The ids done.
+pub(crate) async fn remove_failed<DB>(
+    pool: &Pool<DB>,
+    at: FailureQueue<'_>,
+    ids: Vec<i64>,
+) -> Result<Vec<i64>, Error>
+where
+    DB: Database,
+    for<'c> &'c mut DB::Connection: Executor<'c, Database = DB>,
+    for<'q> DB::Arguments<'q>: IntoArguments<'q, DB>,
+    for<'q> String: Encode<'q, DB> + Type<DB>,
+    for<'q> i64: Encode<'q, DB> + Type<DB>,
+{
+    let delete = numbered::<DB>(&format!(
+        "DELETE FROM {t} WHERE id = {{}} AND queue_name = {{}} AND id IN (SELECT row_id FROM {f}) RETURNING id",
+        t = at.table,
+        f = at.names.failures
+    ))?;
+    let forget = numbered::<DB>(&format!(
+        "DELETE FROM {} WHERE row_id = {{}}",
+        at.names.failures
+    ))?;
+    let mut done = Vec::new();
+    for id in ids {
+        let mut tx = pool.begin().await?;
+        let values = [Value::Int(id), Value::Text(at.queue.to_owned())];
+        let gone = sqlx::query_with::<DB, _>(&delete, bound::<DB>(&values)?)
+            .fetch_optional(&mut *tx)
+            .await?;
+        if gone.is_some() {
+            sqlx::query_with::<DB, _>(&forget, bound::<DB>(&[Value::Int(id)])?)
+                .execute(&mut *tx)
+                .await?;
+            done.push(id);
+        }
+        tx.commit().await?;
+    }
+    Ok(done)
+}
+
+/// Deletes ledger rows answered before `before`, and rows parked before it with their
+/// records, in one transaction.
+pub(crate) async fn prune<DB>(
+    pool: &Pool<DB>,
+    at: FailureQueue<'_>,
+    before: String,
+) -> Result<Pruned, Error>
+where
+    DB: Database,
+    for<'c> &'c mut DB::Connection: Executor<'c, Database = DB>,
+    for<'q> DB::Arguments<'q>: IntoArguments<'q, DB>,
+    for<'q> String: Encode<'q, DB> + Type<DB>,
+    for<'q> i64: Encode<'q, DB> + Type<DB>,
+{
+    let f = &at.names.failures;
+    let ledger = numbered::<DB>(&format!(
+        "DELETE FROM {} WHERE finished_at < {{}} RETURNING 1",
+        at.names.ledger
+    ))?;
+    let rows = numbered::<DB>(&format!(
+        "DELETE FROM {} WHERE queue_name = {{}} AND id IN (SELECT row_id FROM {f} WHERE failed_at < {{}}) RETURNING 1",
+        at.table
+    ))?;
+    let records = numbered::<DB>(&format!("DELETE FROM {f} WHERE failed_at < {{}}"))?;
+    let mut tx = pool.begin().await?;
+    let l = sqlx::query_with::<DB, _>(&ledger, bound::<DB>(&[Value::Text(before.clone())])?)
+        .fetch_all(&mut *tx)
+        .await?
+        .len();
+    let values = [
+        Value::Text(at.queue.to_owned()),
+        Value::Text(before.clone()),
+    ];
+    let r = sqlx::query_with::<DB, _>(&rows, bound::<DB>(&values)?)
+        .fetch_all(&mut *tx)
+        .await?
+        .len();
+    sqlx::query_with::<DB, _>(&records, bound::<DB>(&[Value::Text(before)])?)
+        .execute(&mut *tx)
+        .await?;
+    tx.commit().await?;
+    Ok(Pruned {
+        ledger: l as u64,
+        failed: r as u64,
     })
 }

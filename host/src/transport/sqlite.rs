@@ -18,9 +18,9 @@ use crate::codec::{self, Needles};
 use super::managers::Dialect;
 use super::schema::{LEDGER_COLUMNS, Names};
 use super::{
-    Claim, Delivery, Error, FailedRow, ForeignRows, HistoryFilter, LedgerEntry, Queue, QueueStats,
-    Records, Settle, TransportOptions, ago_text, classify_row, entry_from_row, instance_token,
-    managers, now_text, records, schema, storable, utc_now_rfc3339,
+    Claim, Delivery, Error, FailedMessage, FailedRow, ForeignRows, HistoryFilter, LedgerEntry,
+    Pruned, Queue, QueueStats, Records, Settle, TransportOptions, ago_text, classify_row,
+    entry_from_row, instance_token, managers, now_text, records, schema, storable, utc_now_rfc3339,
 };
 
 /// How often an idle consumer looks at the table (SQLite has no notifications).
@@ -92,6 +92,16 @@ impl SqliteTransport {
 }
 
 impl Inner {
+    /// Where this queue parks rows.
+    fn failure_queue(&self) -> records::FailureQueue<'_> {
+        records::FailureQueue {
+            table: &self.options.table_name,
+            names: &self.names,
+            queue: &self.options.failure_queue_name,
+            timestamp: "{}",
+        }
+    }
+
     /// The pool, for tests and tools.
     pub fn pool(&self) -> &SqlitePool {
         &self.pool
@@ -493,5 +503,26 @@ impl Records for SqliteTransport {
     async fn queue_stats(&self) -> Result<QueueStats, Error> {
         let o = &self.options;
         records::queue_stats(&self.pool, &o.table_name, &self.names, o.timezone).await
+    }
+
+    async fn failed_messages(
+        &self,
+        id: Option<i64>,
+        limit: i64,
+    ) -> Result<Vec<FailedMessage>, Error> {
+        records::failed_messages(&self.pool, self.failure_queue(), id, limit).await
+    }
+
+    async fn retry_failed(&self, ids: Vec<i64>) -> Result<Vec<i64>, Error> {
+        let now = self.options.timezone.format_now(0);
+        records::retry_failed(&self.pool, self.failure_queue(), ids, now).await
+    }
+
+    async fn remove_failed(&self, ids: Vec<i64>) -> Result<Vec<i64>, Error> {
+        records::remove_failed(&self.pool, self.failure_queue(), ids).await
+    }
+
+    async fn prune(&self, before: String) -> Result<Pruned, Error> {
+        records::prune(&self.pool, self.failure_queue(), before).await
     }
 }
