@@ -696,3 +696,72 @@ where
         0
     );
 }
+
+/// Core's database stays Core's: with the `schema_filter` of `examples/doctrine.yaml`, real
+/// Doctrine DBAL's schema comparison (what `doctrine:schema:update` and `migrations:diff`
+/// run) against a database the manager set up plans no DROP of the manager's tables; without
+/// it, it would drop them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn doctrine_schema_tools_leave_the_managers_tables_alone() {
+    let php = std::env::var("MARVIN_TEST_PHP").expect("MARVIN_TEST_PHP (run `. scripts/services`)");
+    let base = common::db::pg_base();
+    let name = format!("marvin_doctrine_{}", std::process::id());
+    let admin = sqlx::PgPool::connect(&base).await.unwrap();
+    sqlx::query(&format!("DROP DATABASE IF EXISTS {name}"))
+        .execute(&admin)
+        .await
+        .unwrap();
+    sqlx::query(&format!("CREATE DATABASE {name}"))
+        .execute(&admin)
+        .await
+        .unwrap();
+    let (server, _) = base.rsplit_once('/').unwrap();
+    let url = format!("{server}/{name}");
+    let s = Setup::new(&[]);
+    std::fs::write(s.path().join("manager.toml"), "").unwrap();
+    let o = marvin(
+        s.path(),
+        &format!("{url}?queue_name=manager_requests"),
+        &["setup"],
+    );
+    assert!(o.status.success(), "{}", text(&o));
+
+    let doctrine = std::fs::read_to_string(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../examples/doctrine.yaml"
+    ))
+    .unwrap();
+    // `schema_filter: '~^(?!marvin_manager_)~'` as written for Core.
+    let filter = doctrine
+        .lines()
+        .find_map(|l| l.trim().strip_prefix("schema_filter:"))
+        .map(|v| v.trim().trim_matches('\'').to_owned())
+        .expect("examples/doctrine.yaml sets schema_filter");
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/../tests/php/schema_diff.php");
+    let diff = |filter: Option<&str>| {
+        let mut c = std::process::Command::new(&php);
+        c.args([
+            script,
+            url.replace("postgres://", "pgsql://").as_str(),
+            "messenger_messages",
+        ]);
+        if let Some(f) = filter {
+            c.arg(f);
+        }
+        let o = c.output().unwrap();
+        assert!(o.status.success(), "{}", text(&o));
+        String::from_utf8_lossy(&o.stdout).into_owned()
+    };
+    let unfiltered = diff(None);
+    assert!(
+        unfiltered.contains("DROP TABLE marvin_manager_ledger"),
+        "without the filter Doctrine drops the manager's tables: {unfiltered}"
+    );
+    let filtered = diff(Some(&filter));
+    assert!(
+        !filtered.contains("marvin_manager_"),
+        "with {filter}: {filtered}"
+    );
+    assert!(!filtered.contains("DROP"), "with {filter}: {filtered}");
+    admin.close().await;
+}
