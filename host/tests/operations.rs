@@ -390,6 +390,30 @@ fn serve_waits_for_the_queue_and_tells_systemd_and_prometheus() {
     );
     assert!(metrics.contains("marvin_manager_ready 1"), "{metrics}");
     assert!(metrics.ends_with("# EOF\n"), "{metrics}");
+    // Every metric the shipped Grafana dashboard queries is one this process exposes.
+    let dashboard = std::fs::read_to_string(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../examples/grafana-dashboard.json"
+    ))
+    .unwrap();
+    let _: serde_json::Value = serde_json::from_str(&dashboard).unwrap();
+    let mut queried = 0;
+    for (at, _) in dashboard.match_indices("marvin_manager_") {
+        let name: String = dashboard[at..]
+            .chars()
+            .take_while(|c| c.is_ascii_lowercase() || *c == '_')
+            .collect();
+        let family = ["_total", "_bucket", "_sum", "_count"]
+            .iter()
+            .find_map(|suffix| name.strip_suffix(suffix))
+            .unwrap_or(&name);
+        assert!(
+            metrics.contains(&format!("# TYPE {family} ")),
+            "the dashboard queries {name}, which /metrics does not expose:\n{metrics}"
+        );
+        queried += 1;
+    }
+    assert!(queried >= 12, "{queried}");
 
     signal(&child, rustix::process::Signal::HUP);
     notify.wait_for("RELOADING=1", Duration::from_secs(10));

@@ -113,6 +113,13 @@ enum Command {
     /// Lists the entity ids Core may send: configured, discovered by label, `all`,
     /// `supervisor`, and what each names.
     Entities(entities::EntitiesArgs),
+    /// Prints the completion script of a shell (bash, zsh, fish, elvish, powershell).
+    Completions {
+        /// The shell.
+        shell: clap_complete::Shell,
+    },
+    /// Prints the manual page (roff), e.g. `marvin-manager man > marvin-manager.1`.
+    Man,
 }
 
 impl Cli {
@@ -164,6 +171,20 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Run(args) => run::run(&cli.global, args).await,
         Command::Plugin(args) => plugin_test::run(&cli.global, args).await,
         Command::Entities(args) => entities::run(&cli.global, args).await,
+        Command::Completions { shell } => {
+            let mut cmd = <Cli as clap::CommandFactory>::command();
+            clap_complete::generate(shell, &mut cmd, "marvin-manager", &mut std::io::stdout());
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Man => {
+            let cmd = <Cli as clap::CommandFactory>::command();
+            let mut out = Vec::new();
+            clap_mangen::Man::new(cmd)
+                .render(&mut out)
+                .context("cannot render the manual page")?;
+            std::io::Write::write_all(&mut std::io::stdout(), &out)?;
+            Ok(ExitCode::SUCCESS)
+        }
     }
 }
 
