@@ -199,6 +199,31 @@ fn main() {
         consumer.await.unwrap();
         let (p50, p99) = (pct(&mut samples, 0.50), pct(&mut samples, 0.99));
 
+        // 4. Metrics on vs off: the same drain, alternating, counting paused in between.
+        const METRICS_ROUNDS: usize = 3;
+        const METRICS_ACTIONS: usize = 3_000;
+        let mut rates = [Vec::new(), Vec::new()];
+        marvin_manager::metrics::install("bench");
+        for round in 0..METRICS_ROUNDS * 2 {
+            let on = round % 2 == 1;
+            marvin_manager::metrics::set_enabled(on);
+            let from = RUST_ACTIONS + PHP_ACTIONS + 1_000_000 + round * METRICS_ACTIONS;
+            fill(&admin, &table, "requests", from, METRICS_ACTIONS).await;
+            let opts = ConsumeOptions { limit: Some(METRICS_ACTIONS as u64), poll: Duration::from_millis(20), ..Default::default() };
+            let t = Instant::now();
+            let stats = consume(transport.clone(), manager.clone(), opts, std::future::pending()).await;
+            assert_eq!(stats.answered, METRICS_ACTIONS as u64);
+            rates[usize::from(on)].push(METRICS_ACTIONS as f64 / t.elapsed().as_secs_f64());
+        }
+        marvin_manager::metrics::set_enabled(false);
+        let median = |v: &mut Vec<f64>| {
+            v.sort_by(f64::total_cmp);
+            v[v.len() / 2]
+        };
+        let (off, on) = (median(&mut rates[0]), median(&mut rates[1]));
+        let counted = marvin_manager::metrics::install("bench").encode();
+        assert!(counted.contains("outcome=\"success\"} 9000"), "{counted}");
+
         println!("end to end through PostgreSQL, no-op plugin");
         println!("  manager:      {RUST_ACTIONS} actions in {rust_secs:.2} s = {rust_rate:.0} actions/s");
         println!(
@@ -208,6 +233,10 @@ fn main() {
         );
         println!("  PHP Symfony:  {php_n:.0} actions in {php_secs:.2} s = {php_rate:.0} actions/s");
         println!("  ratio:        {:.1}x (target >= 20x; throughput target >= 3000/s: {})", rust_rate / php_rate, if rust_rate >= 3000.0 { "met" } else { "NOT met" });
+        println!(
+            "metrics on vs off ({METRICS_ROUNDS} alternating drains of {METRICS_ACTIONS} each, medians): on {on:.0} actions/s, off {off:.0} actions/s, on/off {:.3} (target >= 0.95)",
+            on / off
+        );
         println!("latency, dispatch to response committed, LISTEN/NOTIFY, {LATENCY_SAMPLES} sequential requests");
         println!("  p50 {p50:.2} ms (target <= 5), p99 {p99:.2} ms (target <= 25)");
         println!("  floor (INSERT + its NOTIFY back, no consumer): p50 {:.2} ms, p99 {:.2} ms", pct(&mut floor, 0.5), pct(&mut floor, 0.99));

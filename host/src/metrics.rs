@@ -5,7 +5,7 @@
 //! event).
 
 use std::sync::OnceLock;
-use std::sync::atomic::AtomicU64;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
@@ -197,11 +197,16 @@ impl Metrics {
             .inc();
     }
 
-    /// The plugins now: how many serve, and how many files failed to load (counted when the
-    /// count grows: a failure stays counted once until the file changes).
-    pub fn plugins(&self, loaded: usize, failures_added: usize) {
-        self.plugins_loaded
-            .set(i64::try_from(loaded).unwrap_or(i64::MAX));
+    /// The plugins now: their names (each gets its denial counter, at 0 until one comes, so
+    /// rates over it are defined), and how many files failed to load (counted when the count
+    /// grows: a failure stays counted once until the file changes).
+    pub fn plugins<'a>(&self, serving: impl IntoIterator<Item = &'a str>, failures_added: usize) {
+        let mut loaded = 0i64;
+        for name in serving {
+            let _ = self.denials.get_or_create(&[("plugin", name.to_owned())]);
+            loaded += 1;
+        }
+        self.plugins_loaded.set(loaded);
         self.load_failures
             .inc_by(u64::try_from(failures_added).unwrap_or(u64::MAX));
     }
@@ -250,15 +255,27 @@ impl Metrics {
 }
 
 static METRICS: OnceLock<Metrics> = OnceLock::new();
+static ENABLED: AtomicBool = AtomicBool::new(false);
 
 /// Turns counting on (once per process; later calls return the same set).
 pub fn install(version: &str) -> &'static Metrics {
-    METRICS.get_or_init(|| Metrics::new(version))
+    let m = METRICS.get_or_init(|| Metrics::new(version));
+    ENABLED.store(true, Ordering::Relaxed);
+    m
+}
+
+/// Pauses or resumes counting once installed (the benchmark compares both in one run).
+pub fn set_enabled(on: bool) {
+    ENABLED.store(on && METRICS.get().is_some(), Ordering::Relaxed);
 }
 
 /// The metrics, when counting is on.
 pub fn get() -> Option<&'static Metrics> {
-    METRICS.get()
+    if ENABLED.load(Ordering::Relaxed) {
+        METRICS.get()
+    } else {
+        None
+    }
 }
 
 /// The content type of [`Metrics::encode`].

@@ -8,14 +8,13 @@
 
 mod common;
 
-use std::io::{Read, Write};
 use std::path::Path;
 use std::process::{Child, Output, Stdio};
 use std::time::{Duration, Instant};
 
 use common::db::{Db, TempPg, TestDb};
 use common::supervisor::Supervisord;
-use common::{Setup, guests, manager_command};
+use common::{Setup, guests, manager_command, wait_exit};
 
 const DSN_SECRET: &str = "PgS3cret-dsn-4711";
 const SV_SECRET: &str = "SvS3cret-4712";
@@ -65,23 +64,6 @@ fn signal(child: &Child, sig: rustix::process::Signal) {
     rustix::process::kill_process(pid, sig).unwrap();
 }
 
-fn wait_exit(child: &mut Child, limit: Duration, log: &Path) -> std::process::ExitStatus {
-    let t = Instant::now();
-    loop {
-        if let Some(s) = child.try_wait().unwrap() {
-            return s;
-        }
-        if t.elapsed() > limit {
-            let _ = child.kill();
-            panic!(
-                "serve did not exit within {limit:?}; its log:\n{}",
-                std::fs::read_to_string(log).unwrap_or_default()
-            );
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
-}
-
 /// Waits until `log` holds `needle`.
 fn wait_log(log: &Path, needle: &str, limit: Duration) -> String {
     let t = Instant::now();
@@ -106,38 +88,12 @@ fn free_port() -> u16 {
         .port()
 }
 
-/// GET `path` from the listener: (status, body); `None` while nothing listens.
 fn get(port: u16, path: &str) -> Option<(u16, String)> {
-    let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).ok()?;
-    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
-    write!(
-        s,
-        "GET {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n"
-    )
-    .ok()?;
-    let mut answer = String::new();
-    s.read_to_string(&mut answer).ok()?;
-    let status = answer.split_whitespace().nth(1)?.parse().ok()?;
-    let body = answer.split_once("\r\n\r\n")?.1.to_owned();
-    Some((status, body))
+    common::http_get(port, path)
 }
 
-/// Polls `path` until its status is `want`.
 fn wait_status(port: u16, path: &str, want: u16, limit: Duration) -> String {
-    let t = Instant::now();
-    loop {
-        if let Some((status, body)) = get(port, path)
-            && status == want
-        {
-            return body;
-        }
-        assert!(
-            t.elapsed() < limit,
-            "{path} did not answer {want} within {limit:?}: {:?}",
-            get(port, path)
-        );
-        std::thread::sleep(Duration::from_millis(100));
-    }
+    common::wait_http(port, path, want, limit, &String::new)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -9,7 +9,7 @@ mod common;
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use common::db::TempPg;
 use common::docker::{Project, docker, started_at};
@@ -199,45 +199,6 @@ fn static_binary() -> PathBuf {
     bin
 }
 
-fn get(port: u16, path: &str) -> Option<(u16, String)> {
-    use std::io::{Read, Write};
-    let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).ok()?;
-    s.set_read_timeout(Some(Duration::from_secs(10))).ok()?;
-    write!(
-        s,
-        "GET {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n"
-    )
-    .ok()?;
-    let mut answer = String::new();
-    s.read_to_string(&mut answer).ok()?;
-    let status = answer.split_whitespace().nth(1)?.parse().ok()?;
-    Some((status, answer.split_once("\r\n\r\n")?.1.to_owned()))
-}
-
-fn wait_status(
-    port: u16,
-    path: &str,
-    want: u16,
-    limit: Duration,
-    logs: &dyn Fn() -> String,
-) -> String {
-    let t = Instant::now();
-    loop {
-        if let Some((status, body)) = get(port, path)
-            && status == want
-        {
-            return body;
-        }
-        assert!(
-            t.elapsed() < limit,
-            "{path} did not answer {want} within {limit:?}: {:?}\n{}",
-            get(port, path),
-            logs()
-        );
-        std::thread::sleep(Duration::from_millis(200));
-    }
-}
-
 /// The image, built FROM scratch with the static binary, serves against the real engine: not
 /// ready while its queue is away, ready once it is; a request sent through the queue restarts
 /// a compose container (its StartedAt moves), and `/metrics` counts it.
@@ -305,10 +266,10 @@ fn the_container_image_restarts_a_container_through_the_queue() {
         text(&o)
     };
     let result = std::panic::catch_unwind(|| {
-        let why = wait_status(port, "/readyz", 503, Duration::from_secs(60), &logs);
+        let why = common::wait_http(port, "/readyz", 503, Duration::from_secs(60), &logs);
         assert!(why.starts_with("not ready"), "{why}");
         pg.start();
-        wait_status(port, "/readyz", 200, Duration::from_secs(90), &logs);
+        common::wait_http(port, "/readyz", 200, Duration::from_secs(90), &logs);
         let o = Command::new(env!("CARGO_BIN_EXE_marvin-manager"))
             .args([
                 "--config",
@@ -325,7 +286,7 @@ fn the_container_image_restarts_a_container_through_the_queue() {
             .unwrap();
         assert!(o.status.success(), "{}\n{}", text(&o), logs());
         assert_ne!(started_at(&web), before, "the container was restarted");
-        let metrics = wait_status(port, "/metrics", 200, Duration::from_secs(10), &logs);
+        let metrics = common::wait_http(port, "/metrics", 200, Duration::from_secs(10), &logs);
         assert!(
             metrics.contains(
                 "marvin_manager_requests_answered_total{plugin=\"docker-compose\",action=\"restart\",outcome=\"success\"} 1"

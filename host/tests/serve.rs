@@ -9,7 +9,7 @@ use std::path::Path;
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
-use common::{Setup, guests};
+use common::{Setup, guests, wait_exit};
 
 fn marvin(cwd: &Path) -> Command {
     let mut c = Command::new(env!("CARGO_BIN_EXE_marvin-manager"));
@@ -35,21 +35,6 @@ fn serve(cwd: &Path) -> Child {
         ))
         .spawn()
         .unwrap()
-}
-
-fn wait_exit(child: &mut Child, limit: Duration, cwd: &Path) -> std::process::ExitStatus {
-    let t = Instant::now();
-    loop {
-        if let Some(s) = child.try_wait().unwrap() {
-            return s;
-        }
-        if t.elapsed() > limit {
-            let _ = child.kill();
-            let log = std::fs::read_to_string(cwd.join("serve.log")).unwrap_or_default();
-            panic!("serve did not exit within {limit:?}; its log:\n{log}");
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
 }
 
 #[test]
@@ -107,7 +92,14 @@ fn the_embedded_default_serves_with_no_config_at_all() {
     assert_eq!(v["actions"].as_array().unwrap().len(), 1);
 
     unsafe_kill(child.id(), "TERM");
-    assert!(wait_exit(&mut child, Duration::from_secs(10), s.path()).success());
+    assert!(
+        wait_exit(
+            &mut child,
+            Duration::from_secs(10),
+            &s.path().join("serve.log")
+        )
+        .success()
+    );
 }
 
 #[test]
@@ -153,7 +145,11 @@ fn sigterm_finishes_the_action_in_flight() {
     std::thread::sleep(Duration::from_millis(600));
     let t = Instant::now();
     unsafe_kill(child.id(), "TERM");
-    let status = wait_exit(&mut child, Duration::from_secs(10), s.path());
+    let status = wait_exit(
+        &mut child,
+        Duration::from_secs(10),
+        &s.path().join("serve.log"),
+    );
     assert!(status.success());
     assert!(
         t.elapsed() >= Duration::from_millis(400),

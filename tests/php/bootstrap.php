@@ -53,24 +53,29 @@ function marvin_serializer(string $kind): \Symfony\Component\Messenger\Transport
     ));
 }
 
+/** DBAL connection parameters for "pgsql://user@host:port/db" or "sqlite:///path/file.db". */
+function marvin_dbal_params(string $db): array
+{
+    if (str_starts_with($db, 'sqlite://')) {
+        return ['driver' => 'pdo_sqlite', 'path' => substr($db, strlen('sqlite://'))];
+    }
+    $u = parse_url($db);
+    return [
+        'driver' => 'pdo_pgsql',
+        'host' => $u['host'],
+        'port' => $u['port'] ?? 5432,
+        'user' => $u['user'] ?? 'postgres',
+        'password' => $u['pass'] ?? '',
+        'dbname' => ltrim($u['path'], '/'),
+    ];
+}
+
 /**
  * A Doctrine transport. $db: "pgsql://user@host:port/db" or "sqlite:///path/file.db".
  */
 function marvin_transport(string $db, string $table, string $queue, string $serializer): DoctrineTransport
 {
-    if (str_starts_with($db, 'sqlite://')) {
-        $params = ['driver' => 'pdo_sqlite', 'path' => substr($db, strlen('sqlite://'))];
-    } else {
-        $u = parse_url($db);
-        $params = [
-            'driver' => 'pdo_pgsql',
-            'host' => $u['host'],
-            'port' => $u['port'] ?? 5432,
-            'user' => $u['user'] ?? 'postgres',
-            'password' => $u['pass'] ?? '',
-            'dbname' => ltrim($u['path'], '/'),
-        ];
-    }
+    $params = marvin_dbal_params($db);
     $dbal = DriverManager::getConnection($params);
     $config = Connection::buildConfiguration('doctrine://default', [
         'table_name' => $table,

@@ -16,15 +16,7 @@ use Doctrine\DBAL\Schema\Schema;
 
 [, $db, $table] = $argv;
 $filter = $argv[3] ?? null;
-$u = parse_url($db);
-$params = [
-    'driver' => 'pdo_pgsql',
-    'host' => $u['host'],
-    'port' => $u['port'] ?? 5432,
-    'user' => $u['user'] ?? 'postgres',
-    'password' => $u['pass'] ?? '',
-    'dbname' => ltrim($u['path'], '/'),
-];
+$params = marvin_dbal_params($db);
 $config = new \Doctrine\DBAL\Configuration();
 if ($filter !== null) {
     // DoctrineBundle's RegexSchemaAssetFilter.

@@ -253,7 +253,10 @@ fn count_plugins(before: Option<&Routing>, now: &Routing) {
     };
     let failing = |r: &Routing| r.set.failures().len() + r.router.refused().len();
     let was = before.map_or(0, failing);
-    m.plugins(now.router.serving().len(), failing(now).saturating_sub(was));
+    m.plugins(
+        now.router.serving().iter().map(|p| p.name.as_str()),
+        failing(now).saturating_sub(was),
+    );
 }
 
 /// The manager in force, replaced whole on a reload of the configuration: a request holds

@@ -15,10 +15,9 @@ use crate::codec::{self, Needles};
 use super::managers::Dialect;
 use super::schema::{LEDGER_COLUMNS, Names};
 use super::{
-    Claim, Delivery, Error, FailedMessage, FailedRow, ForeignRows, HistoryFilter, LedgerEntry,
-    Pruned, Queue, QueueStats, Records, Settle, TransportOptions, ago_text, classify_row,
-    entry_from_row, instance_token, managers, now_text, records, schema, storable, unstorable_id,
-    utc_now_rfc3339,
+    Claim, Delivery, Error, ForeignRows, LedgerEntry, Queue, Settle, TransportOptions, ago_text,
+    classify_row, entry_from_row, instance_token, managers, now_text, records, schema, storable,
+    unstorable_id, utc_now_rfc3339,
 };
 
 /// The PostgreSQL transport.
@@ -567,41 +566,7 @@ impl Queue for PgTransport {
     }
 }
 
-impl Records for PgTransport {
-    async fn history(&self, f: HistoryFilter) -> Result<Vec<LedgerEntry>, Error> {
-        records::history(&self.pool, &self.names, f).await
-    }
-
-    async fn failed_rows(&self) -> Result<Vec<FailedRow>, Error> {
-        records::failed_rows(&self.pool, &self.names).await
-    }
-
-    async fn queue_stats(&self) -> Result<QueueStats, Error> {
-        let o = &self.options;
-        records::queue_stats(&self.pool, &o.table_name, &self.names, o.timezone).await
-    }
-
-    async fn failed_messages(
-        &self,
-        id: Option<i64>,
-        limit: i64,
-    ) -> Result<Vec<FailedMessage>, Error> {
-        records::failed_messages(&self.pool, self.failure_queue(), id, limit).await
-    }
-
-    async fn retry_failed(&self, ids: Vec<i64>) -> Result<Vec<i64>, Error> {
-        let now = self.options.timezone.format_now(0);
-        records::retry_failed(&self.pool, self.failure_queue(), ids, now).await
-    }
-
-    async fn remove_failed(&self, ids: Vec<i64>) -> Result<Vec<i64>, Error> {
-        records::remove_failed(&self.pool, self.failure_queue(), ids).await
-    }
-
-    async fn prune(&self, before: String) -> Result<Pruned, Error> {
-        records::prune(&self.pool, self.failure_queue(), before).await
-    }
-}
+records::impl_records!(PgTransport);
 
 /// The fetch's filter (see [`super::candidate_filter`]).
 fn candidate_filter() -> String {

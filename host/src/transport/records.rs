@@ -11,6 +11,65 @@ use super::{
     entry_from_row,
 };
 
+/// `impl Records for $t` over the generic functions of this module: `$t` has `pool`, `names`,
+/// `options` and `failure_queue()` (both databases' transports do).
+macro_rules! impl_records {
+    ($t:ty) => {
+        impl $crate::transport::Records for $t {
+            async fn history(
+                &self,
+                f: $crate::transport::HistoryFilter,
+            ) -> Result<Vec<$crate::transport::LedgerEntry>, $crate::transport::Error> {
+                records::history(&self.pool, &self.names, f).await
+            }
+
+            async fn failed_rows(
+                &self,
+            ) -> Result<Vec<$crate::transport::FailedRow>, $crate::transport::Error> {
+                records::failed_rows(&self.pool, &self.names).await
+            }
+
+            async fn queue_stats(
+                &self,
+            ) -> Result<$crate::transport::QueueStats, $crate::transport::Error> {
+                let o = &self.options;
+                records::queue_stats(&self.pool, &o.table_name, &self.names, o.timezone).await
+            }
+
+            async fn failed_messages(
+                &self,
+                id: Option<i64>,
+                limit: i64,
+            ) -> Result<Vec<$crate::transport::FailedMessage>, $crate::transport::Error> {
+                records::failed_messages(&self.pool, self.failure_queue(), id, limit).await
+            }
+
+            async fn retry_failed(
+                &self,
+                ids: Vec<i64>,
+            ) -> Result<Vec<i64>, $crate::transport::Error> {
+                let now = self.options.timezone.format_now(0);
+                records::retry_failed(&self.pool, self.failure_queue(), ids, now).await
+            }
+
+            async fn remove_failed(
+                &self,
+                ids: Vec<i64>,
+            ) -> Result<Vec<i64>, $crate::transport::Error> {
+                records::remove_failed(&self.pool, self.failure_queue(), ids).await
+            }
+
+            async fn prune(
+                &self,
+                before: String,
+            ) -> Result<$crate::transport::Pruned, $crate::transport::Error> {
+                records::prune(&self.pool, self.failure_queue(), before).await
+            }
+        }
+    };
+}
+pub(crate) use impl_records;
+
 /// Ledger history, newest first.
 pub(crate) async fn history<DB>(
     pool: &Pool<DB>,
@@ -283,8 +342,65 @@ where
         .map_err(Error::from)
 }
 
+/// What to do to one parked row.
+enum ParkedAction {
+    /// Back to the queue it came from, available at this time (the DSN's zone).
+    Retry(String),
+    /// Deleted.
+    Remove,
+}
+
+/// Retries or removes parked rows, each in its own transaction: the statement on the row
+/// (only if it is parked: in the failure queue, with a record), then its record. The ids done.
+async fn on_parked<DB>(
+    pool: &Pool<DB>,
+    at: FailureQueue<'_>,
+    ids: Vec<i64>,
+    action: ParkedAction,
+) -> Result<Vec<i64>, Error>
+where
+    DB: Database,
+    for<'c> &'c mut DB::Connection: Executor<'c, Database = DB>,
+    for<'q> DB::Arguments<'q>: IntoArguments<'q, DB>,
+    for<'q> String: Encode<'q, DB> + Type<DB>,
+    for<'q> i64: Encode<'q, DB> + Type<DB>,
+{
+    let (t, f) = (at.table, &at.names.failures);
+    let parked =
+        format!("id = {{}} AND queue_name = {{}} AND id IN (SELECT row_id FROM {f}) RETURNING id");
+    let statement = numbered::<DB>(&match action {
+        ParkedAction::Retry(_) => format!(
+            "UPDATE {t} SET queue_name = (SELECT original_queue FROM {f} WHERE row_id = {{}}), \
+             delivered_at = NULL, available_at = {ts} WHERE {parked}",
+            ts = at.timestamp
+        ),
+        ParkedAction::Remove => format!("DELETE FROM {t} WHERE {parked}"),
+    })?;
+    let forget = numbered::<DB>(&format!("DELETE FROM {f} WHERE row_id = {{}}"))?;
+    let mut done = Vec::new();
+    for id in ids {
+        let mut values = match &action {
+            ParkedAction::Retry(now) => vec![Value::Int(id), Value::Text(now.clone())],
+            ParkedAction::Remove => Vec::new(),
+        };
+        values.extend([Value::Int(id), Value::Text(at.queue.to_owned())]);
+        let mut tx = pool.begin().await?;
+        let hit = sqlx::query_with::<DB, _>(&statement, bound::<DB>(&values)?)
+            .fetch_optional(&mut *tx)
+            .await?;
+        if hit.is_some() {
+            sqlx::query_with::<DB, _>(&forget, bound::<DB>(&[Value::Int(id)])?)
+                .execute(&mut *tx)
+                .await?;
+            done.push(id);
+        }
+        tx.commit().await?;
+    }
+    Ok(done)
+}
+
 /// Moves parked rows back to their queue, available at `now` (the DSN's zone), and drops
-/// their records; each in its own transaction. The ids done.
+/// their records. The ids done.
 pub(crate) async fn retry_failed<DB>(
     pool: &Pool<DB>,
     at: FailureQueue<'_>,
@@ -298,39 +414,7 @@ where
     for<'q> String: Encode<'q, DB> + Type<DB>,
     for<'q> i64: Encode<'q, DB> + Type<DB>,
 {
-    let update = numbered::<DB>(&format!(
-        "UPDATE {t} SET queue_name = (SELECT original_queue FROM {f} WHERE row_id = {{}}), \
-         delivered_at = NULL, available_at = {ts} \
-         WHERE id = {{}} AND queue_name = {{}} AND id IN (SELECT row_id FROM {f}) RETURNING id",
-        t = at.table,
-        f = at.names.failures,
-        ts = at.timestamp,
-    ))?;
-    let forget = numbered::<DB>(&format!(
-        "DELETE FROM {} WHERE row_id = {{}}",
-        at.names.failures
-    ))?;
-    let mut done = Vec::new();
-    for id in ids {
-        let mut tx = pool.begin().await?;
-        let values = [
-            Value::Int(id),
-            Value::Text(now.clone()),
-            Value::Int(id),
-            Value::Text(at.queue.to_owned()),
-        ];
-        let moved = sqlx::query_with::<DB, _>(&update, bound::<DB>(&values)?)
-            .fetch_optional(&mut *tx)
-            .await?;
-        if moved.is_some() {
-            sqlx::query_with::<DB, _>(&forget, bound::<DB>(&[Value::Int(id)])?)
-                .execute(&mut *tx)
-                .await?;
-            done.push(id);
-        }
-        tx.commit().await?;
-    }
-    Ok(done)
+    on_parked(pool, at, ids, ParkedAction::Retry(now)).await
 }
 
 /// Deletes parked rows and their records. The ids done.
@@ -346,31 +430,7 @@ where
     for<'q> String: Encode<'q, DB> + Type<DB>,
     for<'q> i64: Encode<'q, DB> + Type<DB>,
 {
-    let delete = numbered::<DB>(&format!(
-        "DELETE FROM {t} WHERE id = {{}} AND queue_name = {{}} AND id IN (SELECT row_id FROM {f}) RETURNING id",
-        t = at.table,
-        f = at.names.failures
-    ))?;
-    let forget = numbered::<DB>(&format!(
-        "DELETE FROM {} WHERE row_id = {{}}",
-        at.names.failures
-    ))?;
-    let mut done = Vec::new();
-    for id in ids {
-        let mut tx = pool.begin().await?;
-        let values = [Value::Int(id), Value::Text(at.queue.to_owned())];
-        let gone = sqlx::query_with::<DB, _>(&delete, bound::<DB>(&values)?)
-            .fetch_optional(&mut *tx)
-            .await?;
-        if gone.is_some() {
-            sqlx::query_with::<DB, _>(&forget, bound::<DB>(&[Value::Int(id)])?)
-                .execute(&mut *tx)
-                .await?;
-            done.push(id);
-        }
-        tx.commit().await?;
-    }
-    Ok(done)
+    on_parked(pool, at, ids, ParkedAction::Remove).await
 }
 
 /// Deletes ledger rows answered before `before`, and rows parked before it with their

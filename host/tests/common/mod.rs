@@ -200,3 +200,69 @@ pub fn manager_command(cwd: &Path, dsn: &str, log: &Path) -> std::process::Comma
         ));
     c
 }
+
+/// Waits for `child` to exit; past `limit` it is killed and the test fails with its log.
+pub fn wait_exit(
+    child: &mut std::process::Child,
+    limit: std::time::Duration,
+    log: &Path,
+) -> std::process::ExitStatus {
+    let t = std::time::Instant::now();
+    loop {
+        if let Some(s) = child.try_wait().unwrap() {
+            return s;
+        }
+        if t.elapsed() > limit {
+            let _ = child.kill();
+            panic!(
+                "the process did not exit within {limit:?}; its log:\n{}",
+                std::fs::read_to_string(log).unwrap_or_default()
+            );
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+}
+
+/// GET `path` from a listener on 127.0.0.1:`port`, as curl would: (status, body); `None`
+/// while nothing answers.
+pub fn http_get(port: u16, path: &str) -> Option<(u16, String)> {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).ok()?;
+    s.set_read_timeout(Some(std::time::Duration::from_secs(10)))
+        .ok()?;
+    write!(
+        s,
+        "GET {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n"
+    )
+    .ok()?;
+    let mut answer = String::new();
+    s.read_to_string(&mut answer).ok()?;
+    let status = answer.split_whitespace().nth(1)?.parse().ok()?;
+    Some((status, answer.split_once("\r\n\r\n")?.1.to_owned()))
+}
+
+/// Polls `path` until it answers `want`; the body. Past `limit` the test fails with the last
+/// answer and `context()` (a log).
+pub fn wait_http(
+    port: u16,
+    path: &str,
+    want: u16,
+    limit: std::time::Duration,
+    context: &dyn Fn() -> String,
+) -> String {
+    let t = std::time::Instant::now();
+    loop {
+        if let Some((status, body)) = http_get(port, path)
+            && status == want
+        {
+            return body;
+        }
+        assert!(
+            t.elapsed() < limit,
+            "{path} did not answer {want} within {limit:?}: {:?}\n{}",
+            http_get(port, path),
+            context()
+        );
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+}
