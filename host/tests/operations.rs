@@ -386,7 +386,10 @@ fn serve_waits_for_the_queue_and_tells_systemd_and_prometheus() {
 /// is bad; JSON log lines carry the request's correlation id.
 #[test]
 fn sighup_reloads_and_json_logs_carry_the_correlation_id() {
-    let s = Setup::new(&[(guests::ECHO, "echo.wasm")]);
+    let s = Setup::new(&[
+        (guests::ECHO, "echo.wasm"),
+        (guests::COUNTER, "counter.wasm"),
+    ]);
     let db = s.path().join("q.db");
     let dsn = format!("sqlite://{}?queue_name=q", db.display());
     let config = s.path().join("manager.toml");
@@ -415,17 +418,52 @@ fn sighup_reloads_and_json_logs_carry_the_correlation_id() {
         )
     };
     assert!(dispatch("e1", "corr-1").status.success());
-    // A second entity, added by a reload.
+    // A second entity, added by a reload, while a slow request is in flight: it finishes on
+    // the settings it started with and is answered once.
     assert!(!dispatch("e2", "corr-2").status.success());
-    std::fs::write(
-        &config,
-        format!(
-            "{ECHO_CONFIG}[entities.e2]\nkind = \"container\"\nproject = \"p\"\nservice = \"t\"\n"
-        ),
-    )
-    .unwrap();
-    signal(&child, rustix::process::Signal::HUP);
-    wait_log(&log, "configuration reloaded", Duration::from_secs(30));
+    let slow = std::thread::scope(|scope| {
+        let slow = scope.spawn(|| {
+            marvin(
+                s.path(),
+                &dsn,
+                &[
+                    "--config",
+                    client.to_str().unwrap(),
+                    "dispatch",
+                    "--entity",
+                    "e1",
+                    "--action",
+                    "count",
+                    "--args",
+                    r#"{"ms": 3000}"#,
+                    "--correlation-id",
+                    "corr-slow",
+                    "--wait",
+                ],
+            )
+        });
+        wait_log(&log, "effect[corr-slow]", Duration::from_secs(30));
+        std::fs::write(
+            &config,
+            format!(
+                "{ECHO_CONFIG}[entities.e2]\nkind = \"container\"\nproject = \"p\"\nservice = \"t\"\n"
+            ),
+        )
+        .unwrap();
+        signal(&child, rustix::process::Signal::HUP);
+        wait_log(&log, "configuration reloaded", Duration::from_secs(30));
+        slow.join().unwrap()
+    });
+    assert!(slow.status.success(), "{}", text(&slow));
+    assert!(text(&slow).contains("counted"), "{}", text(&slow));
+    let logged = std::fs::read_to_string(&log).unwrap();
+    assert_eq!(logged.matches("effect[corr-slow]").count(), 1, "{logged}");
+    // Started before the reload, done after it.
+    let line_of = |pred: &dyn Fn(&str) -> bool| logged.lines().position(pred).unwrap();
+    let started = line_of(&|l| l.contains("effect[corr-slow]"));
+    let reloaded = line_of(&|l| l.contains("configuration reloaded"));
+    let done = line_of(&|l| l.contains("corr-slow") && l.contains("action done"));
+    assert!(started < reloaded && reloaded < done, "{logged}");
     let o = dispatch("e2", "corr-3");
     assert!(o.status.success(), "{}", text(&o));
     // A bad file: reported, the settings in force kept.

@@ -184,19 +184,26 @@ fn the_debian_package_installs_the_binary_the_unit_and_the_man_page() {
     }
 }
 
-/// The static binary for the image: built by `scripts/test` (and CI) before the tests.
+/// The static binary for the image: built by `scripts/test` (and CI) before the tests with the
+/// `image-test` profile, or a release build; the newer of the two.
 fn static_binary() -> PathBuf {
     let dir = std::env::var_os("CARGO_TARGET_DIR")
         .map(PathBuf::from)
-        .unwrap_or_else(|| repo().join("target"));
-    let bin = dir.join("x86_64-unknown-linux-musl/release/marvin-manager");
-    assert!(
-        bin.exists(),
-        "{} is missing: `cargo build --release --target x86_64-unknown-linux-musl -p marvin-manager` \
-         (scripts/test does it)",
-        bin.display()
-    );
-    bin
+        .unwrap_or_else(|| repo().join("target"))
+        .join("x86_64-unknown-linux-musl");
+    ["image-test", "release"]
+        .iter()
+        .map(|profile| dir.join(profile).join("marvin-manager"))
+        .filter_map(|bin| Some((std::fs::metadata(&bin).ok()?.modified().ok()?, bin)))
+        .max()
+        .map(|(_, bin)| bin)
+        .unwrap_or_else(|| {
+            panic!(
+                "no static binary under {}: `cargo build --profile image-test --target \
+                 x86_64-unknown-linux-musl -p marvin-manager` (scripts/test does it)",
+                dir.display()
+            )
+        })
 }
 
 /// The image, built FROM scratch with the static binary, serves against the real engine: not
