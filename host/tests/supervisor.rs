@@ -322,3 +322,73 @@ async fn inet_http_server_with_basic_auth() {
     assert!(e.contains("refused the credentials"), "{e}");
     assert_eq!(s.state("web"), "STOPPED");
 }
+
+/// A group whose member cannot spawn: the answer gives that member's reason (as a single
+/// program's failure does) and says the others started; only the new group asked for is
+/// added and reported by `update` with `args.groups`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_group_with_a_member_that_fails_and_update_of_one_group() {
+    const MIXED: &str = "\
+[group:mixed]
+programs=good,bad1,bad2
+
+[program:good]
+command=/bin/sleep 3604
+autostart=false
+startsecs=0
+
+[program:bad1]
+command=/nonexistent/bad1
+autostart=false
+startsecs=0
+startretries=0
+
+[program:bad2]
+command=/bin/sh -c \"echo crashing-now; exit 3\"
+autostart=false
+startsecs=1
+startretries=0
+";
+    let s = Supervisord::start(MIXED);
+    let setup = setup();
+    let toml = "[plugins.supervisor.grants.supervisor]\nprograms = [\"mixed\", \"new1\", \"new2\"]\nconfig = true\n\n[entities.mixed]\nkind = \"worker\"\nprogram = \"mixed\"\n";
+    let m = setup.manager_with_supervisor(toml, &s.url()).await;
+
+    let r = run(&m, "mixed", "start").await;
+    assert!(!r.success, "{r:?}");
+    let e = r.error.clone().unwrap();
+    assert!(e.contains("mixed:bad1"), "{e}");
+    assert!(e.contains("/nonexistent/bad1"), "the member's reason: {e}");
+    assert!(e.contains("mixed:bad2"), "{e}");
+    assert!(e.contains("crashing-now"), "the member's log tail: {e}");
+    assert_eq!(r.output.as_deref(), Some("mixed:good: started"), "{r:?}");
+    assert_eq!(r.metadata["acted_on"], json!(["mixed:good"]));
+    assert_eq!(s.state("mixed:good"), "RUNNING");
+    assert_ne!(s.state("mixed:bad1"), "RUNNING");
+
+    s.set_programs(&format!(
+        "{MIXED}\n[program:new1]\ncommand=/bin/sleep 3605\nstartsecs=0\n\n\
+         [program:new2]\ncommand=/bin/sleep 3606\nstartsecs=0\n"
+    ));
+    let r = m
+        .execute(&request(
+            "supervisor",
+            "update",
+            json!({"groups": ["new2"]}),
+            20,
+        ))
+        .await;
+    assert!(r.success, "{r:?}");
+    assert_eq!(r.metadata["added"], json!(["new2"]), "{r:?}");
+    assert_eq!(r.output.as_deref(), Some("new2: added process group"));
+    let status = s.status();
+    assert_eq!(
+        status.get("new2").map(String::as_str),
+        Some("RUNNING"),
+        "{status:?}"
+    );
+    assert!(
+        !status.contains_key("new1"),
+        "new1 was not asked for: {status:?}"
+    );
+}

@@ -135,17 +135,14 @@ fn group_states(group: &str) -> Value {
     }
 }
 
-fn group_failures(results: &[ProcessResult]) -> Vec<String> {
-    results
-        .iter()
-        .filter(|r| r.status != SUCCESS)
-        .map(|r| format!("{}:{}: {}", r.group, r.name, r.description))
-        .collect()
-}
-
 /// A spawn error with what supervisord knows about it.
 fn spawn_failure(full: &str, e: &Error) -> String {
-    let mut text = format!("{full}: {}", error_text(e));
+    with_details(format!("{full}: {}", error_text(e)), full)
+}
+
+/// `text` about process `full`, with its spawn error (when the text lacks it) and the tail of
+/// its log, as a single program's failure says them.
+fn with_details(mut text: String, full: &str) -> String {
     if let Ok(p) = supervisor::process_info(full) {
         if !p.spawn_error.is_empty() && !text.contains(&p.spawn_error) {
             text.push_str(&format!(" ({})", p.spawn_error));
@@ -160,67 +157,111 @@ fn spawn_failure(full: &str, e: &Error) -> String {
     text
 }
 
-/// A group call (`start-group` or `stop-group`): the processes it acted on, or the
-/// failures it reported.
+/// What a group call (`start-group` or `stop-group`) did: the processes it acted on, and
+/// each member that failed, with the reason and its log's tail.
+struct GroupCall {
+    done: Vec<String>,
+    failures: Vec<String>,
+}
+
 fn group_call(
     call: fn(&str, bool) -> Result<Vec<ProcessResult>, Error>,
     group: &str,
-) -> Result<Vec<String>, String> {
+) -> Result<GroupCall, String> {
     let results = call(group, true).map_err(|e| error_text(&e))?;
-    let fails = group_failures(&results);
-    if fails.is_empty() {
-        Ok(results
-            .iter()
-            .map(|r| format!("{}:{}", r.group, r.name))
-            .collect())
-    } else {
-        Err(fails.join("; "))
+    let mut outcome = GroupCall {
+        done: Vec::new(),
+        failures: Vec::new(),
+    };
+    for r in &results {
+        let full = format!("{}:{}", r.group, r.name);
+        if r.status == SUCCESS {
+            outcome.done.push(full);
+        } else {
+            let text = format!("{full}: {}", r.description);
+            outcome.failures.push(with_details(text, &full));
+        }
     }
+    Ok(outcome)
 }
 
-/// start / stop / restart of a whole group; `chosen` are its processes as they were.
+/// start / stop / restart of a whole group; `chosen` are its processes as they were. A member
+/// that fails makes the action fail with its reason and log tail, and the answer still says
+/// what the others did (a line per process, as supervisorctl prints them).
 fn group_action(action: &str, group: &str, chosen: &[Process]) -> Response {
     let what = format!("group {group}");
     let any_running = chosen
         .iter()
         .any(|p| running(p) || p.state == ProcessState::Stopping);
     let all_running = chosen.iter().all(running);
-    let result = match action {
-        "start" if all_running => Ok((format!("{what}: already running"), true, Vec::new())),
-        "start" => group_call(supervisor::start_group, group)
-            .map(|started| (format!("{}: started", started.join(", ")), false, started)),
-        "stop" if !any_running => Ok((format!("{what}: already stopped"), true, Vec::new())),
-        "stop" => group_call(supervisor::stop_group, group)
-            .map(|stopped| (format!("{}: stopped", stopped.join(", ")), false, stopped)),
+    match action {
+        "start" if all_running => return already_group(group, format!("{what}: already running")),
+        "stop" if !any_running => return already_group(group, format!("{what}: already stopped")),
+        _ => {}
+    }
+    let mut lines: Vec<String> = Vec::new();
+    let mut acted: Vec<String> = Vec::new();
+    let mut failures: Vec<String> = Vec::new();
+    let mut step =
+        |call: fn(&str, bool) -> Result<Vec<ProcessResult>, Error>, verb: &str| match group_call(
+            call, group,
+        ) {
+            Ok(c) => {
+                lines.extend(c.done.iter().map(|n| format!("{n}: {verb}")));
+                acted = c.done;
+                failures.extend(c.failures);
+                true
+            }
+            Err(e) => {
+                failures.push(e);
+                false
+            }
+        };
+    match action {
+        "start" => {
+            step(supervisor::start_group, "started");
+        }
+        "stop" => {
+            step(supervisor::stop_group, "stopped");
+        }
         // supervisorctl restart: stop what runs, then start everything.
         _ => {
-            let stopped = if any_running {
-                group_call(supervisor::stop_group, group)
-            } else {
-                Ok(Vec::new())
-            };
-            stopped.and_then(|stopped| {
-                group_call(supervisor::start_group, group).map(|started| {
-                    let mut lines: Vec<String> =
-                        stopped.iter().map(|n| format!("{n}: stopped")).collect();
-                    lines.extend(started.iter().map(|n| format!("{n}: started")));
-                    (lines.join("\n"), false, started)
-                })
-            })
-        }
-    };
-    let outcome = match result {
-        Ok((text, already, acted)) => {
-            let o = Response::ok(text).with("acted_on", json!(acted));
-            if action == "restart" {
-                o
-            } else {
-                o.with("already", Value::Bool(already))
+            if !any_running || step(supervisor::stop_group, "stopped") {
+                step(supervisor::start_group, "started");
             }
         }
-        Err(e) => Response::fail(format!("{action} {what} failed: {e}")),
+    }
+    let outcome = if failures.is_empty() {
+        let text = match action {
+            "start" => format!("{}: started", acted.join(", ")),
+            "stop" => format!("{}: stopped", acted.join(", ")),
+            _ => lines.join("\n"),
+        };
+        let o = Response::ok(text);
+        if action == "restart" {
+            o
+        } else {
+            o.with("already", Value::Bool(false))
+        }
+    } else {
+        let failed = Response::fail(format!("{action} {what} failed: {}", failures.join("; ")));
+        if lines.is_empty() {
+            failed
+        } else {
+            failed.with_output(lines.join("\n"))
+        }
     };
-    outcome.with("processes", group_states(group))
+    outcome
+        .with("acted_on", json!(acted))
+        .with("processes", group_states(group))
+}
+
+/// A group already in the state asked for.
+fn already_group(group: &str, text: String) -> Response {
+    Response::ok(text)
+        .with("acted_on", json!([]))
+        .with("already", Value::Bool(true))
+        .with("processes", group_states(group))
 }
 
 /// The process a name means without asking supervisord which groups exist: `group:name`,
@@ -435,10 +476,12 @@ fn update(only: &[String]) -> Response {
             failed.with_output(lines.join("\n"))
         }
     };
+    // Only the groups this update was about (`args.groups`), as supervisorctl reports them.
+    let only_wanted = |v: &[String]| json!(v.iter().filter(|g| wanted(g)).collect::<Vec<_>>());
     outcome
-        .with("added", json!(c.added))
-        .with("changed", json!(c.changed))
-        .with("removed", json!(c.removed))
+        .with("added", only_wanted(&c.added))
+        .with("changed", only_wanted(&c.changed))
+        .with("removed", only_wanted(&c.removed))
         .with("processes", processes)
 }
 
