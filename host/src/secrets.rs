@@ -12,7 +12,9 @@ pub const MASK: &str = "***";
 const SECRET_OPTIONS: &[&str] = &["password", "pass", "pwd", "sslpassword", "secret", "token"];
 
 /// A URL or DSN with its password hidden: `scheme://user:***@host/…?password=***`. Anything
-/// that is not a URL is returned as is.
+/// that is not a URL is returned as is. By hand rather than through `url::Url`, which would
+/// normalise and re-encode the rest of what the operator wrote (and reads `sqlite://x.db`'s
+/// path as a host).
 pub fn url(s: &str) -> String {
     let Some(scheme_end) = s.find("://") else {
         return s.to_owned();

@@ -2,6 +2,9 @@
 //!
 //! The parser is written for hostile input: every length is checked against what is left
 //! before anything is allocated, nesting is bounded, and it never panics.
+//!
+//! Hand-written: the PHP serde crates (`serde_php`, `php_serde`) cannot read objects (`O:`,
+//! `C:`), and every Messenger envelope is one.
 
 /// Deepest nesting accepted (arrays and objects inside each other).
 pub const MAX_DEPTH: usize = 128;

@@ -513,18 +513,7 @@ pub(crate) fn gone(own: &str, other: &str) -> bool {
 pub(crate) fn instance_token() -> String {
     static TOKEN: std::sync::OnceLock<String> = std::sync::OnceLock::new();
     TOKEN
-        .get_or_init(|| {
-            use std::hash::{BuildHasher, Hasher};
-            let mut h = std::collections::hash_map::RandomState::new().build_hasher();
-            h.write_u32(std::process::id());
-            h.write_u128(
-                std::time::SystemTime::now()
-                    .duration_since(std::time::UNIX_EPOCH)
-                    .map(|d| d.as_nanos())
-                    .unwrap_or(0),
-            );
-            format!("{}-{:016x}", std::process::id(), h.finish())
-        })
+        .get_or_init(|| format!("{}-{}", std::process::id(), uuid::Uuid::new_v4().simple()))
         .clone()
 }
 
