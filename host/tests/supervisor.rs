@@ -392,3 +392,33 @@ startretries=0
         "new1 was not asked for: {status:?}"
     );
 }
+
+/// A supervisord that takes the connection and never answers: the request fails with a
+/// timeout within its deadline and a second, and the host still serves.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_supervisord_that_never_answers_times_out_within_the_deadline() {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    std::thread::spawn(move || {
+        let mut held = Vec::new();
+        for stream in listener.incoming() {
+            held.push(stream);
+        }
+    });
+    let setup = setup();
+    let toml = format!("[plugins.supervisor.grants.supervisor]\nprograms = [\"web\"]\n{ENTITIES}");
+    let m = setup
+        .manager_with_supervisor(&toml, &format!("http://127.0.0.1:{port}"))
+        .await;
+    let deadline = std::time::Duration::from_secs(2);
+    let t = std::time::Instant::now();
+    let r = m.execute(&request("web", "start", json!({}), 2)).await;
+    let took = t.elapsed();
+    assert!(!r.success, "{r:?}");
+    assert!(
+        took < deadline + std::time::Duration::from_secs(1),
+        "answered after {took:?}"
+    );
+    let e = r.error.unwrap();
+    assert!(e.contains("deadline") || e.contains("timeout"), "{e}");
+}

@@ -9,7 +9,6 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use base64::Engine as _;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 use super::SupervisorBackend;
 use super::xmlrpc::{self, RpcError, Value};
@@ -20,6 +19,30 @@ use crate::bindings::types::Error;
 const MAX_RESPONSE_BYTES: usize = 16 << 20;
 /// How long connecting may take.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+/// How long an answer may take at most, whoever calls (a waiting start lasts `startsecs`).
+const READ_TIMEOUT: Duration = Duration::from_secs(600);
+
+/// A connection to supervisord.
+enum Stream {
+    Unix(tokio::net::UnixStream),
+    Tcp(tokio::net::TcpStream),
+}
+
+/// The hyper connection task of a [`Stream`].
+enum Driver {
+    Unix(
+        hyper::client::conn::http1::Connection<
+            hyper_util::rt::TokioIo<tokio::net::UnixStream>,
+            http_body_util::Full<bytes::Bytes>,
+        >,
+    ),
+    Tcp(
+        hyper::client::conn::http1::Connection<
+            hyper_util::rt::TokioIo<tokio::net::TcpStream>,
+            http_body_util::Full<bytes::Bytes>,
+        >,
+    ),
+}
 
 /// supervisord's fault codes (`supervisor.xmlrpc.Faults`).
 pub mod faults {
@@ -136,110 +159,107 @@ impl Supervisord {
         Error::Unavailable(format!("cannot reach supervisord at {}: {e}", self.url))
     }
 
-    async fn exchange(&self, request: &[u8]) -> Result<Vec<u8>, Error> {
-        match &self.endpoint {
-            Endpoint::Unix(path) => {
-                let s =
-                    tokio::time::timeout(CONNECT_TIMEOUT, tokio::net::UnixStream::connect(path))
-                        .await
-                        .map_err(|_| self.unreachable("connecting timed out"))?
-                        .map_err(|e| self.unreachable(e))?;
-                self.roundtrip(s, request).await
-            }
-            Endpoint::Tcp { host_port } => {
-                let s = tokio::time::timeout(
-                    CONNECT_TIMEOUT,
-                    tokio::net::TcpStream::connect(host_port.as_str()),
-                )
-                .await
-                .map_err(|_| self.unreachable("connecting timed out"))?
-                .map_err(|e| self.unreachable(e))?;
-                s.set_nodelay(true).map_err(|e| self.unreachable(e))?;
-                self.roundtrip(s, request).await
-            }
-        }
-    }
-
-    /// Writes the request, reads the answer: the head, then `Content-Length` bytes (to the
-    /// end of the stream without one). The answer is done when its length is, not when
-    /// supervisord gets round to closing the connection.
-    async fn roundtrip<S>(&self, mut s: S, request: &[u8]) -> Result<Vec<u8>, Error>
-    where
-        S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
-    {
-        s.write_all(request)
-            .await
-            .map_err(|e| self.unreachable(e))?;
-        let mut answer = Vec::with_capacity(4096);
-        let mut chunk = [0u8; 16 << 10];
-        let mut wanted: Option<usize> = None;
-        loop {
-            if let Some(total) = wanted
-                && answer.len() >= total
-            {
-                answer.truncate(total);
-                return Ok(answer);
-            }
-            let n = s.read(&mut chunk).await.map_err(|e| self.unreachable(e))?;
-            if n == 0 {
-                return Ok(answer);
-            }
-            answer.extend_from_slice(&chunk[..n]);
-            if answer.len() > MAX_RESPONSE_BYTES {
-                return Err(Error::Failed(format!(
-                    "supervisord's answer is larger than {} MiB",
-                    MAX_RESPONSE_BYTES >> 20
-                )));
-            }
-            if wanted.is_none()
-                && let Some(end) = answer.windows(4).position(|w| w == b"\r\n\r\n")
-            {
-                let head = String::from_utf8_lossy(&answer[..end]);
-                wanted = head
-                    .lines()
-                    .filter_map(|l| l.split_once(':'))
-                    .find(|(k, _)| k.trim().eq_ignore_ascii_case("content-length"))
-                    .and_then(|(_, v)| v.trim().parse::<usize>().ok())
-                    .map(|len| end + 4 + len);
-            }
-        }
-    }
-
-    /// Calls `method`; a fault comes back as the typed error of its code.
-    pub async fn call(&self, method: &str, params: &[Value]) -> Result<Value, Error> {
-        let body = xmlrpc::call(method, params);
+    /// POSTs `body` to `/RPC2` over a new connection (HTTP/1.1 through hyper, `Connection:
+    /// close`: supervisord's server closes it anyway): the status and the body. Connecting
+    /// is bounded by [`CONNECT_TIMEOUT`], the answer by [`READ_TIMEOUT`] (the capability
+    /// bounds the whole call by the request's deadline before that).
+    async fn post(&self, body: String) -> Result<(u16, bytes::Bytes), Error> {
         let host = match &self.endpoint {
             Endpoint::Unix(_) => "localhost",
             Endpoint::Tcp { host_port } => host_port.as_str(),
         };
-        let mut request = format!(
-            "POST /RPC2 HTTP/1.0\r\nHost: {host}\r\nUser-Agent: marvin-manager\r\n\
-             Content-Type: text/xml\r\nContent-Length: {}\r\n",
-            body.len()
-        );
+        let mut request = hyper::Request::post("/RPC2")
+            .header(hyper::header::HOST, host)
+            .header(hyper::header::USER_AGENT, "marvin-manager")
+            .header(hyper::header::CONTENT_TYPE, "text/xml")
+            .header(hyper::header::CONNECTION, "close");
         if let Some(auth) = &self.auth {
-            request.push_str(&format!("Authorization: Basic {auth}\r\n"));
+            request = request.header(hyper::header::AUTHORIZATION, format!("Basic {auth}"));
         }
-        request.push_str("\r\n");
-        request.push_str(&body);
+        let request = request
+            .body(http_body_util::Full::new(bytes::Bytes::from(body)))
+            .map_err(|e| Error::Failed(format!("cannot build the request to supervisord: {e}")))?;
+        let connecting = async {
+            match &self.endpoint {
+                Endpoint::Unix(path) => tokio::net::UnixStream::connect(path)
+                    .await
+                    .map(Stream::Unix),
+                Endpoint::Tcp { host_port } => {
+                    let s = tokio::net::TcpStream::connect(host_port.as_str()).await?;
+                    s.set_nodelay(true)?;
+                    Ok(Stream::Tcp(s))
+                }
+            }
+        };
+        let stream = tokio::time::timeout(CONNECT_TIMEOUT, connecting)
+            .await
+            .map_err(|_| self.unreachable("connecting timed out"))?
+            .map_err(|e| self.unreachable(e))?;
+        let exchange = async {
+            let (mut sender, connection) = match stream {
+                Stream::Unix(s) => {
+                    hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(s))
+                        .await
+                        .map(|(tx, c)| (tx, Driver::Unix(c)))
+                }
+                Stream::Tcp(s) => {
+                    hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(s))
+                        .await
+                        .map(|(tx, c)| (tx, Driver::Tcp(c)))
+                }
+            }
+            .map_err(|e| self.unreachable(e))?;
+            let driver = tokio::spawn(async move {
+                let _ = match connection {
+                    Driver::Unix(c) => c.await,
+                    Driver::Tcp(c) => c.await,
+                };
+            });
+            let answer = async {
+                let response = sender
+                    .send_request(request)
+                    .await
+                    .map_err(|e| self.unreachable(e))?;
+                let status = response.status().as_u16();
+                let body = http_body_util::BodyExt::collect(http_body_util::Limited::new(
+                    response.into_body(),
+                    MAX_RESPONSE_BYTES,
+                ))
+                .await
+                .map_err(|e| {
+                    Error::Failed(format!(
+                        "supervisord's answer could not be read (larger than {} MiB?): {e}",
+                        MAX_RESPONSE_BYTES >> 20
+                    ))
+                })?
+                .to_bytes();
+                Ok((status, body))
+            }
+            .await;
+            driver.abort();
+            answer
+        };
+        tokio::time::timeout(READ_TIMEOUT, exchange)
+            .await
+            .map_err(|_| {
+                self.unreachable(format!("no answer within {} s", READ_TIMEOUT.as_secs()))
+            })?
+    }
+
+    /// Calls `method`; a fault comes back as the typed error of its code.
+    pub async fn call(&self, method: &str, params: &[Value]) -> Result<Value, Error> {
+        let body = xmlrpc::call(method, params).map_err(|e| match e {
+            RpcError::Malformed(m) | RpcError::Fault { text: m, .. } => Error::Failed(m),
+        })?;
         let started = std::time::Instant::now();
-        let answer = self.exchange(request.as_bytes()).await;
+        let answer = self.post(body).await;
         tracing::debug!(
             method,
             elapsed_ms = started.elapsed().as_millis() as u64,
             "supervisord call"
         );
-        let answer = answer?;
-        let text = String::from_utf8_lossy(&answer);
-        let Some((head, body)) = text.split_once("\r\n\r\n") else {
-            return Err(self.unreachable("the connection closed before an answer"));
-        };
-        let status = head
-            .lines()
-            .next()
-            .and_then(|l| l.split_whitespace().nth(1))
-            .and_then(|c| c.parse::<u16>().ok())
-            .unwrap_or(0);
+        let (status, answer) = answer?;
+        let body = String::from_utf8_lossy(&answer);
         match status {
             200 => {}
             401 => {
@@ -254,7 +274,7 @@ impl Supervisord {
                 )));
             }
         }
-        xmlrpc::response(body).map_err(|e| match e {
+        xmlrpc::response(&body).map_err(|e| match e {
             RpcError::Fault { code, text } => fault(code, text),
             RpcError::Malformed(m) => Error::Failed(format!(
                 "supervisord's answer to {method} is not XML-RPC: {m}"

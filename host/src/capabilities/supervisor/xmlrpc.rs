@@ -1,11 +1,7 @@
-//! XML-RPC, the part supervisord speaks: a method call out, a response or fault back.
-//!
-//! The reader takes the XML Python's `xmlrpc` writes (and any well-formed XML-RPC): values
-//! with or without a type tag (a bare value is a string), `i4`/`int`/`i8`, `boolean`,
-//! `double`, `string`, `base64`, `dateTime.iso8601`, `nil`, `array`, `struct`; entity and
-//! character references; comments and the XML declaration skipped. Depth is bounded.
-
-use std::fmt::Write as _;
+//! XML-RPC, the part supervisord speaks: a method call out, a response or fault back. The XML
+//! is read and written by `dxr` (with `i8` and `nil`); this module keeps the small value model
+//! the supervisord client works with (struct members in order, `base64` and dates as text)
+//! and bounds the nesting of what it reads.
 
 /// An XML-RPC value.
 #[derive(Debug, Clone, PartialEq)]
@@ -84,387 +80,123 @@ pub enum RpcError {
     Malformed(String),
 }
 
-fn escape(text: &str, out: &mut String) {
-    for c in text.chars() {
-        match c {
-            '&' => out.push_str("&amp;"),
-            '<' => out.push_str("&lt;"),
-            '>' => out.push_str("&gt;"),
-            _ => out.push(c),
-        }
-    }
-}
-
-fn write_value(v: &Value, out: &mut String) {
-    out.push_str("<value>");
-    match v {
-        Value::Int(i) => {
-            let _ = write!(out, "<int>{i}</int>");
-        }
-        Value::Bool(b) => {
-            let _ = write!(out, "<boolean>{}</boolean>", u8::from(*b));
-        }
-        Value::Str(s) => {
-            out.push_str("<string>");
-            escape(s, out);
-            out.push_str("</string>");
-        }
-        Value::Double(d) => {
-            let _ = write!(out, "<double>{d}</double>");
-        }
-        Value::Base64(b) => {
-            let _ = write!(out, "<base64>{b}</base64>");
-        }
-        Value::DateTime(d) => {
-            out.push_str("<dateTime.iso8601>");
-            escape(d, out);
-            out.push_str("</dateTime.iso8601>");
-        }
-        Value::Nil => out.push_str("<nil/>"),
-        Value::Array(items) => {
-            out.push_str("<array><data>");
-            for i in items {
-                write_value(i, out);
-            }
-            out.push_str("</data></array>");
-        }
-        Value::Struct(members) => {
-            out.push_str("<struct>");
-            for (k, v) in members {
-                out.push_str("<member><name>");
-                escape(k, out);
-                out.push_str("</name>");
-                write_value(v, out);
-                out.push_str("</member>");
-            }
-            out.push_str("</struct>");
-        }
-    }
-    out.push_str("</value>");
-}
-
-/// The body of a call of `method` with `params`.
-pub fn call(method: &str, params: &[Value]) -> String {
-    let mut out = String::from("<?xml version=\"1.0\"?>\n<methodCall><methodName>");
-    escape(method, &mut out);
-    out.push_str("</methodName><params>");
-    for p in params {
-        out.push_str("<param>");
-        write_value(p, &mut out);
-        out.push_str("</param>");
-    }
-    out.push_str("</params></methodCall>\n");
-    out
-}
-
-/// One piece of XML.
-#[derive(Debug, PartialEq)]
-enum Token {
-    Open(String),
-    Close(String),
-    /// `<x/>`.
-    Empty(String),
-    Text(String),
-}
-
+/// Deepest nesting of arrays and structs read from an answer.
 const MAX_DEPTH: usize = 64;
 
-struct Lexer<'a> {
-    s: &'a str,
-    pos: usize,
-    peeked: Option<Token>,
-}
-
-fn unescape(raw: &str) -> Result<String, RpcError> {
-    let mut out = String::with_capacity(raw.len());
-    let mut rest = raw;
-    while let Some(i) = rest.find('&') {
-        out.push_str(&rest[..i]);
-        let after = &rest[i + 1..];
-        let Some(end) = after.find(';') else {
-            return Err(RpcError::Malformed(
-                "an unterminated entity reference".into(),
-            ));
-        };
-        let name = &after[..end];
-        let c = match name {
-            "amp" => '&',
-            "lt" => '<',
-            "gt" => '>',
-            "quot" => '"',
-            "apos" => '\'',
-            _ => {
-                let code = if let Some(hex) = name.strip_prefix("#x").or(name.strip_prefix("#X")) {
-                    u32::from_str_radix(hex, 16).ok()
-                } else if let Some(dec) = name.strip_prefix('#') {
-                    dec.parse().ok()
-                } else {
-                    None
-                };
-                code.and_then(char::from_u32).ok_or_else(|| {
-                    RpcError::Malformed(format!("an unknown entity reference &{name};"))
-                })?
-            }
-        };
-        out.push(c);
-        rest = &after[end + 1..];
-    }
-    out.push_str(rest);
-    Ok(out)
-}
-
-impl<'a> Lexer<'a> {
-    fn new(s: &'a str) -> Self {
-        Self {
-            s,
-            pos: 0,
-            peeked: None,
-        }
-    }
-
-    fn next(&mut self) -> Result<Option<Token>, RpcError> {
-        if let Some(t) = self.peeked.take() {
-            return Ok(Some(t));
-        }
-        loop {
-            let rest = &self.s[self.pos..];
-            if rest.is_empty() {
-                return Ok(None);
-            }
-            if !rest.starts_with('<') {
-                let end = rest.find('<').unwrap_or(rest.len());
-                self.pos += end;
-                return Ok(Some(Token::Text(unescape(&rest[..end])?)));
-            }
-            for (open, close) in [("<?", "?>"), ("<!--", "-->")] {
-                if rest.starts_with(open) {
-                    let end = rest
-                        .find(close)
-                        .ok_or_else(|| RpcError::Malformed(format!("an unterminated {open}")))?;
-                    self.pos += end + close.len();
-                }
-            }
-            if rest.starts_with("<?") || rest.starts_with("<!--") {
-                continue;
-            }
-            if let Some(body) = rest.strip_prefix("<![CDATA[") {
-                let end = body
-                    .find("]]>")
-                    .ok_or_else(|| RpcError::Malformed("an unterminated CDATA section".into()))?;
-                self.pos += 9 + end + 3;
-                return Ok(Some(Token::Text(body[..end].to_owned())));
-            }
-            let end = rest
-                .find('>')
-                .ok_or_else(|| RpcError::Malformed("an unterminated tag".into()))?;
-            let inner = &rest[1..end];
-            self.pos += end + 1;
-            let token = if let Some(name) = inner.strip_prefix('/') {
-                Token::Close(name.trim().to_owned())
-            } else if let Some(name) = inner.strip_suffix('/') {
-                Token::Empty(tag_name(name))
-            } else {
-                Token::Open(tag_name(inner))
-            };
-            return Ok(Some(token));
-        }
-    }
-
-    fn peek(&mut self) -> Result<Option<&Token>, RpcError> {
-        if self.peeked.is_none() {
-            self.peeked = self.next()?;
-        }
-        Ok(self.peeked.as_ref())
-    }
-
-    /// The next token that is not whitespace.
-    fn significant(&mut self) -> Result<Token, RpcError> {
-        loop {
-            match self.next()? {
-                Some(Token::Text(t)) if t.trim().is_empty() => continue,
-                Some(t) => return Ok(t),
-                None => return Err(RpcError::Malformed("the document ends early".into())),
-            }
-        }
-    }
-
-    fn expect_open(&mut self, name: &str) -> Result<(), RpcError> {
-        match self.significant()? {
-            Token::Open(n) if n == name => Ok(()),
-            other => Err(RpcError::Malformed(format!(
-                "expected <{name}>, found {other:?}"
-            ))),
-        }
-    }
-
-    fn expect_close(&mut self, name: &str) -> Result<(), RpcError> {
-        match self.significant()? {
-            Token::Close(n) if n == name => Ok(()),
-            other => Err(RpcError::Malformed(format!(
-                "expected </{name}>, found {other:?}"
-            ))),
-        }
-    }
-
-    /// Text up to `</name>` (empty when none).
-    fn text_until(&mut self, name: &str) -> Result<String, RpcError> {
-        let mut text = String::new();
-        loop {
-            match self.next()? {
-                Some(Token::Text(t)) => text.push_str(&t),
-                Some(Token::Close(n)) if n == name => return Ok(text),
-                other => {
-                    return Err(RpcError::Malformed(format!(
-                        "expected text in <{name}>, found {other:?}"
-                    )));
-                }
-            }
-        }
-    }
-
-    /// A `<value>…</value>`, its opening tag already read.
-    fn value_body(&mut self, depth: usize) -> Result<Value, RpcError> {
-        if depth > MAX_DEPTH {
-            return Err(RpcError::Malformed("values nest too deep".into()));
-        }
-        // A bare value: text only, a string.
-        let mut text = String::new();
-        loop {
-            match self.peek()? {
-                Some(Token::Text(_)) => {
-                    if let Some(Token::Text(t)) = self.next()? {
-                        text.push_str(&t);
-                    }
-                }
-                Some(Token::Close(n)) if n == "value" => {
-                    self.next()?;
-                    return Ok(Value::Str(text));
-                }
-                Some(_) => break,
-                None => return Err(RpcError::Malformed("the document ends early".into())),
-            }
-        }
-        let v = match self.significant()? {
-            Token::Empty(n) => match n.as_str() {
-                "nil" => Value::Nil,
-                "string" => Value::Str(String::new()),
-                other => return Err(RpcError::Malformed(format!("an empty <{other}/>"))),
-            },
-            Token::Open(n) => match n.as_str() {
-                "int" | "i4" | "i8" => {
-                    let t = self.text_until(&n)?;
-                    Value::Int(t.trim().parse().map_err(|_| {
-                        RpcError::Malformed(format!("<{n}>{t}</{n}> is not an integer"))
-                    })?)
-                }
-                "boolean" => Value::Bool(self.text_until(&n)?.trim() == "1"),
-                "double" => {
-                    let t = self.text_until(&n)?;
-                    Value::Double(t.trim().parse().map_err(|_| {
-                        RpcError::Malformed(format!("<double>{t}</double> is not a number"))
-                    })?)
-                }
-                "string" => Value::Str(self.text_until(&n)?),
-                "base64" => Value::Base64(self.text_until(&n)?.trim().to_owned()),
-                "dateTime.iso8601" => Value::DateTime(self.text_until(&n)?.trim().to_owned()),
-                "nil" => {
-                    self.expect_close("nil")?;
-                    Value::Nil
-                }
-                "array" => {
-                    let mut items = Vec::new();
-                    match self.significant()? {
-                        Token::Empty(d) if d == "data" => {}
-                        Token::Open(d) if d == "data" => loop {
-                            match self.significant()? {
-                                Token::Open(v) if v == "value" => {
-                                    items.push(self.value_body(depth + 1)?)
-                                }
-                                Token::Close(d) if d == "data" => break,
-                                other => {
-                                    return Err(RpcError::Malformed(format!(
-                                        "expected <value> in <data>, found {other:?}"
-                                    )));
-                                }
-                            }
-                        },
-                        other => {
-                            return Err(RpcError::Malformed(format!(
-                                "expected <data>, found {other:?}"
-                            )));
-                        }
-                    }
-                    self.expect_close("array")?;
-                    Value::Array(items)
-                }
-                "struct" => {
-                    let mut members = Vec::new();
-                    loop {
-                        match self.significant()? {
-                            Token::Open(m) if m == "member" => {
-                                self.expect_open("name")?;
-                                let key = self.text_until("name")?;
-                                self.expect_open("value")?;
-                                let v = self.value_body(depth + 1)?;
-                                self.expect_close("member")?;
-                                members.push((key, v));
-                            }
-                            Token::Close(s) if s == "struct" => break,
-                            other => {
-                                return Err(RpcError::Malformed(format!(
-                                    "expected <member>, found {other:?}"
-                                )));
-                            }
-                        }
-                    }
-                    Value::Struct(members)
-                }
-                other => return Err(RpcError::Malformed(format!("an unknown type <{other}>"))),
-            },
-            other => {
-                return Err(RpcError::Malformed(format!(
-                    "expected a type, found {other:?}"
-                )));
-            }
-        };
-        self.expect_close("value")?;
-        Ok(v)
+fn to_dxr(v: &Value) -> dxr::Value {
+    match v {
+        Value::Int(i) => match i32::try_from(*i) {
+            Ok(small) => dxr::Value::Integer(small),
+            Err(_) => dxr::Value::Long(*i),
+        },
+        Value::Bool(b) => dxr::Value::Boolean(*b),
+        Value::Str(s) | Value::DateTime(s) => dxr::Value::String(s.clone()),
+        Value::Double(d) => dxr::Value::Double(*d),
+        Value::Base64(b) => dxr::Value::String(b.clone()),
+        Value::Nil => dxr::Value::Nil,
+        Value::Array(items) => dxr::Value::Array(items.iter().map(to_dxr).collect()),
+        Value::Struct(members) => dxr::Value::Struct(
+            members
+                .iter()
+                .map(|(k, v)| (k.clone(), to_dxr(v)))
+                .collect(),
+        ),
     }
 }
 
-fn tag_name(inner: &str) -> String {
-    inner
-        .split(|c: char| c.is_whitespace())
-        .next()
-        .unwrap_or_default()
-        .to_owned()
+fn from_dxr(v: dxr::Value, depth: usize) -> Result<Value, RpcError> {
+    if depth > MAX_DEPTH {
+        return Err(RpcError::Malformed(format!(
+            "values nested deeper than {MAX_DEPTH}"
+        )));
+    }
+    Ok(match v {
+        dxr::Value::Integer(i) => Value::Int(i64::from(i)),
+        dxr::Value::Long(i) => Value::Int(i),
+        dxr::Value::Boolean(b) => Value::Bool(b),
+        dxr::Value::String(s) => Value::Str(s),
+        dxr::Value::Double(d) => Value::Double(d),
+        dxr::Value::DateTime(d) => Value::DateTime(d.to_string()),
+        dxr::Value::Base64(b) => {
+            use base64::Engine as _;
+            Value::Base64(base64::engine::general_purpose::STANDARD.encode(b))
+        }
+        dxr::Value::Nil => Value::Nil,
+        dxr::Value::Array(items) => Value::Array(
+            items
+                .into_iter()
+                .map(|v| from_dxr(v, depth + 1))
+                .collect::<Result<_, _>>()?,
+        ),
+        dxr::Value::Struct(members) => Value::Struct(
+            members
+                .into_iter()
+                .map(|(k, v)| Ok((k, from_dxr(v, depth + 1)?)))
+                .collect::<Result<_, RpcError>>()?,
+        ),
+        other => {
+            return Err(RpcError::Malformed(format!(
+                "an XML-RPC value of an unknown kind: {other:?}"
+            )));
+        }
+    })
+}
+
+/// A `<methodCall>` of `method` with `params`.
+pub fn call(method: &str, params: &[Value]) -> Result<String, RpcError> {
+    let call = dxr::MethodCall {
+        name: method.into(),
+        params: params.iter().map(to_dxr).collect(),
+    };
+    call.to_xml()
+        .map_err(|e| RpcError::Malformed(format!("cannot write the call to {method}: {e}")))
 }
 
 /// The value of a `<methodResponse>`, or its fault.
 pub fn response(xml: &str) -> Result<Value, RpcError> {
-    let mut lx = Lexer::new(xml);
-    lx.expect_open("methodResponse")?;
-    match lx.significant()? {
-        Token::Open(p) if p == "params" => {
-            lx.expect_open("param")?;
-            lx.expect_open("value")?;
-            let v = lx.value_body(0)?;
-            lx.expect_close("param")?;
-            lx.expect_close("params")?;
-            Ok(v)
-        }
-        Token::Open(f) if f == "fault" => {
-            lx.expect_open("value")?;
-            let v = lx.value_body(0)?;
-            Err(RpcError::Fault {
-                code: v.int_of("faultCode"),
-                text: v.text_of("faultString"),
-            })
-        }
-        other => Err(RpcError::Malformed(format!(
-            "expected <params> or <fault>, found {other:?}"
+    // The nesting is bounded before the XML is handed to the parser.
+    if xml.matches("<value").count() > MAX_DEPTH * 1024 || nesting(xml) > MAX_DEPTH * 3 + 8 {
+        return Err(RpcError::Malformed(format!(
+            "values nested deeper than {MAX_DEPTH}"
+        )));
+    }
+    if let Ok(r) = dxr::MethodResponse::from_xml(xml) {
+        return from_dxr(r.value, 0);
+    }
+    match dxr::FaultResponse::from_xml(xml) {
+        Ok(f) => Err(RpcError::Fault {
+            code: i64::from(f.fault.code()),
+            text: f.fault.string().to_owned(),
+        }),
+        Err(_) => Err(RpcError::Malformed(format!(
+            "not an XML-RPC response: {}",
+            xml.chars().take(200).collect::<String>()
         ))),
     }
+}
+
+/// The deepest nesting of elements in `xml` (a scan of its tags, before parsing).
+fn nesting(xml: &str) -> usize {
+    let (mut depth, mut deepest) = (0usize, 0usize);
+    let b = xml.as_bytes();
+    let mut i = 0;
+    while let Some(at) = xml[i..].find('<') {
+        let start = i + at;
+        let end = xml[start..].find('>').map_or(xml.len(), |e| start + e);
+        match (b.get(start + 1), b.get(end.saturating_sub(1))) {
+            (Some(b'/'), _) => depth = depth.saturating_sub(1),
+            (Some(b'?' | b'!'), _) | (_, Some(b'/')) => {}
+            _ => {
+                depth += 1;
+                deepest = deepest.max(depth);
+            }
+        }
+        i = end.min(xml.len());
+        if i >= xml.len() {
+            break;
+        }
+    }
+    deepest
 }
 
 #[cfg(test)]
@@ -476,7 +208,8 @@ mod tests {
         let body = call(
             "supervisor.startProcess",
             &[Value::Str("a<&>b".into()), Value::Bool(true)],
-        );
+        )
+        .unwrap();
         assert!(body.contains("<methodName>supervisor.startProcess</methodName>"));
         assert!(body.contains("<value><string>a&lt;&amp;&gt;b</string></value>"));
         assert!(body.contains("<value><boolean>1</boolean></value>"));
