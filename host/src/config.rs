@@ -229,6 +229,10 @@ pub struct DockerGrant {
     /// Directories image builds may use as context; empty: no build.
     #[serde(default)]
     pub build_dirs: Vec<PathBuf>,
+    /// Whether a build's `RUN` steps may use the host's network (compose's
+    /// `build.network: host`).
+    #[serde(default)]
+    pub build_host_network: bool,
 }
 
 /// The supervisor part of a grant.

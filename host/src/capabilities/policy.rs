@@ -245,6 +245,23 @@ impl Policy {
         }
     }
 
+    /// May a build use `network` (`host` must be granted).
+    pub fn docker_build_network(&self, network: Option<&str>) -> Result<(), Denied> {
+        let granted = self
+            .grants
+            .docker
+            .as_ref()
+            .is_some_and(|d| d.build_host_network);
+        if network == Some("host") && !granted {
+            return Err(Denied(format!(
+                "plugin '{}' has no grant for a build on the host's network: set \
+                 `build_host_network = true` in [plugins.{}.grants.docker]",
+                self.plugin, self.plugin
+            )));
+        }
+        Ok(())
+    }
+
     /// May the plugin see and act on supervisor program or group `name` (`group:process` too).
     pub fn supervisor_program(&self, name: &str) -> Result<(), Denied> {
         self.requested_or_deny(Capability::Supervisor)?;
@@ -390,6 +407,7 @@ mod tests {
                     exec: vec!["php bin/console *".into()],
                     exec_shell: false,
                     build_dirs: vec!["/srv/marvin".into()],
+                    build_host_network: false,
                 }),
                 supervisor: Some(SupervisorGrant {
                     programs: vec!["marvin-*".into(), "workers".into()],
@@ -510,6 +528,10 @@ mod tests {
         assert!(p.docker_build(Path::new("/srv/marvin/../etc")).is_err());
         assert!(p.docker_build(Path::new("/srv/marvinx")).is_err());
         assert!(p.docker_build(Path::new("relative")).is_err());
+        p.docker_build_network(None).unwrap();
+        p.docker_build_network(Some("none")).unwrap();
+        let e = p.docker_build_network(Some("host")).unwrap_err();
+        assert!(e.0.contains("build_host_network = true"), "{}", e.0);
     }
 
     #[test]

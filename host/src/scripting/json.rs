@@ -159,7 +159,7 @@ impl Json for Container {
 
 impl Json for BuildOptions {
     fn to_json(&self) -> Value {
-        json!({
+        let mut v = json!({
             "context": self.context,
             "dockerfile": self.dockerfile,
             "tags": self.tags,
@@ -167,7 +167,33 @@ impl Json for BuildOptions {
             "target": self.target,
             "project": self.project,
             "service": self.service,
-        })
+        });
+        // The rarer settings appear only when set, so that a script names what the plugin
+        // passed.
+        if let Value::Object(m) = &mut v {
+            let mut set = |k: &str, x: Value| {
+                m.insert(k.into(), x);
+            };
+            if !self.labels.is_empty() {
+                set("labels", pairs_json(&self.labels));
+            }
+            if !self.extra_hosts.is_empty() {
+                set("extra_hosts", json!(self.extra_hosts));
+            }
+            if let Some(n) = &self.network {
+                set("network", json!(n));
+            }
+            if let Some(n) = self.shm_size {
+                set("shm_size", json!(n));
+            }
+            if !self.cache_from.is_empty() {
+                set("cache_from", json!(self.cache_from));
+            }
+            if self.no_cache {
+                set("no_cache", json!(true));
+            }
+        }
+        v
     }
     fn from_json(v: &Value) -> Result<Self, String> {
         Ok(Self {
@@ -176,6 +202,12 @@ impl Json for BuildOptions {
             tags: strings(v, "tags"),
             args: pairs(v.get("args")),
             target: opt(v, "target"),
+            labels: pairs(v.get("labels")),
+            extra_hosts: strings(v, "extra_hosts"),
+            network: opt(v, "network"),
+            shm_size: v.get("shm_size").and_then(Value::as_u64),
+            cache_from: strings(v, "cache_from"),
+            no_cache: v.get("no_cache").and_then(Value::as_bool).unwrap_or(false),
             project: s(v, "project"),
             service: s(v, "service"),
         })

@@ -299,6 +299,7 @@ pub fn grant_everything() -> Grants {
             exec: vec!["*".into()],
             exec_shell: true,
             build_dirs: vec![PathBuf::from("/")],
+            build_host_network: true,
         }),
         supervisor: Some(crate::config::SupervisorGrant {
             programs: vec!["*".into()],

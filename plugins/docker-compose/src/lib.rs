@@ -16,6 +16,9 @@
 //! shortened to fit the request's timeout), `compose_file` (for `build`), `no_cache`.
 
 mod compose;
+#[cfg(test)]
+mod corpus_tests;
+mod interpolate;
 
 use std::time::Instant;
 
@@ -265,7 +268,18 @@ fn build(clock: &mut Clock, args: &Value, project: &str, service: &str) -> Respo
         let shell: compose::Env = std::env::vars_os()
             .filter_map(|(k, v)| Some((k.into_string().ok()?, v.into_string().ok()?)))
             .collect();
-        compose::build_plan(&files, service, &shell)
+        // compose warns about a variable used without a value, once each.
+        let mut warned: Vec<String> = Vec::new();
+        let flavor = compose::Flavor::of(&existing);
+        compose::build_plan(&files, service, &shell, flavor, &mut |name| {
+            if !warned.iter().any(|w| w == name) {
+                warned.push(name.to_owned());
+                log::log(
+                    log::Level::Warn,
+                    &format!("the {name} variable is not set: defaulting to a blank string"),
+                );
+            }
+        })
     }) {
         Ok(p) => p,
         Err(e) => return Response::fail(e),
@@ -291,6 +305,15 @@ fn build(clock: &mut Clock, args: &Value, project: &str, service: &str) -> Respo
         tags: vec![tag.clone()],
         args: plan.args.clone(),
         target: plan.target.clone(),
+        labels: plan.labels.clone(),
+        extra_hosts: plan.extra_hosts.clone(),
+        network: plan.network.clone(),
+        shm_size: plan.shm_size,
+        cache_from: plan.cache_from.clone(),
+        no_cache: args
+            .get("no_cache")
+            .and_then(Value::as_bool)
+            .unwrap_or(false),
         project: project.into(),
         service: service.into(),
     };

@@ -9,46 +9,98 @@ use cap_std::ambient_authority;
 use cap_std::fs::{Dir, PermissionsExt};
 
 use crate::bindings::types::Error;
-use crate::capabilities::policy::glob;
+use globset::{GlobBuilder, GlobMatcher};
 
 /// The largest context sent to the engine.
 pub const MAX_CONTEXT_BYTES: u64 = 1 << 30;
 
-/// `.dockerignore`: the last matching pattern decides; `!` re-includes.
-struct Ignore(Vec<(bool, String)>);
+/// `.dockerignore` read as the Docker CLI reads it (moby's `patternmatcher`): patterns are
+/// cleaned paths relative to the context (a leading `/` dropped), `*` and `?` stay inside one
+/// path segment, `**` crosses any number, `[…]` classes and `\` escapes as in Go; a pattern
+/// that matches a folder matches everything in it; the last matching pattern decides and `!`
+/// re-includes.
+struct Ignore {
+    /// (is an exception, the cleaned pattern, its matcher).
+    patterns: Vec<(bool, String, GlobMatcher)>,
+}
+
+/// Go's `filepath.Clean` on a `/`-separated pattern: `.` and empty segments dropped, `..`
+/// resolved lexically, no trailing `/`.
+fn clean(pattern: &str) -> String {
+    let rooted = pattern.starts_with('/');
+    let mut out: Vec<&str> = Vec::new();
+    for seg in pattern.split('/') {
+        match seg {
+            "" | "." => {}
+            ".." if out.last().is_some_and(|l| *l != "..") => {
+                out.pop();
+            }
+            ".." if rooted => {}
+            s => out.push(s),
+        }
+    }
+    let body = out.join("/");
+    match (rooted, body.is_empty()) {
+        (true, _) => format!("/{body}"),
+        (false, true) => ".".into(),
+        (false, false) => body,
+    }
+}
 
 impl Ignore {
-    fn parse(text: &str) -> Self {
-        Self(
-            text.lines()
-                .map(str::trim)
-                .filter(|l| !l.is_empty() && !l.starts_with('#'))
-                .map(|l| {
-                    let (keep, p) = match l.strip_prefix('!') {
-                        Some(p) => (true, p.trim()),
-                        None => (false, l),
-                    };
-                    let p = p.trim_start_matches("./").trim_matches('/').to_owned();
-                    (keep, p)
-                })
-                .collect(),
-        )
+    fn parse(text: &str) -> Result<Self, String> {
+        let text = text.strip_prefix('\u{feff}').unwrap_or(text);
+        let mut patterns = Vec::new();
+        for line in text.lines() {
+            // As Docker: a comment is a line starting with `#`, before any trimming.
+            if line.starts_with('#') {
+                continue;
+            }
+            let line = line.trim();
+            if line.is_empty() {
+                continue;
+            }
+            let (exception, p) = match line.strip_prefix('!') {
+                Some(p) => (true, p.trim()),
+                None => (false, line),
+            };
+            if p.is_empty() {
+                continue;
+            }
+            let mut p = clean(p);
+            if p.len() > 1 && p.starts_with('/') {
+                p.remove(0);
+            }
+            let matcher = GlobBuilder::new(&p)
+                .literal_separator(true)
+                .backslash_escape(true)
+                .build()
+                .map_err(|e| format!("bad pattern '{p}': {e}"))?
+                .compile_matcher();
+            patterns.push((exception, p, matcher));
+        }
+        Ok(Self { patterns })
     }
 
-    /// Whether `path` (relative, `/`-separated) is left out. A pattern matching a folder
-    /// matches everything in it.
+    /// Whether `path` (relative, `/`-separated) is left out.
     fn ignored(&self, path: &str) -> bool {
         let mut ignored = false;
-        for (keep, pattern) in &self.0 {
-            let hit = glob(pattern, path)
-                || path
-                    .match_indices('/')
-                    .any(|(i, _)| glob(pattern, &path[..i]));
+        for (exception, _, m) in &self.patterns {
+            let hit =
+                m.is_match(path) || path.match_indices('/').any(|(i, _)| m.is_match(&path[..i]));
             if hit {
-                ignored = !keep;
+                ignored = !exception;
             }
         }
         ignored
+    }
+
+    /// Whether an ignored folder must still be walked: an exception names a path under it.
+    fn may_keep_inside(&self, dir: &str) -> bool {
+        let prefix = format!("{dir}/");
+        self.patterns
+            .iter()
+            .any(|(exception, p, _)| *exception && format!("{p}/").starts_with(&prefix))
     }
 }
 
@@ -97,8 +149,12 @@ pub fn tar(root: &Path, context: &Path, dockerfile: &str) -> Result<Vec<u8>, Err
         }
     }
     let ignore = match dir.read_to_string(".dockerignore") {
-        Ok(text) => Ignore::parse(&text),
-        Err(_) => Ignore(Vec::new()),
+        Ok(text) => Ignore::parse(&text).map_err(|e| {
+            Error::Failed(format!("{}: {e}", context.join(".dockerignore").display()))
+        })?,
+        Err(_) => Ignore {
+            patterns: Vec::new(),
+        },
     };
     let mut builder = tar::Builder::new(Vec::new());
     let mut total = 0u64;
@@ -138,12 +194,20 @@ fn add_dir(
         let Some(name) = path.to_str().map(str::to_owned) else {
             continue;
         };
-        if ignore.ignored(&name) && !always.contains(&name.as_str()) {
-            continue;
-        }
         let meta = dir
             .symlink_metadata(entry.file_name())
             .map_err(|e| failed(&path, e))?;
+        if ignore.ignored(&name) && !always.contains(&name.as_str()) {
+            // As Docker: an ignored folder is walked (without its own entry) only when an
+            // exception names something inside it.
+            if meta.is_dir() && ignore.may_keep_inside(&name) {
+                let sub = dir
+                    .open_dir(entry.file_name())
+                    .map_err(|e| failed(&path, e))?;
+                add_dir(builder, &sub, path, ignore, always, total, context)?;
+            }
+            continue;
+        }
         let mut header = tar::Header::new_gnu();
         header.set_mode(meta.permissions().mode());
         header.set_mtime(0);
@@ -197,6 +261,56 @@ mod tests {
             .unwrap()
             .map(|e| e.unwrap().path().unwrap().display().to_string())
             .collect()
+    }
+
+    /// What a `.dockerignore` keeps of `files`, as the context's file names.
+    fn kept(ignore: &str, files: &[&str]) -> Vec<String> {
+        let root = tempfile::tempdir().unwrap();
+        for f in files {
+            let p = root.path().join(f);
+            std::fs::create_dir_all(p.parent().unwrap()).unwrap();
+            std::fs::write(p, "x").unwrap();
+        }
+        std::fs::write(root.path().join("Dockerfile"), "FROM scratch\n").unwrap();
+        std::fs::write(root.path().join(".dockerignore"), ignore).unwrap();
+        let t = tar(root.path(), root.path(), "Dockerfile").unwrap();
+        let mut a = tar::Archive::new(t.as_slice());
+        a.entries()
+            .unwrap()
+            .map(|e| e.unwrap())
+            .filter(|e| e.header().entry_type().is_file())
+            .map(|e| e.path().unwrap().display().to_string())
+            .filter(|n| n != "Dockerfile" && n != ".dockerignore")
+            .collect()
+    }
+
+    #[test]
+    fn dockerignore_has_dockers_semantics() {
+        let files = [
+            "x.env",
+            "sub/x.env",
+            "a/b/c.log",
+            "c.log",
+            "abc",
+            "bbc",
+            "dir/keep",
+            "dir/drop",
+            "deep/dir/keep",
+        ];
+        // `*` stays in one segment: `*.env` is the top folder's only.
+        assert_eq!(kept("*.env\n", &["x.env", "sub/x.env"]), ["sub/x.env"]);
+        assert_eq!(kept("**/*.env\n", &["x.env", "sub/x.env", "y"]), ["y"]);
+        assert_eq!(kept("/a/b\n./c.log\nsub/../abc\n", &files[2..6]), ["bbc"]);
+        assert_eq!(kept("[a-b]bc\n", &["abc", "bbc", "cbc"]), ["cbc"]);
+        assert_eq!(kept("[^a]bc\n", &["abc", "bbc"]), ["abc"]);
+        assert_eq!(kept("?bc\n", &["abc", "a/bc"]), ["a/bc"]);
+        // A folder's exception is kept; the last matching line decides.
+        assert_eq!(kept("dir\n!dir/keep\n", &files[6..8]), ["dir/keep"]);
+        assert_eq!(kept("!dir/keep\ndir\n", &files[6..8]), Vec::<String>::new());
+        // An ignored folder is not walked for an exception that does not name a path in it.
+        assert_eq!(kept("dir\n!**/keep\n", &files[6..]), ["deep/dir/keep"]);
+        // A comment starts the line; `  #x` is a pattern.
+        assert_eq!(kept("# abc\n  #x\n", &["abc", "#x"]), ["abc"]);
     }
 
     #[test]

@@ -385,6 +385,19 @@ impl DockerBackend for Engine {
             t: options.tags.first().cloned(),
             buildargs: Some(options.args.iter().cloned().collect()),
             target: options.target.clone().unwrap_or_default(),
+            labels: (!options.labels.is_empty()).then(|| options.labels.iter().cloned().collect()),
+            extrahosts: (!options.extra_hosts.is_empty()).then(|| options.extra_hosts.join(",")),
+            networkmode: options.network.clone(),
+            shmsize: options
+                .shm_size
+                .map(|n| {
+                    i32::try_from(n).map_err(|_| {
+                        Error::Failed(format!("shm_size {n} is larger than the engine takes"))
+                    })
+                })
+                .transpose()?,
+            cachefrom: (!options.cache_from.is_empty()).then(|| options.cache_from.clone()),
+            nocache: options.no_cache,
             rm: true,
             forcerm: true,
             ..Default::default()

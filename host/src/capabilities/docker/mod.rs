@@ -220,6 +220,7 @@ impl Host for Capabilities {
         let check = self
             .policy
             .docker_project(&options.project, Some(&options.service))
+            .and_then(|()| self.policy.docker_build_network(options.network.as_deref()))
             .and_then(|()| {
                 self.policy
                     .docker_build(std::path::Path::new(&options.context))
