@@ -396,15 +396,46 @@ async fn exec_cmd_runs_argv_and_reports_exit_codes() {
     assert!(e.contains("exited with code 126"), "{e}");
     assert!(e.contains("executable file not found"), "{e}");
 
-    // The request's timeout kills the command.
+    // The request's timeout kills the command, and what it started, through the engine
+    // (as for an engine on another machine: no signal from this host).
     let t = Instant::now();
     let r = exec(&m, "web", "sleep 37", 2).await;
     assert!(!r.success);
     let e = r.error.unwrap();
-    assert!(e.contains("timed out") && e.contains("killed"), "{e}");
+    assert!(
+        e.contains("timed out") && e.contains("killed through the engine"),
+        "{e}"
+    );
     assert!(t.elapsed() < Duration::from_secs(5), "{:?}", t.elapsed());
     let ps = docker(&["exec", &p.container("web", 1), "ps"]);
     assert!(!ps.contains("sleep 37"), "the command still runs: {ps}");
+    let r = exec(&m, "web", "sleep 43 & sleep 44", 2).await;
+    let e = r.error.unwrap();
+    assert!(e.contains("killed through the engine"), "{e}");
+    let ps = docker(&["exec", &p.container("web", 1), "ps"]);
+    assert!(
+        !ps.contains("sleep 43") && !ps.contains("sleep 44"),
+        "the command or its child still runs: {ps}"
+    );
+}
+
+#[tokio::test]
+async fn an_image_without_a_shell_has_its_command_killed_from_this_host() {
+    let p = Project::with_files(
+        "  bare:\n    build: ./bare\n",
+        &[(
+            "bare/Dockerfile",
+            "FROM {image} AS tools\nFROM scratch\nCOPY --from=tools /bin/busybox /sleep\nCMD [\"/sleep\", \"86400\"]\n",
+        )],
+    );
+    let setup = Setup::new(&common::docker::plugins());
+    let m = manager(&setup, &p, false, &entity("bare", &p, "bare")).await;
+    let r = exec(&m, "bare", "/sleep 39", 2).await;
+    let e = r.error.unwrap();
+    // No sh in the image: the engine cannot run the killer, this host's signal does.
+    assert!(e.contains("killed on this host"), "{e}");
+    let top = docker(&["top", &p.container("bare", 1)]);
+    assert!(!top.contains("/sleep 39"), "the command still runs: {top}");
 }
 
 #[tokio::test]

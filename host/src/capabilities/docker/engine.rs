@@ -137,8 +137,90 @@ impl Engine {
         Ok(out)
     }
 
+    /// Kills a timed-out exec's command and what it started: through the engine (works for
+    /// a remote engine too), else with a signal when the engine runs on this host. Says how,
+    /// or `None` when neither could.
+    async fn kill_exec(
+        &self,
+        docker: &Docker,
+        exec_id: &str,
+        container: &str,
+        marker: &str,
+        user: Option<&str>,
+    ) -> Option<&'static str> {
+        if self
+            .kill_through_engine(docker, exec_id, container, marker, user)
+            .await
+        {
+            return Some("killed through the engine");
+        }
+        if self.kill_on_this_host(docker, exec_id, container).await {
+            return Some("killed on this host");
+        }
+        None
+    }
+
+    /// Whether the exec still runs, per the engine (`None`: cannot tell).
+    async fn exec_running(docker: &Docker, exec_id: &str) -> Option<bool> {
+        docker.inspect_exec(exec_id).await.ok()?.running
+    }
+
+    /// The engine has no call to kill an exec: a second exec in the same container (as the
+    /// same user) kills every process whose environment carries the first one's marker (the
+    /// command and its children, which inherit it). Needs `sh`, `grep` and `kill` in the
+    /// image.
+    async fn kill_through_engine(
+        &self,
+        docker: &Docker,
+        exec_id: &str,
+        container: &str,
+        marker: &str,
+        user: Option<&str>,
+    ) -> bool {
+        const SCRIPT: &str = "for p in /proc/[0-9]*; do \
+            grep -q \"$0\" \"$p/environ\" 2>/dev/null && kill -9 \"${p#/proc/}\" 2>/dev/null; \
+            done; :";
+        let create = CreateExecOptions {
+            attach_stdout: Some(true),
+            attach_stderr: Some(true),
+            cmd: Some(vec![
+                "sh".to_owned(),
+                "-c".to_owned(),
+                SCRIPT.to_owned(),
+                format!("{EXEC_MARKER}={marker}"),
+            ]),
+            user: user.map(str::to_owned),
+            ..Default::default()
+        };
+        let run = async {
+            let killer = docker.create_exec(container, create).await.ok()?;
+            if let StartExecResults::Attached { mut output, .. } =
+                docker.start_exec(&killer.id, None).await.ok()?
+            {
+                while output.next().await.is_some() {}
+            }
+            let info = docker.inspect_exec(&killer.id).await.ok()?;
+            (info.exit_code == Some(0)).then_some(())
+        };
+        if tokio::time::timeout(Duration::from_secs(5), run)
+            .await
+            .ok()
+            .flatten()
+            .is_none()
+        {
+            return false;
+        }
+        for _ in 0..40 {
+            if Self::exec_running(docker, exec_id).await == Some(false) {
+                return true;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        false
+    }
+
     /// Kills a timed-out exec's process when it runs on this host inside `container`.
-    async fn kill_exec(&self, docker: &Docker, exec_id: &str, container: &str) -> bool {
+    async fn kill_on_this_host(&self, docker: &Docker, exec_id: &str, container: &str) -> bool {
         let Ok(info) = docker.inspect_exec(exec_id).await else {
             return false;
         };
@@ -160,6 +242,9 @@ impl Engine {
         rustix::process::kill_process(pid, rustix::process::Signal::KILL).is_ok()
     }
 }
+
+/// The variable marking an exec's processes, so that a deadline can find and kill them.
+const EXEC_MARKER: &str = "MARVIN_EXEC";
 
 /// Keeps the last `bound` bytes of a stream.
 #[derive(Debug)]
@@ -461,16 +546,18 @@ impl DockerBackend for Engine {
 
     async fn exec(&self, id: &str, options: ExecOptions) -> Result<ExecOutput, Error> {
         let docker = self.client().await?;
+        let marker = uuid::Uuid::new_v4().simple().to_string();
         let env: Vec<String> = options
             .env
             .iter()
             .map(|(k, v)| format!("{k}={v}"))
+            .chain([format!("{EXEC_MARKER}={marker}")])
             .collect();
         let create = CreateExecOptions {
             attach_stdout: Some(true),
             attach_stderr: Some(true),
             cmd: Some(options.argv.clone()),
-            env: (!env.is_empty()).then_some(env),
+            env: Some(env),
             working_dir: options.working_dir.clone(),
             user: options.user.clone(),
             ..Default::default()
@@ -507,13 +594,15 @@ impl DockerBackend for Engine {
         match tokio::time::timeout(limit, read).await {
             Ok(r) => r?,
             Err(_) => {
-                let killed = self.kill_exec(&docker, &exec.id, id).await;
+                let killed = self
+                    .kill_exec(&docker, &exec.id, id, &marker, options.user.as_deref())
+                    .await;
                 let (tail, _) = stderr.finish();
-                let fate = if killed {
-                    "it was killed"
-                } else {
-                    "it could not be killed from here and may still be running"
-                };
+                let fate = killed.map_or(
+                    "it could not be killed (the image has no sh, grep and kill, and the \
+                     engine is not on this host) and may still be running",
+                    |how| how,
+                );
                 return Err(Error::TimedOut(format!(
                     "'{}' ran longer than {} ms; {fate}{}",
                     options.argv.join(" "),
