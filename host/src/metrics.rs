@@ -55,6 +55,7 @@ pub struct Metrics {
     denials: Family<OneLabel, Counter>,
     load_failures: Counter,
     plugins_loaded: Gauge,
+    overrides: Family<[(&'static str, String); 4], Gauge>,
     in_flight: Gauge,
     queue_depth: Family<OneLabel, Gauge>,
     oldest_waiting: Family<OneLabel, Gauge<f64, AtomicU64>>,
@@ -85,6 +86,7 @@ impl Metrics {
             denials: Family::default(),
             load_failures: Counter::default(),
             plugins_loaded: Gauge::default(),
+            overrides: Family::default(),
             in_flight: Gauge::default(),
             queue_depth: Family::default(),
             oldest_waiting: Family::default(),
@@ -124,6 +126,11 @@ impl Metrics {
             "plugins_loaded",
             "Plugins serving now",
             m.plugins_loaded.clone(),
+        );
+        registry.register(
+            "plugin_overrides",
+            "Actions of a built-in plugin served by a plugin of the directory (1 each), by plugin, built-in, kind and action",
+            m.overrides.clone(),
         );
         registry.register(
             "requests_in_flight",
@@ -209,6 +216,24 @@ impl Metrics {
         self.plugins_loaded.set(loaded);
         self.load_failures
             .inc_by(u64::try_from(failures_added).unwrap_or(u64::MAX));
+    }
+
+    /// The overrides now: (plugin, built-in, kind, action) each.
+    pub fn overrides<'a>(
+        &self,
+        now: impl IntoIterator<Item = (&'a str, &'a str, &'a str, &'a str)>,
+    ) {
+        self.overrides.clear();
+        for (plugin, builtin, kind, action) in now {
+            self.overrides
+                .get_or_create(&[
+                    ("plugin", plugin.to_owned()),
+                    ("builtin", builtin.to_owned()),
+                    ("kind", kind.to_owned()),
+                    ("action", action.to_owned()),
+                ])
+                .set(1);
+        }
     }
 
     /// `delta` more (or fewer) requests run now.

@@ -57,12 +57,53 @@ pub struct Refusal {
     pub reason: String,
 }
 
+/// A plugin of the directory taking over actions of a built-in one.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Override {
+    /// The directory's plugin, and where it comes from.
+    pub plugin: String,
+    pub origin: String,
+    /// The built-in plugin.
+    pub builtin: String,
+    /// The pairs taken over; the built-in keeps serving its others.
+    pub pairs: Vec<(EntityKind, String)>,
+    /// Whether the built-in is replaced whole (a plugin of the same name: a newer version).
+    pub whole: bool,
+}
+
+impl std::fmt::Display for Override {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let pairs: Vec<String> = self
+            .pairs
+            .iter()
+            .map(|(k, a)| format!("({k}, {a})"))
+            .collect();
+        if self.whole {
+            write!(
+                f,
+                "plugin '{}' ({}) replaces the built-in plugin of the same name",
+                self.plugin, self.origin
+            )
+        } else {
+            write!(
+                f,
+                "plugin '{}' ({}) overrides the built-in '{}' for {}; the built-in keeps its other actions",
+                self.plugin,
+                self.origin,
+                self.builtin,
+                pairs.join(", ")
+            )
+        }
+    }
+}
+
 /// Who serves what, built from the plugins loaded at one moment.
 #[derive(Debug)]
 pub struct Router<P> {
     serving: Vec<P>,
     table: HashMap<(EntityKind, String), usize>,
     refused: Vec<Refusal>,
+    overrides: Vec<Override>,
 }
 
 impl<P> Default for Router<P> {
@@ -71,15 +112,17 @@ impl<P> Default for Router<P> {
             serving: Vec::new(),
             table: HashMap::new(),
             refused: Vec::new(),
+            overrides: Vec::new(),
         }
     }
 }
 
 impl<P: Routable> Router<P> {
     /// Routes `plugins` (in precedence order: an earlier plugin keeps a name or pair a later
-    /// one claims, and the later one is refused), then the `builtins` that no plugin shadows
-    /// by name or by any of their pairs (a shadowed built-in is left out whole, silently: a
-    /// newer plugin of the same name replaces it).
+    /// one claims, and the later one is refused), then the `builtins`: a plugin of the same
+    /// name replaces a built-in whole (a newer version of it); a plugin claiming some of a
+    /// built-in's pairs takes over those only, and the built-in serves the rest. Every
+    /// override is recorded ([`Router::overrides`]).
     pub fn build(
         plugins: impl IntoIterator<Item = P>,
         builtins: impl IntoIterator<Item = P>,
@@ -117,16 +160,51 @@ impl<P: Routable> Router<P> {
             router.serve(plugin);
         }
         for plugin in builtins {
-            let shadowed = router.serving.iter().any(|p| p.name() == plugin.name())
-                || plugin
-                    .handles()
-                    .iter()
-                    .any(|(kind, action)| router.get(*kind, action).is_some());
-            if !shadowed {
+            if let Some(newer) = router.serving.iter().find(|p| p.name() == plugin.name()) {
+                router.overrides.push(Override {
+                    plugin: newer.name().to_owned(),
+                    origin: newer.origin(),
+                    builtin: plugin.name().to_owned(),
+                    pairs: plugin.handles().to_vec(),
+                    whole: true,
+                });
+                continue;
+            }
+            // The pairs taken, by the plugin taking them (in the order they are met).
+            let mut taken: Vec<(usize, Vec<(EntityKind, String)>)> = Vec::new();
+            for (kind, action) in plugin.handles() {
+                if let Some(&at) = router.table.get(&(*kind, action.clone())) {
+                    match taken.iter_mut().find(|(i, _)| *i == at) {
+                        Some((_, pairs)) => pairs.push((*kind, action.clone())),
+                        None => taken.push((at, vec![(*kind, action.clone())])),
+                    }
+                }
+            }
+            let all_taken =
+                taken.iter().map(|(_, p)| p.len()).sum::<usize>() == plugin.handles().len();
+            for (at, pairs) in taken {
+                let Some(by) = router.serving.get(at) else {
+                    continue;
+                };
+                router.overrides.push(Override {
+                    plugin: by.name().to_owned(),
+                    origin: by.origin(),
+                    builtin: plugin.name().to_owned(),
+                    pairs,
+                    whole: false,
+                });
+            }
+            // `serve` keeps the first claim of a pair: the overriding plugin's.
+            if !all_taken {
                 router.serve(plugin);
             }
         }
         router
+    }
+
+    /// The built-ins' actions the directory's plugins took over.
+    pub fn overrides(&self) -> &[Override] {
+        &self.overrides
     }
 
     /// Serves every pair of `plugin` (all checked free; a pair declared twice by one plugin
@@ -280,27 +358,48 @@ mod tests {
     }
 
     #[test]
-    fn a_plugin_shadows_a_builtin_by_name_or_by_any_pair() {
+    fn a_plugin_overrides_only_the_builtin_pairs_it_claims() {
         let builtins = [
-            p("docker-compose", &[(C, "start"), (C, "stop")]),
+            p("docker-compose", &[(C, "start"), (C, "stop"), (C, "build")]),
             p("supervisor", &[(W, "start")]),
             p("exec-cmd", &[(C, "exec_cmd")]),
         ];
         let r = Router::build(
             [
-                p("docker-compose", &[(C, "build")]),
-                p("mine", &[(W, "start")]),
+                p("fast-start", &[(C, "start")]),
+                p("supervisor", &[(W, "start"), (W, "logs")]),
+                p("mine", &[(C, "exec_cmd")]),
             ],
             builtins,
         );
         let names: Vec<&str> = r.serving().iter().map(|p| p.0).collect();
-        assert_eq!(names, ["docker-compose", "mine", "exec-cmd"]);
+        // exec-cmd had one pair, taken: it serves nothing and is left out.
+        assert_eq!(
+            names,
+            ["fast-start", "supervisor", "mine", "docker-compose"]
+        );
         assert!(r.refused().is_empty());
-        assert!(matches!(
-            r.route(C, "start"),
-            Err(RouteError::NoPlugin { .. })
-        ));
-        assert_eq!(r.route(W, "start").unwrap().0, "mine");
-        assert_eq!(r.plugin("exec-cmd").unwrap().0, "exec-cmd");
+        assert_eq!(r.route(C, "start").unwrap().0, "fast-start");
+        assert_eq!(r.route(C, "stop").unwrap().0, "docker-compose");
+        assert_eq!(r.route(C, "build").unwrap().0, "docker-compose");
+        assert_eq!(r.route(W, "logs").unwrap().0, "supervisor");
+        assert_eq!(r.overrides().len(), 3);
+        let o = &r.overrides()[0];
+        assert_eq!(
+            (o.plugin.as_str(), o.builtin.as_str(), o.whole),
+            ("fast-start", "docker-compose", false)
+        );
+        assert_eq!(o.pairs, [(C, "start".to_owned())]);
+        assert_eq!(
+            o.to_string(),
+            "plugin 'fast-start' (fast-start.wasm) overrides the built-in 'docker-compose' for (container, start); the built-in keeps its other actions"
+        );
+        assert!(r.overrides()[1].whole, "same name: a newer version");
+        assert!(
+            r.overrides()[1]
+                .to_string()
+                .contains("replaces the built-in")
+        );
+        assert_eq!(r.overrides()[2].plugin, "mine");
     }
 }

@@ -54,6 +54,193 @@ fn plugins_lists_the_good_one_and_two_reasons_and_exits_0() {
 }
 
 #[test]
+fn a_plugin_overrides_only_the_builtin_actions_it_claims_and_says_so() {
+    // twin claims (container, start) only: the built-in docker-compose keeps the rest.
+    let s = Setup::new(&[(guests::TWIN, "twin.wasm")]);
+    let o = marvin(s.path(), &["plugins"]);
+    let out = stdout(&o);
+    assert!(o.status.success(), "{out}");
+    assert!(out.contains("twin 0.1.0"), "{out}");
+    assert!(
+        out.contains("  overrides:    built-in docker-compose for container start"),
+        "{out}"
+    );
+    assert!(
+        out.contains("  overridden:   container start by twin ("),
+        "{out}"
+    );
+    let o = marvin(s.path(), &["plugins", "--json"]);
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    let compose = v["plugins"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|p| p["name"] == "docker-compose")
+        .unwrap_or_else(|| panic!("the built-in still serves: {v}"));
+    assert!(
+        compose["handles"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|h| h["action"] == "stop"),
+        "{compose}"
+    );
+    assert_eq!(v["overrides"][0]["plugin"], "twin");
+    assert_eq!(v["overrides"][0]["builtin"], "docker-compose");
+    assert_eq!(v["overrides"][0]["whole"], false);
+    assert_eq!(v["overrides"][0]["handles"][0]["action"], "start");
+    // Each action goes where the table says.
+    std::fs::write(
+        s.path().join("manager.toml"),
+        "[entities.web]\nkind = \"container\"\nproject = \"none-here\"\nservice = \"web\"\n",
+    )
+    .unwrap();
+    let run = |action: &str| {
+        let o = marvin(
+            s.path(),
+            &[
+                "run",
+                "--entity",
+                "web",
+                "--action",
+                action,
+                "--timeout",
+                "5",
+            ],
+        );
+        serde_json::from_slice::<serde_json::Value>(&o.stdout).unwrap()
+    };
+    assert_eq!(run("start")["output"], "twin");
+    let stop = run("stop");
+    assert_eq!(stop["metadata"]["plugin"], "docker-compose", "{stop}");
+}
+
+#[test]
+fn plugin_test_runs_a_folder_of_scripts_for_ci() {
+    let s = Setup::new(&[]);
+    let dir = s.path().join("scripts");
+    std::fs::create_dir(&dir).unwrap();
+    let script = |call: &str, field: &str| {
+        format!(
+            "[request]\nentity = \"web\"\naction = \"start\"\n[entity]\nkind = \"container\"\nproject = \"marvin\"\nservice = \"web\"\n\
+             [[calls]]\ncall = \"{call}\"\nok = [{{ id = \"c1\", name = \"marvin_web_1\", state = {{ status = \"running\", {field} = 0 }} }}]\n\
+             [expect]\nsuccess = true\nmetadata = {{ already = true }}\n"
+        )
+    };
+    // WIT's spelling of a field (exit-code) reads as well as snake_case; the answer's
+    // project and service default to the listed ones.
+    std::fs::write(
+        dir.join("a-running.toml"),
+        script("docker.list-containers", "exit-code"),
+    )
+    .unwrap();
+    std::fs::write(
+        dir.join("b-snake.toml"),
+        script("docker.list-containers", "exit_code"),
+    )
+    .unwrap();
+    let plugin = test_programs::DOCKER_COMPOSE;
+    let junit = s.path().join("junit.xml");
+    let o = marvin(
+        s.path(),
+        &[
+            "plugin",
+            "test",
+            plugin,
+            "--script",
+            dir.to_str().unwrap(),
+            "--junit",
+            junit.to_str().unwrap(),
+        ],
+    );
+    let out = stdout(&o);
+    assert_eq!(
+        o.status.code(),
+        Some(0),
+        "{out}{}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    assert!(out.contains("2 script(s): 2 passed, 0 failed"), "{out}");
+    let xml = std::fs::read_to_string(&junit).unwrap();
+    assert!(
+        xml.contains("tests=\"2\"") && xml.contains("failures=\"0\""),
+        "{xml}"
+    );
+    assert!(xml.contains("<testcase name=\"a-running\""), "{xml}");
+
+    // A misspelt call: the nearest name, not a list of differences; the run fails with 1.
+    std::fs::write(
+        dir.join("c-typo.toml"),
+        script("docker.list_container", "exit_code"),
+    )
+    .unwrap();
+    let o = marvin(
+        s.path(),
+        &[
+            "plugin",
+            "test",
+            plugin,
+            "--script",
+            dir.to_str().unwrap(),
+            "--junit",
+            junit.to_str().unwrap(),
+        ],
+    );
+    let out = stdout(&o);
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(o.status.code(), Some(1), "{out}");
+    assert!(out.contains("3 script(s): 2 passed, 1 failed"), "{out}");
+    assert!(
+        err.contains("call 1: unknown host call 'docker.list_container' (did you mean docker.list-containers?)"),
+        "{err}"
+    );
+    let xml = std::fs::read_to_string(&junit).unwrap();
+    assert!(xml.contains("errors=\"1\""), "{xml}");
+
+    // A scripted inspect without compose's labels says so.
+    std::fs::remove_file(dir.join("c-typo.toml")).unwrap();
+    std::fs::write(
+        dir.join("d-inspect.toml"),
+        "[request]\nentity = \"web\"\naction = \"inspect\"\n[entity]\nkind = \"container\"\nproject = \"marvin\"\nservice = \"web\"\n\
+         [[calls]]\ncall = \"docker.inspect\"\nok = { id = \"c1\", name = \"marvin_web_1\" }\n",
+    )
+    .unwrap();
+    let o = marvin(
+        s.path(),
+        &[
+            "plugin",
+            "test",
+            guests::HOSTILE,
+            "--script",
+            dir.join("d-inspect.toml").to_str().unwrap(),
+        ],
+    );
+    let out = stdout(&o);
+    assert!(
+        out.contains("has no `project` and `service` (compose's labels"),
+        "{out}"
+    );
+
+    // No .wasm where a Rust library was built: what is missing.
+    let release = s.path().join("target/wasm32-wasip2/release");
+    std::fs::create_dir_all(&release).unwrap();
+    std::fs::write(release.join("libmine.rlib"), "").unwrap();
+    let o = marvin(
+        s.path(),
+        &[
+            "plugin",
+            "test",
+            release.join("mine.wasm").to_str().unwrap(),
+            "--script",
+            dir.to_str().unwrap(),
+        ],
+    );
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert_ne!(o.status.code(), Some(0));
+    assert!(err.contains("crate-type = [\"cdylib\"]"), "{err}");
+}
+
+#[test]
 fn plugins_shows_requested_against_granted() {
     let s = Setup::new(&[(guests::HOSTILE, "hostile.wasm")]);
     let config = s.path().join("elsewhere.toml");
@@ -77,7 +264,9 @@ fn plugins_shows_requested_against_granted() {
     assert!(out.contains("hostile 0.6.6"), "{out}");
     assert!(out.contains("docker (granted: marvin, lab/*)"), "{out}");
     assert!(
-        out.contains("files (requested, not granted: add `files`)"),
+        out.contains(
+            "files (requested, not granted: add `files` in [plugins.hostile.grants] (files))"
+        ),
         "{out}"
     );
 

@@ -152,19 +152,10 @@ impl Policy {
     }
 
     fn deny(&self, cap: Capability, what: &str) -> Denied {
-        let (section, key) = cap
-            .grant_key()
-            .split_once('.')
-            .unwrap_or(("", cap.grant_key()));
-        let section = if section.is_empty() {
-            format!("[plugins.{}.grants]", self.plugin)
-        } else {
-            format!("[plugins.{}.grants.{section}]", self.plugin)
-        };
         Denied(format!(
-            "plugin '{}' has no grant for {what}: add it to `{key}` in {section} ({})",
+            "plugin '{}' has no grant for {what}: add it to {}",
             self.plugin,
-            cap.grant_key()
+            grant_place(&self.plugin, cap)
         ))
     }
 
@@ -340,6 +331,21 @@ pub fn environment(
         }
     }
     env.into_iter().collect()
+}
+
+/// Where a capability is granted in manager.toml: "`projects` in
+/// [plugins.<name>.grants.docker] (docker.projects)".
+pub fn grant_place(plugin: &str, cap: Capability) -> String {
+    let (section, key) = cap
+        .grant_key()
+        .split_once('.')
+        .unwrap_or(("", cap.grant_key()));
+    let section = if section.is_empty() {
+        format!("[plugins.{plugin}.grants]")
+    } else {
+        format!("[plugins.{plugin}.grants.{section}]")
+    };
+    format!("`{key}` in {section} ({})", cap.grant_key())
 }
 
 /// `*` matches any run of characters, `?` one character; everything else is literal.

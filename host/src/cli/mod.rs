@@ -21,6 +21,7 @@ mod plugin_test;
 mod plugins;
 mod queue;
 mod run;
+mod scaffold;
 mod serve;
 
 pub use queue::DEFAULT_DSN;
@@ -108,7 +109,8 @@ enum Command {
     Plugins(plugins::PluginsArgs),
     /// Carries out one request without any queue and prints the response as JSON.
     Run(run::RunArgs),
-    /// Works on one plugin file: `plugin test` runs it in isolation.
+    /// Plugin authoring: `plugin new` writes a project, `plugin test` runs a plugin in
+    /// isolation against scripts, `plugin wit` gives the WIT package.
     Plugin(plugin_test::PluginArgs),
     /// Lists the entity ids Core may send: configured, discovered by label, `all`,
     /// `supervisor`, and what each names.

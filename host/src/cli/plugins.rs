@@ -62,7 +62,22 @@ pub(super) async fn run(global: &GlobalArgs, args: PluginsArgs) -> anyhow::Resul
             .iter()
             .map(|(path, reason)| json!({"path": path, "reason": reason}))
             .collect();
-        let out = json!({"dir": dir.dir(), "plugins": plugins, "errors": errors});
+        let overrides: Vec<_> = routing
+            .router()
+            .overrides()
+            .iter()
+            .map(|o| {
+                json!({
+                    "plugin": o.plugin,
+                    "path": o.origin,
+                    "builtin": o.builtin,
+                    "whole": o.whole,
+                    "handles": o.pairs.iter().map(|(k, a)| json!({"kind": k, "action": a})).collect::<Vec<_>>(),
+                })
+            })
+            .collect();
+        let out =
+            json!({"dir": dir.dir(), "plugins": plugins, "overrides": overrides, "errors": errors});
         println!("{}", serde_json::to_string_pretty(&out)?);
         return Ok(ExitCode::SUCCESS);
     }
@@ -83,7 +98,7 @@ pub(super) async fn run(global: &GlobalArgs, args: PluginsArgs) -> anyhow::Resul
             .policy
             .requested()
             .iter()
-            .map(|c| describe_capability(*c, p.policy.granted(*c)))
+            .map(|c| describe_capability(&p.name, *c, p.policy.granted(*c)))
             .collect();
         println!(
             "  capabilities: {}",
@@ -103,6 +118,26 @@ pub(super) async fn run(global: &GlobalArgs, args: PluginsArgs) -> anyhow::Resul
             println!("  environment:  {}", env.join(", "));
         }
         println!("  memory cap:   {} MiB", p.max_memory_bytes >> 20);
+        for o in routing.router().overrides() {
+            if o.plugin == p.name && !o.whole {
+                let pairs: Vec<String> = o.pairs.iter().map(|(k, a)| format!("{k} {a}")).collect();
+                println!(
+                    "  overrides:    built-in {} for {}",
+                    o.builtin,
+                    pairs.join(", ")
+                );
+            } else if o.whole && o.origin == p.path.display().to_string() {
+                println!("  overrides:    the built-in plugin of the same name, whole");
+            } else if o.builtin == p.name && !o.whole && p.path.starts_with("(built-in)") {
+                let pairs: Vec<String> = o.pairs.iter().map(|(k, a)| format!("{k} {a}")).collect();
+                println!(
+                    "  overridden:   {} by {} ({})",
+                    pairs.join(", "),
+                    o.plugin,
+                    o.origin
+                );
+            }
+        }
     }
     if !skipped.is_empty() {
         println!();
@@ -114,13 +149,13 @@ pub(super) async fn run(global: &GlobalArgs, args: PluginsArgs) -> anyhow::Resul
     Ok(ExitCode::SUCCESS)
 }
 
-fn describe_capability(c: Capability, granted: Option<String>) -> String {
+fn describe_capability(plugin: &str, c: Capability, granted: Option<String>) -> String {
     match granted {
         Some(g) => format!("{} (granted: {g})", c.name()),
         None => format!(
-            "{} (requested, not granted: add `{}`)",
+            "{} (requested, not granted: add {})",
             c.name(),
-            c.grant_key()
+            crate::capabilities::policy::grant_place(plugin, c)
         ),
     }
 }

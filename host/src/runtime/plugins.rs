@@ -229,8 +229,13 @@ impl PluginDir {
             } else {
                 "loaded"
             };
-            if state.loaded.is_ok() {
-                events.push(format!("{verb} {}", path.display()));
+            if let Ok(p) = &state.loaded {
+                events.push(format!(
+                    "{verb} '{}' {} from {}",
+                    p.name,
+                    p.version,
+                    path.display()
+                ));
             }
             st.files.insert(path, state);
         }

@@ -22,6 +22,46 @@ use crate::config::Grants;
 use crate::message::{Entity, ManagerRequest};
 use crate::runtime::{Observation, Observer, PluginOutcome, RunError};
 
+/// The host calls a script can answer, as WIT names them (`interface.function`).
+pub const CALLS: &[&str] = &[
+    "docker.list-containers",
+    "docker.labelled",
+    "docker.inspect",
+    "docker.start",
+    "docker.stop",
+    "docker.restart",
+    "docker.build",
+    "docker.exec",
+    "supervisor.all-process-info",
+    "supervisor.process-info",
+    "supervisor.start-process",
+    "supervisor.stop-process",
+    "supervisor.start-group",
+    "supervisor.stop-group",
+    "supervisor.reload-config",
+    "supervisor.add-group",
+    "supervisor.remove-group",
+    "supervisor.tail-log",
+];
+
+/// Why a script's call name is not one of [`CALLS`], with the nearest known name.
+pub fn unknown_call(name: &str) -> Option<String> {
+    if CALLS.contains(&name) {
+        return None;
+    }
+    let nearest = CALLS
+        .iter()
+        .map(|k| (strsim::damerau_levenshtein(&name.replace('_', "-"), k), *k))
+        .min()
+        .filter(|(d, _)| *d <= 4)
+        .map(|(_, k)| format!(" (did you mean {k}?)"))
+        .unwrap_or_default();
+    Some(format!(
+        "unknown host call '{name}'{nearest}; the calls are: {}",
+        CALLS.join(", ")
+    ))
+}
+
 /// One host call as it reached the backend: its name (`docker.list-containers`), its
 /// arguments, and its answer (`ok`, or `err` as `{ <kind> = "text" }`).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -322,16 +362,36 @@ impl DockerBackend for Scripted {
         project: &str,
         service: Option<&str>,
     ) -> Result<Vec<Container>, Error> {
-        self.answer(
+        let mut list: Vec<Container> = self.answer(
             "docker.list-containers",
             json!({"project": project, "service": service}),
-        )
+        )?;
+        // A scripted container listed for a project is of that project (and service) unless
+        // the script says otherwise.
+        for c in &mut list {
+            if c.project.is_empty() {
+                c.project = project.to_owned();
+            }
+            if let (true, Some(s)) = (c.service.is_empty(), service) {
+                c.service = s.to_owned();
+            }
+        }
+        Ok(list)
     }
     async fn labelled(&self, key: &str, value: Option<&str>) -> Result<Vec<Container>, Error> {
         self.answer("docker.labelled", json!({"key": key, "value": value}))
     }
     async fn inspect(&self, id: &str) -> Result<Container, Error> {
-        self.answer("docker.inspect", json!({"id": id}))
+        let c: Container = self.answer("docker.inspect", json!({"id": id}))?;
+        if c.project.is_empty() || c.service.is_empty() {
+            // Without them the grant check would say "no grant for docker project ''".
+            return Err(Error::Failed(format!(
+                "plugin test: the scripted answer of docker.inspect for '{id}' has no `project` \
+                 and `service` (compose's labels, which the grant is checked against): add \
+                 them, e.g. ok = {{ name = \"{id}\", project = \"marvin\", service = \"web\" }}"
+            )));
+        }
+        Ok(c)
     }
     async fn start(&self, id: &str) -> Result<(), Error> {
         self.answer("docker.start", json!({"id": id}))
@@ -576,7 +636,7 @@ mod tests {
             call(
                 "docker.inspect",
                 json!({"id": "c1"}),
-                Some(json!({"name": "c1"})),
+                Some(json!({"name": "c1", "project": "marvin", "service": "web"})),
             ),
             call("docker.start", json!({"id": "c1"}), None),
             call("docker.stop", Value::Null, None),

@@ -18,8 +18,17 @@ pub trait Json: Sized {
     fn from_json(v: &Value) -> Result<Self, String>;
 }
 
+/// A field by its snake_case name, or as WIT spells it (kebab-case): scripts may use either.
+fn get<'a>(v: &'a Value, key: &str) -> Option<&'a Value> {
+    v.get(key).or_else(|| {
+        key.contains('_')
+            .then(|| v.get(key.replace('_', "-")))
+            .flatten()
+    })
+}
+
 fn s(v: &Value, key: &str) -> String {
-    match v.get(key) {
+    match get(v, key) {
         Some(Value::String(s)) => s.clone(),
         Some(Value::Number(n)) => n.to_string(),
         _ => String::new(),
@@ -28,12 +37,12 @@ fn s(v: &Value, key: &str) -> String {
 
 /// A text field, when present.
 fn opt(v: &Value, key: &str) -> Option<String> {
-    v.get(key).and_then(Value::as_str).map(str::to_owned)
+    get(v, key).and_then(Value::as_str).map(str::to_owned)
 }
 
 /// A list of texts, empty when absent.
 fn strings(v: &Value, key: &str) -> Vec<String> {
-    v.get(key)
+    get(v, key)
         .and_then(Value::as_array)
         .map(|t| {
             t.iter()
@@ -44,7 +53,7 @@ fn strings(v: &Value, key: &str) -> Vec<String> {
 }
 
 fn i(v: &Value, key: &str) -> i64 {
-    v.get(key).and_then(Value::as_i64).unwrap_or(0)
+    get(v, key).and_then(Value::as_i64).unwrap_or(0)
 }
 
 fn pairs(v: Option<&Value>) -> Vec<(String, String)> {
@@ -136,7 +145,7 @@ impl Json for Container {
     fn from_json(v: &Value) -> Result<Self, String> {
         object(v, "a container")?;
         let name = s(v, "name");
-        let state = match v.get("state") {
+        let state = match get(v, "state") {
             Some(st) => ContainerState::from_json(st)?,
             None => ContainerState::from_json(v)?,
         };
@@ -149,10 +158,10 @@ impl Json for Container {
             project: s(v, "project"),
             service: s(v, "service"),
             number: u32::try_from(i(v, "number")).unwrap_or(1).max(1),
-            oneoff: v.get("oneoff").and_then(Value::as_bool).unwrap_or(false),
+            oneoff: get(v, "oneoff").and_then(Value::as_bool).unwrap_or(false),
             name,
             state,
-            labels: pairs(v.get("labels")),
+            labels: pairs(get(v, "labels")),
         })
     }
 }
@@ -200,14 +209,14 @@ impl Json for BuildOptions {
             context: s(v, "context"),
             dockerfile: opt(v, "dockerfile"),
             tags: strings(v, "tags"),
-            args: pairs(v.get("args")),
+            args: pairs(get(v, "args")),
             target: opt(v, "target"),
-            labels: pairs(v.get("labels")),
+            labels: pairs(get(v, "labels")),
             extra_hosts: strings(v, "extra_hosts"),
             network: opt(v, "network"),
-            shm_size: v.get("shm_size").and_then(Value::as_u64),
+            shm_size: get(v, "shm_size").and_then(Value::as_u64),
             cache_from: strings(v, "cache_from"),
-            no_cache: v.get("no_cache").and_then(Value::as_bool).unwrap_or(false),
+            no_cache: get(v, "no_cache").and_then(Value::as_bool).unwrap_or(false),
             project: s(v, "project"),
             service: s(v, "service"),
         })
@@ -238,7 +247,7 @@ impl Json for ExecOptions {
     fn from_json(v: &Value) -> Result<Self, String> {
         Ok(Self {
             argv: strings(v, "argv"),
-            env: pairs(v.get("env")),
+            env: pairs(get(v, "env")),
             working_dir: opt(v, "working_dir"),
             user: opt(v, "user"),
             timeout_ms: None,
@@ -260,7 +269,9 @@ impl Json for ExecOutput {
             exit_code: i(v, "exit_code"),
             stdout: s(v, "stdout"),
             stderr: s(v, "stderr"),
-            truncated: v.get("truncated").and_then(Value::as_bool).unwrap_or(false),
+            truncated: get(v, "truncated")
+                .and_then(Value::as_bool)
+                .unwrap_or(false),
         })
     }
 }

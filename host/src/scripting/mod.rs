@@ -431,6 +431,11 @@ pub async fn run(
     cache_dir: Option<PathBuf>,
     environment: &[(String, String)],
 ) -> Result<Report, String> {
+    for (n, c) in script.calls.iter().enumerate() {
+        if let Some(e) = backends::unknown_call(&c.call) {
+            return Err(format!("call {}: {e}", n + 1));
+        }
+    }
     let scripted = Scripted::new(script.calls.clone());
     let runtime = Runtime::new(
         RuntimeSettings {

@@ -14,7 +14,7 @@ pub use consume::{ConsumeOptions, ConsumeStats, Execute, Health, HealthState, co
 
 use crate::message::{EntityKind, ManagerRequest, ManagerResponse};
 use crate::registry::Registry;
-use crate::router::{Refusal, Routable, Router};
+use crate::router::{Override, Refusal, Routable, Router};
 use crate::runtime::plugins::{PluginDir, PluginSet};
 use crate::runtime::{LoadedPlugin, PluginOutcome, Runtime};
 
@@ -72,6 +72,7 @@ impl Manager {
     pub fn new(registry: Registry, runtime: Arc<Runtime>, plugins: Arc<PluginDir>) -> Self {
         let routing = Routing::new(plugins.snapshot());
         log_refusals(&[], routing.router.refused());
+        log_overrides(&[], routing.router.overrides());
         count_plugins(None, &routing);
         Self {
             registry,
@@ -115,6 +116,7 @@ impl Manager {
         if !Arc::ptr_eq(&slot.set, &set) {
             let routing = Routing::new(set);
             log_refusals(slot.router.refused(), routing.router.refused());
+            log_overrides(slot.router.overrides(), routing.router.overrides());
             count_plugins(Some(&slot), &routing);
             *slot = Arc::new(routing);
         }
@@ -257,6 +259,16 @@ fn count_plugins(before: Option<&Routing>, now: &Routing) {
         now.router.serving().iter().map(|p| p.name.as_str()),
         failing(now).saturating_sub(was),
     );
+    m.overrides(now.router.overrides().iter().flat_map(|o| {
+        o.pairs.iter().map(move |(k, a)| {
+            (
+                o.plugin.as_str(),
+                o.builtin.as_str(),
+                k.as_str(),
+                a.as_str(),
+            )
+        })
+    }));
 }
 
 /// The manager in force, replaced whole on a reload of the configuration: a request holds
@@ -286,5 +298,12 @@ impl Reloadable {
 fn log_refusals(before: &[Refusal], now: &[Refusal]) {
     for r in now.iter().filter(|r| !before.contains(r)) {
         tracing::error!(path = %r.origin, reason = %r.reason, "plugin skipped");
+    }
+}
+
+/// Says each override that is new (a built-in's actions taken over by a plugin).
+fn log_overrides(before: &[Override], now: &[Override]) {
+    for o in now.iter().filter(|o| !before.contains(o)) {
+        tracing::warn!(plugin = %o.plugin, builtin = %o.builtin, "{o}");
     }
 }

@@ -48,6 +48,16 @@
 //! plugin test` (scripted host calls, no supervisord needed), drop the `.wasm` into the
 //! plugins directory: see `docs/writing-plugins.md`.
 
+// The lints of this repository's workspaces, here because the crate stands alone.
+#![deny(unsafe_code)]
+#![warn(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::dbg_macro,
+    clippy::todo
+)]
+
 #[doc(hidden)]
 pub use wit_bindgen;
 
@@ -57,7 +67,7 @@ extern crate self as marvin_plugin_sdk;
 pub mod bindings {
     wit_bindgen::generate!({
         world: "plugin-with-idempotence",
-        path: "../../wit",
+        path: "wit",
         pub_export_macro: true,
         export_macro_name: "export",
         default_bindings_module: "marvin_plugin_sdk::bindings",

@@ -27,6 +27,7 @@ impl Guest for Hostile {
                 "flood",
                 "env",
                 "env_values",
+                "inspect",
             ],
             &[Capability::Docker, Capability::Files],
         )
@@ -52,6 +53,10 @@ impl Guest for Hostile {
             "panic" => panic!("the hostile plugin gave up on purpose"),
             "docker" => match docker::list_containers("marvin", None) {
                 Ok(list) => Response::ok(format!("listed {} containers", list.len())),
+                Err(e) => Response::fail(marvin_plugin_sdk::error_text(&e)),
+            },
+            "inspect" => match docker::inspect(args["id"].as_str().unwrap_or("c1")) {
+                Ok(c) => Response::ok(format!("{} of {}/{}", c.name, c.project, c.service)),
                 Err(e) => Response::fail(marvin_plugin_sdk::error_text(&e)),
             },
             "read" => match std::fs::read_to_string(&path) {

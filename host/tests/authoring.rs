@@ -1,0 +1,162 @@
+//! Plugin authors outside this repository: `plugin new` in an empty temporary folder, with only
+//! the `marvin-manager` binary and cargo, builds a plugin that passes its own scripts; a
+//! changed script fails with exit 1. The SDK crate packages on its own (`cargo package`),
+//! WIT included.
+
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+use std::path::Path;
+use std::process::{Command, Output};
+
+fn marvin(cwd: &Path, args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_marvin-manager"))
+        .args(args)
+        .current_dir(cwd)
+        .env("MARVIN_CACHE_DIR", cwd.join(".cache"))
+        .env_remove("MARVIN_CONFIG")
+        .env_remove("RUST_LOG")
+        .output()
+        .unwrap()
+}
+
+fn text(o: &Output) -> String {
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    )
+}
+
+/// `cargo build` of a new project, as its README says, in `dir` only.
+fn build(dir: &Path, target_dir: &Path) {
+    let o = Command::new(env!("CARGO"))
+        .args(["build", "--target", "wasm32-wasip2", "--release", "--quiet"])
+        .current_dir(dir)
+        .env("CARGO_TARGET_DIR", target_dir)
+        .env_remove("CARGO_MANIFEST_DIR")
+        .env_remove("RUSTFLAGS")
+        .output()
+        .unwrap();
+    assert!(
+        o.status.success(),
+        "cargo build in {}: {}",
+        dir.display(),
+        text(&o)
+    );
+}
+
+#[test]
+fn plugin_new_builds_and_passes_its_own_scripts_outside_the_repository() {
+    let tmp = tempfile::tempdir().unwrap();
+    let target = tmp.path().join("target");
+    for (name, kind, actions) in [
+        ("my-status", "container", vec!["status", "check"]),
+        ("worker-state", "worker", vec!["state"]),
+    ] {
+        let mut args = vec!["plugin", "new", name, "--kind", kind];
+        for a in &actions {
+            args.extend(["--action", a]);
+        }
+        let o = marvin(tmp.path(), &args);
+        assert!(o.status.success(), "{}", text(&o));
+        let dir = tmp.path().join(name);
+        // Nothing points back at this repository.
+        let manifest = std::fs::read_to_string(dir.join("Cargo.toml")).unwrap();
+        assert!(manifest.contains("crate-type = [\"cdylib\"]"), "{manifest}");
+        assert!(!manifest.contains("../"), "{manifest}");
+        build(&dir, &target);
+        let wasm = target.join(format!(
+            "wasm32-wasip2/release/{}.wasm",
+            name.replace('-', "_")
+        ));
+        let o = marvin(
+            &dir,
+            &[
+                "plugin",
+                "test",
+                wasm.to_str().unwrap(),
+                "--script",
+                "tests",
+            ],
+        );
+        let out = text(&o);
+        assert_eq!(o.status.code(), Some(0), "{out}");
+        if actions.len() > 1 {
+            assert!(out.contains("2 script(s): 2 passed, 0 failed"), "{out}");
+        }
+        // The plugin loads where a manager would take it: `plugins` lists it.
+        let plugins = dir.join("plugins");
+        std::fs::create_dir(&plugins).unwrap();
+        std::fs::copy(&wasm, plugins.join(format!("{name}.wasm"))).unwrap();
+        let o = marvin(&dir, &["plugins"]);
+        assert!(text(&o).contains(&format!("{name} 0.1.0")), "{}", text(&o));
+
+        // A script that expects something else: exit 1 and the difference.
+        let first = dir.join(format!("tests/{}.toml", actions[0]));
+        let script = std::fs::read_to_string(&first).unwrap();
+        std::fs::write(&first, script.replace("success = true", "success = false")).unwrap();
+        let o = marvin(
+            &dir,
+            &[
+                "plugin",
+                "test",
+                wasm.to_str().unwrap(),
+                "--script",
+                "tests",
+            ],
+        );
+        let out = text(&o);
+        assert_eq!(o.status.code(), Some(1), "{out}");
+        assert!(
+            out.contains("response success: expected false, got true"),
+            "{out}"
+        );
+    }
+    // An existing folder is not overwritten.
+    let o = marvin(tmp.path(), &["plugin", "new", "my-status"]);
+    assert!(!o.status.success());
+    assert!(text(&o).contains("exists and is not empty"), "{}", text(&o));
+}
+
+#[test]
+fn plugin_wit_gives_the_package_the_sdk_binds() {
+    let tmp = tempfile::tempdir().unwrap();
+    let o = marvin(tmp.path(), &["plugin", "wit", "--out", "wit"]);
+    assert!(o.status.success(), "{}", text(&o));
+    let sdk = Path::new(env!("CARGO_MANIFEST_DIR")).join("../plugins/sdk/wit");
+    for entry in std::fs::read_dir(&sdk).unwrap() {
+        let entry = entry.unwrap();
+        let written = std::fs::read_to_string(tmp.path().join("wit").join(entry.file_name()))
+            .unwrap_or_else(|e| panic!("{:?}: {e}", entry.file_name()));
+        assert_eq!(written, std::fs::read_to_string(entry.path()).unwrap());
+    }
+    let o = marvin(tmp.path(), &["plugin", "wit"]);
+    let out = String::from_utf8_lossy(&o.stdout);
+    assert!(
+        out.contains("// docker.wit\npackage marvin:manager@"),
+        "{out}"
+    );
+}
+
+#[test]
+fn the_sdk_crate_packages_with_its_wit() {
+    let tmp = tempfile::tempdir().unwrap();
+    let sdk = Path::new(env!("CARGO_MANIFEST_DIR")).join("../plugins/sdk/Cargo.toml");
+    let o = Command::new(env!("CARGO"))
+        .args(["package", "--allow-dirty", "--manifest-path"])
+        .arg(&sdk)
+        .arg("--target-dir")
+        .arg(tmp.path())
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "cargo package: {}", text(&o));
+    let o = Command::new(env!("CARGO"))
+        .args(["package", "--allow-dirty", "--list", "--manifest-path"])
+        .arg(&sdk)
+        .output()
+        .unwrap();
+    let list = String::from_utf8_lossy(&o.stdout);
+    for f in ["wit/docker.wit", "wit/world.wit", "src/lib.rs"] {
+        assert!(list.lines().any(|l| l == f), "{f} not packaged:\n{list}");
+    }
+}
