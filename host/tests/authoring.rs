@@ -5,7 +5,7 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
 fn marvin(cwd: &Path, args: &[&str]) -> Output {
@@ -45,6 +45,38 @@ fn build(dir: &Path, target_dir: &Path) {
     );
 }
 
+/// The project's scripts pass on `wasm`; with the first one changed, the run exits 1 and
+/// names the difference. The output of the passing run.
+fn passes_then_fails(dir: &Path, wasm: &Path, first_action: &str) -> String {
+    let run = || {
+        marvin(
+            dir,
+            &[
+                "plugin",
+                "test",
+                wasm.to_str().unwrap(),
+                "--script",
+                "tests",
+            ],
+        )
+    };
+    let o = run();
+    let passed = text(&o);
+    assert_eq!(o.status.code(), Some(0), "{}: {passed}", dir.display());
+    let first = dir.join(format!("tests/{first_action}.toml"));
+    let script = std::fs::read_to_string(&first).unwrap();
+    std::fs::write(&first, script.replace("success = true", "success = false")).unwrap();
+    let o = run();
+    let out = text(&o);
+    assert_eq!(o.status.code(), Some(1), "{}: {out}", dir.display());
+    assert!(
+        out.contains("response success: expected false, got true"),
+        "{out}"
+    );
+    std::fs::write(&first, script).unwrap();
+    passed
+}
+
 #[test]
 fn plugin_new_builds_and_passes_its_own_scripts_outside_the_repository() {
     let tmp = tempfile::tempdir().unwrap();
@@ -69,18 +101,7 @@ fn plugin_new_builds_and_passes_its_own_scripts_outside_the_repository() {
             "wasm32-wasip2/release/{}.wasm",
             name.replace('-', "_")
         ));
-        let o = marvin(
-            &dir,
-            &[
-                "plugin",
-                "test",
-                wasm.to_str().unwrap(),
-                "--script",
-                "tests",
-            ],
-        );
-        let out = text(&o);
-        assert_eq!(o.status.code(), Some(0), "{out}");
+        let out = passes_then_fails(&dir, &wasm, actions[0]);
         if actions.len() > 1 {
             assert!(out.contains("2 script(s): 2 passed, 0 failed"), "{out}");
         }
@@ -90,32 +111,81 @@ fn plugin_new_builds_and_passes_its_own_scripts_outside_the_repository() {
         std::fs::copy(&wasm, plugins.join(format!("{name}.wasm"))).unwrap();
         let o = marvin(&dir, &["plugins"]);
         assert!(text(&o).contains(&format!("{name} 0.1.0")), "{}", text(&o));
-
-        // A script that expects something else: exit 1 and the difference.
-        let first = dir.join(format!("tests/{}.toml", actions[0]));
-        let script = std::fs::read_to_string(&first).unwrap();
-        std::fs::write(&first, script.replace("success = true", "success = false")).unwrap();
-        let o = marvin(
-            &dir,
-            &[
-                "plugin",
-                "test",
-                wasm.to_str().unwrap(),
-                "--script",
-                "tests",
-            ],
-        );
-        let out = text(&o);
-        assert_eq!(o.status.code(), Some(1), "{out}");
-        assert!(
-            out.contains("response success: expected false, got true"),
-            "{out}"
-        );
     }
     // An existing folder is not overwritten.
     let o = marvin(tmp.path(), &["plugin", "new", "my-status"]);
     assert!(!o.status.success());
     assert!(text(&o).contains("exists and is not empty"), "{}", text(&o));
+}
+
+/// A toolchain `scripts/services` installs.
+fn tool(var: &str) -> PathBuf {
+    PathBuf::from(std::env::var(var).unwrap_or_else(|_| {
+        panic!("{var} is not set: run the tests with `bash scripts/test`, or `. scripts/services` first")
+    }))
+}
+
+/// Builds a new Python or JavaScript project as its README says; the component's path.
+fn build_other(dir: &Path, lang: &str, name: &str) -> PathBuf {
+    let o = match lang {
+        "python" => Command::new(tool("MARVIN_COMPONENTIZE_PY"))
+            .args([
+                "-d",
+                "wit",
+                "-w",
+                "plugin-with-idempotence",
+                "componentize",
+                "app",
+                "-o",
+            ])
+            .arg(format!("{name}.wasm"))
+            .current_dir(dir)
+            .output()
+            .unwrap(),
+        _ => {
+            // `npm install` once for every project: the toolchain scripts/services installed.
+            std::os::unix::fs::symlink(tool("MARVIN_JS_NODE_MODULES"), dir.join("node_modules"))
+                .unwrap();
+            Command::new("npm")
+                .args(["run", "-s", "build"])
+                .current_dir(dir)
+                .output()
+                .unwrap()
+        }
+    };
+    assert!(o.status.success(), "building {name}: {}", text(&o));
+    dir.join(format!("{name}.wasm"))
+}
+
+#[test]
+fn plugin_new_in_python_and_javascript_builds_and_passes_its_own_scripts() {
+    let tmp = tempfile::tempdir().unwrap();
+    for lang in ["python", "js"] {
+        for (kind, actions) in [
+            ("container", vec!["status", "check"]),
+            ("worker", vec!["state"]),
+        ] {
+            let name = format!("{kind}-{lang}");
+            let mut args = vec![
+                "plugin",
+                "new",
+                name.as_str(),
+                "--lang",
+                lang,
+                "--kind",
+                kind,
+            ];
+            for a in &actions {
+                args.extend(["--action", a]);
+            }
+            let o = marvin(tmp.path(), &args);
+            assert!(o.status.success(), "{}", text(&o));
+            let dir = tmp.path().join(&name);
+            let wasm = build_other(&dir, lang, &name);
+            let out = passes_then_fails(&dir, &wasm, actions[0]);
+            assert!(out.contains(&format!("plugin {name} 0.1.0")), "{out}");
+        }
+    }
 }
 
 #[test]

@@ -47,7 +47,7 @@ impl Guest for Hello {
                     .map(|c| json!({"name": c.name, "status": c.state.status}))
                     .collect();
                 Response::ok(format!("hello, {} container(s)", containers.len()))
-                    .metadata(json!({ "containers": states }))
+                    .with("containers", json!(states))
             }
             // The host's error names the missing grant; pass it on to Core as is.
             Err(e) => Response::error(&e),

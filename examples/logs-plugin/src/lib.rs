@@ -49,7 +49,10 @@ impl Guest for Logs {
             None => text,
         };
         let lines = text.lines().count();
-        Response::ok(text).metadata(json!({ "program": program, "bytes": bytes, "lines": lines }))
+        Response::ok(text)
+            .with("program", json!(program))
+            .with("bytes", json!(bytes))
+            .with("lines", json!(lines))
     }
 }
 

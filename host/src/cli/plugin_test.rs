@@ -155,11 +155,12 @@ fn new(args: &NewArgs) -> anyhow::Result<ExitCode> {
         .unwrap_or_else(|| PathBuf::from(&args.name));
     let files = scaffold::new_plugin(&dir, &args.name, args.lang, args.kind, &actions)?;
     println!("wrote {} ({} files)", dir.display(), files.len());
-    let wasm = scaffold::rust_wasm_name(&args.name);
-    println!(
-        "next:\n  cd {}\n  rustup target add wasm32-wasip2\n  cargo build --target wasm32-wasip2 --release\n  marvin-manager plugin test target/wasm32-wasip2/release/{wasm} --script tests",
-        dir.display()
-    );
+    let (wasm, steps) = args.lang.build(&args.name);
+    println!("next:\n  cd {}", dir.display());
+    for step in steps {
+        println!("  {}", step.replace("NAME", &args.name));
+    }
+    println!("  marvin-manager plugin test {wasm} --script tests");
     Ok(ExitCode::SUCCESS)
 }
 

@@ -49,11 +49,42 @@ pub(super) enum Kind {
     Worker,
 }
 
+/// The helper modules of the other languages (`sdk/`), written next to a new plugin.
+const PYTHON_HELPER: &str = include_str!("../../../sdk/python/marvin_plugin.py");
+const JS_HELPER: &str = include_str!("../../../sdk/js/marvin_plugin.js");
+
 /// The language of a new plugin.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub(super) enum Lang {
     /// Rust, built with `cargo build --target wasm32-wasip2`.
     Rust,
+    /// Python, built with componentize-py (PyPI).
+    Python,
+    /// JavaScript, built with componentize-js (npm: @bytecodealliance/componentize-js).
+    Js,
+}
+
+impl Lang {
+    /// Where the component lands, relative to the project, and the commands that build it.
+    pub(super) fn build(self, name: &str) -> (String, &'static [&'static str]) {
+        match self {
+            Self::Rust => (
+                format!("target/wasm32-wasip2/release/{}", rust_wasm_name(name)),
+                &[
+                    "rustup target add wasm32-wasip2",
+                    "cargo build --target wasm32-wasip2 --release",
+                ],
+            ),
+            Self::Python => (
+                format!("{name}.wasm"),
+                &[
+                    "pip install componentize-py",
+                    "componentize-py -d wit -w plugin-with-idempotence componentize app -o NAME.wasm",
+                ],
+            ),
+            Self::Js => (format!("{name}.wasm"), &["npm install", "npm run build"]),
+        }
+    }
 }
 
 /// Writes the WIT package into `dir`.
@@ -118,9 +149,32 @@ pub(super) fn new_plugin(
             dir.display()
         );
     }
-    let files = match lang {
+    let mut files = match lang {
         Lang::Rust => rust_files(name, kind, actions),
+        Lang::Python => vec![
+            ("app.py".to_owned(), python_app(name, kind, actions)),
+            ("marvin_plugin.py".to_owned(), PYTHON_HELPER.to_owned()),
+            (".gitignore".to_owned(), "*.wasm\n__pycache__/\n".to_owned()),
+        ],
+        Lang::Js => vec![
+            ("app.js".to_owned(), js_app(name, kind, actions)),
+            ("marvin_plugin.js".to_owned(), JS_HELPER.to_owned()),
+            ("package.json".to_owned(), js_package(name)),
+            (
+                ".gitignore".to_owned(),
+                "*.wasm\nnode_modules/\n".to_owned(),
+            ),
+        ],
     };
+    if lang != Lang::Rust {
+        for (file, text) in WIT {
+            files.push((format!("wit/{file}"), (*text).to_owned()));
+        }
+        for (i, action) in actions.iter().enumerate() {
+            files.push((format!("tests/{action}.toml"), script(kind, action, i == 0)));
+        }
+        files.push(("README.md".to_owned(), readme(name, lang, actions)));
+    }
     let mut written = Vec::new();
     for (rel, text) in files {
         let path = dir.join(&rel);
@@ -144,7 +198,7 @@ fn rust_files(name: &str, kind: Kind, actions: &[String]) -> Vec<(String, String
         ("Cargo.toml".to_owned(), rust_cargo_toml(name)),
         (".gitignore".to_owned(), "target/\n".to_owned()),
         ("src/lib.rs".to_owned(), rust_lib(name, kind, actions)),
-        ("README.md".to_owned(), readme(name, actions)),
+        ("README.md".to_owned(), readme(name, Lang::Rust, actions)),
     ];
     for (i, action) in actions.iter().enumerate() {
         files.push((format!("tests/{action}.toml"), script(kind, action, i == 0)));
@@ -359,22 +413,200 @@ metadata = {{ program = "consumer", state = "RUNNING" }}
     }
 }
 
-fn readme(name: &str, actions: &[String]) -> String {
-    let wasm = rust_wasm_name(name);
+fn readme(name: &str, lang: Lang, actions: &[String]) -> String {
+    let (wasm, steps) = lang.build(name);
+    let steps: Vec<String> = steps
+        .iter()
+        .map(|c| format!("    {}", c.replace("NAME", name)))
+        .collect();
+    let sdk = match lang {
+        Lang::Rust => "`marvin-plugin-sdk/` is the SDK and its WIT",
+        Lang::Python => "`marvin_plugin.py` is the helper module and `wit/` the WIT",
+        Lang::Js => "`marvin_plugin.js` is the helper module and `wit/` the WIT",
+    };
     format!(
         r#"# {name}
 
 A marvin-manager plugin handling {actions}.
 
-    rustup target add wasm32-wasip2
-    cargo build --target wasm32-wasip2 --release
-    marvin-manager plugin test target/wasm32-wasip2/release/{wasm} --script tests
+{steps}
+    marvin-manager plugin test {wasm} --script tests
 
-Drop `target/wasm32-wasip2/release/{wasm}` into the manager's plugins directory and grant
-what it asks for in manager.toml (`marvin-manager plugins` shows what is missing).
-`marvin-plugin-sdk/` is the SDK and its WIT, as `marvin-manager plugin new` wrote them.
+Drop `{wasm}` into the manager's plugins directory and grant what it asks for in
+manager.toml (`marvin-manager plugins` shows what is missing). {sdk}, as
+`marvin-manager plugin new` wrote them.
 "#,
-        actions = quoted(actions)
+        actions = quoted(actions),
+        steps = steps.join("\n"),
+    )
+}
+
+fn js_package(name: &str) -> String {
+    format!(
+        r#"{{
+  "name": "{name}",
+  "version": "0.1.0",
+  "private": true,
+  "type": "module",
+  "scripts": {{
+    "build": "componentize-js app.js --wit wit --world-name plugin-with-idempotence -d http fetch-event -o {name}.wasm"
+  }},
+  "devDependencies": {{
+    "@bytecodealliance/componentize-js": "^0.23"
+  }}
+}}
+"#
+    )
+}
+
+/// The kind-specific parts of a new plugin: entity kind, capability, what it acts on.
+fn kind_parts(kind: Kind) -> (&'static str, &'static str, &'static str) {
+    match kind {
+        Kind::Container => ("container", "docker", "compose services"),
+        Kind::Worker => ("worker", "supervisor", "supervisor programs"),
+    }
+}
+
+fn python_app(name: &str, kind: Kind, actions: &[String]) -> String {
+    let (kind_name, capability, what) = kind_parts(kind);
+    let body = match kind {
+        Kind::Container => {
+            r#"if not isinstance(request.target, types.Target_Compose):
+            return Response.fail("NAME acts on compose services").to_wit()
+        target = request.target.value
+        try:
+            found = docker.list_containers(target.project, target.service)
+        except Err as e:
+            # The host's error says what went wrong (a missing grant is named there).
+            return Response.error(e).to_wit()
+        running = sum(1 for c in found if c.state.running)
+        states = [{"name": c.name, "status": c.state.status} for c in found]
+        return (
+            Response.ok(f"{request.action}: {running} of {len(found)} container(s) running")
+            .with_("containers", states)
+            .to_wit()
+        )"#
+        }
+        Kind::Worker => {
+            r#"if not isinstance(request.target, types.Target_Program):
+            return Response.fail("NAME acts on supervisor programs").to_wit()
+        try:
+            p = supervisor.process_info(request.target.value)
+        except Err as e:
+            # The host's error says what went wrong (a missing grant is named there).
+            return Response.error(e).to_wit()
+        return (
+            Response.ok(f"{request.action}: {p.name} is {p.state_name}")
+            .with_("program", p.name)
+            .with_("state", p.state_name)
+            .to_wit()
+        )"#
+        }
+    }
+    .replace("NAME", name);
+    format!(
+        r#""""The {name} plugin: {list} on {what}."""
+
+from componentize_py_types import Err
+from wit_world.imports import {capability}, types
+
+import wit_world
+from marvin_plugin import Capability, Kind, Response, handles, info
+
+# The actions this plugin handles (Core's `action`).
+ACTIONS = [{list}]
+
+
+class WitWorld(wit_world.WitWorld):
+    def describe(self) -> types.PluginInfo:
+        """Once, at load: the name, the version, the (kind, action) pairs, the capabilities
+        it asks for (the operator grants them in manager.toml)."""
+        return info("{name}", "0.1.0", Kind.{kind_upper}, ACTIONS, [Capability.{cap_upper}])
+
+    def idempotent_actions(self):
+        """The actions safe to run again after a crash interrupted them. These only read;
+        return [] once an action changes something."""
+        return handles(Kind.{kind_upper}, ACTIONS)
+
+    def handle(self, request: types.Request) -> types.Response:
+        """One request, on a fresh instance: here, a report of what the entity names."""
+        {body}
+"#,
+        list = quoted(actions),
+        kind_upper = kind_name.to_uppercase(),
+        cap_upper = capability.to_uppercase(),
+    )
+}
+
+fn js_app(name: &str, kind: Kind, actions: &[String]) -> String {
+    let (kind_name, capability, what) = kind_parts(kind);
+    let (import, body) = match kind {
+        Kind::Container => (
+            "import { listContainers } from 'marvin:manager/docker@0.1.0';",
+            r#"if (request.target.tag !== 'compose') {
+    return Response.fail('NAME acts on compose services').toWit();
+  }
+  const target = request.target.val;
+  let found;
+  try {
+    found = listContainers(target.project, target.service);
+  } catch (e) {
+    // The host's error says what went wrong (a missing grant is named there).
+    return Response.error(e).toWit();
+  }
+  const running = found.filter((c) => c.state.running).length;
+  const states = found.map((c) => ({ name: c.name, status: c.state.status }));
+  return Response.ok(`${request.action}: ${running} of ${found.length} container(s) running`)
+    .with('containers', states)
+    .toWit();"#,
+        ),
+        Kind::Worker => (
+            "import { processInfo } from 'marvin:manager/supervisor@0.1.0';",
+            r#"if (request.target.tag !== 'program') {
+    return Response.fail('NAME acts on supervisor programs').toWit();
+  }
+  let p;
+  try {
+    p = processInfo(request.target.val);
+  } catch (e) {
+    // The host's error says what went wrong (a missing grant is named there).
+    return Response.error(e).toWit();
+  }
+  return Response.ok(`${request.action}: ${p.name} is ${p.stateName}`)
+    .with('program', p.name)
+    .with('state', p.stateName)
+    .toWit();"#,
+        ),
+    };
+    let body = body.replace("NAME", name);
+    let list: Vec<String> = actions.iter().map(|a| format!("'{a}'")).collect();
+    format!(
+        r#"// The {name} plugin: {list} on {what}.
+
+{import}
+import {{ Response, handles, info }} from './marvin_plugin.js';
+
+// The actions this plugin handles (Core's `action`).
+const ACTIONS = [{list}];
+
+// Once, at load: the name, the version, the (kind, action) pairs, the capabilities it asks
+// for (the operator grants them in manager.toml).
+export function describe() {{
+  return info('{name}', '0.1.0', '{kind_name}', ACTIONS, ['{capability}']);
+}}
+
+// The actions safe to run again after a crash interrupted them. These only read; return []
+// once an action changes something.
+export function idempotentActions() {{
+  return handles('{kind_name}', ACTIONS);
+}}
+
+// One request, on a fresh instance: here, a report of what the entity names.
+export function handle(request) {{
+  {body}
+}}
+"#,
+        list = list.join(", "),
     )
 }
 

@@ -137,16 +137,6 @@ fn run(req: &Request) -> Result<Response, String> {
     };
     let out = docker::exec(&container.id, &options).map_err(|e| error_text(&e))?;
     let duration_ms = started.elapsed().as_millis() as u64;
-    let metadata = json!({
-        "container": container.name,
-        "argv": argv,
-        "shell": needs_shell(command),
-        "exit_code": out.exit_code,
-        "stdout": out.stdout,
-        "stderr": out.stderr,
-        "truncated": out.truncated,
-        "duration_ms": duration_ms,
-    });
     let response = if out.exit_code == 0 {
         Response::ok(out.stdout.clone())
     } else {
@@ -163,7 +153,15 @@ fn run(req: &Request) -> Result<Response, String> {
         })
         .with_output(out.stdout.clone())
     };
-    Ok(response.metadata(metadata))
+    Ok(response
+        .with("container", json!(container.name))
+        .with("argv", json!(argv))
+        .with("shell", json!(needs_shell(command)))
+        .with("exit_code", json!(out.exit_code))
+        .with("stdout", json!(out.stdout))
+        .with("stderr", json!(out.stderr))
+        .with("truncated", json!(out.truncated))
+        .with("duration_ms", json!(duration_ms)))
 }
 
 impl Guest for ExecCmd {

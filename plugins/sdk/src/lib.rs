@@ -34,7 +34,7 @@
 //!         };
 //!         let bytes = marvin_plugin_sdk::arg_u64(&req, "bytes").unwrap_or(4096);
 //!         match supervisor::tail_log(program, bytes.min(1 << 20) as u32) {
-//!             Ok(text) => Response::ok(text).metadata(json!({ "program": program, "bytes": bytes })),
+//!             Ok(text) => Response::ok(text).with("program", json!(program)).with("bytes", json!(bytes)),
 //!             // The host's error names the missing grant or what supervisord said.
 //!             Err(e) => Response::error(&e),
 //!         }
@@ -149,12 +149,6 @@ impl Response {
         self.metadata = serde_json::Value::Object(metadata).to_string();
         self
     }
-
-    /// With this metadata object (replacing the keys set so far).
-    pub fn metadata(mut self, metadata: serde_json::Value) -> Self {
-        self.metadata = metadata.to_string();
-        self
-    }
 }
 
 /// The last `lines` lines of `text` (a build log, a command's stderr), trailing blank lines
@@ -228,10 +222,8 @@ mod tests {
         assert_eq!(r.output.as_deref(), Some("a\nb"));
         let r = Response::error(&types::Error::NotFound("no such container".into()));
         assert_eq!(r.error.as_deref(), Some("not found: no such container"));
-        let r = Response::ok("x")
-            .with("a", json!(1))
-            .metadata(json!({"b": 2}));
-        assert_eq!(r.metadata, r#"{"b":2}"#);
+        let r = Response::ok("x").with("a", json!(1)).with("b", json!(2));
+        assert_eq!(r.metadata, r#"{"a":1,"b":2}"#);
     }
 
     #[test]

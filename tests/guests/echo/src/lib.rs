@@ -55,7 +55,7 @@ impl Guest for Echo {
             "args": marvin_plugin_sdk::args(&req),
             "timeout_ms": req.timeout_ms,
         });
-        Response::ok(seen.to_string()).metadata(json!({"echoed": true}))
+        Response::ok(seen.to_string()).with("echoed", json!(true))
     }
 }
 

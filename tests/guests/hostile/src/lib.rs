@@ -89,7 +89,7 @@ impl Guest for Hostile {
                 marvin_plugin_sdk::log::log(marvin_plugin_sdk::log::Level::Warn, &all);
                 Response::fail(format!("leaking {all}"))
                     .with_output(all.clone())
-                    .metadata(serde_json::json!({ "env": all }))
+                    .with("env", serde_json::json!(all))
             }
             other => Response::fail(format!("unknown action {other}")),
         }
