@@ -241,6 +241,72 @@ fn plugin_test_runs_a_folder_of_scripts_for_ci() {
 }
 
 #[test]
+fn plugin_test_watch_runs_again_when_the_plugin_changes() {
+    use std::io::{BufRead, BufReader};
+    use std::sync::mpsc;
+    use std::time::Duration;
+    let s = Setup::new(&[]);
+    let wasm = s.path().join("plugin.wasm");
+    std::fs::copy(test_programs::DOCKER_COMPOSE, &wasm).unwrap();
+    let script = s.path().join("start.toml");
+    std::fs::write(
+        &script,
+        "[request]\nentity = \"web\"\naction = \"start\"\n[entity]\nkind = \"container\"\nproject = \"marvin\"\nservice = \"web\"\n\
+         [[calls]]\ncall = \"docker.list-containers\"\nok = [{ id = \"c1\", name = \"marvin_web_1\" }]\n[expect]\nsuccess = true\n",
+    )
+    .unwrap();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_marvin-manager"))
+        .args([
+            "plugin",
+            "test",
+            wasm.to_str().unwrap(),
+            "--script",
+            script.to_str().unwrap(),
+            "--watch",
+        ])
+        .current_dir(s.path())
+        .env("MARVIN_CACHE_DIR", s.path().join("cache"))
+        .env_remove("MARVIN_CONFIG")
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let (tx, rx) = mpsc::channel();
+    let out = child.stdout.take().unwrap();
+    std::thread::spawn(move || {
+        for line in BufReader::new(out).lines().map_while(Result::ok) {
+            let _ = tx.send(line);
+        }
+    });
+    let wait_for = |want: &str| -> Vec<String> {
+        let mut seen = Vec::new();
+        while let Ok(line) = rx.recv_timeout(Duration::from_secs(60)) {
+            let done = line == want;
+            seen.push(line);
+            if done {
+                return seen;
+            }
+        }
+        panic!("no {want:?} line: {seen:?}");
+    };
+    let first = wait_for("PASS");
+    assert!(
+        first.iter().any(|l| l.contains("plugin docker-compose")),
+        "{first:?}"
+    );
+    // Another plugin in its place (a rebuild): the script runs again, and now fails.
+    std::thread::sleep(Duration::from_millis(1100));
+    std::fs::copy(test_programs::EXEC_CMD, &wasm).unwrap();
+    let second = wait_for("FAIL");
+    assert!(
+        second.iter().any(|l| l.contains("plugin exec-cmd")),
+        "{second:?}"
+    );
+    child.kill().unwrap();
+    let _ = child.wait();
+}
+
+#[test]
 fn plugins_shows_requested_against_granted() {
     let s = Setup::new(&[(guests::HOSTILE, "hostile.wasm")]);
     let config = s.path().join("elsewhere.toml");

@@ -340,6 +340,20 @@ fn serve_waits_for_the_queue_and_tells_systemd_and_prometheus() {
         ),
         "{metrics}"
     );
+    // echo claims start, stop and restart: the built-in docker-compose keeps the rest, and
+    // the override is on /metrics and in the log (with the plugin's name and version).
+    assert!(
+        metrics.contains(
+            "marvin_manager_plugin_overrides{plugin=\"echo\",builtin=\"docker-compose\",kind=\"container\",action=\"start\"} 1"
+        ),
+        "{metrics}"
+    );
+    let logged = wait_log(
+        &log,
+        "overrides the built-in 'docker-compose' for (container, start)",
+        Duration::from_secs(5),
+    );
+    assert!(logged.contains("loaded 'echo' 1.2.3 from"), "{logged}");
     assert!(
         metrics.contains("marvin_manager_queue_depth{queue=\"q\"} 1"),
         "the answer waits for Core on the same queue: {metrics}"

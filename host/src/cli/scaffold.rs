@@ -452,7 +452,8 @@ fn js_package(name: &str) -> String {
     "build": "componentize-js app.js --wit wit --world-name plugin-with-idempotence -d http fetch-event -o {name}.wasm"
   }},
   "devDependencies": {{
-    "@bytecodealliance/componentize-js": "^0.23"
+    "@bytecodealliance/componentize-js": "^0.23",
+    "@bytecodealliance/preview2-shim": "^0.25"
   }}
 }}
 "#

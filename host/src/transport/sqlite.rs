@@ -69,15 +69,35 @@ impl SqliteTransport {
             .journal_mode(SqliteJournalMode::Wal)
             .synchronous(SqliteSynchronous::Normal)
             .busy_timeout(Duration::from_secs(10));
-        let pool = SqlitePoolOptions::new()
-            .max_connections(4)
-            // A connection that comes back still counted in a transaction is closed, not
-            // reused: when SQLite rolls a transaction back by itself (a full disk, SQLITE_FULL),
-            // the ROLLBACK that follows fails and sqlx keeps counting it, so every later BEGIN
-            // on that connection would fail ("non-zero transaction depth"), for ever.
-            .after_release(|conn, _| Box::pin(async move { Ok(!conn.is_in_transaction()) }))
-            .connect_with(connect)
-            .await?;
+        // Opening can meet SQLITE_BUSY without the busy handler being asked (switching a new
+        // file to WAL while other processes create it too): tried again for as long as the
+        // busy timeout would have waited.
+        let give_up = std::time::Instant::now() + Duration::from_secs(10);
+        let mut pause = Duration::from_millis(20);
+        let pool = loop {
+            let opened = SqlitePoolOptions::new()
+                .max_connections(4)
+                // A connection that comes back still counted in a transaction is closed, not
+                // reused: when SQLite rolls a transaction back by itself (a full disk,
+                // SQLITE_FULL), the ROLLBACK that follows fails and sqlx keeps counting it, so
+                // every later BEGIN on that connection would fail ("non-zero transaction
+                // depth"), for ever.
+                .after_release(|conn, _| Box::pin(async move { Ok(!conn.is_in_transaction()) }))
+                .connect_with(connect.clone())
+                .await;
+            match opened {
+                Err(sqlx::Error::Database(e))
+                    if e.code()
+                        .and_then(|c| c.parse::<i32>().ok())
+                        .is_some_and(|c| c & 0xff == 5)
+                        && std::time::Instant::now() + pause < give_up =>
+                {
+                    tokio::time::sleep(pause).await;
+                    pause = (pause * 2).min(Duration::from_millis(500));
+                }
+                other => break other?,
+            }
+        };
         let names = Names::for_table(&options.table_name);
         Ok(Self(Arc::new(Inner {
             pool,
