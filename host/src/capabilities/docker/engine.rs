@@ -141,20 +141,16 @@ impl Engine {
     /// a remote engine too), else with a signal when the engine runs on this host. Says how,
     /// or `None` when neither could.
     async fn kill_exec(
-        &self,
         docker: &Docker,
         exec_id: &str,
         container: &str,
         marker: &str,
         user: Option<&str>,
     ) -> Option<&'static str> {
-        if self
-            .kill_through_engine(docker, exec_id, container, marker, user)
-            .await
-        {
+        if Self::kill_through_engine(docker, exec_id, container, marker, user).await {
             return Some("killed through the engine");
         }
-        if self.kill_on_this_host(docker, exec_id, container).await {
+        if Self::kill_on_this_host(docker, exec_id, container).await {
             return Some("killed on this host");
         }
         None
@@ -170,7 +166,6 @@ impl Engine {
     /// command and its children, which inherit it). Needs `sh`, `grep` and `kill` in the
     /// image.
     async fn kill_through_engine(
-        &self,
         docker: &Docker,
         exec_id: &str,
         container: &str,
@@ -220,7 +215,7 @@ impl Engine {
     }
 
     /// Kills a timed-out exec's process when it runs on this host inside `container`.
-    async fn kill_on_this_host(&self, docker: &Docker, exec_id: &str, container: &str) -> bool {
+    async fn kill_on_this_host(docker: &Docker, exec_id: &str, container: &str) -> bool {
         let Ok(info) = docker.inspect_exec(exec_id).await else {
             return false;
         };
@@ -594,9 +589,17 @@ impl DockerBackend for Engine {
         match tokio::time::timeout(limit, read).await {
             Ok(r) => r?,
             Err(_) => {
-                let killed = self
-                    .kill_exec(&docker, &exec.id, id, &marker, options.user.as_deref())
-                    .await;
+                // Detached: the kill goes on even when the request's deadline drops this call.
+                let kill = {
+                    let (docker, exec_id, container) =
+                        (docker.clone(), exec.id.clone(), id.to_owned());
+                    let user = options.user.clone();
+                    tokio::spawn(async move {
+                        Self::kill_exec(&docker, &exec_id, &container, &marker, user.as_deref())
+                            .await
+                    })
+                };
+                let killed = kill.await.ok().flatten();
                 let (tail, _) = stderr.finish();
                 let fate = killed.map_or(
                     "it could not be killed (the image has no sh, grep and kill, and the \

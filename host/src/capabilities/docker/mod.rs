@@ -105,8 +105,11 @@ impl Seen {
     }
 }
 
-/// What an exec keeps of the request's time to report a timeout before the request ends.
+/// What an exec keeps of the request's time, at least, to kill a command that runs out of it
+/// (through the engine: two more API calls) and report the timeout before the request ends.
 const EXEC_MARGIN: Duration = Duration::from_millis(100);
+/// ... and at most (half the time left, between the two).
+const EXEC_MARGIN_MAX: Duration = Duration::from_secs(1);
 
 const SHELLS: &[&str] = &["sh", "bash", "dash", "ash", "zsh", "ksh"];
 
@@ -253,10 +256,8 @@ impl Host for Capabilities {
             let full = self.granted_id(&id).await?;
             // The command is killed by the engine backend before the request's deadline, so
             // the plugin learns that it timed out and the process does not outlive it.
-            let left = self
-                .deadline
-                .saturating_duration_since(Instant::now())
-                .saturating_sub(EXEC_MARGIN);
+            let left = self.deadline.saturating_duration_since(Instant::now());
+            let left = left.saturating_sub((left / 2).clamp(EXEC_MARGIN, EXEC_MARGIN_MAX));
             let left = u32::try_from(left.as_millis()).unwrap_or(u32::MAX);
             options.timeout_ms = Some(options.timeout_ms.map_or(left, |t| t.min(left)));
             let docker = self.backends.docker.clone();
