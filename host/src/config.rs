@@ -415,6 +415,18 @@ impl Config {
     }
 }
 
+/// " (did you mean X?)" for the known name nearest to `name`, when one is within `max_edits`
+/// (Damerau-Levenshtein); empty otherwise. For errors about a misspelt option or name.
+pub fn did_you_mean(name: &str, known: &[&str], max_edits: usize) -> String {
+    known
+        .iter()
+        .map(|k| (strsim::damerau_levenshtein(name, k), *k))
+        .min()
+        .filter(|(d, _)| *d <= max_edits)
+        .map(|(_, k)| format!(" (did you mean {k}?)"))
+        .unwrap_or_default()
+}
+
 /// `sqlite://relative.db…` with the path joined to `base`; any other DSN as is. `sqlite:///abs`
 /// and in-memory databases (`sqlite::memory:`, `mode=memory`) are left alone.
 pub fn sqlite_relative_to(dsn: &str, base: &Path) -> String {

@@ -3,12 +3,13 @@
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
-use std::time::{Duration, Instant, SystemTime};
+use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
 use clap::{Args, Subcommand};
 use serde_json::Value;
 
+use crate::runtime::plugins::Stamp;
 use crate::scripting::{self, Script};
 
 use super::{GlobalArgs, environment, scaffold};
@@ -164,14 +165,12 @@ fn new(args: &NewArgs) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-/// What identifies the current versions of the plugin and the scripts.
-fn stamps(plugin: &Path, scripts: &[PathBuf]) -> Vec<Option<(u64, SystemTime)>> {
+/// What identifies the current versions of the plugin and the scripts (as the plugins
+/// directory tells a new version of a file).
+fn stamps(plugin: &Path, scripts: &[PathBuf]) -> Vec<Option<Stamp>> {
     std::iter::once(plugin)
         .chain(scripts.iter().map(PathBuf::as_path))
-        .map(|p| {
-            let m = std::fs::metadata(p).ok()?;
-            Some((m.len(), m.modified().ok()?))
-        })
+        .map(Stamp::of_path)
         .collect()
 }
 

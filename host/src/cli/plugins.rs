@@ -119,23 +119,16 @@ pub(super) async fn run(global: &GlobalArgs, args: PluginsArgs) -> anyhow::Resul
         }
         println!("  memory cap:   {} MiB", p.max_memory_bytes >> 20);
         for o in routing.router().overrides() {
+            let pairs = || {
+                let list: Vec<String> = o.pairs.iter().map(|(k, a)| format!("{k} {a}")).collect();
+                list.join(", ")
+            };
             if o.plugin == p.name && !o.whole {
-                let pairs: Vec<String> = o.pairs.iter().map(|(k, a)| format!("{k} {a}")).collect();
-                println!(
-                    "  overrides:    built-in {} for {}",
-                    o.builtin,
-                    pairs.join(", ")
-                );
+                println!("  overrides:    built-in {} for {}", o.builtin, pairs());
             } else if o.whole && o.origin == p.path.display().to_string() {
                 println!("  overrides:    the built-in plugin of the same name, whole");
             } else if o.builtin == p.name && !o.whole && p.path.starts_with("(built-in)") {
-                let pairs: Vec<String> = o.pairs.iter().map(|(k, a)| format!("{k} {a}")).collect();
-                println!(
-                    "  overridden:   {} by {} ({})",
-                    pairs.join(", "),
-                    o.plugin,
-                    o.origin
-                );
+                println!("  overridden:   {} by {} ({})", pairs(), o.plugin, o.origin);
             }
         }
     }

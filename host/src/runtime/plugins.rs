@@ -66,7 +66,7 @@ impl PluginSet {
 
 /// What identifies a version of a file without reading it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-struct Stamp {
+pub struct Stamp {
     len: u64,
     mtime_ns: i128,
     ctime_ns: i128,
@@ -74,6 +74,11 @@ struct Stamp {
 }
 
 impl Stamp {
+    /// The stamp of the file at `path`, when there is one.
+    pub fn of_path(path: &Path) -> Option<Self> {
+        std::fs::metadata(path).ok().map(|m| Self::of(&m))
+    }
+
     fn of(meta: &std::fs::Metadata) -> Self {
         Self {
             len: meta.len(),

@@ -49,13 +49,7 @@ pub fn unknown_call(name: &str) -> Option<String> {
     if CALLS.contains(&name) {
         return None;
     }
-    let nearest = CALLS
-        .iter()
-        .map(|k| (strsim::damerau_levenshtein(&name.replace('_', "-"), k), *k))
-        .min()
-        .filter(|(d, _)| *d <= 4)
-        .map(|(_, k)| format!(" (did you mean {k}?)"))
-        .unwrap_or_default();
+    let nearest = crate::config::did_you_mean(&name.replace('_', "-"), CALLS, 4);
     Some(format!(
         "unknown host call '{name}'{nearest}; the calls are: {}",
         CALLS.join(", ")

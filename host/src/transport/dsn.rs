@@ -314,13 +314,7 @@ fn valid_table_name(t: &str) -> Result<(), Error> {
 /// What to say about an option nobody knows: the nearest known one, and all of them.
 fn unknown_option(key: &str, driver: &[&str]) -> String {
     let known: Vec<&str> = OURS.iter().chain(driver).copied().collect();
-    let nearest = known
-        .iter()
-        .map(|k| (strsim::damerau_levenshtein(key, k), *k))
-        .min()
-        .filter(|(d, _)| *d <= 3)
-        .map(|(_, k)| format!(" (did you mean {k}?)"))
-        .unwrap_or_default();
+    let nearest = crate::config::did_you_mean(key, &known, 3);
     format!(
         "unknown DSN option '{key}'{nearest}; known options: {}",
         known.join(", ")
