@@ -14,7 +14,7 @@ use std::time::Instant;
 
 use crate::bindings::types;
 
-pub use docker::DockerBackend;
+pub use docker::{Batch, DockerBackend, PluginLevelDocker};
 pub use supervisor::SupervisorBackend;
 
 /// The backends capability calls reach once the policy allows them.
@@ -24,6 +24,9 @@ pub struct Backends {
     pub docker: Arc<dyn DockerBackend>,
     /// supervisord.
     pub supervisor: Arc<dyn SupervisorBackend>,
+    /// Docker calls answered as the plugin made them, once granted, instead of the backend
+    /// (`plugin test`'s plugin-level scripts); `None` everywhere else.
+    pub plugin_level: Option<Arc<dyn PluginLevelDocker>>,
 }
 
 impl Default for Backends {
@@ -31,6 +34,7 @@ impl Default for Backends {
         Self {
             docker: Arc::new(docker::Unconfigured),
             supervisor: Arc::new(supervisor::Unconfigured),
+            plugin_level: None,
         }
     }
 }

@@ -351,6 +351,7 @@ impl Settings {
                 Backends {
                     docker: Arc::new(Engine::new(endpoint)),
                     supervisor,
+                    plugin_level: None,
                 }
             })
             .clone()

@@ -353,13 +353,17 @@ fn script(kind: Kind, action: &str, first: bool) -> String {
     let intro = if first {
         "# A test in isolation: the host calls are answered from here, no Docker or supervisord\n\
          # is needed. Run every script of this folder with\n\
-         #   marvin-manager plugin test <the .wasm> --script tests\n"
+         #   marvin-manager plugin test <the .wasm> --script tests\n\
+         # The calls are listed as the plugin's code makes them (level = \"plugin\"): a batch\n\
+         # docker.start is one call with its ids = [...].\n"
     } else {
         ""
     };
     match kind {
         Kind::Container => format!(
-            r#"{intro}[request]
+            r#"{intro}level = "plugin"
+
+[request]
 entity = "web"
 action = "{action}"
 
@@ -387,7 +391,9 @@ metadata = {{ containers = [{{ name = "marvin_web_1", status = "running" }}, {{ 
 "#
         ),
         Kind::Worker => format!(
-            r#"{intro}[request]
+            r#"{intro}level = "plugin"
+
+[request]
 entity = "consumer"
 action = "{action}"
 

@@ -17,7 +17,7 @@ use super::json::{Json, error_from_json, error_to_json};
 use crate::bindings::docker::{BuildOptions, BuildOutput, Container, ExecOptions, ExecOutput};
 use crate::bindings::supervisor::{ConfigChanges, Process, ProcessResult};
 use crate::bindings::types::Error;
-use crate::capabilities::{Backends, DockerBackend, SupervisorBackend};
+use crate::capabilities::{Backends, Batch, DockerBackend, PluginLevelDocker, SupervisorBackend};
 use crate::config::Grants;
 use crate::message::{Entity, ManagerRequest};
 use crate::runtime::{Observation, Observer, PluginOutcome, RunError};
@@ -44,20 +44,31 @@ pub const CALLS: &[&str] = &[
     "supervisor.tail-log",
 ];
 
-/// Why a script's call name is not one of [`CALLS`], with the nearest known name.
-pub fn unknown_call(name: &str) -> Option<String> {
-    if CALLS.contains(&name) {
+/// The calls only the host makes, never a plugin: not in a plugin-level script.
+const HOST_ONLY: &[&str] = &["docker.labelled"];
+
+/// Why a script's call name is not one it can list (at the plugin level: not one a plugin
+/// makes), with the nearest known name.
+pub fn unknown_call(name: &str, plugin_level: bool) -> Option<String> {
+    let known: Vec<&str> = CALLS
+        .iter()
+        .copied()
+        .filter(|c| !plugin_level || !HOST_ONLY.contains(c))
+        .collect();
+    if known.contains(&name) {
         return None;
     }
-    let nearest = crate::config::did_you_mean(&name.replace('_', "-"), CALLS, 4);
+    let nearest = crate::config::did_you_mean(&name.replace('_', "-"), &known, 4);
+    let level = if plugin_level { " a plugin makes" } else { "" };
     Some(format!(
-        "unknown host call '{name}'{nearest}; the calls are: {}",
-        CALLS.join(", ")
+        "unknown host call '{name}'{nearest}; the calls{level} are: {}",
+        known.join(", ")
     ))
 }
 
-/// One host call as it reached the backend: its name (`docker.list-containers`), its
-/// arguments, and its answer (`ok`, or `err` as `{ <kind> = "text" }`).
+/// One host call — as it reached the backend, or at the plugin level as the plugin made it —:
+/// its name (`docker.list-containers`), its arguments, and its answer (`ok`, or `err` as
+/// `{ <kind> = "text" }`; a batch call's failures per id: `{ <id> = { <kind> = "text" } }`).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Call {
@@ -88,13 +99,19 @@ impl Call {
         }
     }
 
-    /// ` -> ok …` / ` -> not-found: …`.
+    /// ` -> ok …` / ` -> not-found: …` / ` -> c2: not-found: …`.
     pub fn describe_answer(&self) -> String {
+        let error = |e: &Value| match e.as_object().and_then(|m| m.iter().next()) {
+            Some((k, v)) => format!("{k}: {}", v.as_str().unwrap_or_default()),
+            None => e.as_str().map_or_else(|| e.to_string(), str::to_owned),
+        };
         match (&self.ok, &self.err) {
-            (_, Some(e)) => match e.as_object().and_then(|m| m.iter().next()) {
-                Some((k, v)) => format!("{k}: {}", v.as_str().unwrap_or_default()),
-                None => e.to_string(),
-            },
+            (_, Some(Value::Object(m))) if m.values().any(Value::is_object) => m
+                .iter()
+                .map(|(id, e)| format!("{id}: {}", error(e)))
+                .collect::<Vec<_>>()
+                .join("; "),
+            (_, Some(e)) => error(e),
             (Some(v), None) if !v.is_null() => {
                 let text = v.to_string();
                 if text.len() > 120 {
@@ -106,6 +123,48 @@ impl Call {
             _ => "ok".into(),
         }
     }
+}
+
+/// The answers of a batch call to `ids` from a script's `err`: none, every id fails, or
+/// `{ <id> = <error> }` for those that fail.
+fn batch_answers(err: Option<&Value>, ids: &[String]) -> Result<Vec<Result<(), Error>>, String> {
+    let Some(err) = err else {
+        return Ok(vec![Ok(()); ids.len()]);
+    };
+    let per_id = match err {
+        Value::Object(m) => !(m.len() == 1 && m.keys().all(|k| super::json::is_error_kind(k))),
+        _ => false,
+    };
+    if !per_id {
+        let e = error_from_json(err)?;
+        return Ok(vec![Err(e); ids.len()]);
+    }
+    let mut by_id = err.as_object().cloned().unwrap_or_default();
+    let answers = ids
+        .iter()
+        .map(|id| match by_id.remove(id) {
+            Some(e) => error_from_json(&e).map(Err),
+            None => Ok(Ok(())),
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    match by_id.keys().next() {
+        Some(other) => Err(format!(
+            "`err` names container '{other}', which the call does not (ids: {})",
+            ids.join(", ")
+        )),
+        None => Ok(answers),
+    }
+}
+
+/// A batch call's answers as a script writes them: nothing when all succeeded, else the
+/// failures by id.
+fn batch_err(ids: &[String], answers: &[Result<(), Error>]) -> Option<Value> {
+    let failed: serde_json::Map<String, Value> = ids
+        .iter()
+        .zip(answers)
+        .filter_map(|(id, r)| r.as_ref().err().map(|e| (id.clone(), error_to_json(e))))
+        .collect();
+    (!failed.is_empty()).then_some(Value::Object(failed))
 }
 
 /// Whether every field `want` gives is in `got`, recursively (lists must match in length
@@ -127,14 +186,17 @@ struct ScriptState {
     expected: VecDeque<Call>,
     made: Vec<Call>,
     problems: Vec<String>,
+    /// At the plugin level: the containers the host's own inspects are answered from.
+    plugin_level: Option<Vec<Container>>,
 }
 
-/// Answers host calls from a script, in order.
+/// Answers host calls from a script, in order: as they reach the backends (the engine level,
+/// what traces record), or as the plugin made them (the plugin level).
 #[derive(Debug, Clone, Default)]
 pub struct Scripted(Arc<Mutex<ScriptState>>);
 
 impl Scripted {
-    /// A backend that expects `calls`, in this order.
+    /// A backend that expects `calls`, in this order, as they reach the backends.
     pub fn new(calls: Vec<Call>) -> Self {
         Self(Arc::new(Mutex::new(ScriptState {
             expected: calls.into(),
@@ -142,18 +204,36 @@ impl Scripted {
         })))
     }
 
+    /// A backend that expects `calls` as the plugin makes them: a batch call once with its
+    /// ids, a build or exec with the options the plugin gave, no inspect of the host's own —
+    /// the host checks an id the plugin did not list against `containers`.
+    pub fn at_plugin_level(calls: Vec<Call>, containers: Vec<Container>) -> Self {
+        Self(Arc::new(Mutex::new(ScriptState {
+            expected: calls.into(),
+            plugin_level: Some(containers),
+            ..Default::default()
+        })))
+    }
+
+    fn state(&self) -> std::sync::MutexGuard<'_, ScriptState> {
+        self.0.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
     /// Both capability backends, answering from this script.
     pub fn backends(&self) -> Backends {
+        let plugin_level = self.state().plugin_level.is_some();
         Backends {
             docker: Arc::new(self.clone()),
             supervisor: Arc::new(self.clone()),
+            plugin_level: plugin_level
+                .then(|| Arc::new(self.clone()) as Arc<dyn PluginLevelDocker>),
         }
     }
 
     /// The calls the plugin made (with the answers it got), and every difference from the
     /// script, including expected calls it never made.
     pub fn finish(&self) -> (Vec<Call>, Vec<String>) {
-        let mut st = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        let mut st = self.state();
         let n = st.made.len();
         let left: Vec<String> = st
             .expected
@@ -172,18 +252,12 @@ impl Scripted {
         (st.made.clone(), st.problems.clone())
     }
 
-    fn answer<T: Json>(&self, call: &str, args: Value) -> Result<T, Error> {
-        let mut st = self.0.lock().unwrap_or_else(|e| e.into_inner());
+    /// The script's next call when it is `made` (the arguments it gives are compared), or
+    /// the error the plugin gets; differences are noted.
+    fn next(st: &mut ScriptState, made: &Call) -> Result<Call, Error> {
         let n = st.made.len() + 1;
-        let mut made = Call {
-            call: call.into(),
-            args,
-            ok: None,
-            err: None,
-        };
-        let expected = st.expected.pop_front();
-        let result = match expected {
-            Some(exp) if exp.call == call => {
+        match st.expected.pop_front() {
+            Some(exp) if exp.call == made.call => {
                 // No args in the script: any args.
                 if !exp.args.is_null() && !subset(&exp.args, &made.args) {
                     st.problems.push(format!(
@@ -192,14 +266,7 @@ impl Scripted {
                         made.describe()
                     ));
                 }
-                match (&exp.ok, &exp.err) {
-                    (_, Some(e)) => Err(error_from_json(e).map_err(|m| {
-                        Error::Failed(format!("plugin test: call {n} has a bad `err`: {m}"))
-                    })?),
-                    (ok, None) => T::from_json(ok.as_ref().unwrap_or(&Value::Null)).map_err(|m| {
-                        Error::Failed(format!("plugin test: call {n} has a bad `ok`: {m}"))
-                    }),
-                }
+                Ok(exp)
             }
             Some(exp) => {
                 st.problems.push(format!(
@@ -224,13 +291,137 @@ impl Scripted {
                     made.describe()
                 )))
             }
-        };
-        match &result {
-            Ok(v) => made.ok = Some(v.to_json()),
-            Err(e) => made.err = Some(error_to_json(e)),
         }
+    }
+
+    /// Matches the call made against the script's next one, gives the plugin `answer`'s
+    /// result for it (or the error of a mismatch), and notes the call with what it got.
+    fn exchange<R>(
+        &self,
+        call: &str,
+        args: Value,
+        answer: impl FnOnce(&Call, usize) -> Result<R, Error>,
+        note: impl FnOnce(&Result<R, Error>, &mut Call),
+    ) -> Result<R, Error> {
+        let mut st = self.state();
+        let n = st.made.len() + 1;
+        let mut made = Call {
+            call: call.into(),
+            args,
+            ok: None,
+            err: None,
+        };
+        let result = Self::next(&mut st, &made).and_then(|exp| answer(&exp, n));
+        note(&result, &mut made);
         st.made.push(made);
         result
+    }
+
+    fn answer<T: Json>(&self, call: &str, args: Value) -> Result<T, Error> {
+        self.exchange(
+            call,
+            args,
+            |exp, n| match (&exp.ok, &exp.err) {
+                (_, Some(e)) => Err(error_from_json(e).map_err(|m| {
+                    Error::Failed(format!("plugin test: call {n} has a bad `err`: {m}"))
+                })?),
+                (ok, None) => T::from_json(ok.as_ref().unwrap_or(&Value::Null)).map_err(|m| {
+                    Error::Failed(format!("plugin test: call {n} has a bad `ok`: {m}"))
+                }),
+            },
+            |result, made| match result {
+                Ok(v) => made.ok = Some(v.to_json()),
+                Err(e) => made.err = Some(error_to_json(e)),
+            },
+        )
+    }
+
+    /// A batch call at the plugin level: one call for all `ids`, one answer each.
+    fn answer_batch(&self, call: &str, args: Value, ids: &[String]) -> Vec<Result<(), Error>> {
+        let all = |r: &Result<Vec<Result<(), Error>>, Error>| {
+            r.clone().unwrap_or_else(|e| vec![Err(e); ids.len()])
+        };
+        let result = self.exchange(
+            call,
+            args,
+            |exp, n| {
+                if exp.ok.as_ref().is_some_and(|v| !v.is_null()) {
+                    return Err(Error::Failed(format!(
+                        "plugin test: call {n} has an `ok`, which {call} does not answer: its \
+                         answer is `err` (for every id, or by id: {{ <id> = {{ not-found = \"…\" }} }}) \
+                         or nothing when every id succeeds"
+                    )));
+                }
+                batch_answers(exp.err.as_ref(), ids).map_err(|m| {
+                    Error::Failed(format!("plugin test: call {n} has a bad `err`: {m}"))
+                })
+            },
+            |r, made| made.err = batch_err(ids, &all(r)),
+        );
+        all(&result)
+    }
+
+    /// `docker.inspect` as the script answers it.
+    fn inspect_answer(&self, id: &str) -> Result<Container, Error> {
+        let c: Container = self.answer("docker.inspect", json!({"id": id}))?;
+        if c.project.is_empty() || c.service.is_empty() {
+            // Without them the grant check would say "no grant for docker project ''".
+            return Err(Error::Failed(format!(
+                "plugin test: the scripted answer of docker.inspect for '{id}' has no `project` \
+                 and `service` (compose's labels, which the grant is checked against): add \
+                 them, e.g. ok = {{ name = \"{id}\", project = \"marvin\", service = \"web\" }}"
+            )));
+        }
+        Ok(c)
+    }
+
+    /// The host's own inspect at the plugin level, before it acts on an id the plugin did
+    /// not list: answered from the script's `[[containers]]`, not a call of the script.
+    fn known_container(&self, id: &str) -> Option<Result<Container, Error>> {
+        let mut st = self.state();
+        let known = st.plugin_level.as_ref()?;
+        if let Some(c) = known.iter().find(|c| c.id == id || c.name == id) {
+            return Some(Ok(c.clone()));
+        }
+        let text = format!(
+            "the host checks the grant of container '{id}' against its compose project and \
+             service before acting on it, and the script does not say them: add it to \
+             `[[containers]]` (id, project, service), or script the list-containers or \
+             inspect call the plugin got it from"
+        );
+        st.problems.push(text.clone());
+        Some(Err(Error::Failed(format!("plugin test: {text}"))))
+    }
+}
+
+#[async_trait]
+impl PluginLevelDocker for Scripted {
+    async fn inspect(&self, id: &str) -> Result<Container, Error> {
+        self.inspect_answer(id)
+    }
+    async fn batch(
+        &self,
+        call: Batch,
+        ids: &[String],
+        timeout_secs: Option<u32>,
+    ) -> Vec<Result<(), Error>> {
+        let args = match call {
+            Batch::Start => json!({ "ids": ids }),
+            Batch::Stop | Batch::Restart => json!({ "ids": ids, "timeout_secs": timeout_secs }),
+        };
+        self.answer_batch(call.call(), args, ids)
+    }
+    async fn build(&self, options: &BuildOptions) -> Result<BuildOutput, Error> {
+        self.answer("docker.build", options.to_json())
+    }
+    async fn exec(&self, id: &str, options: &ExecOptions) -> Result<ExecOutput, Error> {
+        let mut args = options.to_json();
+        args["id"] = json!(id);
+        // The plugin's own bound (the engine level leaves out the host's, which varies).
+        if let Some(t) = options.timeout_ms {
+            args["timeout_ms"] = json!(t);
+        }
+        self.answer("docker.exec", args)
     }
 }
 
@@ -272,6 +463,7 @@ impl Observation for Recording {
         Backends {
             docker: Arc::new(self.clone()),
             supervisor: Arc::new(self.clone()),
+            plugin_level: None,
         }
     }
 
@@ -376,16 +568,10 @@ impl DockerBackend for Scripted {
         self.answer("docker.labelled", json!({"key": key, "value": value}))
     }
     async fn inspect(&self, id: &str) -> Result<Container, Error> {
-        let c: Container = self.answer("docker.inspect", json!({"id": id}))?;
-        if c.project.is_empty() || c.service.is_empty() {
-            // Without them the grant check would say "no grant for docker project ''".
-            return Err(Error::Failed(format!(
-                "plugin test: the scripted answer of docker.inspect for '{id}' has no `project` \
-                 and `service` (compose's labels, which the grant is checked against): add \
-                 them, e.g. ok = {{ name = \"{id}\", project = \"marvin\", service = \"web\" }}"
-            )));
+        match self.known_container(id) {
+            Some(known) => known,
+            None => self.inspect_answer(id),
         }
-        Ok(c)
     }
     async fn start(&self, id: &str) -> Result<(), Error> {
         self.answer("docker.start", json!({"id": id}))
@@ -667,5 +853,193 @@ mod tests {
             matches!(&e, Error::Failed(m) if m.contains("call 1 has a bad `ok`")),
             "{e:?}"
         );
+    }
+
+    /// Capabilities granted docker project `marvin` only, answering from `s`.
+    fn caps(s: &Scripted) -> crate::capabilities::Capabilities {
+        use crate::capabilities::policy::{Capability, Policy};
+        let grants = Grants {
+            docker: Some(crate::config::DockerGrant {
+                projects: vec!["marvin".into()],
+                ..Default::default()
+            }),
+            ..Default::default()
+        };
+        crate::capabilities::Capabilities::new(
+            Arc::new(Policy::new("p", [Capability::Docker], grants, &[])),
+            "corr-1".into(),
+            s.backends(),
+            std::time::Instant::now() + std::time::Duration::from_secs(5),
+        )
+    }
+
+    #[tokio::test]
+    async fn plugin_level_scripts_list_calls_as_the_plugin_made_them() {
+        use crate::bindings::docker::Host;
+        let listed = json!([
+            {"id": "a", "name": "marvin_web_1", "project": "marvin", "service": "web"},
+            {"id": "b", "name": "marvin_web_2", "project": "marvin", "service": "web"},
+        ]);
+        let s = Scripted::at_plugin_level(
+            vec![
+                call(
+                    "docker.list-containers",
+                    json!({"project": "marvin"}),
+                    Some(listed),
+                ),
+                Call {
+                    err: Some(json!({"b": {"not-found": "gone"}})),
+                    ..call("docker.start", json!({"ids": ["a", "b", "k"]}), None)
+                },
+                call(
+                    "docker.stop",
+                    json!({"ids": ["a"], "timeout_secs": 3}),
+                    None,
+                ),
+            ],
+            vec![
+                Container::from_json(&json!({"id": "x", "project": "secret", "service": "db"}))
+                    .unwrap(),
+                Container::from_json(&json!({"id": "k", "project": "marvin", "service": "db"}))
+                    .unwrap(),
+            ],
+        );
+        let mut c = caps(&s);
+        c.list_containers("marvin".into(), None)
+            .await
+            .unwrap()
+            .unwrap();
+        // One call for the batch: the granted ids (k from [[containers]], not listed), the
+        // ungranted one answered by its denial without a call of the script.
+        let r = c
+            .start(vec!["a".into(), "b".into(), "x".into(), "k".into()])
+            .await
+            .unwrap();
+        assert!(r[0].is_ok(), "{r:?}");
+        assert!(
+            matches!(&r[1], Err(Error::NotFound(m)) if m == "gone"),
+            "{r:?}"
+        );
+        assert!(matches!(&r[2], Err(Error::PermissionDenied(_))), "{r:?}");
+        assert!(r[3].is_ok(), "{r:?}");
+        // An id nobody said anything of: the plugin gets an error, the test a difference.
+        let r = c
+            .stop(vec!["a".into(), "zz".into()], Some(3))
+            .await
+            .unwrap();
+        assert!(r[0].is_ok(), "{r:?}");
+        assert!(
+            matches!(&r[1], Err(Error::Failed(m)) if m.contains("'zz'") && m.contains("[[containers]]")),
+            "{r:?}"
+        );
+        let (made, problems) = s.finish();
+        let described: Vec<String> = made
+            .iter()
+            .map(|c| format!("{} -> {}", c.describe(), c.describe_answer()))
+            .collect();
+        assert_eq!(
+            described[1..],
+            [
+                "docker.start {\"ids\":[\"a\",\"b\",\"k\"]} -> b: not-found: gone",
+                "docker.stop {\"ids\":[\"a\"],\"timeout_secs\":3} -> ok",
+            ]
+        );
+        assert_eq!(problems.len(), 1, "{problems:?}");
+        assert!(problems[0].contains("container 'zz'"), "{problems:?}");
+    }
+
+    #[tokio::test]
+    async fn a_batch_answer_names_only_ids_of_the_call() {
+        let s = Scripted::at_plugin_level(
+            vec![Call {
+                err: Some(json!({"c9": "gone"})),
+                ..call("docker.restart", Value::Null, None)
+            }],
+            vec![],
+        );
+        let r = PluginLevelDocker::batch(&s, Batch::Restart, &["c1".into()], None).await;
+        assert!(
+            matches!(&r[0], Err(Error::Failed(m)) if m.contains("names container 'c9'")),
+            "{r:?}"
+        );
+        // One error for every id.
+        let s = Scripted::at_plugin_level(
+            vec![Call {
+                err: Some(json!({"unavailable": "engine down"})),
+                ..call("docker.restart", Value::Null, None)
+            }],
+            vec![],
+        );
+        let ids = ["c1".to_owned(), "c2".to_owned()];
+        let r = PluginLevelDocker::batch(&s, Batch::Restart, &ids, None).await;
+        assert!(
+            r.iter().all(|r| matches!(r, Err(Error::Unavailable(_)))),
+            "{r:?}"
+        );
+    }
+
+    /// The WIT's host functions, as `interface.function`.
+    fn wit_calls() -> Vec<String> {
+        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../wit");
+        let mut calls = Vec::new();
+        for interface in ["docker", "supervisor"] {
+            let text = std::fs::read_to_string(dir.join(format!("{interface}.wit"))).unwrap();
+            for line in text.lines() {
+                if let Some((name, _)) = line.trim().split_once(": func(") {
+                    calls.push(format!("{interface}.{name}"));
+                }
+            }
+        }
+        calls
+    }
+
+    #[tokio::test]
+    async fn the_call_names_are_the_wit_functions() {
+        // Every call a script can list is a WIT host function (or the host's own labelled),
+        // and every function is one.
+        let mut names: Vec<String> = CALLS.iter().map(|c| c.to_string()).collect();
+        names.retain(|c| !HOST_ONLY.contains(&c.as_str()));
+        let mut wit = wit_calls();
+        names.sort();
+        wit.sort();
+        assert_eq!(names, wit);
+        // And the scripted backends answer under those names: with an empty script each call
+        // is made once and noted under its name.
+        let s = Scripted::new(vec![]);
+        let d: &dyn DockerBackend = &s;
+        let _ = d.list_containers("p", None).await;
+        let _ = d.labelled("k", None).await;
+        let _ = d.inspect("c").await;
+        let _ = d.start("c").await;
+        let _ = d.stop("c", None).await;
+        let _ = d.restart("c", None).await;
+        let _ = d
+            .build(
+                PathBuf::from("/"),
+                BuildOptions::from_json(&json!({})).unwrap(),
+            )
+            .await;
+        let _ = d
+            .exec("c", ExecOptions::from_json(&json!({})).unwrap())
+            .await;
+        let v: &dyn SupervisorBackend = &s;
+        let _ = v.process_info("w").await;
+        let _ = v.all_process_info().await;
+        let _ = v.start_process("w", true).await;
+        let _ = v.stop_process("w", true).await;
+        let _ = v.start_group("g", true).await;
+        let _ = v.stop_group("g", true).await;
+        let _ = v.reload_config().await;
+        let _ = v.add_group("g").await;
+        let _ = v.remove_group("g").await;
+        let _ = v.tail_log("w", 10).await;
+        let (made, _) = s.finish();
+        let mut made: Vec<String> = made.into_iter().map(|c| c.call).collect();
+        made.sort();
+        let mut all: Vec<String> = CALLS.iter().map(|c| c.to_string()).collect();
+        all.sort();
+        assert_eq!(made, all);
+        assert!(unknown_call("docker.labelled", true).is_some());
+        assert!(unknown_call("docker.labelled", false).is_none());
     }
 }

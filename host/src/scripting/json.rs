@@ -416,6 +416,11 @@ const ERRORS: [&str; 8] = [
     "failed",
 ];
 
+/// Whether `k` names a kind of capability error (`not-found`).
+pub fn is_error_kind(k: &str) -> bool {
+    ERRORS.contains(&k)
+}
+
 /// `{ "not-found": "no such container" }`.
 pub fn error_to_json(e: &Error) -> Value {
     let (kind, text) = match e {

@@ -4,7 +4,9 @@
 //! did as traces that replay as scripts.
 //!
 //! A [`Script`] is a request, the entity it names, the grants, the host calls expected in
-//! order with the answer to give each, and what the response must say. The service writes
+//! order with the answer to give each, and what the response must say. The calls are listed
+//! as they reach the backends ([`Level::Engine`], the default) or as the plugin made them
+//! ([`Level::Plugin`]: a batch call once with its ids). The service writes
 //! the same shape when it records (`--record DIR`): a trace replays as a script, so a new
 //! version of a plugin can be checked against what the old one did.
 //!
@@ -38,7 +40,9 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
 pub use backends::{Call, Recorder, Recording, Scripted, subset};
+use json::Json;
 
+use crate::bindings::docker::Container;
 use crate::capabilities::policy::Policy;
 use crate::config::Grants;
 use crate::message::{
@@ -127,6 +131,25 @@ pub struct Expect {
     pub metadata: Option<Value>,
 }
 
+/// How a script lists the host calls.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Level {
+    /// As they reach Docker and supervisord (what traces record): a batch call shows once per
+    /// container, and the host's own inspect before it acts on an id the plugin did not list.
+    #[default]
+    Engine,
+    /// As the plugin made them, like its code reads: `docker.start` once with its `ids`, a
+    /// build or exec with the options the plugin gave, no inspect of the host's own.
+    Plugin,
+}
+
+impl Level {
+    fn is_engine(&self) -> bool {
+        *self == Self::Engine
+    }
+}
+
 /// A plugin test, or a recorded trace.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -139,6 +162,13 @@ pub struct Script {
     /// What the plugin is granted; absent: everything it asks for, on any name.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub grants: Option<Grants>,
+    /// How `calls` lists the host calls.
+    #[serde(default, skip_serializing_if = "Level::is_engine")]
+    pub level: Level,
+    /// At the plugin level: containers the engine has (`id`, `project`, `service`), which the
+    /// host checks the grant of an id against when the plugin acts on one it did not list.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub containers: Vec<Value>,
     /// The host calls expected, in order, with their answers.
     #[serde(default)]
     pub calls: Vec<Call>,
@@ -246,6 +276,8 @@ impl Script {
                 program,
             },
             grants: Some(grants.clone()),
+            level: Level::Engine,
+            containers: Vec::new(),
             calls,
             expect: Expect {
                 success: Some(outcome.success),
@@ -422,6 +454,23 @@ pub fn compare(expect: &Expect, o: &PluginOutcome) -> Vec<String> {
     problems
 }
 
+/// A plugin-level script's `[[containers]]`; each needs its id, project and service.
+fn known_containers(list: &[Value]) -> Result<Vec<Container>, String> {
+    list.iter()
+        .enumerate()
+        .map(|(i, v)| {
+            let c = Container::from_json(v).map_err(|e| format!("containers[{i}]: {e}"))?;
+            if c.id.is_empty() || c.project.is_empty() || c.service.is_empty() {
+                return Err(format!(
+                    "containers[{i}] needs id, project and service (compose's labels, which the \
+                     grant is checked against), got {v}"
+                ));
+            }
+            Ok(c)
+        })
+        .collect()
+}
+
 /// Runs `script` against the plugin in `wasm`, in the real runtime with scripted backends.
 /// `cache_dir` keeps compiled plugins between runs; `environment` is what the script's
 /// `grants.env` patterns pick from (the CLI passes the manager's own).
@@ -431,12 +480,23 @@ pub async fn run(
     cache_dir: Option<PathBuf>,
     environment: &[(String, String)],
 ) -> Result<Report, String> {
+    let plugin_level = script.level == Level::Plugin;
     for (n, c) in script.calls.iter().enumerate() {
-        if let Some(e) = backends::unknown_call(&c.call) {
+        if let Some(e) = backends::unknown_call(&c.call, plugin_level) {
             return Err(format!("call {}: {e}", n + 1));
         }
     }
-    let scripted = Scripted::new(script.calls.clone());
+    let scripted = if plugin_level {
+        Scripted::at_plugin_level(script.calls.clone(), known_containers(&script.containers)?)
+    } else if script.containers.is_empty() {
+        Scripted::new(script.calls.clone())
+    } else {
+        return Err(
+            "`containers` is for level = \"plugin\"; at the engine level the host's inspects are \
+             calls of the script"
+                .into(),
+        );
+    };
     let runtime = Runtime::new(
         RuntimeSettings {
             cache_dir,

@@ -52,6 +52,58 @@ pub trait DockerBackend: Send + Sync {
     async fn exec(&self, id: &str, options: ExecOptions) -> Result<ExecOutput, Error>;
 }
 
+/// A batch call: one per container id, made at once.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Batch {
+    /// `docker.start`.
+    Start,
+    /// `docker.stop`.
+    Stop,
+    /// `docker.restart`.
+    Restart,
+}
+
+impl Batch {
+    /// As WIT names it: `docker.start`.
+    pub fn call(self) -> &'static str {
+        match self {
+            Self::Start => "docker.start",
+            Self::Stop => "docker.stop",
+            Self::Restart => "docker.restart",
+        }
+    }
+
+    /// In an error: `docker start`.
+    fn what(self) -> &'static str {
+        match self {
+            Self::Start => "docker start",
+            Self::Stop => "docker stop",
+            Self::Restart => "docker restart",
+        }
+    }
+}
+
+/// Docker calls answered as the plugin made them (one batch call with its list of ids, the
+/// options it gave, no inspect of the host's own), after the grant checks: what `plugin
+/// test`'s plugin-level scripts list. The host's checks of an id the plugin did not list
+/// still ask the backend's `inspect`.
+#[async_trait]
+pub trait PluginLevelDocker: Send + Sync {
+    /// `inspect`, as the plugin called it.
+    async fn inspect(&self, id: &str) -> Result<Container, Error>;
+    /// `start`, `stop` or `restart` of the granted `ids`: one result per id, in order.
+    async fn batch(
+        &self,
+        call: Batch,
+        ids: &[String],
+        timeout_secs: Option<u32>,
+    ) -> Vec<Result<(), Error>>;
+    /// `build`, with the options the plugin gave.
+    async fn build(&self, options: &BuildOptions) -> Result<BuildOutput, Error>;
+    /// `exec` in container `id`, with the options the plugin gave.
+    async fn exec(&self, id: &str, options: &ExecOptions) -> Result<ExecOutput, Error>;
+}
+
 /// The backend of a manager with no Docker engine configured: every call is `unavailable`.
 #[derive(Debug, Default)]
 pub struct Unconfigured;
@@ -120,6 +172,11 @@ impl Capabilities {
         self.policy.docker_any().map_err(|d| self.denied(d))?;
         let docker = self.backends.docker.clone();
         let c = self.bounded("docker inspect", docker.inspect(id)).await?;
+        self.granted(c)
+    }
+
+    /// `c`, once its project and service are known to be granted.
+    fn granted(&self, c: Container) -> Result<Container, Error> {
         self.seen.add(&c);
         self.policy
             .docker_project(&c.project, Some(&c.service))
@@ -140,19 +197,51 @@ impl Capabilities {
         Ok(id.to_owned())
     }
 
-    /// Runs `call` on each granted container at once; one result per id, in order.
-    async fn each<F, Fut>(&self, what: &str, ids: Vec<String>, call: F) -> Vec<Result<(), Error>>
-    where
-        F: Fn(std::sync::Arc<dyn DockerBackend>, String) -> Fut,
-        Fut: Future<Output = Result<(), Error>>,
-    {
-        let call = &call;
-        join_all(ids.into_iter().map(|id| async move {
-            let full = self.granted_id(&id).await?;
-            self.bounded(what, call(self.backends.docker.clone(), full))
-                .await
-        }))
-        .await
+    /// Runs `call` on each granted container at once; one result per id, in order. At the
+    /// plugin level the granted ids go as one call; the others are answered by their denial.
+    async fn each(
+        &self,
+        call: Batch,
+        ids: Vec<String>,
+        timeout_secs: Option<u32>,
+    ) -> Vec<Result<(), Error>> {
+        let what = call.what();
+        let Some(level) = self.backends.plugin_level.clone() else {
+            return join_all(ids.into_iter().map(|id| async move {
+                let full = self.granted_id(&id).await?;
+                let d = self.backends.docker.clone();
+                match call {
+                    Batch::Start => self.bounded(what, d.start(&full)).await,
+                    Batch::Stop => self.bounded(what, d.stop(&full, timeout_secs)).await,
+                    Batch::Restart => self.bounded(what, d.restart(&full, timeout_secs)).await,
+                }
+            }))
+            .await;
+        };
+        let checked = join_all(ids.iter().map(|id| self.granted_id(id))).await;
+        let granted: Vec<String> = checked.iter().flatten().cloned().collect();
+        let answers = if granted.is_empty() {
+            Vec::new()
+        } else {
+            let n = granted.len();
+            let batch = async { Ok(level.batch(call, &granted, timeout_secs).await) };
+            match self.bounded(what, batch).await {
+                Ok(a) if a.len() == n => a,
+                Ok(a) => vec![
+                    Err(Error::Failed(format!(
+                        "{what} answered {} results for {n} containers",
+                        a.len()
+                    )));
+                    n
+                ],
+                Err(e) => vec![Err(e); n],
+            }
+        };
+        let mut answers = answers.into_iter();
+        checked
+            .into_iter()
+            .map(|c| c.and_then(|_| answers.next().unwrap_or(Ok(()))))
+            .collect()
     }
 }
 
@@ -179,17 +268,19 @@ impl Host for Capabilities {
     }
 
     async fn inspect(&mut self, id: String) -> wasmtime::Result<Result<Container, Error>> {
-        Ok(self.inspect_granted(&id).await)
+        let Some(level) = self.backends.plugin_level.clone() else {
+            return Ok(self.inspect_granted(&id).await);
+        };
+        let r = async {
+            self.policy.docker_any().map_err(|d| self.denied(d))?;
+            let c = self.bounded("docker inspect", level.inspect(&id)).await?;
+            self.granted(c)
+        };
+        Ok(r.await)
     }
 
     async fn start(&mut self, ids: Vec<String>) -> wasmtime::Result<Vec<Result<(), Error>>> {
-        Ok(self
-            .each(
-                "docker start",
-                ids,
-                |d, id| async move { d.start(&id).await },
-            )
-            .await)
+        Ok(self.each(Batch::Start, ids, None).await)
     }
 
     async fn stop(
@@ -197,11 +288,7 @@ impl Host for Capabilities {
         ids: Vec<String>,
         timeout_secs: Option<u32>,
     ) -> wasmtime::Result<Vec<Result<(), Error>>> {
-        Ok(self
-            .each("docker stop", ids, |d, id| async move {
-                d.stop(&id, timeout_secs).await
-            })
-            .await)
+        Ok(self.each(Batch::Stop, ids, timeout_secs).await)
     }
 
     async fn restart(
@@ -209,11 +296,7 @@ impl Host for Capabilities {
         ids: Vec<String>,
         timeout_secs: Option<u32>,
     ) -> wasmtime::Result<Vec<Result<(), Error>>> {
-        Ok(self
-            .each("docker restart", ids, |d, id| async move {
-                d.restart(&id, timeout_secs).await
-            })
-            .await)
+        Ok(self.each(Batch::Restart, ids, timeout_secs).await)
     }
 
     async fn build(
@@ -232,6 +315,9 @@ impl Host for Capabilities {
             Ok(found) => found,
             Err(d) => return Ok(Err(self.denied(d))),
         };
+        if let Some(level) = self.backends.plugin_level.clone() {
+            return Ok(self.bounded("docker build", level.build(&options)).await);
+        }
         options.context = context.display().to_string();
         let docker = self.backends.docker.clone();
         Ok(self
@@ -254,6 +340,11 @@ impl Host for Capabilities {
                 .docker_exec(&options.argv.join(" "), shell)
                 .map_err(|d| self.denied(d))?;
             let full = self.granted_id(&id).await?;
+            if let Some(level) = self.backends.plugin_level.clone() {
+                return self
+                    .bounded("docker exec", level.exec(&full, &options))
+                    .await;
+            }
             // The command is killed by the engine backend before the request's deadline, so
             // the plugin learns that it timed out and the process does not outlive it.
             let left = self.deadline.saturating_duration_since(Instant::now());
@@ -301,6 +392,7 @@ mod tests {
             Backends {
                 docker: fake,
                 supervisor: Arc::new(supervisor::Unconfigured),
+                plugin_level: None,
             },
             Instant::now() + deadline,
         )
