@@ -31,15 +31,32 @@ const PHP_ACTIONS: usize = 600;
 const LATENCY_SAMPLES: usize = 400;
 
 fn request(i: usize) -> ManagerRequest {
-    ManagerRequest::new(format!("bench-{i}-{}", std::process::id()), "c1", "noop")
+    request_for(i, "c1")
+}
+
+fn request_for(i: usize, entity: &str) -> ManagerRequest {
+    ManagerRequest::new(format!("bench-{i}-{}", std::process::id()), entity, "noop")
 }
 
 async fn fill(pool: &sqlx::PgPool, table: &str, queue: &str, from: usize, n: usize) {
+    fill_for(pool, table, queue, from, n, &["c1"]).await;
+}
+
+/// `n` requests, round robin over `entities`.
+async fn fill_for(
+    pool: &sqlx::PgPool,
+    table: &str,
+    queue: &str,
+    from: usize,
+    n: usize,
+    entities: &[&str],
+) {
     for chunk in (from..from + n).collect::<Vec<_>>().chunks(1000) {
         let bodies: Vec<String> = chunk
             .iter()
             .map(|&i| {
-                codec::encode_request(&request(i), Format::Php, Some("messenger.bus.default")).body
+                let req = request_for(i, entities[i % entities.len()]);
+                codec::encode_request(&req, Format::Php, Some("messenger.bus.default")).body
             })
             .collect();
         sqlx::query(&format!(
@@ -224,6 +241,40 @@ fn main() {
         let counted = marvin_manager::metrics::install("bench").encode();
         assert!(counted.contains("outcome=\"success\"} 9000"), "{counted}");
 
+        // 5. The ownership filter of several managers: the same drain by a manager that
+        //    published what it serves while another manager is registered (every fetch then
+        //    filters by entity), alternating with one that never published (no filter).
+        let filtered = Arc::new(PgTransport::connect(&dsn.url, dsn.options.clone(), 8).await.unwrap());
+        filtered.publish(vec!["c1".into()]).await.unwrap();
+        sqlx::query(&format!(
+            "INSERT INTO {schema}.marvin_manager_managers (instance, manager, beat_at) \
+             VALUES ('bench-other', 'bench-other-host', extract(epoch from now())::bigint)"
+        ))
+        .execute(&admin)
+        .await
+        .unwrap();
+        let mut owned = [Vec::new(), Vec::new()];
+        for round in 0..METRICS_ROUNDS * 2 {
+            let with = round % 2 == 1;
+            let from = RUST_ACTIONS + PHP_ACTIONS + 2_000_000 + round * METRICS_ACTIONS;
+            fill(&admin, &table, "requests", from, METRICS_ACTIONS).await;
+            let opts = ConsumeOptions { limit: Some(METRICS_ACTIONS as u64), poll: Duration::from_millis(20), ..Default::default() };
+            let t = Instant::now();
+            let stats = if with {
+                consume(filtered.clone(), manager.clone(), opts, std::future::pending()).await
+            } else {
+                consume(transport.clone(), manager.clone(), opts, std::future::pending()).await
+            };
+            assert_eq!(stats.answered, METRICS_ACTIONS as u64);
+            owned[usize::from(with)].push(METRICS_ACTIONS as f64 / t.elapsed().as_secs_f64());
+        }
+        let (unfiltered, with_filter) = (median(&mut owned[0]), median(&mut owned[1]));
+
+        // 6. Three `serve` processes sharing one queue, each serving its own entity, against
+        //    one `serve` serving all three: the same backlog, from the fill to the last answer.
+        let one = serve_drain(&base, &admin, &[&["c1", "c2", "c3"]]).await;
+        let three = serve_drain(&base, &admin, &[&["c1"], &["c2"], &["c3"]]).await;
+
         println!("end to end through PostgreSQL, no-op plugin");
         println!("  manager:      {RUST_ACTIONS} actions in {rust_secs:.2} s = {rust_rate:.0} actions/s");
         println!(
@@ -237,6 +288,14 @@ fn main() {
             "metrics on vs off ({METRICS_ROUNDS} alternating drains of {METRICS_ACTIONS} each, medians): on {on:.0} actions/s, off {off:.0} actions/s, on/off {:.3} (target >= 0.95)",
             on / off
         );
+        println!(
+            "ownership filter ({METRICS_ROUNDS} alternating drains of {METRICS_ACTIONS} each, medians): with {with_filter:.0} actions/s, without {unfiltered:.0} actions/s, with/without {:.3} (target >= 0.90)",
+            with_filter / unfiltered
+        );
+        println!(
+            "serve processes, {SERVE_ACTIONS} requests over 3 entities: one manager {one:.0} actions/s, three managers (one entity each) {three:.0} actions/s, three/one {:.2}",
+            three / one
+        );
         println!("latency, dispatch to response committed, LISTEN/NOTIFY, {LATENCY_SAMPLES} sequential requests");
         println!("  p50 {p50:.2} ms (target <= 5), p99 {p99:.2} ms (target <= 25)");
         println!("  floor (INSERT + its NOTIFY back, no consumer): p50 {:.2} ms, p99 {:.2} ms", pct(&mut floor, 0.5), pct(&mut floor, 0.99));
@@ -244,4 +303,101 @@ fn main() {
 
         sqlx::query(&format!("DROP SCHEMA {schema} CASCADE")).execute(&admin).await.unwrap();
     });
+}
+
+const SERVE_ACTIONS: usize = 9_000;
+
+/// Starts one `serve` per entry of `managers` (the entity ids each serves) on a fresh queue,
+/// waits until each has published them, fills [`SERVE_ACTIONS`] requests round robin over
+/// every entity, and returns the rate from the fill to the last answer.
+async fn serve_drain(base: &str, admin: &sqlx::PgPool, managers: &[&[&str]]) -> f64 {
+    let schema = format!("bench_{}_{}", std::process::id(), managers.len());
+    sqlx::query(&format!("CREATE SCHEMA {schema}"))
+        .execute(admin)
+        .await
+        .unwrap();
+    let table = format!("{schema}.messenger_messages");
+    let dsn =
+        format!("{base}?table_name={table}&queue_name=requests&response_queue_name=responses");
+    let parsed = Dsn::parse(&dsn).unwrap();
+    PgTransport::connect(&parsed.url, parsed.options, 2)
+        .await
+        .unwrap()
+        .setup()
+        .await
+        .unwrap();
+    let dirs: Vec<tempfile::TempDir> = managers
+        .iter()
+        .map(|_| tempfile::tempdir().unwrap())
+        .collect();
+    let mut children = Vec::new();
+    for (i, (entities, dir)) in managers.iter().zip(&dirs).enumerate() {
+        std::fs::create_dir(dir.path().join("plugins")).unwrap();
+        std::fs::copy(test_programs::NOOP, dir.path().join("plugins/noop.wasm")).unwrap();
+        let mut config = format!("[manager]\nid = \"bench-{i}\"\n[docker]\ndiscovery = false\n");
+        for e in *entities {
+            config.push_str(&format!(
+                "[entities.{e}]\nkind = \"container\"\nproject = \"p\"\nservice = \"{e}\"\n"
+            ));
+        }
+        std::fs::write(dir.path().join("manager.toml"), config).unwrap();
+        children.push(
+            Command::new(env!("CARGO_BIN_EXE_marvin-manager"))
+                .arg("serve")
+                .current_dir(dir.path())
+                .env("MARVIN_DSN", &dsn)
+                .env("MARVIN_CONFIG", dir.path().join("manager.toml"))
+                .env("MARVIN_CACHE_DIR", dir.path().join("cache"))
+                .env("RUST_LOG", "warn")
+                .stdout(std::process::Stdio::null())
+                .stderr(std::process::Stdio::null())
+                .spawn()
+                .unwrap(),
+        );
+    }
+    let served = format!("{schema}.marvin_manager_served");
+    let up = Instant::now();
+    loop {
+        let n: i64 = sqlx::query_scalar(&format!("SELECT count(DISTINCT instance) FROM {served}"))
+            .fetch_one(admin)
+            .await
+            .unwrap_or(0);
+        if n as usize == managers.len() {
+            break;
+        }
+        assert!(
+            up.elapsed() < Duration::from_secs(60),
+            "the managers did not start"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let all: Vec<&str> = managers.iter().flat_map(|m| m.iter().copied()).collect();
+    let t = Instant::now();
+    fill_for(admin, &table, "requests", 5_000_000, SERVE_ACTIONS, &all).await;
+    loop {
+        let n: i64 = sqlx::query_scalar(&format!(
+            "SELECT count(*) FROM {table} WHERE queue_name = 'responses'"
+        ))
+        .fetch_one(admin)
+        .await
+        .unwrap();
+        if n as usize >= SERVE_ACTIONS {
+            break;
+        }
+        assert!(
+            t.elapsed() < Duration::from_secs(300),
+            "{n} of {SERVE_ACTIONS} answered"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let rate = SERVE_ACTIONS as f64 / t.elapsed().as_secs_f64();
+    for mut c in children {
+        let _ = c.kill();
+        let _ = c.wait();
+    }
+    sqlx::query(&format!("DROP SCHEMA {schema} CASCADE"))
+        .execute(admin)
+        .await
+        .unwrap();
+    rate
 }

@@ -97,8 +97,13 @@ pub struct ManagerConfig {
     /// requests its previous process held at once.
     pub id: Option<String>,
     /// How long a manager may stop heart-beating before the requests it held are taken
-    /// back by another (default 15).
+    /// back by another (default 15); also how long before it counts as dead for the
+    /// entities it serves.
     pub takeover_secs: Option<u64>,
+    /// With several managers on the queue: how long a request for an entity no live manager
+    /// serves waits, from its creation, before it is answered with an error naming the
+    /// entity and the live managers (default 15), so a manager restarting causes no error.
+    pub unserved_grace_secs: Option<u64>,
     /// A request older than its timeout plus this many seconds is answered "expired" instead
     /// of carried out: Core has given up on it (default 30, as Core's timeout check).
     pub stale_grace_secs: Option<u64>,

@@ -32,6 +32,7 @@ pub fn entry(response: &ManagerResponse, received_at: String, elapsed: Duration)
         received_at,
         finished_at: String::new(),
         duration_ms: i64::try_from(elapsed.as_millis()).unwrap_or(i64::MAX),
+        manager: None,
     }
 }
 

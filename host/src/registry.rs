@@ -114,6 +114,11 @@ pub struct Registry {
     /// The project of `all`, or why there is none.
     default_project: Result<String, SpanNote>,
     discovery: Option<Arc<Discovery>>,
+    /// This manager's name: `all@<name>` and `supervisor@<name>` are its `all` and
+    /// `supervisor`.
+    name: Option<String>,
+    /// Whether it acts on supervisord (a `[supervisor] url`, or worker entities).
+    supervisord: bool,
 }
 
 /// Entities found by their containers' `marvin.entity-id` label.
@@ -158,11 +163,58 @@ impl Registry {
                 }
             }
         };
+        let supervisord = config.supervisor.url.is_some()
+            || entities.values().any(|e| e.kind == EntityKind::Worker);
         Self {
             entities,
             default_project,
             discovery: None,
+            name: None,
+            supervisord,
         }
+    }
+
+    /// Names this manager: `all@<name>` and `supervisor@<name>` then mean its `all` and
+    /// `supervisor` (the ids to use when several managers share the queue).
+    pub fn with_name(mut self, name: &str) -> Self {
+        self.name = Some(name.to_owned());
+        self
+    }
+
+    /// `all` for `all@<this manager>`, `supervisor` for `supervisor@<this manager>`; any
+    /// other id as it is.
+    fn local<'a>(&self, id: &'a str) -> &'a str {
+        match (id.split_once('@'), &self.name) {
+            (Some((base @ (ALL | SUPERVISOR), host)), Some(name)) if host == name => base,
+            _ => id,
+        }
+    }
+
+    /// The entity ids this manager serves now, for the other managers sharing the queue:
+    /// configured ones, those discovered by label, `all@<name>` and `supervisor@<name>`, and
+    /// plain `all` (when it has a project for it) and `supervisor` (when it acts on
+    /// supervisord). With an engine that cannot be reached, the ids without the discovered
+    /// ones, and the error.
+    pub async fn served(&self) -> (Vec<String>, Option<String>) {
+        let mut ids: BTreeSet<String> = self.entities.keys().cloned().collect();
+        let failed = match self.discovered().await {
+            Ok(found) => {
+                ids.extend(found.into_iter().map(|e| e.id));
+                None
+            }
+            Err(e) => Some(e),
+        };
+        if self.resolve(ALL).await.is_ok() {
+            ids.insert(ALL.into());
+        }
+        if self.supervisord {
+            ids.insert(SUPERVISOR.into());
+        }
+        if let Some(name) = &self.name {
+            ids.insert(format!("{ALL}@{name}"));
+            ids.insert(format!("{SUPERVISOR}@{name}"));
+        }
+        (ids.into_iter().collect(), failed)
     }
 
     /// Also finds entities by the `marvin.entity-id` label of containers `docker` lists.
@@ -176,6 +228,17 @@ impl Registry {
 
     /// The entity Core means by `id`, or why there is none.
     pub async fn resolve(&self, id: &str) -> Result<Entity, ResolveError> {
+        let local = self.local(id);
+        let mut entity = self.resolve_local(local).await;
+        if local != id
+            && let Ok(e) = &mut entity
+        {
+            e.id = id.to_owned();
+        }
+        entity
+    }
+
+    async fn resolve_local(&self, id: &str) -> Result<Entity, ResolveError> {
         match (self.resolve_configured(id), &self.discovery) {
             (Ok(e), _) => Ok(e),
             // No project configured: the one project of the labelled containers.
@@ -349,6 +412,50 @@ mod tests {
 
     fn registry(toml: &str) -> Registry {
         Registry::from_config(&Config::parse(toml).unwrap())
+    }
+
+    #[tokio::test]
+    async fn a_named_manager_serves_its_ids_and_reads_its_own_at_forms() {
+        let r = registry(
+            "[entities.c1]\nkind = \"container\"\nproject = \"marvin\"\nservice = \"web\"\n\
+             [entities.w1]\nkind = \"worker\"\nprogram = \"consumer\"\n",
+        )
+        .with_name("host-b");
+        let all = r.resolve("all@host-b").await.unwrap();
+        assert_eq!(all.id, "all@host-b");
+        assert_eq!(
+            all.target,
+            Target::Compose {
+                project: "marvin".into(),
+                service: None
+            }
+        );
+        assert_eq!(
+            r.resolve("supervisor@host-b").await.unwrap().target,
+            Target::Supervisord
+        );
+        // Another host's: not this manager's.
+        assert!(r.resolve("all@host-c").await.is_err());
+        let (served, failed) = r.served().await;
+        assert_eq!(failed, None);
+        assert_eq!(
+            served,
+            [
+                "all",
+                "all@host-b",
+                "c1",
+                "supervisor",
+                "supervisor@host-b",
+                "w1"
+            ]
+        );
+        // No project for `all`, no worker: neither plain id.
+        let r = registry(
+            "[entities.a]\nkind = \"container\"\nproject = \"p1\"\nservice = \"web\"\n\
+             [entities.b]\nkind = \"container\"\nproject = \"p2\"\nservice = \"web\"\n",
+        )
+        .with_name("h");
+        assert_eq!(r.served().await.0, ["a", "all@h", "b", "supervisor@h"]);
     }
 
     #[test]

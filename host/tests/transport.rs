@@ -22,6 +22,7 @@ on_both_databases!(
     bad_rows_go_to_the_failure_queue,
     keepalive_moves_delivered_at,
     timestamps_follow_the_configured_zone,
+    setup_adds_the_columns_an_older_version_lacked,
 );
 
 fn response_for(correlation_id: &str) -> ManagerResponse {
@@ -49,6 +50,7 @@ fn entry(r: &ManagerResponse) -> LedgerEntry {
         received_at: marvin_manager::transport::utc_now_rfc3339(),
         finished_at: String::new(),
         duration_ms: 3,
+        manager: None,
     }
 }
 
@@ -173,6 +175,52 @@ async fn a_request_round_trips_in_one_transaction<T: Queue + Records>(
         .unwrap();
     assert_eq!(h.len(), 2);
     assert_eq!(h[0].correlation_id, "corr-rt-1", "newest first");
+    // The manager that committed the answer.
+    assert_eq!(h[0].manager.as_deref(), Some("marvin-manager"));
+}
+
+/// A database set up by an earlier version (a table without a column added since) gets the
+/// column at the next setup, and the manager works on it.
+async fn setup_adds_the_columns_an_older_version_lacked<T: Queue + Records>(
+    db: &TestDb,
+    mk: impl AsyncFn(&str) -> T,
+) {
+    let t = mk("").await;
+    t.setup().await.unwrap();
+    let ledger = db
+        .table()
+        .replace("messenger_messages", "marvin_manager_ledger");
+    let managers = db
+        .table()
+        .replace("messenger_messages", "marvin_manager_managers");
+    db.exec(&format!("ALTER TABLE {ledger} DROP COLUMN manager"))
+        .await;
+    db.exec(&format!("ALTER TABLE {managers} DROP COLUMN version"))
+        .await;
+    let t = mk("").await;
+    t.setup().await.unwrap();
+    t.heartbeat().await.unwrap();
+    let id = send(&t, &request("corr-old-1", "web", "start"), Format::Php).await;
+    assert_eq!(t.fetch(1).await.unwrap().len(), 1);
+    let r = response_for("corr-old-1");
+    t.complete(vec![Settle::Reply {
+        request_id: id,
+        response: codec::encode_response(&r, Format::Php, None),
+        ledger: Some(Box::new(entry(&r))),
+    }])
+    .await
+    .unwrap();
+    let h = t
+        .history(HistoryFilter {
+            limit: 1,
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    assert_eq!(h[0].manager.as_deref(), Some("marvin-manager"));
+    let m = t.managers().await.unwrap();
+    assert_eq!(m.len(), 1, "{m:?}");
+    assert_eq!(m[0].version, env!("CARGO_PKG_VERSION"));
 }
 
 async fn other_classes_are_never_touched<T: Queue + Records>(

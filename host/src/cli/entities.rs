@@ -5,7 +5,10 @@ use std::process::ExitCode;
 use clap::Args;
 use serde_json::json;
 
+use std::collections::BTreeMap;
+
 use crate::message::{ALL, Entity, SUPERVISOR, Target};
+use crate::transport::{ManagerInfo, ManagerState};
 
 use super::GlobalArgs;
 
@@ -39,8 +42,33 @@ fn target_json(e: &Entity) -> serde_json::Value {
     }
 }
 
+/// Which live managers of the queue serve each entity id, when the queue can be read.
+fn served_by(managers: &[ManagerInfo]) -> BTreeMap<String, Vec<String>> {
+    let mut by: BTreeMap<String, Vec<String>> = BTreeMap::new();
+    for m in managers.iter().filter(|m| m.state == ManagerState::Live) {
+        for e in &m.entities {
+            let names = by.entry(e.clone()).or_default();
+            if !names.contains(&m.name) {
+                names.push(m.name.clone());
+            }
+        }
+    }
+    by
+}
+
 pub(super) async fn run(global: &GlobalArgs, args: EntitiesArgs) -> anyhow::Result<ExitCode> {
     let settings = global.settings()?;
+    // Several managers share a queue on PostgreSQL only; an SQLite file is not created here.
+    let shared = crate::transport::Dsn::parse(&settings.dsn)
+        .is_ok_and(|d| d.kind == crate::transport::dsn::Kind::Postgres);
+    let queue = if shared {
+        match super::managers::list(global).await {
+            Ok(m) => Ok(served_by(&m)),
+            Err(e) => Err(super::describe(&e)),
+        }
+    } else {
+        Err("the queue is not on PostgreSQL, where several managers can share it".to_owned())
+    };
     let registry = settings.registry();
     let configured: Vec<Entity> = registry.entities().cloned().collect();
     let discovered = registry.discovered().await;
@@ -58,6 +86,8 @@ pub(super) async fn run(global: &GlobalArgs, args: EntitiesArgs) -> anyhow::Resu
         }
         let out = json!({
             "entities": entities,
+            "served_by": queue.as_ref().ok(),
+            "queue_error": queue.as_ref().err(),
             "discovery_error": discovered.as_ref().err(),
             "all": all.as_ref().map(target_json).unwrap_or_else(|e| json!({"error": e.to_string()})),
             "supervisor": supervisor.as_ref().map(target_json).ok(),
@@ -87,6 +117,16 @@ pub(super) async fn run(global: &GlobalArgs, args: EntitiesArgs) -> anyhow::Resu
     }
     if let Ok(e) = &supervisor {
         println!("{SUPERVISOR}  {}  {}", e.kind, target_text(e));
+    }
+    match &queue {
+        Ok(by) if by.is_empty() => println!("\nno live manager serves anything on the queue"),
+        Ok(by) => {
+            println!("\nserved on the queue by (live managers):");
+            for (id, names) in by {
+                println!("{id}  {}", names.join(", "));
+            }
+        }
+        Err(why) => println!("\n(which manager serves what: {why})"),
     }
     Ok(ExitCode::SUCCESS)
 }

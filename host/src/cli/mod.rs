@@ -16,6 +16,7 @@ macro_rules! with_transport {
 mod entities;
 mod http;
 pub mod logging;
+mod managers;
 mod messenger;
 mod plugin_test;
 mod plugins;
@@ -115,6 +116,9 @@ enum Command {
     /// Lists the entity ids Core may send: configured, discovered by label, `all`,
     /// `supervisor`, and what each names.
     Entities(entities::EntitiesArgs),
+    /// Lists the managers sharing the queue (live, dead, stopped), the entities each serves
+    /// and the requests each holds.
+    Managers(managers::ManagersArgs),
     /// Prints the completion script of a shell (bash, zsh, fish, elvish, powershell).
     Completions {
         /// The shell.
@@ -173,6 +177,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Run(args) => run::run(&cli.global, args).await,
         Command::Plugin(args) => plugin_test::run(&cli.global, args).await,
         Command::Entities(args) => entities::run(&cli.global, args).await,
+        Command::Managers(args) => managers::run(&cli.global, args).await,
         Command::Completions { shell } => {
             let mut cmd = <Cli as clap::CommandFactory>::command();
             clap_complete::generate(shell, &mut cmd, "marvin-manager", &mut std::io::stdout());
@@ -358,7 +363,11 @@ impl Settings {
     }
 
     fn registry(&self) -> Registry {
-        let registry = Registry::from_config(&self.config);
+        let options = crate::transport::Dsn::parse(&self.dsn)
+            .map(|d| d.options)
+            .unwrap_or_default();
+        let name = queue::manager_name(&options, &self.config.manager);
+        let registry = Registry::from_config(&self.config).with_name(&name);
         if self.config.docker.discovery.unwrap_or(true) {
             registry.with_discovery(self.backends().docker)
         } else {

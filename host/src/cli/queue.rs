@@ -35,17 +35,27 @@ impl GlobalArgs {
     }
 }
 
+/// This manager's name among those sharing the queue: `[manager] id`; else the DSN's
+/// `manager_id`; else the host name.
+pub(super) fn manager_name(options: &TransportOptions, manager: &ManagerConfig) -> String {
+    if let Some(id) = &manager.id {
+        id.clone()
+    } else if options.manager_id == TransportOptions::default().manager_id {
+        host_name()
+    } else {
+        options.manager_id.clone()
+    }
+}
+
 pub(super) async fn open(
     dsn: &str,
     connections: u32,
     manager: &ManagerConfig,
 ) -> anyhow::Result<Opened> {
     let mut parsed = Dsn::parse(dsn)?;
-    // `[manager]` wins; else the DSN's `manager_id`; else the host name.
-    if let Some(id) = &manager.id {
-        parsed.options.manager_id.clone_from(id);
-    } else if parsed.options.manager_id == TransportOptions::default().manager_id {
-        parsed.options.manager_id = host_name();
+    parsed.options.manager_id = manager_name(&parsed.options, manager);
+    if let Some(secs) = manager.unserved_grace_secs {
+        parsed.options.unserved_grace_secs = secs;
     }
     if let Some(secs) = manager.takeover_secs {
         parsed.options.takeover_secs = secs;
@@ -218,7 +228,7 @@ pub(super) async fn actions(global: &GlobalArgs, args: ActionsArgs) -> anyhow::R
     }
     for e in &entries {
         println!(
-            "{}  {}  {} {}  {}  {} ms  {}{}",
+            "{}  {}  {} {}  {}  {} ms  {}  by {}{}",
             e.received_at,
             e.correlation_id,
             e.entity_id,
@@ -226,6 +236,7 @@ pub(super) async fn actions(global: &GlobalArgs, args: ActionsArgs) -> anyhow::R
             if e.success { "ok" } else { "FAILED" },
             e.duration_ms,
             e.plugin.as_deref().unwrap_or("-"),
+            e.manager.as_deref().unwrap_or("-"),
             e.error
                 .as_deref()
                 .map(|m| format!("  {m}"))

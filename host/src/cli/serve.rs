@@ -201,6 +201,19 @@ pub(super) async fn serve(global: &GlobalArgs, args: ServeArgs) -> anyhow::Resul
             ..ConsumeOptions::default()
         };
         let pruner = settings.config.ledger.keep_secs().map(|keep| tokio::spawn(prune_hourly(t.clone(), keep)));
+        // What this manager serves, said before the first fetch, then kept up to date.
+        let every = Duration::from_secs((t.options().takeover_secs / 3).clamp(1, 5));
+        let mut last = None;
+        publish_served(&*t, &current, &mut last).await;
+        let publisher = {
+            let (t, current) = (t.clone(), current.clone());
+            tokio::spawn(async move {
+                loop {
+                    tokio::time::sleep(every).await;
+                    publish_served(&*t, &current, &mut last).await;
+                }
+            })
+        };
         let mut stop_seen = stop_rx.clone();
         let draining = async move {
             let _ = stop_seen.wait_for(|s| *s).await;
@@ -209,8 +222,12 @@ pub(super) async fn serve(global: &GlobalArgs, args: ServeArgs) -> anyhow::Resul
                 sd_notify::NotifyState::Status("finishing what is in flight"),
             ]);
         };
-        let stats = consume(t, current.clone(), options, draining).await;
+        let stats = consume(t.clone(), current.clone(), options, draining).await;
         abort(pruner);
+        publisher.abort();
+        if let Err(e) = t.deregister().await {
+            tracing::warn!(cause = %e, "cannot tell the other managers that this one stops");
+        }
         stats
     });
     notify(&[sd_notify::NotifyState::Stopping]);
@@ -224,6 +241,28 @@ pub(super) async fn serve(global: &GlobalArgs, args: ServeArgs) -> anyhow::Resul
         "stopped"
     );
     Ok(ExitCode::SUCCESS)
+}
+
+/// Publishes the entity ids this manager serves when they changed since `last` (containers
+/// come and go, a reload). While the engine cannot be reached, the last list stands.
+async fn publish_served<T: Queue>(t: &T, current: &Reloadable, last: &mut Option<Vec<String>>) {
+    let (ids, failed) = current.current().served().await;
+    if let Some(cause) = failed {
+        tracing::warn!(cause = %cause, "cannot discover labelled containers for the list of entities this manager serves");
+        if last.is_some() {
+            return;
+        }
+    }
+    if last.as_ref() == Some(&ids) {
+        return;
+    }
+    match t.publish(ids.clone()).await {
+        Ok(()) => {
+            tracing::info!(entities = %ids.join(", "), "serving these entities");
+            *last = Some(ids);
+        }
+        Err(e) => tracing::warn!(cause = %e, "cannot publish the entities this manager serves"),
+    }
 }
 
 fn abort(task: Option<tokio::task::JoinHandle<()>>) {

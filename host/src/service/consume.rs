@@ -16,8 +16,8 @@ use crate::message::{EntityKind, ManagerRequest, ManagerResponse};
 use crate::metrics::Outcome;
 use crate::scheduler::{Scheduler, Slot, Turn};
 use crate::transport::{
-    Claim, Delivery, Error, Queue, Settle, TransportOptions, response_format, unstorable_id,
-    utc_now_rfc3339,
+    Claim, Delivery, Elsewhere, Error, Queue, Settle, TransportOptions, response_format,
+    unstorable_id, utc_now_rfc3339,
 };
 
 /// How long a stop waits for a fetch under way: the rows it takes are marked delivered, so they
@@ -456,6 +456,16 @@ fn prepare(
                 tracing::info!(row_id = id, correlation_id = %request.correlation_id, redelivered = row.redelivered, "already answered, replying from the ledger");
                 return reply(&response, None);
             }
+            if let Some(elsewhere) = &row.elsewhere {
+                tracing::warn!(row_id = id, correlation_id = %request.correlation_id, entity = %request.entity_id, "request for an entity this manager does not serve answered with an error");
+                // A manager that served it started it and died: it may have run.
+                let response = match &row.claimed {
+                    Some(claim) => interrupted(&request, claim),
+                    None => not_here(&request, elsewhere),
+                };
+                let entry = ledger::entry(&response, utc_now_rfc3339(), Duration::ZERO);
+                return reply(&response, Some(Box::new(entry)));
+            }
             if let Some(grace) = expire_grace
                 && row.age > request.timeout() + grace
             {
@@ -762,6 +772,36 @@ fn expired(request: &ManagerRequest, age: Duration, grace: Duration) -> ManagerR
     );
     r.metadata.insert("expired".into(), true.into());
     r.metadata.insert("age_secs".into(), age.as_secs().into());
+    r
+}
+
+/// The answer to a request no live manager serves, or whose `all` / `supervisor` several
+/// managers serve: nothing is run.
+fn not_here(request: &ManagerRequest, elsewhere: &Elsewhere) -> ManagerResponse {
+    let names = |v: &[String]| {
+        if v.is_empty() {
+            "none".to_owned()
+        } else {
+            v.join(", ")
+        }
+    };
+    let text = match elsewhere {
+        Elsewhere::Unserved { entity, live } => format!(
+            "no live manager serves entity '{entity}' (live managers: {}); not run",
+            names(live)
+        ),
+        Elsewhere::Ambiguous { entity, managers } => format!(
+            "entity '{entity}' is served by several managers ({}): name the one you mean, e.g. '{entity}@{}'; not run",
+            names(managers),
+            managers.first().map_or("HOST", String::as_str)
+        ),
+    };
+    let mut r = ManagerResponse::failure(request, EntityKind::guess(&request.action), text);
+    let (key, list) = match elsewhere {
+        Elsewhere::Unserved { live, .. } => ("live_managers", live),
+        Elsewhere::Ambiguous { managers, .. } => ("managers", managers),
+    };
+    r.metadata.insert(key.into(), list.clone().into());
     r
 }
 

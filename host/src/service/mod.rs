@@ -142,6 +142,11 @@ impl Manager {
         }
     }
 
+    /// The entity ids this manager serves now (see [`Registry::served`]).
+    pub async fn served(&self) -> (Vec<String>, Option<String>) {
+        self.registry.served().await
+    }
+
     /// Whether the request may run again after a crash interrupted it: its plugin says its
     /// action is idempotent. Unknown entity or action: no (it is answered without running
     /// anyway).

@@ -86,8 +86,13 @@ pub struct TransportOptions {
     /// name): a restarted manager takes back the rows it held at once.
     pub manager_id: String,
     /// How long a manager may stop heart-beating before the rows it held are taken back
-    /// (`[manager] takeover_secs`, default 15).
+    /// (`[manager] takeover_secs`, default 15); also how long a manager may be silent
+    /// before it counts as dead for the entities it serves.
     pub takeover_secs: u64,
+    /// When several managers share the queue: how long a request whose entity no live
+    /// manager serves waits (from its creation) before it is answered with an error
+    /// (`[manager] unserved_grace_secs`, default 15), so a manager restarting causes none.
+    pub unserved_grace_secs: u64,
 }
 
 impl Default for TransportOptions {
@@ -104,6 +109,7 @@ impl Default for TransportOptions {
             serializer: None,
             manager_id: "marvin-manager".into(),
             takeover_secs: 15,
+            unserved_grace_secs: 15,
         }
     }
 }

@@ -241,6 +241,7 @@ impl Queue for MemoryQueue {
                         })
                     }),
                     age: now.saturating_duration_since(row.created_at),
+                    elsewhere: None,
                 });
                 row.delivered_at = Some(now);
             }
@@ -560,6 +561,7 @@ mod tests {
             received_at: "2026-01-01T00:00:00.000Z".into(),
             finished_at: String::new(),
             duration_ms: 1,
+            manager: None,
         };
         let reply = |id, body: &str| Settle::Reply {
             request_id: id,

@@ -168,6 +168,8 @@ pub struct Delivery {
     pub claimed: Option<Claim>,
     /// How long ago it was created (`created_at`, on the table's clock).
     pub age: Duration,
+    /// Not this manager's to run (several managers share the queue): answer with an error.
+    pub elsewhere: Option<Elsewhere>,
 }
 
 /// Who started a request before, and when.
@@ -177,6 +179,61 @@ pub struct Claim {
     pub manager: String,
     /// When it recorded that the action starts, RFC 3339 UTC.
     pub started_at: String,
+}
+
+/// Where a taken request belongs when this manager is not the one to run it: it is answered
+/// with an error instead (several managers share the queue).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Elsewhere {
+    /// No live manager serves its entity, and it has waited the grace period: the live
+    /// managers' names.
+    Unserved {
+        /// The entity id.
+        entity: String,
+        /// The managers alive now.
+        live: Vec<String>,
+    },
+    /// `all` or `supervisor` while several managers serve one: the managers that do.
+    Ambiguous {
+        /// The entity id.
+        entity: String,
+        /// The managers serving it.
+        managers: Vec<String>,
+    },
+}
+
+/// Whether a manager process is beating, silent past the bound, or stopped cleanly.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ManagerState {
+    /// Beating.
+    Live,
+    /// Silent for longer than the takeover bound: its requests are taken back, its entities
+    /// served by no one.
+    Dead,
+    /// Stopped cleanly: it serves nothing.
+    Stopped,
+}
+
+/// A manager process registered on the queue (`managers`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct ManagerInfo {
+    /// Its name (`manager_id`, default the host name).
+    pub name: String,
+    /// The process (`<pid>-<random>`).
+    pub instance: String,
+    /// Its version.
+    pub version: String,
+    /// Seconds since it started, on the database's clock.
+    pub started_secs_ago: Option<i64>,
+    /// Seconds since its last heartbeat.
+    pub silent_secs: i64,
+    /// Live, dead or stopped.
+    pub state: ManagerState,
+    /// Requests it holds now.
+    pub in_flight: u64,
+    /// The entity ids it serves.
+    pub entities: Vec<String>,
 }
 
 /// One entry of the ledger: a request carried out, keyed by correlation id.
@@ -202,6 +259,9 @@ pub struct LedgerEntry {
     pub finished_at: String,
     /// How long it took.
     pub duration_ms: i64,
+    /// The manager that answered (its `manager_id`); set by the transport when it commits.
+    #[serde(default)]
+    pub manager: Option<String>,
 }
 
 /// How a taken row is settled.
@@ -279,6 +339,19 @@ pub trait Queue: Send + Sync + 'static {
     /// manager id, which hands the rows an earlier process of that id held back to the queue
     /// at once; later beats keep its own rows from being taken back.
     fn heartbeat(&self) -> impl Future<Output = Result<(), Error>> + Send;
+    /// Says which entity ids this manager process serves (replacing what it said before):
+    /// when several managers share the queue, it then takes only requests for these, and
+    /// answers those no live manager serves after the grace period. A process that never
+    /// publishes takes every request, as a single manager does.
+    fn publish(&self, entities: Vec<String>) -> impl Future<Output = Result<(), Error>> + Send {
+        let _ = entities;
+        async { Ok(()) }
+    }
+    /// This process stops: it serves nothing any more (others' requests for its entities
+    /// wait for it up to the grace period).
+    fn deregister(&self) -> impl Future<Output = Result<(), Error>> + Send {
+        async { Ok(()) }
+    }
     /// Waits until a new row may be there (a notification) or `timeout` passes.
     fn wait(&self, timeout: Duration) -> impl Future<Output = ()> + Send;
     /// The ledger entries of these correlation ids: the requests already answered.
@@ -322,6 +395,10 @@ pub trait Records: Send + Sync + 'static {
     /// Deletes ledger rows answered before `before` (RFC 3339 UTC), and parked rows (with
     /// their records) parked before it.
     fn prune(&self, before: String) -> impl Future<Output = Result<Pruned, Error>> + Send;
+    /// The manager processes registered on the queue: live, dead and stopped.
+    fn managers(&self) -> impl Future<Output = Result<Vec<ManagerInfo>, Error>> + Send {
+        async { Ok(Vec::new()) }
+    }
 }
 
 /// A row of the failure queue, as `failed show` prints it.
@@ -396,6 +473,7 @@ where
         received_at: r.try_get("received_at")?,
         finished_at: r.try_get("finished_at")?,
         duration_ms: r.try_get("duration_ms")?,
+        manager: r.try_get("manager")?,
     })
 }
 

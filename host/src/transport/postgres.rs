@@ -14,10 +14,12 @@ use crate::codec::{self, Needles};
 
 use super::managers::Dialect;
 use super::schema::{LEDGER_COLUMNS, Names};
+use crate::message::{ALL, SUPERVISOR};
+
 use super::{
-    Claim, Delivery, Error, ForeignRows, LedgerEntry, Queue, Settle, TransportOptions, ago_text,
-    classify_row, entry_from_row, instance_token, managers, now_text, records, schema, storable,
-    unstorable_id, utc_now_rfc3339,
+    Claim, Delivery, Elsewhere, Error, ForeignRows, LedgerEntry, MAX_CORRELATION_ID_BYTES, Queue,
+    Settle, TransportOptions, ago_text, classify_row, entry_from_row, instance_token, managers,
+    now_text, records, schema, storable, unstorable_id, utc_now_rfc3339,
 };
 
 /// The PostgreSQL transport.
@@ -41,6 +43,8 @@ pub struct PgTransport {
     /// This process, among the processes that ran under this manager id.
     instance: String,
     registered: std::sync::atomic::AtomicBool,
+    /// The entity ids this process published (`None`: it takes every request).
+    served: std::sync::RwLock<Option<Arc<HashSet<String>>>>,
 }
 
 /// Rows answered between two vacuums of the queue table; the first comes sooner, because
@@ -68,19 +72,28 @@ impl PgTransport {
         }
     }
 
-    /// Whether every table and index of the queue exists, and the NOTIFY trigger when used.
+    /// Whether every table, index and added column of the queue exists, and the NOTIFY
+    /// trigger when used.
     async fn tables_ready<'e, E>(&self, executor: E, relations: &[String]) -> Result<bool, Error>
     where
         E: sqlx::PgExecutor<'e>,
     {
+        let columns = schema::added_columns(&self.names);
+        let tables: Vec<&str> = columns.iter().map(|c| c.0.as_str()).collect();
+        let names: Vec<&str> = columns.iter().map(|c| c.1).collect();
         Ok(sqlx::query_scalar(
             "SELECT (SELECT bool_and(to_regclass(r) IS NOT NULL) FROM unnest($1::text[]) AS r) \
                AND (NOT $2 OR EXISTS (SELECT 1 FROM pg_trigger \
-                 WHERE tgname = 'notify_trigger' AND tgrelid = to_regclass($3)))",
+                 WHERE tgname = 'notify_trigger' AND tgrelid = to_regclass($3))) \
+               AND (SELECT bool_and(EXISTS (SELECT 1 FROM pg_attribute a \
+                 WHERE a.attrelid = to_regclass(x.t) AND a.attname = x.c AND NOT a.attisdropped)) \
+                 FROM unnest($4::text[], $5::text[]) AS x(t, c))",
         )
         .bind(relations)
         .bind(self.options.use_notify)
         .bind(self.table())
+        .bind(tables)
+        .bind(names)
         .fetch_one(executor)
         .await?)
     }
@@ -129,6 +142,51 @@ impl PgTransport {
                 }
             };
         });
+    }
+
+    /// Fills in who the taken rows that are not this manager's could be for: the live
+    /// managers (a request no live manager serves), or those serving `all` / `supervisor`.
+    async fn name_elsewhere(
+        &self,
+        taken: &mut [(chrono::NaiveDateTime, Delivery)],
+    ) -> Result<(), Error> {
+        if taken.iter().all(|(_, d)| d.elsewhere.is_none()) {
+            return Ok(());
+        }
+        let Names {
+            managers, served, ..
+        } = &self.names;
+        let live = "g.stopped_at IS NULL AND g.beat_at >= extract(epoch from clock_timestamp())::bigint - $1";
+        let rows: Vec<(String, Option<String>)> = sqlx::query_as(&format!(
+            "SELECT DISTINCT g.manager, s.entity_id FROM {managers} g \
+             LEFT JOIN {served} s ON s.instance = g.instance AND s.entity_id = ANY($2) \
+             WHERE {live} ORDER BY g.manager"
+        ))
+        .bind(i64::try_from(self.options.takeover_secs).unwrap_or(i64::MAX))
+        .bind(vec![ALL.to_owned(), SUPERVISOR.to_owned()])
+        .fetch_all(&self.pool)
+        .await?;
+        let mut names: Vec<String> = rows.iter().map(|r| r.0.clone()).collect();
+        names.dedup();
+        for (_, d) in taken.iter_mut() {
+            match &mut d.elsewhere {
+                Some(Elsewhere::Unserved { live, .. }) => live.clone_from(&names),
+                Some(Elsewhere::Ambiguous { entity, managers }) => {
+                    *managers = rows
+                        .iter()
+                        .filter(|r| r.1.as_deref() == Some(entity.as_str()))
+                        .map(|r| r.0.clone())
+                        .collect();
+                    managers.dedup();
+                    // Served by this manager alone after all (another stopped meanwhile).
+                    if managers.len() < 2 {
+                        d.elsewhere = None;
+                    }
+                }
+                None => {}
+            }
+        }
+        Ok(())
     }
 
     /// Connects (the URL without our options).
@@ -193,6 +251,7 @@ impl PgTransport {
             foreign: ForeignRows::default(),
             instance: instance_token(),
             registered: std::sync::atomic::AtomicBool::new(false),
+            served: std::sync::RwLock::new(None),
         })
     }
 
@@ -205,6 +264,13 @@ impl PgTransport {
         &self.options.table_name
     }
 }
+
+/// The SQL of the manager registry on PostgreSQL.
+const DIALECT: Dialect = Dialect {
+    now: "extract(epoch from clock_timestamp())::bigint",
+    param: |n| format!("${n}"),
+    json_values: "SELECT value FROM json_array_elements_text({}::json)",
+};
 
 impl Queue for PgTransport {
     async fn setup(&self) -> Result<(), Error> {
@@ -224,6 +290,14 @@ impl Queue for PgTransport {
             for stmt in statements {
                 sqlx::query(&stmt).execute(&mut *tx).await?;
             }
+            // Tables an older version created lack these.
+            for (table, column, kind) in schema::added_columns(&self.names) {
+                sqlx::query(&format!(
+                    "ALTER TABLE {table} ADD COLUMN IF NOT EXISTS {column} {kind}"
+                ))
+                .execute(&mut *tx)
+                .await?;
+            }
         }
         tx.commit().await?;
         Ok(())
@@ -241,8 +315,26 @@ impl Queue for PgTransport {
         // lets PostgreSQL walk the available_at index and stop at LIMIT, where a tie-breaker
         // forces a sort of the whole backlog (57 ms instead of 0.15 ms for 20,000 rows).
         let Names {
-            claims, managers, ..
+            claims,
+            managers,
+            served,
+            routes,
+            ..
         } = &self.names;
+        let mine = self.served.read().map(|s| s.clone()).unwrap_or_default();
+        // With a published set, the rows of this process are: those no manager has routed
+        // yet (the first taker routes what is not its own), those routed to an entity it
+        // serves, and — after the grace period — those routed to an entity no live manager
+        // serves, to be answered with an error.
+        let live = "g.stopped_at IS NULL AND g.beat_at >= extract(epoch from clock_timestamp())::bigint - $7";
+        let owned = format!(
+            "AND (NOT $13 OR NOT EXISTS (SELECT 1 FROM {routes} r WHERE r.row_id = {t}.id) \
+               OR EXISTS (SELECT 1 FROM {routes} r JOIN {served} s ON s.entity_id = r.entity_id \
+                 WHERE r.row_id = {t}.id AND s.instance = $9) \
+               OR ({t}.created_at <= $14::timestamp AND NOT EXISTS (SELECT 1 FROM {routes} r \
+                 JOIN {served} s ON s.entity_id = r.entity_id JOIN {managers} g ON g.instance = s.instance \
+                 WHERE r.row_id = {t}.id AND {live})))"
+        );
         // Rows a dead manager held (its process was replaced, or it stopped heart-beating)
         // are taken back at once; each taken row is claimed for this process in the same
         // statement (no start time: `started` records that), keeping the start of a claim
@@ -255,7 +347,7 @@ impl Queue for PgTransport {
                    AND (g.instance IS NULL OR g.beat_at < extract(epoch from clock_timestamp())::bigint - $7))) \
                AND available_at <= $3::timestamp \
                AND NOT (id = ANY($6::bigint[])) \
-               AND ({}) \
+               AND ({}) {owned} \
                ORDER BY available_at ASC LIMIT $5 FOR UPDATE SKIP LOCKED), \
              marked AS (UPDATE {t} m SET delivered_at = $3::timestamp FROM picked WHERE m.id = picked.id \
                RETURNING m.id, m.body, m.headers, m.available_at, picked.delivered_at AS previous, \
@@ -264,7 +356,9 @@ impl Queue for PgTransport {
                SELECT id, $8, $9, NULL FROM marked \
                ON CONFLICT (row_id) DO UPDATE SET instance = EXCLUDED.instance, \
                  manager = CASE WHEN {claims}.started_at IS NULL THEN EXCLUDED.manager ELSE {claims}.manager END) \
-             SELECT marked.*, c.manager AS claimed_by, c.started_at AS claimed_at \
+             SELECT marked.*, c.manager AS claimed_by, c.started_at AS claimed_at, \
+               CASE WHEN $13 THEN (SELECT r.entity_id FROM {routes} r WHERE r.row_id = marked.id) END AS routed_to, \
+               $13 AND EXISTS (SELECT 1 FROM {managers} WHERE manager <> $8) AS shared \
              FROM marked LEFT JOIN {claims} c ON c.row_id = marked.id AND c.started_at IS NOT NULL",
             candidate_filter()
         ))
@@ -283,10 +377,14 @@ impl Queue for PgTransport {
         .bind(&self.needles.lower)
         .bind(&self.needles.lower_plain)
         .bind(self.needles.message_marker)
+        .bind(mine.is_some())
+        .bind(ago_text(&self.options, self.options.unserved_grace_secs))
         .fetch_all(&self.fetch_pool)
         .await?;
         let mut taken = Vec::with_capacity(rows.len());
         let mut foreign: Vec<(i64, Option<chrono::NaiveDateTime>)> = Vec::new();
+        // Rows of entities this process does not serve, seen first here: routed, put back.
+        let mut others: Vec<(i64, String)> = Vec::new();
         for row in rows {
             let id: i64 = row.try_get("id")?;
             let body: String = row.try_get("body")?;
@@ -296,22 +394,46 @@ impl Queue for PgTransport {
             let claimed_by: Option<String> = row.try_get("claimed_by")?;
             let age: i64 = row.try_get("age_secs")?;
             let claimed_at: Option<String> = row.try_get("claimed_at")?;
+            let routed_to: Option<String> = row.try_get("routed_to")?;
+            let shared: Option<bool> = row.try_get("shared")?;
             match classify_row(body.as_bytes(), headers.as_bytes()) {
-                Some(decoded) => taken.push((
-                    available,
-                    Delivery {
-                        id,
-                        decoded,
-                        redelivered: previous.is_some(),
-                        claimed: claimed_by
-                            .zip(claimed_at)
-                            .map(|(manager, started_at)| Claim {
-                                manager,
-                                started_at,
+                Some(decoded) => {
+                    let owner = match &mine {
+                        Some(mine) => owner(&decoded, mine, routed_to, shared.unwrap_or(false)),
+                        None => Owner::Me,
+                    };
+                    let elsewhere = match owner {
+                        Owner::Me => None,
+                        Owner::Other(entity) => {
+                            others.push((id, entity));
+                            continue;
+                        }
+                        Owner::Nobody(entity) => Some(Elsewhere::Unserved {
+                            entity,
+                            live: Vec::new(),
+                        }),
+                        Owner::Plain(entity) => Some(Elsewhere::Ambiguous {
+                            entity,
+                            managers: Vec::new(),
+                        }),
+                    };
+                    taken.push((
+                        available,
+                        Delivery {
+                            id,
+                            decoded,
+                            redelivered: previous.is_some(),
+                            claimed: claimed_by.zip(claimed_at).map(|(manager, started_at)| {
+                                Claim {
+                                    manager,
+                                    started_at,
+                                }
                             }),
-                        age: Duration::from_secs(age.unsigned_abs()),
-                    },
-                )),
+                            age: Duration::from_secs(age.unsigned_abs()),
+                            elsewhere,
+                        },
+                    ))
+                }
                 None => foreign.push((id, previous)),
             }
         }
@@ -332,8 +454,41 @@ impl Queue for PgTransport {
             .execute(&self.fetch_pool)
             .await?;
         }
+        if !others.is_empty() {
+            // Routed to their entity (its managers take them from now on) and made available
+            // at once (a row taken back from a dead manager too); the NOTIFY of the update
+            // wakes those managers. A claim whose action started stays, so the next taker
+            // answers "interrupted" instead of running it again.
+            let (ids, entities): (Vec<i64>, Vec<String>) = others.into_iter().unzip();
+            sqlx::query(&format!(
+                "WITH unclaimed AS (DELETE FROM {claims} WHERE row_id = ANY($1) AND started_at IS NULL), \
+                 routed AS (INSERT INTO {routes} (row_id, entity_id) \
+                   SELECT * FROM UNNEST($1::bigint[], $2::text[]) ON CONFLICT (row_id) DO NOTHING) \
+                 UPDATE {t} SET delivered_at = NULL WHERE id = ANY($1)"
+            ))
+            .bind(&ids)
+            .bind(&entities)
+            .execute(&self.fetch_pool)
+            .await?;
+        }
+        self.name_elsewhere(&mut taken).await?;
         taken.sort_by(|a, b| a.0.cmp(&b.0).then(a.1.id.cmp(&b.1.id)));
         Ok(taken.into_iter().map(|(_, d)| d).collect())
+    }
+
+    async fn publish(&self, entities: Vec<String>) -> Result<(), Error> {
+        if !self.registered.load(std::sync::atomic::Ordering::Relaxed) {
+            self.heartbeat().await?;
+        }
+        managers::publish(&self.pool, &self.names, &DIALECT, &self.instance, &entities).await?;
+        if let Ok(mut s) = self.served.write() {
+            *s = Some(Arc::new(entities.into_iter().collect()));
+        }
+        Ok(())
+    }
+
+    async fn deregister(&self) -> Result<(), Error> {
+        managers::deregister(&self.pool, &self.names, &DIALECT, &self.instance).await
     }
 
     async fn complete(&self, batch: Vec<Settle>) -> Result<(), Error> {
@@ -346,6 +501,7 @@ impl Queue for PgTransport {
             ledger: ledger_table,
             failures: failures_table,
             claims,
+            routes,
             ..
         } = &self.names;
         let now = now_text(&self.options);
@@ -387,9 +543,10 @@ impl Queue for PgTransport {
                SELECT b, h, $3, $4::timestamp, $4::timestamp FROM UNNEST($1::text[], $2::text[], $5::bigint[]) AS x(b, h, id) \
                WHERE x.id IN (SELECT id FROM answered)), \
              unclaimed AS (DELETE FROM {claims} WHERE row_id = ANY($5 || $15)), \
+             unrouted AS (DELETE FROM {routes} WHERE row_id = ANY($5 || $15)), \
              ledger AS (\
                INSERT INTO {ledger_table} ({LEDGER_COLUMNS}) \
-               SELECT a, b, c, d, e, f, g, h, $16, j FROM UNNEST($6::text[], $7::text[], $8::text[], $9::text[], $10::bool[], $11::text[], $12::text[], $13::text[], $14::bigint[]) AS x(a, b, c, d, e, f, g, h, j) \
+               SELECT a, b, c, d, e, f, g, h, $16, j, $20 FROM UNNEST($6::text[], $7::text[], $8::text[], $9::text[], $10::bool[], $11::text[], $12::text[], $13::text[], $14::bigint[]) AS x(a, b, c, d, e, f, g, h, j) \
                ON CONFLICT (correlation_id) DO NOTHING), \
              parked AS (\
                INSERT INTO {failures_table} (row_id, original_queue, reason, failed_at) \
@@ -417,6 +574,7 @@ impl Queue for PgTransport {
         .bind(&self.options.queue_name)
         .bind(&reasons)
         .bind(&self.options.failure_queue_name)
+        .bind(&self.options.manager_id)
         .execute(&self.pool)
         .await?;
         self.after_delete(done.len() as u64);
@@ -444,12 +602,8 @@ impl Queue for PgTransport {
     async fn heartbeat(&self) -> Result<(), Error> {
         managers::heartbeat(
             &self.pool,
-            &self.names.managers,
-            &Dialect {
-                now: "extract(epoch from clock_timestamp())::bigint",
-                param: |n| format!("${n}"),
-                json_values: "SELECT value FROM json_array_elements_text({}::json)",
-            },
+            &self.names,
+            &DIALECT,
             &self.instance,
             &self.options.manager_id,
             &self.registered,
@@ -568,6 +722,56 @@ impl Queue for PgTransport {
 
 records::impl_records!(PgTransport);
 
+/// Whose a taken row is, when this process publishes the entities it serves.
+#[derive(Debug, PartialEq, Eq)]
+enum Owner {
+    /// This process runs it.
+    Me,
+    /// Another manager serves its entity (or may, once it is back): route it there.
+    Other(String),
+    /// Routed, and no live manager serves its entity past the grace period.
+    Nobody(String),
+    /// `all` or `supervisor`, which this process serves: to be checked for other managers
+    /// serving it too.
+    Plain(String),
+}
+
+/// Whose `decoded` is: `mine` the entity ids this process serves, `routed_to` the entity a
+/// manager routed the row to, `shared` whether other managers are registered on the queue.
+/// A row that is not a well-formed request is this manager's to answer or park; so is every
+/// row of a manager alone on the queue.
+fn owner(
+    decoded: &Result<codec::Decoded, String>,
+    mine: &HashSet<String>,
+    routed_to: Option<String>,
+    shared: bool,
+) -> Owner {
+    if let Some(entity) = routed_to {
+        // The fetch lets a routed row through only for these two reasons.
+        return if mine.contains(&entity) {
+            Owner::Me
+        } else {
+            Owner::Nobody(entity)
+        };
+    }
+    let entity = match decoded {
+        Ok(codec::Decoded {
+            request: Some(Ok(r)),
+            ..
+        }) => r.entity_id.as_str(),
+        _ => return Owner::Me,
+    };
+    if !shared || entity.len() > MAX_CORRELATION_ID_BYTES {
+        Owner::Me
+    } else if !mine.contains(entity) {
+        Owner::Other(entity.to_owned())
+    } else if entity == ALL || entity == SUPERVISOR {
+        Owner::Plain(entity.to_owned())
+    } else {
+        Owner::Me
+    }
+}
+
 /// The fetch's filter (see [`super::candidate_filter`]).
 fn candidate_filter() -> String {
     super::candidate_filter(
@@ -577,4 +781,47 @@ fn candidate_filter() -> String {
         "body",
         "headers",
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::message::ManagerRequest;
+
+    fn decoded(entity: &str) -> Result<codec::Decoded, String> {
+        let row = codec::encode_request(
+            &ManagerRequest::new("c", entity, "start"),
+            codec::Format::Php,
+            None,
+        );
+        codec::decode(row.body.as_bytes(), &row.headers)
+    }
+
+    #[test]
+    fn whose_a_row_is() {
+        let mine: HashSet<String> = ["a0", "all"].iter().map(|s| s.to_string()).collect();
+        // Alone on the queue: every row.
+        assert_eq!(owner(&decoded("b0"), &mine, None, false), Owner::Me);
+        // Shared: its own, others' (routed there), plain ids checked for other servers.
+        assert_eq!(owner(&decoded("a0"), &mine, None, true), Owner::Me);
+        assert_eq!(
+            owner(&decoded("b0"), &mine, None, true),
+            Owner::Other("b0".into())
+        );
+        assert_eq!(
+            owner(&decoded("all"), &mine, None, true),
+            Owner::Plain("all".into())
+        );
+        // Routed: to this manager's entity, or let through because nobody serves it.
+        assert_eq!(
+            owner(&decoded("a0"), &mine, Some("a0".into()), true),
+            Owner::Me
+        );
+        assert_eq!(
+            owner(&decoded("b0"), &mine, Some("b0".into()), true),
+            Owner::Nobody("b0".into())
+        );
+        // A row that is not a well-formed request is answered or parked by whoever takes it.
+        assert_eq!(owner(&Err("bad".into()), &mine, None, true), Owner::Me);
+    }
 }

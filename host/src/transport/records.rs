@@ -65,6 +65,18 @@ macro_rules! impl_records {
             ) -> Result<$crate::transport::Pruned, $crate::transport::Error> {
                 records::prune(&self.pool, self.failure_queue(), before).await
             }
+
+            async fn managers(
+                &self,
+            ) -> Result<Vec<$crate::transport::ManagerInfo>, $crate::transport::Error> {
+                managers::list(
+                    &self.pool,
+                    &self.names,
+                    &DIALECT,
+                    self.options.takeover_secs,
+                )
+                .await
+            }
         }
     };
 }

@@ -14,7 +14,7 @@ pub(crate) fn dbal_index_name(table: &str, column: &str) -> String {
 }
 
 /// The columns of the ledger, in the order the transports read and write them.
-pub(crate) const LEDGER_COLUMNS: &str = "correlation_id, entity_id, action, plugin, success, error, response, received_at, finished_at, duration_ms";
+pub(crate) const LEDGER_COLUMNS: &str = "correlation_id, entity_id, action, plugin, success, error, response, received_at, finished_at, duration_ms, manager";
 
 /// The manager's own tables, in the messenger table's schema.
 #[derive(Debug, Clone)]
@@ -26,6 +26,11 @@ pub(crate) struct Names {
     pub(crate) claims: String,
     /// The manager processes sharing the queue and their last heartbeat.
     pub(crate) managers: String,
+    /// The entity ids each manager process serves (published by `serve`).
+    pub(crate) served: String,
+    /// The entity of each request row seen by a manager that does not serve it, so only the
+    /// managers that do take it (filled once per row, deleted with it).
+    pub(crate) routes: String,
 }
 
 impl Names {
@@ -36,6 +41,8 @@ impl Names {
             failures: format!("{schema}marvin_manager_failures"),
             claims: format!("{schema}marvin_manager_claims"),
             managers: format!("{schema}marvin_manager_managers"),
+            served: format!("{schema}marvin_manager_served"),
+            routes: format!("{schema}marvin_manager_routes"),
         }
     }
 }
@@ -109,16 +116,29 @@ pub(crate) fn sqlite(table: &str) -> Vec<String> {
     sql
 }
 
+/// Columns added to the manager's tables after they were first created: (table, column,
+/// type). `setup` adds those an older database lacks; the CREATE TABLEs have them already.
+pub(crate) fn added_columns(n: &Names) -> Vec<(String, &'static str, &'static str)> {
+    vec![
+        (n.ledger.clone(), "manager", "VARCHAR(190) DEFAULT NULL"),
+        (n.managers.clone(), "version", "VARCHAR(64) DEFAULT NULL"),
+        (n.managers.clone(), "started_at", "BIGINT DEFAULT NULL"),
+        (n.managers.clone(), "stopped_at", "BIGINT DEFAULT NULL"),
+    ]
+}
+
 fn own_tables(n: &Names) -> Vec<String> {
     let Names {
         ledger,
         failures,
         claims,
         managers,
+        served,
+        routes,
     } = n;
     vec![
         format!(
-            "CREATE TABLE IF NOT EXISTS {ledger} (correlation_id VARCHAR(190) NOT NULL PRIMARY KEY, entity_id TEXT NOT NULL, action TEXT NOT NULL, plugin TEXT DEFAULT NULL, success BOOLEAN NOT NULL, error TEXT DEFAULT NULL, response TEXT NOT NULL, received_at VARCHAR(32) NOT NULL, finished_at VARCHAR(32) NOT NULL, duration_ms BIGINT NOT NULL)"
+            "CREATE TABLE IF NOT EXISTS {ledger} (correlation_id VARCHAR(190) NOT NULL PRIMARY KEY, entity_id TEXT NOT NULL, action TEXT NOT NULL, plugin TEXT DEFAULT NULL, success BOOLEAN NOT NULL, error TEXT DEFAULT NULL, response TEXT NOT NULL, received_at VARCHAR(32) NOT NULL, finished_at VARCHAR(32) NOT NULL, duration_ms BIGINT NOT NULL, manager VARCHAR(190) DEFAULT NULL)"
         ),
         format!(
             "CREATE INDEX IF NOT EXISTS marvin_manager_ledger_received ON {ledger} (received_at)"
@@ -134,7 +154,14 @@ fn own_tables(n: &Names) -> Vec<String> {
             "CREATE TABLE IF NOT EXISTS {claims} (row_id BIGINT NOT NULL PRIMARY KEY, manager VARCHAR(190) NOT NULL, instance VARCHAR(64) NOT NULL, started_at VARCHAR(32) DEFAULT NULL)"
         ),
         format!(
-            "CREATE TABLE IF NOT EXISTS {managers} (instance VARCHAR(64) NOT NULL PRIMARY KEY, manager VARCHAR(190) NOT NULL, beat_at BIGINT NOT NULL)"
+            "CREATE TABLE IF NOT EXISTS {managers} (instance VARCHAR(64) NOT NULL PRIMARY KEY, manager VARCHAR(190) NOT NULL, beat_at BIGINT NOT NULL, version VARCHAR(64) DEFAULT NULL, started_at BIGINT DEFAULT NULL, stopped_at BIGINT DEFAULT NULL)"
+        ),
+        format!(
+            "CREATE TABLE IF NOT EXISTS {served} (entity_id VARCHAR(190) NOT NULL, instance VARCHAR(64) NOT NULL, PRIMARY KEY (entity_id, instance))"
+        ),
+        format!("CREATE INDEX IF NOT EXISTS marvin_manager_served_instance ON {served} (instance)"),
+        format!(
+            "CREATE TABLE IF NOT EXISTS {routes} (row_id BIGINT NOT NULL PRIMARY KEY, entity_id VARCHAR(190) NOT NULL)"
         ),
     ]
 }
@@ -163,13 +190,14 @@ mod tests {
     #[test]
     fn relations_are_every_table_and_index_created() {
         let r = relations(&postgres("app.queue", true), "app.queue");
-        assert_eq!(r.len(), 10, "{r:?}");
+        assert_eq!(r.len(), 13, "{r:?}");
         assert!(r.contains(&"app.queue".to_owned()));
+        assert!(r.contains(&"app.marvin_manager_routes".to_owned()));
         assert!(r.contains(&"app.marvin_manager_claims".to_owned()));
         assert!(r.contains(&"app.marvin_manager_ledger_received".to_owned()));
         assert!(r.iter().any(|n| n.starts_with("app.IDX_")));
         let r = relations(&sqlite("messenger_messages"), "messenger_messages");
-        assert_eq!(r.len(), 10, "{r:?}");
+        assert_eq!(r.len(), 13, "{r:?}");
     }
 
     #[test]

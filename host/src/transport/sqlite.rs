@@ -127,20 +127,44 @@ impl Inner {
         &self.pool
     }
 
-    /// Whether every table and index of the queue exists.
-    async fn tables_ready<'e, E>(&self, executor: E, relations: &[String]) -> Result<bool, Error>
-    where
-        E: sqlx::SqliteExecutor<'e>,
-    {
+    /// Whether every table, index and added column of the queue exists.
+    async fn tables_ready(
+        &self,
+        executor: &mut SqliteConnection,
+        relations: &[String],
+    ) -> Result<bool, Error> {
         let names = serde_json::to_string(relations).unwrap_or_else(|_| "[]".into());
         let found: i64 = sqlx::query_scalar(
             "SELECT count(*) FROM sqlite_master WHERE type IN ('table', 'index') \
              AND name IN (SELECT value FROM json_each(?1))",
         )
         .bind(names)
-        .fetch_one(executor)
+        .fetch_one(&mut *executor)
         .await?;
-        Ok(usize::try_from(found).is_ok_and(|n| n == relations.len()))
+        if usize::try_from(found).is_ok_and(|n| n != relations.len()) {
+            return Ok(false);
+        }
+        Ok(self.missing_columns(executor).await?.is_empty())
+    }
+
+    /// The columns added since a table was first created that it lacks.
+    async fn missing_columns(
+        &self,
+        executor: &mut SqliteConnection,
+    ) -> Result<Vec<(String, &'static str, &'static str)>, Error> {
+        let mut missing = Vec::new();
+        for (table, column, kind) in schema::added_columns(&self.names) {
+            let n: i64 =
+                sqlx::query_scalar("SELECT count(*) FROM pragma_table_info(?1) WHERE name = ?2")
+                    .bind(&table)
+                    .bind(column)
+                    .fetch_one(&mut *executor)
+                    .await?;
+            if n == 0 {
+                missing.push((table, column, kind));
+            }
+        }
+        Ok(missing)
     }
 
     fn table(&self) -> &str {
@@ -232,6 +256,7 @@ impl Inner {
                             started_at,
                         }),
                         age: Duration::from_secs(age.unwrap_or(0).unsigned_abs()),
+                        elsewhere: None,
                     });
                 }
                 None => self.foreign.add([id]),
@@ -308,7 +333,7 @@ impl Inner {
                     }
                     if let Some(e) = ledger {
                         sqlx::query(&format!(
-                            "INSERT INTO {ledger_table} ({LEDGER_COLUMNS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10) \
+                            "INSERT INTO {ledger_table} ({LEDGER_COLUMNS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11) \
                              ON CONFLICT (correlation_id) DO NOTHING"
                         ))
                         .bind(e.correlation_id)
@@ -321,6 +346,7 @@ impl Inner {
                         .bind(e.received_at)
                         .bind(&finished)
                         .bind(e.duration_ms)
+                        .bind(&self.options.manager_id)
                         .execute(&mut *conn)
                         .await?;
                     }
@@ -355,6 +381,13 @@ impl Inner {
     }
 }
 
+/// The SQL of the manager registry on SQLite.
+const DIALECT: Dialect = Dialect {
+    now: "CAST(strftime('%s', 'now') AS INTEGER)",
+    param: |n| format!("?{n}"),
+    json_values: "SELECT value FROM json_each({})",
+};
+
 impl Queue for SqliteTransport {
     async fn setup(&self) -> Result<(), Error> {
         let inner = self.0.clone();
@@ -362,15 +395,24 @@ impl Queue for SqliteTransport {
             let statements = schema::sqlite(inner.table());
             let relations = schema::relations(&statements, inner.table());
             // Ready: no DDL, no write lock taken.
-            if inner.tables_ready(&inner.pool, &relations).await? {
+            if inner
+                .tables_ready(&mut *inner.pool.acquire().await?, &relations)
+                .await?
+            {
                 return Ok(());
             }
             // One setup at a time (the write lock); the one that waited finds the work done.
             let mut tx = inner.begin_immediate().await?;
             let r = async {
-                if !inner.tables_ready(&mut *tx, &relations).await? {
+                if !inner.tables_ready(&mut tx, &relations).await? {
                     for stmt in statements {
                         sqlx::query(&stmt).execute(&mut *tx).await?;
+                    }
+                    // Tables an older version created lack these.
+                    for (table, column, kind) in inner.missing_columns(&mut tx).await? {
+                        sqlx::query(&format!("ALTER TABLE {table} ADD COLUMN {column} {kind}"))
+                            .execute(&mut *tx)
+                            .await?;
                     }
                 }
                 Ok(())
@@ -431,15 +473,24 @@ impl Queue for SqliteTransport {
         Ok(q.build_query_scalar().fetch_all(&self.pool).await?)
     }
 
+    /// Recorded for `managers` and `entities`; SQLite's fetch does not route by entity
+    /// (several managers on one queue need PostgreSQL).
+    async fn publish(&self, entities: Vec<String>) -> Result<(), Error> {
+        if !self.registered.load(std::sync::atomic::Ordering::Relaxed) {
+            self.heartbeat().await?;
+        }
+        managers::publish(&self.pool, &self.names, &DIALECT, &self.instance, &entities).await
+    }
+
+    async fn deregister(&self) -> Result<(), Error> {
+        managers::deregister(&self.pool, &self.names, &DIALECT, &self.instance).await
+    }
+
     async fn heartbeat(&self) -> Result<(), Error> {
         managers::heartbeat(
             &self.pool,
-            &self.names.managers,
-            &Dialect {
-                now: "CAST(strftime('%s', 'now') AS INTEGER)",
-                param: |n| format!("?{n}"),
-                json_values: "SELECT value FROM json_each({})",
-            },
+            &self.names,
+            &DIALECT,
             &self.instance,
             &self.options.manager_id,
             &self.registered,
