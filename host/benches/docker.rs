@@ -76,19 +76,7 @@ fn main() {
         assert_eq!(list.len(), 1);
         t.elapsed()
     };
-    let compose_once = || {
-        let t = Instant::now();
-        let out = Command::new("docker-compose")
-            .arg("-p")
-            .arg(&project.name)
-            .arg("-f")
-            .arg(project.path().join("docker-compose.yml"))
-            .args(["start", "web"])
-            .output()
-            .unwrap();
-        assert!(out.status.success());
-        t.elapsed()
-    };
+    let compose_once = || compose(&project, &["start", "web"]);
     for _ in 0..20 {
         host_once();
         bare_once();
@@ -114,8 +102,105 @@ fn main() {
     println!("{}", line("bare bollard list call", &bare_t));
     println!("{}", line("docker-compose start", &compose));
     println!(
-        "  host / bare = {:.2}x (bar <= 1.5x)   compose / host = {:.0}x (bar >= 20x)",
+        "  host / bare = {:.2}x (bar <= 1.15x)   compose / host = {:.0}x (bar >= 20x)",
         ratio(&host, &bare_t),
         ratio(&compose, &host)
     );
+    restart_all(&rt, &endpoint, &bare);
+}
+
+const SERVICES: usize = 10;
+const RESTART_ROUNDS: usize = 8;
+
+/// `restart_all` of a 10-service project (stop timeout 0: SIGKILL, then start): through the
+/// host, against the bare API calls it needs made in parallel (list, a restart of each
+/// container at once, list), and against `docker-compose restart -t 0`; interleaved.
+fn restart_all(rt: &tokio::runtime::Runtime, endpoint: &str, bare: &Docker) {
+    let services: String = (0..SERVICES)
+        .map(|i| format!("  s{i}:\n    image: {{image}}\n"))
+        .collect();
+    let project = Project::up(&services);
+    let config = format!(
+        "[plugins.docker-compose.grants.docker]\nprojects = [\"{p}\"]\n[docker]\ndefault_project = \"{p}\"\n",
+        p = project.name
+    );
+    let setup = Setup::new(&[(test_programs::DOCKER_COMPOSE, "docker-compose.wasm")]);
+    let manager = rt.block_on(setup.manager_with_docker(&config, endpoint));
+    let request = marvin_manager::message::ManagerRequest::new("bench", "all", "restart_all")
+        .with_args(serde_json::json!({"stop_timeout": 0}));
+    let filters = HashMap::from([(
+        "label".to_owned(),
+        vec![format!("com.docker.compose.project={}", project.name)],
+    )]);
+    let list = || async {
+        bare.list_containers(Some(ListContainersOptions {
+            all: true,
+            filters: Some(filters.clone()),
+            ..Default::default()
+        }))
+        .await
+        .unwrap()
+    };
+    let host_once = || {
+        let t = Instant::now();
+        let r = rt.block_on(manager.execute(&request));
+        assert!(r.success, "{r:?}");
+        t.elapsed()
+    };
+    let bare_once = || {
+        let t = Instant::now();
+        rt.block_on(async {
+            let ids: Vec<String> = list().await.into_iter().filter_map(|c| c.id).collect();
+            assert_eq!(ids.len(), SERVICES);
+            let restarts = ids.iter().map(|id| {
+                bare.restart_container(
+                    id,
+                    Some(bollard::query_parameters::RestartContainerOptions {
+                        t: Some(0),
+                        signal: None,
+                    }),
+                )
+            });
+            for r in futures_util::future::join_all(restarts).await {
+                r.unwrap();
+            }
+            list().await;
+        });
+        t.elapsed()
+    };
+    let compose_once = || compose(&project, &["restart", "-t", "0"]);
+    host_once();
+    bare_once();
+    let (mut host, mut bare_t, mut compose) = (Vec::new(), Vec::new(), Vec::new());
+    for _ in 0..RESTART_ROUNDS {
+        host.push(host_once());
+        bare_t.push(bare_once());
+        compose.push(compose_once());
+    }
+    println!(
+        "restart_all of a {SERVICES}-service project, stop timeout 0 ({RESTART_ROUNDS} samples each):"
+    );
+    println!("{}", line("host (request -> response)", &host));
+    println!("{}", line("bare parallel API calls", &bare_t));
+    println!("{}", line("docker-compose restart", &compose));
+    println!(
+        "  host / bare = {:.2}x (bar <= 1.3x)   compose / host = {:.1}x",
+        ratio(&host, &bare_t),
+        ratio(&compose, &host)
+    );
+}
+
+/// How long the real `docker-compose <args>` takes on `project`.
+fn compose(project: &Project, args: &[&str]) -> std::time::Duration {
+    let t = Instant::now();
+    let out = Command::new("docker-compose")
+        .arg("-p")
+        .arg(&project.name)
+        .arg("-f")
+        .arg(project.path().join("docker-compose.yml"))
+        .args(args)
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    t.elapsed()
 }

@@ -135,10 +135,11 @@ fn request() -> ManagerRequest {
     ManagerRequest::new("bench", "c1", "noop").with_args(serde_json::json!({}))
 }
 
-async fn runtime_handle(wasm: &Path) -> Stats {
+async fn runtime_handle(wasm: &Path, keep_resident_bytes: Option<usize>) -> Stats {
     let runtime = Runtime::new(
         RuntimeSettings {
             max_instances: 16,
+            keep_resident_bytes,
             ..Default::default()
         },
         Backends::default(),
@@ -200,13 +201,21 @@ fn main() {
     );
     rt.block_on(async {
         let base = bare(wasm).await;
-        let ours = runtime_handle(wasm).await;
+        let ours = runtime_handle(wasm, None).await;
+        // The same with every page of a finished instance returned to the kernel (what the
+        // runtime did before keeping pages resident).
+        let returned = runtime_handle(wasm, Some(0)).await;
         let full = manager_execute(wasm).await;
         println!(
             "{:<10} {:>10} {:>10} {:>10} {:>12} {:>12}",
             "", "p50 µs", "p99 µs", "mean µs", "p50 ×bare", "p99 ×bare"
         );
-        for (name, s) in [("bare", &base), ("runtime", &ours), ("manager", &full)] {
+        for (name, s) in [
+            ("bare", &base),
+            ("runtime", &ours),
+            ("no keep", &returned),
+            ("manager", &full),
+        ] {
             println!(
                 "{name:<10} {:>10.1} {:>10.1} {:>10.1} {:>12.2} {:>12.2}",
                 us(s.p50),

@@ -5,9 +5,7 @@
 //!   . scripts/services && cargo bench -p marvin-manager --bench queue
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, missing_docs)]
 
-/// The allocator the service runs with (see `main.rs`), so the numbers are the service's.
-#[global_allocator]
-static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+mod common;
 
 use std::process::Command;
 use std::sync::Arc;
@@ -23,6 +21,7 @@ use marvin_manager::runtime::{Runtime, RuntimeSettings};
 use marvin_manager::service::Manager;
 use marvin_manager::service::{ConsumeOptions, consume};
 use marvin_manager::transport::postgres::PgTransport;
+use marvin_manager::transport::sqlite::SqliteTransport;
 use marvin_manager::transport::{Dsn, Queue};
 use sqlx::postgres::PgListener;
 
@@ -126,6 +125,12 @@ fn main() {
         let runtime = Arc::new(Runtime::new(RuntimeSettings::default(), Backends::default(), None).unwrap());
         let dir = PluginDir::open(runtime.clone(), plugins.path().to_owned()).await;
         let manager = Arc::new(Manager::new(Registry::from_config(&config), runtime, dir));
+
+        // 0. The SQL-only ceiling on this server, right before the manager.
+        fill(&admin, &table, "ceiling", 10_000_000, CEILING_ROWS).await;
+        let ceiling = pg_ceiling(&admin, &table, "ceiling", CEILING_ROWS).await;
+        sqlx::query(&format!("DELETE FROM {table} WHERE queue_name = 'ceiling_answers'")).execute(&admin).await.unwrap();
+        sqlx::query(&format!("VACUUM ANALYZE {table}")).execute(&admin).await.unwrap();
 
         // 1. Rust throughput: a backlog of no-op requests drained by `consume`.
         fill(&admin, &table, "requests", 0, RUST_ACTIONS).await;
@@ -282,7 +287,9 @@ fn main() {
             per_action(ours1 - ours0),
             per_action(pg1 - pg0)
         );
-        println!("  PHP Symfony:  {php_n:.0} actions in {php_secs:.2} s = {php_rate:.0} actions/s");
+        println!("  SQL-only ceiling (Symfony's statements in batches of {CEILING_BATCH}, {CEILING_CLIENTS} clients, no plugin, no codec): {ceiling:.0} rows/s");
+        println!("  manager / ceiling: {:.2} (target >= 0.6)", rust_rate / ceiling);
+        println!("  PHP Symfony:  {php_n:.0} actions in {php_secs:.2} s = {php_rate:.0} actions/s ({:.3} of the ceiling)", php_rate / ceiling);
         println!("  ratio:        {:.1}x (target >= 20x; throughput target >= 3000/s: {})", rust_rate / php_rate, if rust_rate >= 3000.0 { "met" } else { "NOT met" });
         println!(
             "metrics on vs off ({METRICS_ROUNDS} alternating drains of {METRICS_ACTIONS} each, medians): on {on:.0} actions/s, off {off:.0} actions/s, on/off {:.3} (target >= 0.95)",
@@ -302,7 +309,155 @@ fn main() {
         println!("  SQL path alone (send, fetch, ledger, complete, NOTIFY): p50 {:.2} ms, p99 {:.2} ms", pct(&mut sql_path, 0.5), pct(&mut sql_path, 0.99));
 
         sqlx::query(&format!("DROP SCHEMA {schema} CASCADE")).execute(&admin).await.unwrap();
+
+        // 7. The embedded default: SQLite (WAL), its own ceiling, then the manager.
+        let dir = tempfile::tempdir().unwrap();
+        let url = format!("sqlite://{}", dir.path().join("queue.db").display());
+        let dsn = Dsn::parse(&format!("{url}?queue_name=requests&response_queue_name=responses")).unwrap();
+        let lite = Arc::new(SqliteTransport::connect(&dsn.url, dsn.options.clone()).await.unwrap());
+        lite.setup().await.unwrap();
+        let pool = lite.pool().clone();
+        fill_sqlite(&pool, "ceiling", 10_000_000, SQLITE_ACTIONS).await;
+        let lite_ceiling = sqlite_ceiling(&pool, "ceiling", SQLITE_ACTIONS).await;
+        sqlx::query("DELETE FROM messenger_messages WHERE queue_name = 'ceiling_answers'").execute(&pool).await.unwrap();
+        fill_sqlite(&pool, "requests", 0, SQLITE_ACTIONS).await;
+        let opts = ConsumeOptions { limit: Some(SQLITE_ACTIONS as u64), poll: Duration::from_millis(20), ..Default::default() };
+        let t = Instant::now();
+        let stats = consume(lite.clone(), manager.clone(), opts, std::future::pending()).await;
+        assert_eq!(stats.answered, SQLITE_ACTIONS as u64);
+        let lite_rate = SQLITE_ACTIONS as f64 / t.elapsed().as_secs_f64();
+        println!("SQLite (WAL), no-op plugin");
+        println!("  SQL-only ceiling (the same statements in batches of {CEILING_BATCH}, one writer): {lite_ceiling:.0} rows/s");
+        println!("  manager: {SQLITE_ACTIONS} actions = {lite_rate:.0} actions/s, {:.2} of the ceiling", lite_rate / lite_ceiling);
     });
+}
+
+const CEILING_ROWS: usize = 20_000;
+const CEILING_BATCH: i64 = 100;
+const CEILING_CLIENTS: usize = 2;
+const SQLITE_ACTIONS: usize = 10_000;
+
+/// The SQL-only ceiling on PostgreSQL: the statements Symfony's Doctrine transport runs for a
+/// message — take (SELECT … FOR UPDATE SKIP LOCKED, mark `delivered_at`, commit), answer
+/// (INSERT the response, DELETE the request, commit) — in batches of [`CEILING_BATCH`], by
+/// [`CEILING_CLIENTS`] connections at once, no plugin, no codec. Rows per second.
+async fn pg_ceiling(pool: &sqlx::PgPool, table: &str, queue: &str, n: usize) -> f64 {
+    let t = Instant::now();
+    let clients = (0..CEILING_CLIENTS).map(|_| {
+        let (pool, table, queue) = (pool.clone(), table.to_owned(), queue.to_owned());
+        tokio::spawn(async move {
+            let now = "now() AT TIME ZONE 'UTC'";
+            loop {
+                let mut tx = pool.begin().await.unwrap();
+                let rows: Vec<(i64, String, String)> = sqlx::query_as(&format!(
+                    "SELECT m.id, m.body, m.headers FROM {table} m WHERE (m.delivered_at IS NULL OR m.delivered_at < {now} - interval '1 hour') \
+                     AND m.available_at <= {now} AND m.queue_name = $1 ORDER BY m.available_at ASC LIMIT $2 FOR UPDATE SKIP LOCKED"
+                ))
+                .bind(&queue)
+                .bind(CEILING_BATCH)
+                .fetch_all(&mut *tx)
+                .await
+                .unwrap();
+                if rows.is_empty() {
+                    break;
+                }
+                let ids: Vec<i64> = rows.iter().map(|r| r.0).collect();
+                sqlx::query(&format!("UPDATE {table} SET delivered_at = {now} WHERE id = ANY($1)"))
+                    .bind(&ids)
+                    .execute(&mut *tx)
+                    .await
+                    .unwrap();
+                tx.commit().await.unwrap();
+                let bodies: Vec<String> = rows.into_iter().map(|r| r.1).collect();
+                let mut tx = pool.begin().await.unwrap();
+                sqlx::query(&format!(
+                    "INSERT INTO {table} (body, headers, queue_name, created_at, available_at) \
+                     SELECT b, '[]', $2, {now}, {now} FROM UNNEST($1::text[]) AS x(b)"
+                ))
+                .bind(&bodies)
+                .bind(format!("{queue}_answers"))
+                .execute(&mut *tx)
+                .await
+                .unwrap();
+                sqlx::query(&format!("DELETE FROM {table} WHERE id = ANY($1)"))
+                    .bind(&ids)
+                    .execute(&mut *tx)
+                    .await
+                    .unwrap();
+                tx.commit().await.unwrap();
+            }
+        })
+    });
+    for c in clients.collect::<Vec<_>>() {
+        c.await.unwrap();
+    }
+    n as f64 / t.elapsed().as_secs_f64()
+}
+
+/// `n` requests on `queue` of the SQLite queue.
+async fn fill_sqlite(pool: &sqlx::SqlitePool, queue: &str, from: usize, n: usize) {
+    let mut tx = pool.begin().await.unwrap();
+    for i in from..from + n {
+        let body =
+            codec::encode_request(&request(i), Format::Php, Some("messenger.bus.default")).body;
+        sqlx::query(
+            "INSERT INTO messenger_messages (body, headers, queue_name, created_at, available_at) \
+             VALUES (?1, '[]', ?2, datetime('now', '-1 second'), datetime('now', '-1 second'))",
+        )
+        .bind(body)
+        .bind(queue)
+        .execute(&mut *tx)
+        .await
+        .unwrap();
+    }
+    tx.commit().await.unwrap();
+}
+
+/// The same ceiling on SQLite: one writer (SQLite has one), `BEGIN IMMEDIATE` as the
+/// transport takes it.
+async fn sqlite_ceiling(pool: &sqlx::SqlitePool, queue: &str, n: usize) -> f64 {
+    let t = Instant::now();
+    loop {
+        let mut tx = pool.begin_with("BEGIN IMMEDIATE").await.unwrap();
+        let rows: Vec<(i64, String)> = sqlx::query_as(
+            "SELECT m.id, m.body FROM messenger_messages m WHERE (m.delivered_at IS NULL OR m.delivered_at < datetime('now', '-1 hour')) \
+             AND m.available_at <= datetime('now') AND m.queue_name = ?1 ORDER BY m.available_at ASC LIMIT ?2",
+        )
+        .bind(queue)
+        .bind(CEILING_BATCH)
+        .fetch_all(&mut *tx)
+        .await
+        .unwrap();
+        if rows.is_empty() {
+            break;
+        }
+        let ids = serde_json::to_string(&rows.iter().map(|r| r.0).collect::<Vec<_>>()).unwrap();
+        sqlx::query("UPDATE messenger_messages SET delivered_at = datetime('now') WHERE id IN (SELECT value FROM json_each(?1))")
+            .bind(&ids)
+            .execute(&mut *tx)
+            .await
+            .unwrap();
+        tx.commit().await.unwrap();
+        let mut tx = pool.begin_with("BEGIN IMMEDIATE").await.unwrap();
+        for (_, body) in &rows {
+            sqlx::query(
+                "INSERT INTO messenger_messages (body, headers, queue_name, created_at, available_at) \
+                 VALUES (?1, '[]', ?2, datetime('now'), datetime('now'))",
+            )
+            .bind(body)
+            .bind(format!("{queue}_answers"))
+            .execute(&mut *tx)
+            .await
+            .unwrap();
+        }
+        sqlx::query("DELETE FROM messenger_messages WHERE id IN (SELECT value FROM json_each(?1))")
+            .bind(&ids)
+            .execute(&mut *tx)
+            .await
+            .unwrap();
+        tx.commit().await.unwrap();
+    }
+    n as f64 / t.elapsed().as_secs_f64()
 }
 
 const SERVE_ACTIONS: usize = 9_000;
@@ -332,28 +487,13 @@ async fn serve_drain(base: &str, admin: &sqlx::PgPool, managers: &[&[&str]]) -> 
         .collect();
     let mut children = Vec::new();
     for (i, (entities, dir)) in managers.iter().zip(&dirs).enumerate() {
-        std::fs::create_dir(dir.path().join("plugins")).unwrap();
-        std::fs::copy(test_programs::NOOP, dir.path().join("plugins/noop.wasm")).unwrap();
         let mut config = format!("[manager]\nid = \"bench-{i}\"\n[docker]\ndiscovery = false\n");
         for e in *entities {
             config.push_str(&format!(
                 "[entities.{e}]\nkind = \"container\"\nproject = \"p\"\nservice = \"{e}\"\n"
             ));
         }
-        std::fs::write(dir.path().join("manager.toml"), config).unwrap();
-        children.push(
-            Command::new(env!("CARGO_BIN_EXE_marvin-manager"))
-                .arg("serve")
-                .current_dir(dir.path())
-                .env("MARVIN_DSN", &dsn)
-                .env("MARVIN_CONFIG", dir.path().join("manager.toml"))
-                .env("MARVIN_CACHE_DIR", dir.path().join("cache"))
-                .env("RUST_LOG", "warn")
-                .stdout(std::process::Stdio::null())
-                .stderr(std::process::Stdio::null())
-                .spawn()
-                .unwrap(),
-        );
+        children.push(common::serve_noop(dir.path(), &dsn, &config));
     }
     let served = format!("{schema}.marvin_manager_served");
     let up = Instant::now();

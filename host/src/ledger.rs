@@ -56,6 +56,12 @@ impl Known {
         }
     }
 
+    /// Adds entries read otherwise (by the fetch statement itself).
+    pub fn add(&mut self, entries: impl IntoIterator<Item = LedgerEntry>) {
+        self.0
+            .extend(entries.into_iter().map(|e| (e.correlation_id.clone(), e)));
+    }
+
     /// The answer given before to `correlation_id`, if any (and readable).
     pub fn answer(&self, correlation_id: &str) -> Option<ManagerResponse> {
         self.0

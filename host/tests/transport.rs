@@ -575,3 +575,50 @@ async fn sqlite_blob_and_non_utf8_bodies_are_bad_rows_not_failed_fetches() {
     assert_eq!(t.failed_rows().await.unwrap().len(), 2);
     assert!(t.fetch(10).await.unwrap().is_empty(), "{}", good.id);
 }
+
+/// On PostgreSQL the fetch statement reads the ledger itself for the correlation id it finds
+/// in the body (both serializers), so a batch costs no separate lookup; an id it cannot cut
+/// out of the body (one holding a quote) is reported as another id, to be looked up apart.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pg_fetch_reads_the_ledger_of_what_it_takes() {
+    let db = TestDb::new(Db::Pg).await;
+    let t = db.pg("").await;
+    t.setup().await.unwrap();
+    for (cid, format) in [
+        ("corr-php-1", Format::Php),
+        ("corr-json-1", Format::Json),
+        ("corr-\"quoted\";s:1", Format::Php),
+    ] {
+        // Answered once…
+        let id = send(&t, &request(cid, "web", "start"), format).await;
+        let got = t.fetch(1).await.unwrap();
+        assert_eq!(got[0].id, id);
+        // Not answered yet: nothing in the ledger.
+        assert!(got[0].looked_up.as_ref().unwrap().1.is_none());
+        let r = response_for(cid);
+        t.complete(vec![Settle::Reply {
+            request_id: id,
+            response: codec::encode_response(&r, format, None),
+            ledger: Some(Box::new(entry(&r))),
+        }])
+        .await
+        .unwrap();
+        // …then sent again by Core: the fetch brings the first answer along.
+        send(&t, &request(cid, "web", "start"), format).await;
+        let got = t.fetch(1).await.unwrap();
+        let (looked, entry) = got[0].looked_up.clone().unwrap();
+        if cid.contains('"') {
+            assert_ne!(looked, cid, "{format:?}");
+            assert!(entry.is_none());
+        } else {
+            assert_eq!(looked, cid, "{format:?}");
+            assert_eq!(entry.unwrap().response, serde_json::to_value(&r).unwrap());
+        }
+        t.complete(vec![Settle::Fail {
+            request_id: got[0].id,
+            reason: "done".into(),
+        }])
+        .await
+        .unwrap();
+    }
+}

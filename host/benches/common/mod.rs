@@ -48,3 +48,22 @@ pub fn line(label: &str, samples: &[Duration]) -> String {
 pub fn ratio(a: &[Duration], b: &[Duration]) -> f64 {
     median(a.to_vec()).as_secs_f64() / median(b.to_vec()).as_secs_f64()
 }
+
+/// A `marvin-manager serve` process in `dir` on `dsn`, with the no-op guest as its only
+/// plugin and `config` as its `manager.toml`; its log (warnings) in `dir/serve.log`.
+pub fn serve_noop(dir: &std::path::Path, dsn: &str, config: &str) -> std::process::Child {
+    std::fs::create_dir_all(dir.join("plugins")).unwrap();
+    std::fs::copy(test_programs::NOOP, dir.join("plugins/noop.wasm")).unwrap();
+    std::fs::write(dir.join("manager.toml"), config).unwrap();
+    std::process::Command::new(env!("CARGO_BIN_EXE_marvin-manager"))
+        .arg("serve")
+        .current_dir(dir)
+        .env("MARVIN_DSN", dsn)
+        .env("MARVIN_CONFIG", dir.join("manager.toml"))
+        .env("MARVIN_CACHE_DIR", dir.join("cache"))
+        .env("RUST_LOG", "warn")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::fs::File::create(dir.join("serve.log")).unwrap())
+        .spawn()
+        .unwrap()
+}

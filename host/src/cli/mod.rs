@@ -323,6 +323,7 @@ impl Settings {
                 .unwrap_or(DEFAULT_MAX_MEMORY_BYTES),
             plugins: self.config.plugins.clone(),
             environment: environment(),
+            keep_resident_bytes: None,
         };
         let observer = record.map(|dir| Arc::new(Recorder::new(dir)) as Arc<dyn Observer>);
         Ok(Arc::new(

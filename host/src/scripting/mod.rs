@@ -504,6 +504,7 @@ pub async fn run(
             default_max_memory_bytes: crate::config::DEFAULT_MAX_MEMORY_BYTES,
             plugins: Default::default(),
             environment: environment.to_vec(),
+            keep_resident_bytes: None,
         },
         scripted.backends(),
         None,

@@ -340,7 +340,9 @@ pub async fn consume<Q: Queue, E: Execute>(
             continue;
         }
         taken += rows.len() as u64;
-        let known = Known::lookup(&*queue, correlation_ids(&rows)).await;
+        let (missing, read) = ledger_reads(&rows);
+        let mut known = Known::lookup(&*queue, missing).await;
+        known.add(read);
         for row in rows {
             // One slot per row; the fetch asked for no more rows than there are slots.
             let Some(slot) = slots.take() else {
@@ -384,17 +386,29 @@ pub async fn consume<Q: Queue, E: Execute>(
     stats
 }
 
-/// The correlation ids of the decodable requests of a batch.
-fn correlation_ids(rows: &[Delivery]) -> Vec<String> {
-    rows.iter()
-        .filter_map(|r| match &r.decoded {
-            Ok(Decoded {
-                request: Some(Ok(req)),
-                ..
-            }) if unstorable_id(&req.correlation_id).is_none() => Some(req.correlation_id.clone()),
-            _ => None,
-        })
-        .collect()
+/// What the ledger must be asked for a fetched batch (the correlation ids of its decodable
+/// requests), less what the fetch statement read already (rows whose correlation id it found
+/// in the body), with what it read.
+fn ledger_reads(rows: &[Delivery]) -> (Vec<String>, Vec<crate::transport::LedgerEntry>) {
+    let mut missing = Vec::new();
+    let mut read = Vec::new();
+    for row in rows {
+        let Ok(Decoded {
+            request: Some(Ok(req)),
+            ..
+        }) = &row.decoded
+        else {
+            continue;
+        };
+        if unstorable_id(&req.correlation_id).is_some() {
+            continue;
+        }
+        match &row.looked_up {
+            Some((id, entry)) if *id == req.correlation_id => read.extend(entry.clone()),
+            _ => missing.push(req.correlation_id.clone()),
+        }
+    }
+    (missing, read)
 }
 
 /// A request to run, with what its answer needs.

@@ -242,6 +242,7 @@ impl Queue for MemoryQueue {
                     }),
                     age: now.saturating_duration_since(row.created_at),
                     elsewhere: None,
+                    looked_up: None,
                 });
                 row.delivered_at = Some(now);
             }

@@ -170,6 +170,10 @@ pub struct Delivery {
     pub age: Duration,
     /// Not this manager's to run (several managers share the queue): answer with an error.
     pub elsewhere: Option<Elsewhere>,
+    /// The ledger as the fetch statement read it: the correlation id it found in the body,
+    /// and the entry of that id if there is one. `None`, or an id other than the decoded
+    /// request's: the ledger still has to be asked.
+    pub looked_up: Option<(String, Option<LedgerEntry>)>,
 }
 
 /// Who started a request before, and when.

@@ -319,8 +319,14 @@ impl Queue for PgTransport {
             managers,
             served,
             routes,
+            ledger,
             ..
         } = &self.names;
+        let ledger_columns = LEDGER_COLUMNS
+            .split(", ")
+            .map(|c| format!("l.{c}"))
+            .collect::<Vec<_>>()
+            .join(", ");
         let mine = self.served.read().map(|s| s.clone()).unwrap_or_default();
         // With a published set, the rows of this process are: those no manager has routed
         // yet (the first taker routes what is not its own), those routed to an entity it
@@ -358,8 +364,13 @@ impl Queue for PgTransport {
                  manager = CASE WHEN {claims}.started_at IS NULL THEN EXCLUDED.manager ELSE {claims}.manager END) \
              SELECT marked.*, c.manager AS claimed_by, c.started_at AS claimed_at, \
                CASE WHEN $13 THEN (SELECT r.entity_id FROM {routes} r WHERE r.row_id = marked.id) END AS routed_to, \
-               $13 AND EXISTS (SELECT 1 FROM {managers} WHERE manager <> $8) AS shared \
-             FROM marked LEFT JOIN {claims} c ON c.row_id = marked.id AND c.started_at IS NOT NULL",
+               $13 AND EXISTS (SELECT 1 FROM {managers} WHERE manager <> $8) AS shared, \
+               x.cid AS looked_up, {ledger_columns} \
+             FROM marked LEFT JOIN {claims} c ON c.row_id = marked.id AND c.started_at IS NOT NULL \
+             CROSS JOIN LATERAL (SELECT CASE WHEN marked.headers = '[]' \
+               THEN split_part(split_part(split_part(marked.body, $15, 2), $16, 2), $17, 1) \
+               ELSE split_part(split_part(marked.body, $18, 2), '\"', 1) END AS cid) x \
+             LEFT JOIN {ledger} l ON l.correlation_id = x.cid",
             candidate_filter()
         ))
         // Planned for these values every time: PostgreSQL's generic plan for this statement
@@ -379,6 +390,13 @@ impl Queue for PgTransport {
         .bind(self.needles.message_marker)
         .bind(mine.is_some())
         .bind(ago_text(&self.options, self.options.unserved_grace_secs))
+        // The correlation id in the body, found without parsing it: PHP's serialize() as
+        // stored (after addslashes), or Symfony's JSON. An id these cut wrong (one holding a
+        // quote) is simply not found, and looked up apart.
+        .bind(r#"correlationId\";s:"#)
+        .bind(r#":\""#)
+        .bind(r#"\";"#)
+        .bind(r#""correlationId":""#)
         .fetch_all(&self.fetch_pool)
         .await?;
         let mut taken = Vec::with_capacity(rows.len());
@@ -395,6 +413,12 @@ impl Queue for PgTransport {
             let age: i64 = row.try_get("age_secs")?;
             let claimed_at: Option<String> = row.try_get("claimed_at")?;
             let routed_to: Option<String> = row.try_get("routed_to")?;
+            let looked_up: Option<String> = row.try_get("looked_up")?;
+            let found: Option<String> = row.try_get("correlation_id")?;
+            let entry = match found {
+                Some(_) => Some(entry_from_row(&row)?),
+                None => None,
+            };
             let shared: Option<bool> = row.try_get("shared")?;
             match classify_row(body.as_bytes(), headers.as_bytes()) {
                 Some(decoded) => {
@@ -431,6 +455,7 @@ impl Queue for PgTransport {
                             }),
                             age: Duration::from_secs(age.unsigned_abs()),
                             elsewhere,
+                            looked_up: looked_up.map(|id| (id, entry)),
                         },
                     ))
                 }

@@ -257,6 +257,7 @@ impl Inner {
                         }),
                         age: Duration::from_secs(age.unwrap_or(0).unsigned_abs()),
                         elsewhere: None,
+                        looked_up: None,
                     });
                 }
                 None => self.foreign.add([id]),

@@ -137,6 +137,7 @@ pub fn runtime_observed(
                     .unwrap_or(DEFAULT_MAX_MEMORY_BYTES),
                 plugins: config.plugins.clone(),
                 environment: Vec::new(),
+                keep_resident_bytes: None,
             },
             backends,
             observer,
