@@ -86,7 +86,6 @@ pub(crate) fn postgres(table: &str, use_notify: bool) -> Vec<String> {
             dbal_index_name(table, col)
         ));
     }
-    sql.push(fetch_index(table));
     if use_notify {
         let (bare, schema) = split(table);
         let function = format!("{schema}notify_{bare}");
@@ -113,18 +112,8 @@ pub(crate) fn sqlite(table: &str) -> Vec<String> {
             dbal_index_name(table, col)
         ));
     }
-    sql.push(fetch_index(table));
     sql.extend(own_tables(&Names::for_table(table)));
     sql
-}
-
-/// The manager's one index on Symfony's table: a queue's rows in `available_at` order, so a
-/// fetch walks only its own queue (with Symfony's indexes alone it walks every row of every
-/// queue that became available earlier — parked rows, unread answers: 10 ms a fetch beside
-/// 100,000 parked rows). Doctrine's schema tools see it; `examples/doctrine.yaml` says how
-/// Core keeps them from dropping it (if dropped, the next setup makes it again).
-fn fetch_index(table: &str) -> String {
-    format!("CREATE INDEX IF NOT EXISTS marvin_manager_fetch ON {table} (queue_name, available_at)")
 }
 
 /// Columns added to the manager's tables after they were first created: (table, column,
@@ -201,15 +190,14 @@ mod tests {
     #[test]
     fn relations_are_every_table_and_index_created() {
         let r = relations(&postgres("app.queue", true), "app.queue");
-        assert_eq!(r.len(), 14, "{r:?}");
+        assert_eq!(r.len(), 13, "{r:?}");
         assert!(r.contains(&"app.queue".to_owned()));
-        assert!(r.contains(&"app.marvin_manager_fetch".to_owned()));
         assert!(r.contains(&"app.marvin_manager_routes".to_owned()));
         assert!(r.contains(&"app.marvin_manager_claims".to_owned()));
         assert!(r.contains(&"app.marvin_manager_ledger_received".to_owned()));
         assert!(r.iter().any(|n| n.starts_with("app.IDX_")));
         let r = relations(&sqlite("messenger_messages"), "messenger_messages");
-        assert_eq!(r.len(), 14, "{r:?}");
+        assert_eq!(r.len(), 13, "{r:?}");
     }
 
     #[test]

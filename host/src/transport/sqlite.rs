@@ -39,6 +39,11 @@ pub struct Inner {
     /// This process, among the processes that ran under this manager id.
     instance: String,
     registered: std::sync::atomic::AtomicBool,
+    /// One writer of this process at a time: SQLite has one write lock, and a writer that
+    /// meets another's gets SQLITE_BUSY and sleeps in SQLite's busy handler (1 ms, 2 ms, 5 ms
+    /// …), so the fetch, the start records and the answers would wait on each other by
+    /// milliseconds. Other processes still meet the busy handler.
+    writer: Arc<tokio::sync::Mutex<()>>,
 }
 
 impl std::ops::Deref for SqliteTransport {
@@ -107,6 +112,7 @@ impl SqliteTransport {
             foreign: ForeignRows::default(),
             instance: instance_token(),
             registered: std::sync::atomic::AtomicBool::new(false),
+            writer: Arc::default(),
         })))
     }
 }
@@ -431,6 +437,7 @@ impl Queue for SqliteTransport {
         }
         let inner = self.0.clone();
         detached(async move {
+            let _writer = inner.writer.clone().lock_owned().await;
             let mut tx = inner.begin_immediate().await?;
             let r = inner.fetch_in(&mut tx, max).await;
             Inner::finish(tx, r).await
@@ -445,6 +452,7 @@ impl Queue for SqliteTransport {
         let batch = storable(batch);
         let inner = self.0.clone();
         detached(async move {
+            let _writer = inner.writer.clone().lock_owned().await;
             let mut tx = inner.begin_immediate().await?;
             let r = inner.complete_in(&mut tx, batch).await;
             Inner::finish(tx, r).await
@@ -471,6 +479,7 @@ impl Queue for SqliteTransport {
             sep.push_bind(id);
         }
         q.push(") RETURNING row_id");
+        let _writer = self.writer.lock().await;
         Ok(q.build_query_scalar().fetch_all(&self.pool).await?)
     }
 
@@ -512,6 +521,7 @@ impl Queue for SqliteTransport {
             sep.push_bind(id);
         }
         q.push(")");
+        let _writer = self.writer.lock().await;
         q.build().execute(&self.pool).await?;
         Ok(())
     }
