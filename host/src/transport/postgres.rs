@@ -156,7 +156,7 @@ impl PgTransport {
         let Names {
             managers, served, ..
         } = &self.names;
-        let live = "g.stopped_at IS NULL AND g.beat_at >= extract(epoch from clock_timestamp())::bigint - $1";
+        let live = live_manager("$1");
         let rows: Vec<(String, Option<String>)> = sqlx::query_as(&format!(
             "SELECT DISTINCT g.manager, s.entity_id FROM {managers} g \
              LEFT JOIN {served} s ON s.instance = g.instance AND s.entity_id = ANY($2) \
@@ -265,6 +265,15 @@ impl PgTransport {
     }
 }
 
+/// The condition on a row `g` of the managers table that it is live: not stopped, and beating
+/// within `takeover` seconds (an SQL expression), on the database's clock.
+fn live_manager(takeover: &str) -> String {
+    format!(
+        "g.stopped_at IS NULL AND g.beat_at >= {} - {takeover}",
+        DIALECT.now
+    )
+}
+
 /// The SQL of the manager registry on PostgreSQL.
 const DIALECT: Dialect = Dialect {
     now: "extract(epoch from clock_timestamp())::bigint",
@@ -332,7 +341,7 @@ impl Queue for PgTransport {
         // yet (the first taker routes what is not its own), those routed to an entity it
         // serves, and — after the grace period — those routed to an entity no live manager
         // serves, to be answered with an error.
-        let live = "g.stopped_at IS NULL AND g.beat_at >= extract(epoch from clock_timestamp())::bigint - $7";
+        let live = live_manager("$7");
         let owned = format!(
             "AND (NOT $13 OR NOT EXISTS (SELECT 1 FROM {routes} r WHERE r.row_id = {t}.id) \
                OR EXISTS (SELECT 1 FROM {routes} r JOIN {served} s ON s.entity_id = r.entity_id \
