@@ -135,6 +135,10 @@ pub struct TransportConfig {
     pub dsn: Option<String>,
     /// Requests carried out at once.
     pub concurrency: Option<usize>,
+    /// PostgreSQL: how long (ms) the rows of a fetch stay locked in its transaction,
+    /// unmarked, while their actions run, so a short action costs one commit (default 50);
+    /// rows still running then are marked delivered. 0: mark every row when taken.
+    pub hold_ms: Option<u64>,
 }
 
 impl std::fmt::Debug for TransportConfig {
@@ -142,6 +146,7 @@ impl std::fmt::Debug for TransportConfig {
         f.debug_struct("TransportConfig")
             .field("dsn", &self.dsn.as_deref().map(crate::secrets::url))
             .field("concurrency", &self.concurrency)
+            .field("hold_ms", &self.hold_ms)
             .finish()
     }
 }

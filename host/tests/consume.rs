@@ -688,3 +688,94 @@ async fn the_hostile_corpus_is_settled_row_by_row<T: Queue + Records>(
         cases.len()
     );
 }
+
+/// PostgreSQL holds the rows of a fetch while their actions run: a short action's request is
+/// answered by the transaction that took it, never written before (no `delivered_at` mark,
+/// seen by a trigger logging every update of the queue table); an action outliving the
+/// bound is marked once, when the bound passes; with holding off every row is marked when
+/// taken. Every request is answered once either way.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pg_a_short_action_costs_one_commit() {
+    let db = TestDb::new(Db::Pg).await;
+    let s = Setup::new(&[
+        (guests::ECHO, "echo.wasm"),
+        (guests::COUNTER, "counter.wasm"),
+    ]);
+    let t = Arc::new(db.pg("").await);
+    t.setup().await.unwrap();
+    let schema = db.table().split('.').next().unwrap().to_owned();
+    db.exec(&format!("CREATE TABLE {schema}.updates (row_id bigint)"))
+        .await;
+    db.exec(&format!(
+        "CREATE FUNCTION {schema}.log_update() RETURNS trigger AS $$ \
+           BEGIN INSERT INTO {schema}.updates VALUES (OLD.id); RETURN NEW; END $$ LANGUAGE plpgsql"
+    ))
+    .await;
+    db.exec(&format!(
+        "CREATE TRIGGER log_update BEFORE UPDATE ON {{t}} FOR EACH ROW EXECUTE FUNCTION {schema}.log_update()"
+    ))
+    .await;
+    let updates = || {
+        let db = &db;
+        let schema = schema.clone();
+        async move {
+            let mut ids: Vec<i64> = db
+                .query(&format!(
+                    "SELECT CAST(row_id AS TEXT) FROM {schema}.updates"
+                ))
+                .await
+                .into_iter()
+                .map(|r| r[0].clone().unwrap().parse::<i64>().unwrap())
+                .collect();
+            ids.sort_unstable();
+            ids
+        }
+    };
+    let mut long = 0;
+    for i in 0..11 {
+        // The long one: the counter guest's `count` on a container, 600 ms; the others the
+        // echo guest's `start` of a worker.
+        let mut req = if i == 5 {
+            request("one-commit-long", "c1", "count")
+        } else {
+            request(&format!("one-commit-{i}"), "w1", "start")
+        };
+        req.args = serde_json::json!({ "ms": 600 });
+        let id = send(&*t, &req, Format::Php).await;
+        if i == 5 {
+            long = id;
+        }
+    }
+    let stats = run_until_idle(t.clone(), manager(&s).await, 11).await;
+    assert_eq!(stats.answered, 11);
+    assert_eq!(db.responses().await.len(), 11);
+    assert_eq!(
+        updates().await,
+        [long],
+        "only the long action's row is written"
+    );
+    // Holding off: every row marked when taken.
+    let mut ids = Vec::new();
+    for i in 0..4 {
+        ids.push(
+            send(
+                &*t,
+                &request(&format!("two-commits-{i}"), "w1", "start"),
+                Format::Php,
+            )
+            .await,
+        );
+    }
+    let opts = ConsumeOptions {
+        limit: Some(4),
+        time_limit: Some(Duration::from_secs(30)),
+        poll: Duration::from_millis(50),
+        hold: None,
+        ..ConsumeOptions::default()
+    };
+    let stats = consume(t.clone(), manager(&s).await, opts, std::future::pending()).await;
+    assert_eq!(stats.answered, 4);
+    assert_eq!(db.responses().await.len(), 15);
+    ids.insert(0, long);
+    assert_eq!(updates().await, ids);
+}

@@ -622,3 +622,114 @@ async fn pg_fetch_reads_the_ledger_of_what_it_takes() {
         .unwrap();
     }
 }
+
+/// A hold (PostgreSQL): the rows taken are locked, neither marked nor claimed, so no other
+/// consumer takes them; the answer is committed by the very transaction that locked the row
+/// (one commit); a row still running at the release is marked and claimed then; a start is
+/// recorded apart (committed while the row is held); a dropped hold (a crash) leaves its rows
+/// as they were, and the next taker sees the recorded start.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pg_a_hold_answers_in_the_transaction_that_took_the_rows() {
+    let db = TestDb::new(Db::Pg).await;
+    let t = db.pg("").await;
+    t.setup().await.unwrap();
+    let other = db.pg("").await;
+    let a = send(&t, &request("hold-a", "web", "start"), Format::Php).await;
+    let b = send(&t, &request("hold-b", "web", "start"), Format::Php).await;
+    let c = send(&t, &request("hold-c", "web", "start"), Format::Php).await;
+    let (rows, held) = t.hold(10).await.unwrap();
+    assert_eq!(rows.iter().map(|r| r.id).collect::<Vec<_>>(), [a, b, c]);
+    let state = |id: i64| {
+        let db = &db;
+        async move {
+            db.query(&format!(
+                "SELECT CAST(delivered_at AS TEXT), CAST(xmax AS TEXT), \
+                 (SELECT instance || ' ' || COALESCE(started_at, '-') FROM {}.marvin_manager_claims WHERE row_id = {id}) \
+                 FROM {{t}} WHERE id = {id}",
+                db.table().split('.').next().unwrap()
+            ))
+            .await
+            .into_iter()
+            .next()
+        }
+    };
+    // Locked, not written: no mark, no claim; the locker's transaction id is the row's xmax.
+    let (row_a, row_b) = (state(a).await.unwrap(), state(b).await.unwrap());
+    assert_eq!((&row_a[0], &row_a[2]), (&None, &None));
+    let locker = row_a[1].clone().unwrap();
+    assert_ne!(locker, "0");
+    assert_eq!(row_b[1].as_deref(), Some(locker.as_str()));
+    // Another consumer skips them, by fetch or by hold.
+    assert!(other.fetch(10).await.unwrap().is_empty());
+    let (none, _) = other.hold(10).await.unwrap();
+    assert!(none.is_empty());
+    // The start of c is recorded (committed) while it is held: its claim.
+    assert_eq!(t.started(vec![c]).await.unwrap(), [c]);
+    assert!(
+        state(c).await.unwrap()[2]
+            .as_deref()
+            .is_some_and(|s| !s.ends_with(" -"))
+    );
+    // Released: a answered, b untouched (not run), c still running.
+    let r = response_for("hold-a");
+    t.release(
+        held,
+        vec![Settle::Reply {
+            request_id: a,
+            response: codec::encode_response(&r, Format::Php, None),
+            ledger: Some(Box::new(entry(&r))),
+        }],
+        vec![c],
+    )
+    .await
+    .unwrap();
+    // The answer was written by the transaction that locked the request.
+    let answer = db
+        .query("SELECT CAST(xmin AS TEXT) FROM {t} WHERE queue_name = 'responses'")
+        .await;
+    assert_eq!(answer, [[Some(locker.clone())]]);
+    assert!(state(a).await.is_none());
+    assert_eq!(
+        t.history(HistoryFilter {
+            limit: 10,
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .len(),
+        1
+    );
+    let row_b = state(b).await.unwrap();
+    assert_eq!((&row_b[0], &row_b[2]), (&None, &None));
+    let row_c = state(c).await.unwrap();
+    assert!(row_c[0].is_some(), "still running: marked delivered");
+    assert!(
+        row_c[2].as_deref().is_some_and(|s| !s.ends_with(" -")),
+        "its start kept"
+    );
+    // The other consumer now takes b (free again), never c (marked, its manager alive).
+    let got = other.fetch(10).await.unwrap();
+    assert_eq!(got.iter().map(|r| r.id).collect::<Vec<_>>(), [b]);
+    assert!(got[0].claimed.is_none());
+    // A hold dropped after a start was recorded (a crash mid-action): the row is back as it
+    // was, and whoever takes it next knows the action started.
+    let d = send(&t, &request("hold-d", "web", "start"), Format::Php).await;
+    let (rows, held) = t.hold(10).await.unwrap();
+    assert_eq!(rows.iter().map(|r| r.id).collect::<Vec<_>>(), [d]);
+    assert_eq!(t.started(vec![d]).await.unwrap(), [d]);
+    drop(held);
+    let got = other.fetch(10).await.unwrap();
+    assert_eq!(got.iter().map(|r| r.id).collect::<Vec<_>>(), [d]);
+    assert!(got[0].claimed.is_some(), "the recorded start comes with it");
+    // The late answer of c goes in as any other.
+    let r = response_for("hold-c");
+    t.complete(vec![Settle::Reply {
+        request_id: c,
+        response: codec::encode_response(&r, Format::Php, None),
+        ledger: Some(Box::new(entry(&r))),
+    }])
+    .await
+    .unwrap();
+    assert!(state(c).await.is_none());
+    assert_eq!(db.responses().await.len(), 2);
+}

@@ -198,6 +198,11 @@ pub(super) async fn serve(global: &GlobalArgs, args: ServeArgs) -> anyhow::Resul
                 .unwrap_or(true)
                 .then(|| Duration::from_secs(own.stale_grace_secs.unwrap_or(30))),
             health: health.clone(),
+            hold: match settings.config.transport.hold_ms {
+                Some(0) => None,
+                Some(ms) => Some(Duration::from_millis(ms)),
+                None => Some(crate::service::DEFAULT_HOLD),
+            },
             ..ConsumeOptions::default()
         };
         let pruner = settings.config.ledger.keep_secs().map(|keep| tokio::spawn(prune_hourly(t.clone(), keep)));

@@ -165,7 +165,16 @@ pub struct ConsumeOptions {
     pub expire_grace: Option<Duration>,
     /// Where the loop says whether it reaches the queue (readiness).
     pub health: Arc<Health>,
+    /// How long the rows of a fetch stay held in its transaction, unmarked, while their
+    /// actions run (PostgreSQL): answers ready by then are committed with the fetch, one
+    /// commit; rows still running are then marked delivered. `None`: every row is marked when
+    /// taken and answered in a second commit.
+    pub hold: Option<Duration>,
 }
+
+/// The default of [`ConsumeOptions::hold`]: longer than a no-op or an idempotent `start`
+/// (about a millisecond), far shorter than anything a transaction should be held for.
+pub const DEFAULT_HOLD: Duration = Duration::from_millis(50);
 
 impl Default for ConsumeOptions {
     fn default() -> Self {
@@ -179,6 +188,7 @@ impl Default for ConsumeOptions {
             keepalive: Duration::from_secs(60),
             expire_grace: Some(Duration::from_secs(30)),
             health: Arc::default(),
+            hold: Some(DEFAULT_HOLD),
         }
     }
 }
@@ -260,6 +270,10 @@ pub async fn consume<Q: Queue, E: Execute>(
         options: queue.options().clone(),
     });
     let mut taken: u64 = 0;
+    // Rows are held in their fetch's transaction while their actions run (one commit for a
+    // short action) when the database can and the options ask for it.
+    let holding = options.hold.is_some() && queue.holds();
+    let mut holds = tokio::task::JoinSet::new();
     let mut backoff = Duration::from_millis(50);
     // Set when the stop came during a fetch: `shutdown` has completed and is not polled again.
     let mut stopping = false;
@@ -293,7 +307,7 @@ pub async fn consume<Q: Queue, E: Execute>(
             tracing::info!(limit, "failure limit reached: stopping");
             break;
         }
-        let fetch = queue.fetch(slots.len());
+        let fetch = take(&*queue, slots.len(), holding);
         tokio::pin!(fetch);
         let fetched = tokio::select! {
             r = &mut fetch => r,
@@ -305,10 +319,10 @@ pub async fn consume<Q: Queue, E: Execute>(
                 Err(_) => break,
             },
         };
-        let rows = match fetched {
+        let (rows, held) = match fetched {
             Ok(rows) => {
                 options.health.up(Call::Fetch);
-                tracing::debug!(asked = slots.len(), got = rows.len(), "fetched");
+                tracing::debug!(asked = slots.len(), got = rows.0.len(), "fetched");
                 backoff = Duration::from_millis(50);
                 rows
             }
@@ -329,6 +343,7 @@ pub async fn consume<Q: Queue, E: Execute>(
         };
         if rows.is_empty() {
             drop(slots);
+            drop(held);
             if stopping {
                 break;
             }
@@ -343,23 +358,32 @@ pub async fn consume<Q: Queue, E: Execute>(
         let (missing, read) = ledger_reads(&rows);
         let mut known = Known::lookup(&*queue, missing).await;
         known.add(read);
+        // Held rows: their answers are gathered for the hold's one commit.
+        let gather = held.as_ref().map(|_| Arc::new(Gathering::new(&rows)));
         for row in rows {
             // One slot per row; the fetch asked for no more rows than there are slots.
             let Some(slot) = slots.take() else {
-                break;
+                if let Some(g) = &gather {
+                    g.forget(row.id);
+                }
+                continue;
             };
             // A row of ours whose answer is still being committed came back (the database
             // was away past the redeliver timeout): its answer is on the way, not another.
             if !shared.in_flight.lock().await.insert(row.id) {
                 tracing::debug!(row_id = row.id, "taken again while its answer is pending");
+                if let Some(g) = &gather {
+                    g.forget(row.id);
+                }
                 continue;
             }
             match prepare(row, &known, &shared.options, options.expire_grace) {
                 Prepared::Settle(s) => {
-                    shared.finish(s);
+                    shared.finish(s, gather.as_deref());
                     drop(slot);
                 }
-                Prepared::Run(run) => {
+                Prepared::Run(mut run) => {
+                    run.gather.clone_from(&gather);
                     let turn = scheduler.turn(&run.request.entity_id);
                     let (shared, executor) = (shared.clone(), executor.clone());
                     tokio::spawn(async move {
@@ -368,10 +392,22 @@ pub async fn consume<Q: Queue, E: Execute>(
                 }
             }
         }
+        if let (Some(held), Some(gather), Some(bound)) = (held, gather, options.hold) {
+            holds.spawn(release_hold(
+                queue.clone(),
+                held,
+                gather,
+                bound,
+                shared.clone(),
+                options.health.clone(),
+            ));
+        }
+        while holds.try_join_next().is_some() {}
     }
     // Finish what is in flight, then flush the answers.
     draining.store(true, Ordering::Relaxed);
     scheduler.drain().await;
+    while holds.join_next().await.is_some() {}
     let stats = ConsumeStats {
         answered: shared.stats.answered.load(Ordering::Relaxed),
         from_ledger: shared.stats.from_ledger.load(Ordering::Relaxed),
@@ -384,6 +420,20 @@ pub async fn consume<Q: Queue, E: Execute>(
     let _ = writer.await;
     keepalive.abort();
     stats
+}
+
+/// Takes rows: held in an open transaction, or marked and claimed.
+async fn take<Q: Queue>(
+    queue: &Q,
+    max: usize,
+    holding: bool,
+) -> Result<(Vec<Delivery>, Option<Q::Held>), Error> {
+    if holding {
+        let (rows, held) = queue.hold(max).await?;
+        Ok((rows, Some(held)))
+    } else {
+        Ok((queue.fetch(max).await?, None))
+    }
 }
 
 /// What the ledger must be asked for a fetched batch (the correlation ids of its decodable
@@ -420,6 +470,8 @@ struct Run {
     format: Format,
     bus: Option<String>,
     received_at: String,
+    /// The hold its row is in, if it is held.
+    gather: Option<Arc<Gathering>>,
 }
 
 enum Prepared {
@@ -495,6 +547,7 @@ fn prepare(
                 format,
                 bus,
                 received_at: utc_now_rfc3339(),
+                gather: None,
             }))
         }
         Some(Err(m)) => match m.correlation_id {
@@ -540,9 +593,9 @@ struct Shared {
 }
 
 impl Shared {
-    /// Counts a settled row and hands it to the writer; the row stays kept alive (in
-    /// `in_flight`) until the writer has committed it.
-    fn finish(&self, s: Settle) {
+    /// Counts a settled row and hands it to its hold, while that is open, else to the
+    /// writer; the row stays kept alive (in `in_flight`) until its answer is committed.
+    fn finish(&self, s: Settle, gather: Option<&Gathering>) {
         match &s {
             Settle::Reply { ledger: None, .. } => {
                 self.stats.answered.fetch_add(1, Ordering::Relaxed);
@@ -562,6 +615,13 @@ impl Shared {
                 }
             }
         }
+        let s = match gather {
+            Some(g) => match g.offer(s) {
+                None => return,
+                Some(s) => s,
+            },
+            None => s,
+        };
         let _ = self.settle.send(s);
     }
 
@@ -585,6 +645,9 @@ impl Shared {
             && !recorded.await.unwrap_or(false)
         {
             tracing::warn!(row_id = run.id, correlation_id = %run.request.correlation_id, "not run here: its start could not be recorded, or another manager took it back");
+            if let Some(g) = &run.gather {
+                g.forget(run.id);
+            }
             self.in_flight.lock().await.remove(&run.id);
             return;
         }
@@ -603,6 +666,7 @@ impl Shared {
             format,
             bus,
             received_at,
+            gather,
         } = *run;
         let encode = |r: &ManagerResponse| codec::encode_response(r, format, bus.as_deref());
         let settle = match self.recent.get(&request.correlation_id) {
@@ -643,8 +707,110 @@ impl Shared {
                 }
             }
         };
-        self.finish(settle);
+        self.finish(settle, gather.as_deref());
         drop(slot);
+    }
+}
+
+/// The rows of one hold: their answers gathered until every row has one or the bound passes,
+/// then committed in the hold's transaction.
+#[derive(Debug)]
+struct Gathering {
+    state: std::sync::Mutex<GatherState>,
+    /// Every row has its answer (or will not get one here).
+    all_in: tokio::sync::Notify,
+}
+
+#[derive(Debug)]
+struct GatherState {
+    /// Answers are still taken (the hold is not being released).
+    open: bool,
+    answers: Vec<Settle>,
+    /// Rows without an answer yet.
+    waiting: HashSet<i64>,
+}
+
+impl Gathering {
+    fn new(rows: &[Delivery]) -> Self {
+        Self {
+            state: std::sync::Mutex::new(GatherState {
+                open: true,
+                answers: Vec::with_capacity(rows.len()),
+                waiting: rows.iter().map(|r| r.id).collect(),
+            }),
+            all_in: tokio::sync::Notify::new(),
+        }
+    }
+
+    fn state(&self) -> std::sync::MutexGuard<'_, GatherState> {
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Takes an answer while the hold is open; gives it back once it is released (it then
+    /// goes to the writer).
+    fn offer(&self, s: Settle) -> Option<Settle> {
+        let mut st = self.state();
+        if !st.open {
+            return Some(s);
+        }
+        st.waiting.remove(&s.request_id());
+        st.answers.push(s);
+        if st.waiting.is_empty() {
+            self.all_in.notify_one();
+        }
+        None
+    }
+
+    /// A row that gets no answer here (not run): released with the hold as it was.
+    fn forget(&self, id: i64) {
+        let mut st = self.state();
+        if st.waiting.remove(&id) && st.waiting.is_empty() {
+            self.all_in.notify_one();
+        }
+    }
+
+    /// Closes it: the answers in, and the rows still running.
+    fn close(&self) -> (Vec<Settle>, Vec<i64>) {
+        let mut st = self.state();
+        st.open = false;
+        (
+            std::mem::take(&mut st.answers),
+            st.waiting.drain().collect(),
+        )
+    }
+}
+
+/// Ends a hold once every row has its answer or `bound` passes: the answers, and the marks of
+/// the rows still running, committed in the hold's transaction. If that fails, nothing of it
+/// happened (the rows are back on the queue unmarked): the answers go to the writer, which
+/// commits them as any other (a request another consumer took meanwhile gets no second one).
+async fn release_hold<Q: Queue>(
+    queue: Arc<Q>,
+    held: Q::Held,
+    gather: Arc<Gathering>,
+    bound: Duration,
+    shared: Arc<Shared>,
+    health: Arc<Health>,
+) {
+    let _ = tokio::time::timeout(bound, gather.all_in.notified()).await;
+    let (answers, running) = gather.close();
+    let ids: Vec<i64> = answers.iter().map(Settle::request_id).collect();
+    let late = running.len();
+    match queue.release(held, answers.clone(), running).await {
+        Ok(()) => {
+            health.up(Call::Commit);
+            let mut held = shared.in_flight.lock().await;
+            for id in ids {
+                held.remove(&id);
+            }
+        }
+        Err(e) => {
+            health.down(Call::Commit, &e);
+            tracing::warn!(cause = %e, answers = answers.len(), running = late, "cannot end a hold; committing its answers apart");
+            for s in answers {
+                let _ = shared.settle.send(s);
+            }
+        }
     }
 }
 
@@ -1001,6 +1167,53 @@ mod tests {
     use crate::codec::{Encoded, encode_request};
     use crate::transport::Records;
     use crate::transport::memory::MemoryQueue;
+
+    fn delivery(id: i64) -> Delivery {
+        Delivery {
+            id,
+            decoded: Err("x".into()),
+            redelivered: false,
+            claimed: None,
+            age: Duration::ZERO,
+            elsewhere: None,
+            looked_up: None,
+        }
+    }
+
+    fn fail(id: i64) -> Settle {
+        Settle::Fail {
+            request_id: id,
+            reason: "x".into(),
+        }
+    }
+
+    /// A hold's answers are gathered until every row has one (or will get none here); once
+    /// it is released, a late answer is given back (for the writer), and the rows without an
+    /// answer are the ones still running.
+    #[tokio::test]
+    async fn a_hold_gathers_its_answers_until_released() {
+        let g = Gathering::new(&[delivery(1), delivery(2), delivery(3)]);
+        assert!(g.offer(fail(1)).is_none());
+        g.forget(2);
+        let waited = tokio::time::timeout(Duration::from_millis(20), g.all_in.notified()).await;
+        assert!(waited.is_err(), "row 3 has no answer yet");
+        assert!(g.offer(fail(3)).is_none());
+        tokio::time::timeout(Duration::from_secs(5), g.all_in.notified())
+            .await
+            .unwrap();
+        let (answers, running) = g.close();
+        assert_eq!(
+            answers.iter().map(Settle::request_id).collect::<Vec<_>>(),
+            [1, 3]
+        );
+        assert!(running.is_empty());
+
+        let g = Gathering::new(&[delivery(7), delivery(8)]);
+        assert!(g.offer(fail(7)).is_none());
+        let (answers, running) = g.close();
+        assert_eq!((answers.len(), running), (1, vec![8]));
+        assert_eq!(g.offer(fail(8)).map(|s| s.request_id()), Some(8));
+    }
 
     /// Answers every request with success after `delay`, counting runs by correlation id.
     #[derive(Default)]

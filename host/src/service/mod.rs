@@ -10,7 +10,9 @@ use std::time::Instant;
 
 use tracing::Instrument;
 
-pub use consume::{ConsumeOptions, ConsumeStats, Execute, Health, HealthState, consume};
+pub use consume::{
+    ConsumeOptions, ConsumeStats, DEFAULT_HOLD, Execute, Health, HealthState, consume,
+};
 
 use crate::message::{EntityKind, ManagerRequest, ManagerResponse};
 use crate::registry::Registry;

@@ -187,6 +187,18 @@ fn down() -> Error {
 }
 
 impl Queue for MemoryQueue {
+    /// Rows are not held here: a hold is a fetch (rows marked and claimed at once), a release
+    /// a completion.
+    type Held = ();
+
+    async fn hold(&self, max: usize) -> Result<(Vec<Delivery>, ()), Error> {
+        Ok((self.fetch(max).await?, ()))
+    }
+
+    async fn release(&self, (): (), batch: Vec<Settle>, _running: Vec<i64>) -> Result<(), Error> {
+        self.complete(batch).await
+    }
+
     async fn setup(&self) -> Result<(), Error> {
         Ok(())
     }

@@ -330,10 +330,35 @@ pub trait Queue: Send + Sync + 'static {
     /// Takes up to `max` request rows, marks them delivered and claims them for this manager
     /// process (not started yet).
     fn fetch(&self, max: usize) -> impl Future<Output = Result<Vec<Delivery>, Error>> + Send;
-    /// Records (committed) that the actions of these claimed rows start now, so a request
-    /// that comes back after a crash is known to have been started. Returns the rows it
-    /// recorded: a row another manager has taken back meanwhile is not among them, and must
-    /// not run here.
+    /// What [`Queue::hold`] keeps open: the transaction holding the taken rows.
+    type Held: Send + 'static;
+    /// Whether [`Queue::hold`] holds rows in an open transaction (PostgreSQL). Otherwise it
+    /// is [`Queue::fetch`] and [`Queue::release`] is [`Queue::complete`].
+    fn holds(&self) -> bool {
+        false
+    }
+    /// Takes up to `max` request rows and keeps them locked in an open transaction, neither
+    /// marked delivered nor claimed: another consumer skips them, a crash hands them back at
+    /// once. The caller ends it with [`Queue::release`] soon (a short bound), or drops it
+    /// (rolled back: the rows are as they were).
+    fn hold(
+        &self,
+        max: usize,
+    ) -> impl Future<Output = Result<(Vec<Delivery>, Self::Held), Error>> + Send;
+    /// Ends a hold in its transaction, one commit: settles `batch` (answers, deletions,
+    /// ledger rows, parked rows) and marks delivered and claims the `running` rows (actions
+    /// that outlive the bound; their answers come later through [`Queue::complete`]). On an
+    /// error nothing of it is done: the held rows are back on the queue as they were.
+    fn release(
+        &self,
+        held: Self::Held,
+        batch: Vec<Settle>,
+        running: Vec<i64>,
+    ) -> impl Future<Output = Result<(), Error>> + Send;
+    /// Records (committed) that the actions of these rows (claimed, or held) start now, so a
+    /// request that comes back after a crash is known to have been started. Returns the rows
+    /// it recorded: a row another process took back or recorded first is not among them, and
+    /// must not run here.
     fn started(&self, ids: Vec<i64>) -> impl Future<Output = Result<Vec<i64>, Error>> + Send;
     /// Settles a batch in one transaction.
     fn complete(&self, batch: Vec<Settle>) -> impl Future<Output = Result<(), Error>> + Send;

@@ -396,6 +396,18 @@ const DIALECT: Dialect = Dialect {
 };
 
 impl Queue for SqliteTransport {
+    /// Rows are not held here: a hold is a fetch (rows marked and claimed at once), a release
+    /// a completion.
+    type Held = ();
+
+    async fn hold(&self, max: usize) -> Result<(Vec<Delivery>, ()), Error> {
+        Ok((self.fetch(max).await?, ()))
+    }
+
+    async fn release(&self, (): (), batch: Vec<Settle>, _running: Vec<i64>) -> Result<(), Error> {
+        self.complete(batch).await
+    }
+
     async fn setup(&self) -> Result<(), Error> {
         let inner = self.0.clone();
         detached(async move {
