@@ -1,6 +1,6 @@
 //! Cost as the backlog grows: a `serve` process (no-op plugin) drains the first requests of a
 //! backlog of 10,000, 100,000 and 1,000,000 waiting requests, beside a failure queue of
-//! 100,000 parked rows, on PostgreSQL. Prints the rate, the cost of one fetch statement on that
+//! 100,000 rows parked over the day before, on PostgreSQL. Prints the rate, the cost of one fetch statement on that
 //! backlog, and the resident memory of `serve`; asserts nothing.
 //!
 //!   . scripts/services && cargo bench -p marvin-manager --bench backlog
@@ -38,8 +38,10 @@ fn rss_mib(pid: u32) -> (f64, f64) {
     (kb("VmRSS:"), kb("VmHWM:"))
 }
 
-/// `n` waiting requests for entity `c1` on queue `queue`, made in SQL from one encoded body.
-async fn backlog(pool: &sqlx::PgPool, table: &str, queue: &str, n: usize, tag: &str) {
+/// `n` waiting requests for entity `c1` on queue `queue`, made in SQL from one encoded body,
+/// available an hour ago, or spread over the `spread` seconds before that (rows parked over
+/// the day before the backlog).
+async fn backlog(pool: &sqlx::PgPool, table: &str, queue: &str, n: usize, tag: &str, spread: i64) {
     let template = codec::encode_request(
         &ManagerRequest::new(PLACEHOLDER, "c1", "noop"),
         Format::Php,
@@ -49,7 +51,8 @@ async fn backlog(pool: &sqlx::PgPool, table: &str, queue: &str, n: usize, tag: &
     sqlx::query(&format!(
         "INSERT INTO {table} (body, headers, queue_name, created_at, available_at) \
          SELECT replace($1, $2, $3 || lpad(g::text, length($2) - length($3), '0')), '[]', $4, \
-           now() AT TIME ZONE 'UTC' - interval '1 hour', now() AT TIME ZONE 'UTC' - interval '1 hour' \
+           now() AT TIME ZONE 'UTC' - interval '1 hour' - (g % $6) * interval '1 second', \
+           now() AT TIME ZONE 'UTC' - interval '1 hour' - (g % $6) * interval '1 second' \
          FROM generate_series(1, $5) g"
     ))
     .bind(&template)
@@ -57,6 +60,7 @@ async fn backlog(pool: &sqlx::PgPool, table: &str, queue: &str, n: usize, tag: &
     .bind(format!("bench-{tag}"))
     .bind(queue)
     .bind(i64::try_from(n).unwrap())
+    .bind(spread.max(1))
     .execute(pool)
     .await
     .unwrap();
@@ -78,8 +82,8 @@ fn main() {
         let admin = sqlx::PgPool::connect(&base).await.unwrap();
         println!("backlog on PostgreSQL, a failure queue of {PARKED} parked rows beside it, `serve` with a no-op plugin");
         println!(
-            "{:>10} {:>16} {:>16} {:>18}",
-            "backlog", "actions/s", "fetch p50 (ms)", "serve RSS (MiB)"
+            "{:>10} {:>16} {:>16} {:>18} {:>22}",
+            "backlog", "actions/s", "fetch p50 (ms)", "serve RSS (MiB)", "CPU/action serve+PG µs"
         );
         let mut rates = Vec::new();
         let mut fetches = Vec::new();
@@ -92,7 +96,7 @@ fn main() {
             let t = PgTransport::connect(&parsed.url, parsed.options.clone(), 4).await.unwrap();
             t.setup().await.unwrap();
             // The failure queue: parked rows and their records.
-            backlog(&admin, &table, "failed", PARKED, "f").await;
+            backlog(&admin, &table, "failed", PARKED, "f", 23 * 3600).await;
             sqlx::query(&format!(
                 "INSERT INTO {schema}.marvin_manager_failures (row_id, original_queue, reason, failed_at) \
                  SELECT id, 'requests', 'bench', '2026-01-01T00:00:00.000Z' FROM {table} WHERE queue_name = 'failed'"
@@ -100,7 +104,7 @@ fn main() {
             .execute(&admin)
             .await
             .unwrap();
-            backlog(&admin, &table, "requests", n, "r").await;
+            backlog(&admin, &table, "requests", n, "r", 1).await;
             sqlx::query(&format!("VACUUM ANALYZE {table}")).execute(&admin).await.unwrap();
 
             // One fetch statement on this backlog (taking one row and answering it).
@@ -148,6 +152,7 @@ fn main() {
                 tokio::time::sleep(Duration::from_millis(5)).await;
             }
             let from = answered().await;
+            let cpu0 = common::cpu_seconds(&child.id().to_string());
             let at = Instant::now();
             let mut peak = 0.0f64;
             loop {
@@ -159,11 +164,17 @@ fn main() {
                 assert!(at.elapsed() < Duration::from_secs(300), "{done} answered");
                 tokio::time::sleep(Duration::from_millis(10)).await;
             }
-            let rate = (answered().await - from) as f64 / at.elapsed().as_secs_f64();
+            let done = answered().await - from;
+            let rate = done as f64 / at.elapsed().as_secs_f64();
+            let cpu1 = common::cpu_seconds(&child.id().to_string());
+            let per = |a: f64, b: f64| (b - a) / done as f64 * 1e6;
+            let cpu = format!("{:.0} + {:.0}", per(cpu0.0, cpu1.0), per(cpu0.1, cpu1.1));
             let (_, hwm) = rss_mib(child.id());
-            let _ = child.kill();
+            // Stopped as systemd stops it (SIGTERM: what it holds is answered or released),
+            // so no backend of it is still at work when the schema is dropped.
+            let _ = std::process::Command::new("kill").args(["-TERM", &child.id().to_string()]).status();
             let _ = child.wait();
-            println!("{n:>10} {rate:>16.0} {fetch_p50:>16.2} {:>18}", format!("{peak:.1} (peak {hwm:.1})"));
+            println!("{n:>10} {rate:>16.0} {fetch_p50:>16.2} {:>18} {cpu:>22}", format!("{peak:.1} (peak {hwm:.1})"));
             rates.push(rate);
             fetches.push(fetch_p50);
             sqlx::query(&format!("DROP SCHEMA {schema} CASCADE")).execute(&admin).await.unwrap();

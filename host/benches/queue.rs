@@ -72,26 +72,7 @@ async fn fill_for(
 
 /// CPU seconds (user + system) used so far by this process and by every `postgres` process.
 fn cpu_seconds() -> (f64, f64) {
-    let ticks = 100.0; // USER_HZ on Linux
-    let read = |path: &std::path::Path| -> Option<(String, f64)> {
-        let stat = std::fs::read_to_string(path.join("stat")).ok()?;
-        let (head, rest) = stat.rsplit_once(") ")?;
-        let comm = head.split_once(" (")?.1.to_owned();
-        let f: Vec<&str> = rest.split_whitespace().collect();
-        let t = f.get(11)?.parse::<f64>().ok()? + f.get(12)?.parse::<f64>().ok()?;
-        Some((comm, t / ticks))
-    };
-    let ours = read(std::path::Path::new("/proc/self")).map_or(0.0, |(_, t)| t);
-    let pg = std::fs::read_dir("/proc")
-        .map(|d| {
-            d.flatten()
-                .filter_map(|e| read(&e.path()))
-                .filter(|(comm, _)| comm == "postgres")
-                .map(|(_, t)| t)
-                .sum()
-        })
-        .unwrap_or(0.0);
-    (ours, pg)
+    common::cpu_seconds("self")
 }
 
 fn pct(samples: &mut [Duration], q: f64) -> f64 {

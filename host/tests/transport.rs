@@ -717,8 +717,17 @@ async fn pg_a_hold_answers_in_the_transaction_that_took_the_rows() {
     let (rows, held) = t.hold(10).await.unwrap();
     assert_eq!(rows.iter().map(|r| r.id).collect::<Vec<_>>(), [d]);
     assert_eq!(t.started(vec![d]).await.unwrap(), [d]);
+    // (sqlx rolls a dropped transaction back when its connection goes back to the pool, in
+    // a task of its own: moments later.)
     drop(held);
-    let got = other.fetch(10).await.unwrap();
+    let mut got = Vec::new();
+    for _ in 0..100 {
+        got = other.fetch(10).await.unwrap();
+        if !got.is_empty() {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
     assert_eq!(got.iter().map(|r| r.id).collect::<Vec<_>>(), [d]);
     assert!(got[0].claimed.is_some(), "the recorded start comes with it");
     // The late answer of c goes in as any other.
@@ -732,4 +741,52 @@ async fn pg_a_hold_answers_in_the_transaction_that_took_the_rows() {
     .unwrap();
     assert!(state(c).await.is_none());
     assert_eq!(db.responses().await.len(), 2);
+}
+
+/// The PostgreSQL fetch starts its walk of `available_at` at a floor (the queue's oldest row
+/// less a minute, read every 2 s) so it does not pass the parked rows and answers of every
+/// day before: a row that comes back old (redelivered) is above it, and a row whose sender's
+/// clock is far behind (available 10 minutes ago when sent) is still taken, at the next
+/// reading.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pg_the_fetch_floor_loses_no_row() {
+    let db = TestDb::new(Db::Pg).await;
+    let t = db.pg("redeliver_timeout=60").await;
+    t.setup().await.unwrap();
+    // Parked rows and answers of an hour ago, below any floor.
+    for i in 0..50 {
+        let (b, h) = request_row(&format!("old-{i}"));
+        let id = insert_raw(&db, &b, &h, -3600, None).await;
+        db.exec(&format!(
+            "UPDATE {{t}} SET queue_name = 'failed' WHERE id = {id}"
+        ))
+        .await;
+    }
+    // Taken 2 hours ago and never answered: redelivered now, floor or not.
+    let (b, h) = request_row("stale");
+    let stale = insert_raw(&db, &b, &h, -7300, Some(-7200)).await;
+    let got = t.fetch(10).await.unwrap();
+    assert_eq!(got.iter().map(|r| r.id).collect::<Vec<_>>(), [stale]);
+    t.complete(vec![Settle::Fail {
+        request_id: stale,
+        reason: "done".into(),
+    }])
+    .await
+    .unwrap();
+    // Read again with the queue empty: a minute before "now".
+    tokio::time::sleep(std::time::Duration::from_millis(2100)).await;
+    assert!(t.fetch(10).await.unwrap().is_empty());
+    // A row its sender stamped 10 minutes ago is below it…
+    let (b, h) = request_row("skewed");
+    let skewed = insert_raw(&db, &b, &h, -600, None).await;
+    let start = std::time::Instant::now();
+    assert!(t.fetch(10).await.unwrap().is_empty());
+    let mut got = Vec::new();
+    while got.is_empty() && start.elapsed() < std::time::Duration::from_secs(10) {
+        got = t.fetch(10).await.unwrap();
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    // …is taken within a reading of the floor.
+    assert_eq!(got.iter().map(|r| r.id).collect::<Vec<_>>(), [skewed]);
+    assert!(start.elapsed() < std::time::Duration::from_secs(4));
 }

@@ -50,11 +50,16 @@ pub struct PgTransport {
     registered: std::sync::atomic::AtomicBool,
     /// The entity ids this process published (`None`: it takes every request).
     served: std::sync::RwLock<Option<Arc<HashSet<String>>>>,
+    /// Where a fetch starts its walk of the `available_at` index (see `floor`), and when it
+    /// was read.
+    floor: Mutex<Option<(chrono::NaiveDateTime, std::time::Instant)>>,
 }
 
 /// Rows answered between two vacuums of the queue table; the first comes sooner, because
 /// statistics taken on an empty table are the worst.
 const VACUUM_EVERY: u64 = 10_000;
+/// How often the fetch's floor is read again.
+const FLOOR_EVERY: Duration = Duration::from_secs(2);
 const FIRST_VACUUM: u64 = 200;
 
 #[derive(Debug, Default)]
@@ -203,11 +208,39 @@ impl PgTransport {
         Ok(())
     }
 
+    /// The lowest `available_at` a fetch looks at: the oldest of this queue's rows (waiting,
+    /// taken or delayed) less a minute, read every [`FLOOR_EVERY`]. Symfony's indexes give
+    /// the fetch no way to skip the rows of other queues (parked rows, answers) that became
+    /// available before the oldest request: without a floor every fetch walks them all (10 ms
+    /// a fetch beside 100,000 parked rows). A row that comes back with an old `available_at`
+    /// (redelivered, handed back, routed) was on the queue when the floor was read, so it is
+    /// above it; a new row is above it unless its sender's clock is more than the minute
+    /// behind, and then it is seen at the next reading.
+    async fn floor(&self) -> Result<chrono::NaiveDateTime, Error> {
+        let mut floor = self.floor.lock().await;
+        if let Some((at, read)) = *floor
+            && read.elapsed() < FLOOR_EVERY
+        {
+            return Ok(at);
+        }
+        let at: chrono::NaiveDateTime = sqlx::query_scalar(&format!(
+            "SELECT LEAST(min(available_at), $2::timestamp) - interval '60 seconds' FROM {} WHERE queue_name = $1",
+            self.table()
+        ))
+        .bind(&self.options.queue_name)
+        .bind(now_text(&self.options))
+        .fetch_one(&self.fetch_pool)
+        .await?;
+        *floor = Some((at, std::time::Instant::now()));
+        Ok(at)
+    }
+
     /// Binds the fetch statement's parameters (both forms take the same).
     fn bind_fetch<'q>(
         &'q self,
         sql: &'q str,
         max: usize,
+        floor: chrono::NaiveDateTime,
     ) -> sqlx::query::Query<'q, sqlx::Postgres, sqlx::postgres::PgArguments> {
         sqlx::query(sql)
             .bind(&self.options.queue_name)
@@ -231,6 +264,7 @@ impl PgTransport {
             .bind(r#":\""#)
             .bind(r#"\";"#)
             .bind(r#""correlationId":""#)
+            .bind(floor)
     }
 
     /// Sorts the fetched rows out: requests this process takes, rows of another class, rows
@@ -436,18 +470,29 @@ impl PgTransport {
             .await?;
         // The backends that mark rows: their own NOTIFYs are not news to this consumer.
         let own_pids: Arc<std::sync::Mutex<HashSet<u32>>> = Arc::default();
-        // Every fetch is planned for its values (see `Sql`).
+        // Every fetch is planned for its values (see `Sql`), and without a sort: the walk of
+        // the `available_at` index from the floor, stopping at LIMIT, is the plan that stays
+        // cheap however large the backlog; with a sort allowed PostgreSQL picks a bitmap scan
+        // of the whole range and sorts it when the queue is a tenth of the table (13 ms a
+        // fetch of 128 rows from 10,000 waiting beside 100,000 parked, instead of 1.5 ms).
         let custom = ("plan_cache_mode", "force_custom_plan");
         let fetch_pool = own_pool(
             &own_pids,
             2,
-            connect
-                .clone()
-                .options([("synchronous_commit", "off"), custom]),
+            connect.clone().options([
+                ("synchronous_commit", "off"),
+                custom,
+                ("enable_sort", "off"),
+            ]),
         )
         .await?;
         // A hold ends within its bound; a few may overlap under load.
-        let hold_pool = own_pool(&own_pids, 4, connect.options([custom])).await?;
+        let hold_pool = own_pool(
+            &own_pids,
+            4,
+            connect.options([custom, ("enable_sort", "off")]),
+        )
+        .await?;
         let names = Names::for_table(&options.table_name);
         Ok(Self {
             pool,
@@ -466,6 +511,7 @@ impl PgTransport {
             instance: instance_token(),
             registered: std::sync::atomic::AtomicBool::new(false),
             served: std::sync::RwLock::new(None),
+            floor: Mutex::new(None),
         })
     }
 
@@ -582,7 +628,7 @@ impl Sql {
                  OR EXISTS (SELECT 1 FROM {claims} c LEFT JOIN {managers} g ON g.instance = c.instance \
                    WHERE c.row_id = {t}.id \
                    AND (g.instance IS NULL OR g.beat_at < extract(epoch from clock_timestamp())::bigint - $7))) \
-               AND available_at <= $3::timestamp \
+               AND available_at <= $3::timestamp AND available_at >= $19::timestamp \
                AND NOT (id = ANY($6::bigint[])) \
                AND ({}) {owned} \
                ORDER BY available_at ASC LIMIT $5 FOR UPDATE SKIP LOCKED",
@@ -745,8 +791,9 @@ impl Queue for PgTransport {
         self.register_once().await?;
         // One statement: pick (SKIP LOCKED), mark and claim in the same round trip, committed
         // before anything runs (asynchronously, see `fetch_pool`).
+        let floor = self.floor().await?;
         let rows = self
-            .bind_fetch(&self.sql.fetch, max)
+            .bind_fetch(&self.sql.fetch, max, floor)
             .fetch_all(&self.fetch_pool)
             .await?;
         let Read {
@@ -784,9 +831,10 @@ impl Queue for PgTransport {
 
     async fn hold(&self, max: usize) -> Result<(Vec<Delivery>, PgHeld), Error> {
         self.register_once().await?;
+        let floor = self.floor().await?;
         let mut tx = self.hold_pool.begin().await?;
         let rows = self
-            .bind_fetch(&self.sql.hold, max)
+            .bind_fetch(&self.sql.hold, max, floor)
             .fetch_all(&mut *tx)
             .await?;
         let Read {
