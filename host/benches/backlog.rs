@@ -40,7 +40,8 @@ fn rss_mib(pid: u32) -> (f64, f64) {
 
 /// `n` waiting requests for entity `c1` on queue `queue`, made in SQL from one encoded body,
 /// available an hour ago, or spread over the `spread` seconds before that (rows parked over
-/// the day before the backlog).
+/// the day before the backlog); created now, so they run rather than being answered
+/// "expired".
 async fn backlog(pool: &sqlx::PgPool, table: &str, queue: &str, n: usize, tag: &str, spread: i64) {
     let template = codec::encode_request(
         &ManagerRequest::new(PLACEHOLDER, "c1", "noop"),
@@ -51,7 +52,7 @@ async fn backlog(pool: &sqlx::PgPool, table: &str, queue: &str, n: usize, tag: &
     sqlx::query(&format!(
         "INSERT INTO {table} (body, headers, queue_name, created_at, available_at) \
          SELECT replace($1, $2, $3 || lpad(g::text, length($2) - length($3), '0')), '[]', $4, \
-           now() AT TIME ZONE 'UTC' - interval '1 hour' - (g % $6) * interval '1 second', \
+           now() AT TIME ZONE 'UTC', \
            now() AT TIME ZONE 'UTC' - interval '1 hour' - (g % $6) * interval '1 second' \
          FROM generate_series(1, $5) g"
     ))
@@ -95,11 +96,12 @@ fn main() {
             let parsed = Dsn::parse(&dsn).unwrap();
             let t = PgTransport::connect(&parsed.url, parsed.options.clone(), 4).await.unwrap();
             t.setup().await.unwrap();
-            // The failure queue: parked rows and their records.
+            // The failure queue: parked rows and their records, parked over the day before
+            // (younger than the ledger's retention: `serve` prunes nothing of them).
             backlog(&admin, &table, "failed", PARKED, "f", 23 * 3600).await;
             sqlx::query(&format!(
                 "INSERT INTO {schema}.marvin_manager_failures (row_id, original_queue, reason, failed_at) \
-                 SELECT id, 'requests', 'bench', '2026-01-01T00:00:00.000Z' FROM {table} WHERE queue_name = 'failed'"
+                 SELECT id, 'requests', 'bench', to_char(available_at, 'YYYY-MM-DD\"T\"HH24:MI:SS.MS\"Z\"') FROM {table} WHERE queue_name = 'failed'"
             ))
             .execute(&admin)
             .await
