@@ -154,7 +154,7 @@ fn main() {
                 tokio::time::sleep(Duration::from_millis(5)).await;
             }
             let from = answered().await;
-            let cpu0 = common::cpu_seconds(&child.id().to_string());
+            let cpu0 = common::Cpu::now(&child.id().to_string());
             let at = Instant::now();
             let mut peak = 0.0f64;
             loop {
@@ -168,9 +168,9 @@ fn main() {
             }
             let done = answered().await - from;
             let rate = done as f64 / at.elapsed().as_secs_f64();
-            let cpu1 = common::cpu_seconds(&child.id().to_string());
-            let per = |a: f64, b: f64| (b - a) / done as f64 * 1e6;
-            let cpu = format!("{:.0} + {:.0}", per(cpu0.0, cpu1.0), per(cpu0.1, cpu1.1));
+            let (serve_cpu, pg_cpu) = common::Cpu::now(&child.id().to_string()).since(&cpu0);
+            let per = |secs: f64| secs / done as f64 * 1e6;
+            let cpu = format!("{:.0} + {:.0}", per(serve_cpu), per(pg_cpu));
             let (_, hwm) = rss_mib(child.id());
             // Stopped as systemd stops it (SIGTERM: what it holds is answered or released),
             // so no backend of it is still at work when the schema is dropped.

@@ -674,7 +674,7 @@ async fn pg_a_hold_answers_in_the_transaction_that_took_the_rows() {
     let r = response_for("hold-a");
     t.release(
         held,
-        vec![Settle::Reply {
+        &[Settle::Reply {
             request_id: a,
             response: codec::encode_response(&r, Format::Php, None),
             ledger: Some(Box::new(entry(&r))),
@@ -744,7 +744,7 @@ async fn pg_a_hold_answers_in_the_transaction_that_took_the_rows() {
 }
 
 /// The PostgreSQL fetch starts its walk of `available_at` at a floor (the queue's oldest row
-/// less a minute, read every 2 s) so it does not pass the parked rows and answers of every
+/// less 5 s, read every 2 s) so it does not pass the parked rows and answers of every
 /// day before: a row that comes back old (redelivered) is above it, and a row whose sender's
 /// clock is far behind (available 10 minutes ago when sent) is still taken, at the next
 /// reading.
@@ -773,7 +773,7 @@ async fn pg_the_fetch_floor_loses_no_row() {
     }])
     .await
     .unwrap();
-    // Read again with the queue empty: a minute before "now".
+    // Read again with the queue empty: 5 s before "now".
     tokio::time::sleep(std::time::Duration::from_millis(2100)).await;
     assert!(t.fetch(10).await.unwrap().is_empty());
     // A row its sender stamped 10 minutes ago is below it…

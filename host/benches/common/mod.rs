@@ -68,27 +68,48 @@ pub fn serve_noop(dir: &std::path::Path, dsn: &str, config: &str) -> std::proces
         .unwrap()
 }
 
-/// CPU seconds (user + system) used so far by process `pid` (`"self"`: this one) and by every
-/// `postgres` process.
-pub fn cpu_seconds(pid: &str) -> (f64, f64) {
-    let ticks = 100.0; // USER_HZ on Linux
-    let read = |path: &std::path::Path| -> Option<(String, f64)> {
-        let stat = std::fs::read_to_string(path.join("stat")).ok()?;
-        let (head, rest) = stat.rsplit_once(") ")?;
-        let comm = head.split_once(" (")?.1.to_owned();
-        let f: Vec<&str> = rest.split_whitespace().collect();
-        let t = f.get(11)?.parse::<f64>().ok()? + f.get(12)?.parse::<f64>().ok()?;
-        Some((comm, t / ticks))
-    };
-    let ours = read(&std::path::Path::new("/proc").join(pid)).map_or(0.0, |(_, t)| t);
-    let pg = std::fs::read_dir("/proc")
-        .map(|d| {
-            d.flatten()
-                .filter_map(|e| read(&e.path()))
-                .filter(|(comm, _)| comm == "postgres")
-                .map(|(_, t)| t)
-                .sum()
-        })
-        .unwrap_or(0.0);
-    (ours, pg)
+/// CPU seconds (user + system) used so far by process `pid` (`"self"`: this one) and by each
+/// `postgres` process, by pid.
+pub struct Cpu {
+    ours: f64,
+    pg: std::collections::HashMap<String, f64>,
+}
+
+impl Cpu {
+    pub fn now(pid: &str) -> Self {
+        let ticks = 100.0; // USER_HZ on Linux
+        let read = |path: &std::path::Path| -> Option<(String, f64)> {
+            let stat = std::fs::read_to_string(path.join("stat")).ok()?;
+            let (head, rest) = stat.rsplit_once(") ")?;
+            let comm = head.split_once(" (")?.1.to_owned();
+            let f: Vec<&str> = rest.split_whitespace().collect();
+            let t = f.get(11)?.parse::<f64>().ok()? + f.get(12)?.parse::<f64>().ok()?;
+            Some((comm, t / ticks))
+        };
+        let ours = read(&std::path::Path::new("/proc").join(pid)).map_or(0.0, |(_, t)| t);
+        let pg = std::fs::read_dir("/proc")
+            .map(|d| {
+                d.flatten()
+                    .filter_map(|e| {
+                        let (comm, t) = read(&e.path())?;
+                        (comm == "postgres")
+                            .then(|| (e.file_name().to_string_lossy().into_owned(), t))
+                    })
+                    .collect()
+            })
+            .unwrap_or_default();
+        Self { ours, pg }
+    }
+
+    /// CPU seconds of the process and of PostgreSQL since `earlier`: what each PostgreSQL
+    /// process alive now used since then (all of it for one that began since); one that
+    /// ended meanwhile is not counted (its whole past would be taken away).
+    pub fn since(&self, earlier: &Self) -> (f64, f64) {
+        let pg = self
+            .pg
+            .iter()
+            .map(|(pid, t)| t - earlier.pg.get(pid).copied().unwrap_or(0.0))
+            .sum();
+        (self.ours - earlier.ours, pg)
+    }
 }

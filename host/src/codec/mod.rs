@@ -471,7 +471,7 @@ fn envelope(message: Value, bus_name: Option<&str>) -> Value {
 
 /// `PhpSerializer::encode`: serialize, addslashes, base64 when not UTF-8.
 fn php_body(envelope: &Value) -> String {
-    let mut raw = Vec::new();
+    let mut raw = Vec::with_capacity(1024);
     php::write(envelope, &mut raw);
     let slashed = php::addslashes(&raw);
     match String::from_utf8(slashed) {
@@ -552,7 +552,41 @@ fn fields(v: Json) -> Map<String, Json> {
 
 /// Encodes a response in `format`, with the request's bus name stamp.
 pub fn encode_response(r: &ManagerResponse, format: Format, bus_name: Option<&str>) -> Encoded {
-    let body = serde_json::json!({
+    if format == Format::Php {
+        // Straight to PHP values (this is on every answer's path): the same properties, in
+        // the same order, as the JSON form below.
+        let text = |v: &str| Value::Str(v.as_bytes().to_vec());
+        let maybe = |v: &Option<String>| v.as_deref().map_or(Value::Null, text);
+        let metadata = Value::Array(
+            r.metadata
+                .iter()
+                .map(|(k, v)| (php_key(k), json_to_php(v)))
+                .collect(),
+        );
+        let props = vec![
+            (b"correlationId".to_vec(), text(&r.correlation_id)),
+            (b"entityType".to_vec(), text(r.entity_type.as_str())),
+            (b"entityId".to_vec(), text(&r.entity_id)),
+            (b"action".to_vec(), text(&r.action)),
+            (b"success".to_vec(), Value::Bool(r.success)),
+            (b"output".to_vec(), maybe(&r.output)),
+            (b"error".to_vec(), maybe(&r.error)),
+            (b"metadata".to_vec(), metadata),
+        ];
+        return Encoded {
+            body: php_body(&envelope(
+                Value::Object(RESPONSE_CLASS.as_bytes().to_vec(), props),
+                bus_name,
+            )),
+            headers: "[]".into(),
+        };
+    }
+    encode_message(RESPONSE_CLASS, response_fields(r), format, bus_name)
+}
+
+/// A response's properties as JSON values, in Symfony's order.
+fn response_fields(r: &ManagerResponse) -> Map<String, Json> {
+    fields(serde_json::json!({
         "correlationId": r.correlation_id,
         "entityType": r.entity_type.as_str(),
         "entityId": r.entity_id,
@@ -562,8 +596,7 @@ pub fn encode_response(r: &ManagerResponse, format: Format, bus_name: Option<&st
         "error": r.error,
         // An empty PHP array is `[]` in JSON, whatever it means.
         "metadata": if r.metadata.is_empty() { Json::Array(vec![]) } else { Json::Object(r.metadata.clone()) },
-    });
-    encode_message(RESPONSE_CLASS, fields(body), format, bus_name)
+    }))
 }
 
 /// Encodes a request as Core dispatches it (for `dispatch` and tests).

@@ -244,17 +244,25 @@ pub fn parse(s: &[u8]) -> Result<Value, ParseError> {
 
 /// Writes `v` in PHP's serialize format.
 pub fn write(v: &Value, out: &mut Vec<u8>) {
+    // `write!` into the Vec: no intermediate String per item (this is on every answer's path).
+    use std::io::Write as _;
     match v {
         Value::Null => out.extend_from_slice(b"N;"),
         Value::Bool(b) => out.extend_from_slice(if *b { b"b:1;" } else { b"b:0;" }),
-        Value::Int(i) => out.extend_from_slice(format!("i:{i};").as_bytes()),
-        Value::Float(f) => out.extend_from_slice(format!("d:{};", php_float(*f)).as_bytes()),
+        Value::Int(i) => {
+            let _ = write!(out, "i:{i};");
+        }
+        Value::Float(f) => {
+            let _ = write!(out, "d:{};", php_float(*f));
+        }
         Value::Str(s) => write_str(s, out),
         Value::Array(items) => {
-            out.extend_from_slice(format!("a:{}:{{", items.len()).as_bytes());
+            let _ = write!(out, "a:{}:{{", items.len());
             for (k, v) in items {
                 match k {
-                    Key::Int(i) => out.extend_from_slice(format!("i:{i};").as_bytes()),
+                    Key::Int(i) => {
+                        let _ = write!(out, "i:{i};");
+                    }
                     Key::Str(s) => write_str(s, out),
                 }
                 write(v, out);
@@ -262,9 +270,9 @@ pub fn write(v: &Value, out: &mut Vec<u8>) {
             out.push(b'}');
         }
         Value::Object(class, props) => {
-            out.extend_from_slice(format!("O:{}:\"", class.len()).as_bytes());
+            let _ = write!(out, "O:{}:\"", class.len());
             out.extend_from_slice(class);
-            out.extend_from_slice(format!("\":{}:{{", props.len()).as_bytes());
+            let _ = write!(out, "\":{}:{{", props.len());
             for (name, v) in props {
                 write_str(name, out);
                 write(v, out);
@@ -272,15 +280,17 @@ pub fn write(v: &Value, out: &mut Vec<u8>) {
             out.push(b'}');
         }
         Value::Enum(b) => {
-            out.extend_from_slice(format!("E:{}:\"", b.len()).as_bytes());
+            let _ = write!(out, "E:{}:\"", b.len());
             out.extend_from_slice(b);
             out.extend_from_slice(b"\";");
         }
-        Value::Ref(i) => out.extend_from_slice(format!("r:{i};").as_bytes()),
+        Value::Ref(i) => {
+            let _ = write!(out, "r:{i};");
+        }
         Value::Custom(class, raw) => {
-            out.extend_from_slice(format!("C:{}:\"", class.len()).as_bytes());
+            let _ = write!(out, "C:{}:\"", class.len());
             out.extend_from_slice(class);
-            out.extend_from_slice(format!("\":{}:{{", raw.len()).as_bytes());
+            let _ = write!(out, "\":{}:{{", raw.len());
             out.extend_from_slice(raw);
             out.push(b'}');
         }
@@ -288,7 +298,8 @@ pub fn write(v: &Value, out: &mut Vec<u8>) {
 }
 
 fn write_str(s: &[u8], out: &mut Vec<u8>) {
-    out.extend_from_slice(format!("s:{}:\"", s.len()).as_bytes());
+    use std::io::Write as _;
+    let _ = write!(out, "s:{}:\"", s.len());
     out.extend_from_slice(s);
     out.extend_from_slice(b"\";");
 }

@@ -290,3 +290,36 @@ proptest! {
         prop_assert_eq!(back.metadata.len(), r.metadata.len());
     }
 }
+
+/// The PHP response is written straight from the response: byte for byte what the generic
+/// path (through JSON values) writes, with and without metadata, NULs, quotes, numbers.
+#[test]
+fn php_responses_match_the_generic_encoding() {
+    let mut metadata = Map::new();
+    metadata.insert("plugin".into(), json!("echo"));
+    metadata.insert(
+        "7".into(),
+        json!([1, 2.5, null, true, {"x": "a\"b\\c\u{0}"}]),
+    );
+    for (metadata, output) in [
+        (Map::new(), None),
+        (metadata, Some("l'un\n\"deux\"".to_owned())),
+    ] {
+        let r = ManagerResponse {
+            correlation_id: "c-1".into(),
+            entity_type: EntityKind::Worker,
+            entity_id: "w\u{e9}".into(),
+            action: "restart".into(),
+            success: output.is_some(),
+            output: output.clone(),
+            error: output.is_none().then(|| "bad 'thing'".to_owned()),
+            metadata,
+        };
+        for bus in [None, Some("messenger.bus.default")] {
+            assert_eq!(
+                encode_response(&r, Format::Php, bus),
+                encode_message(RESPONSE_CLASS, response_fields(&r), Format::Php, bus)
+            );
+        }
+    }
+}

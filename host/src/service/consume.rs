@@ -796,7 +796,7 @@ async fn release_hold<Q: Queue>(
     let (answers, running) = gather.close();
     let ids: Vec<i64> = answers.iter().map(Settle::request_id).collect();
     let late = running.len();
-    match queue.release(held, answers.clone(), running).await {
+    match queue.release(held, &answers, running).await {
         Ok(()) => {
             health.up(Call::Commit);
             let mut held = shared.in_flight.lock().await;

@@ -348,11 +348,12 @@ pub trait Queue: Send + Sync + 'static {
     /// Ends a hold in its transaction, one commit: settles `batch` (answers, deletions,
     /// ledger rows, parked rows) and marks delivered and claims the `running` rows (actions
     /// that outlive the bound; their answers come later through [`Queue::complete`]). On an
-    /// error nothing of it is done: the held rows are back on the queue as they were.
+    /// error nothing of it is done: the held rows are back on the queue as they were, and
+    /// the caller still has the batch, to commit it otherwise.
     fn release(
         &self,
         held: Self::Held,
-        batch: Vec<Settle>,
+        batch: &[Settle],
         running: Vec<i64>,
     ) -> impl Future<Output = Result<(), Error>> + Send;
     /// Records (committed) that the actions of these rows (claimed, or held) start now, so a

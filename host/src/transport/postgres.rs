@@ -2,12 +2,13 @@
 //! queue; LISTEN/NOTIFY on Symfony's trigger wakes an idle consumer at once, with a fallback
 //! poll because notifications are lost while disconnected and the trigger may be missing.
 
+use std::borrow::Cow;
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::time::Duration;
 
 use sqlx::Row;
-use sqlx::postgres::{PgConnectOptions, PgListener, PgPool, PgPoolOptions};
+use sqlx::postgres::{PgConnectOptions, PgConnection, PgListener, PgPool, PgPoolOptions};
 use tokio::sync::Mutex;
 
 use crate::codec::{self, Needles};
@@ -19,7 +20,7 @@ use crate::message::{ALL, SUPERVISOR};
 use super::{
     Claim, Delivery, Elsewhere, Error, ForeignRows, LedgerEntry, MAX_CORRELATION_ID_BYTES, Queue,
     Settle, TransportOptions, ago_text, classify_row, entry_from_row, instance_token, managers,
-    now_text, records, schema, storable, unstorable_id, utc_now_rfc3339,
+    now_text, records, schema, unstorable_id, utc_now_rfc3339,
 };
 
 /// The PostgreSQL transport.
@@ -32,7 +33,9 @@ pub struct PgTransport {
     fetch_pool: PgPool,
     /// The connections of holds: their transactions commit answers, so synchronously; their
     /// NOTIFYs (rows still running marked) are not news either.
-    hold_pool: PgPool,
+    holds: Kept,
+    /// The connection of start records, committed like the claims (see `fetch_pool`).
+    starts: Kept,
     /// The consume path's statements.
     sql: Sql,
     own_pids: Arc<std::sync::Mutex<HashSet<u32>>>,
@@ -60,6 +63,9 @@ pub struct PgTransport {
 const VACUUM_EVERY: u64 = 10_000;
 /// How often the fetch's floor is read again.
 const FLOOR_EVERY: Duration = Duration::from_secs(2);
+/// How far below the oldest row (or now) the floor lies: clocks of hosts kept by NTP differ by
+/// far less. Every row in it is walked by each fetch (answers Core has not consumed yet).
+const FLOOR_MARGIN: Duration = Duration::from_secs(5);
 const FIRST_VACUUM: u64 = 200;
 
 #[derive(Debug, Default)]
@@ -209,12 +215,13 @@ impl PgTransport {
     }
 
     /// The lowest `available_at` a fetch looks at: the oldest of this queue's rows (waiting,
-    /// taken or delayed) less a minute, read every [`FLOOR_EVERY`]. Symfony's indexes give
+    /// taken or delayed; now if none is older) less [`FLOOR_MARGIN`], read every
+    /// [`FLOOR_EVERY`]. Symfony's indexes give
     /// the fetch no way to skip the rows of other queues (parked rows, answers) that became
     /// available before the oldest request: without a floor every fetch walks them all (10 ms
     /// a fetch beside 100,000 parked rows). A row that comes back with an old `available_at`
     /// (redelivered, handed back, routed) was on the queue when the floor was read, so it is
-    /// above it; a new row is above it unless its sender's clock is more than the minute
+    /// above it; a new row is above it unless its sender's clock is more than the margin
     /// behind, and then it is seen at the next reading.
     async fn floor(&self) -> Result<chrono::NaiveDateTime, Error> {
         let mut floor = self.floor.lock().await;
@@ -224,11 +231,12 @@ impl PgTransport {
             return Ok(at);
         }
         let at: chrono::NaiveDateTime = sqlx::query_scalar(&format!(
-            "SELECT LEAST(min(available_at), $2::timestamp) - interval '60 seconds' FROM {} WHERE queue_name = $1",
+            "SELECT LEAST(min(available_at), $2::timestamp) - $3 * interval '1 second' FROM {} WHERE queue_name = $1",
             self.table()
         ))
         .bind(&self.options.queue_name)
         .bind(now_text(&self.options))
+        .bind(FLOOR_MARGIN.as_secs_f64())
         .fetch_one(&self.fetch_pool)
         .await?;
         *floor = Some((at, std::time::Instant::now()));
@@ -370,10 +378,10 @@ impl PgTransport {
     /// marked delivered and claimed. A response goes in only with the deletion of its
     /// request: a request another manager answered meanwhile (it took it back) gets no
     /// second answer. Returns how many requests it deleted.
-    async fn settle_in<'e, E>(
+    async fn settle_in<'e, 'b, E>(
         &self,
         executor: E,
-        batch: Vec<Settle>,
+        batch: &'b [Settle],
         running: &[i64],
     ) -> Result<u64, Error>
     where
@@ -382,7 +390,8 @@ impl PgTransport {
         if batch.is_empty() && running.is_empty() {
             return Ok(0);
         }
-        let batch = storable(batch);
+        // Bound from the batch as it is (the caller keeps it, to retry), with what the
+        // database cannot store made storable (see `storable`).
         let (mut bodies, mut headers, mut done) = (Vec::new(), Vec::new(), Vec::new());
         let mut ledger = LedgerColumns::default();
         let (mut failed, mut reasons) = (Vec::new(), Vec::new());
@@ -390,19 +399,27 @@ impl PgTransport {
             match s {
                 Settle::Reply {
                     request_id,
+                    ledger: Some(e),
+                    ..
+                } if let Some(reason) = unstorable_id(&e.correlation_id) => {
+                    failed.push(*request_id);
+                    reasons.push(Cow::Owned(reason));
+                }
+                Settle::Reply {
+                    request_id,
                     response,
                     ledger: entry,
                 } => {
-                    bodies.push(response.body);
-                    headers.push(response.headers);
-                    done.push(request_id);
+                    bodies.push(response.body.as_str());
+                    headers.push(response.headers.as_str());
+                    done.push(*request_id);
                     if let Some(e) = entry {
-                        ledger.push(*e);
+                        ledger.push(e);
                     }
                 }
                 Settle::Fail { request_id, reason } => {
-                    failed.push(request_id);
-                    reasons.push(reason);
+                    failed.push(*request_id);
+                    reasons.push(storable_str(reason));
                 }
             }
         }
@@ -487,17 +504,24 @@ impl PgTransport {
         )
         .await?;
         // A hold ends within its bound; a few may overlap under load.
-        let hold_pool = own_pool(
-            &own_pids,
-            4,
-            connect.options([custom, ("enable_sort", "off")]),
-        )
-        .await?;
+        let holds = Kept {
+            options: connect.clone().options([custom, ("enable_sort", "off")]),
+            idle: std::sync::Mutex::default(),
+            own_pids: own_pids.clone(),
+            max_idle: 4,
+        };
+        let starts = Kept {
+            options: connect.options([("synchronous_commit", "off")]),
+            idle: std::sync::Mutex::default(),
+            own_pids: own_pids.clone(),
+            max_idle: 1,
+        };
         let names = Names::for_table(&options.table_name);
         Ok(Self {
             pool,
             fetch_pool,
-            hold_pool,
+            holds,
+            starts,
             sql: Sql::new(&options.table_name, &names),
             own_pids,
             deleted: Arc::default(),
@@ -525,8 +549,56 @@ impl PgTransport {
     }
 }
 
-/// The rows of a hold: their transaction, open (none when nothing was taken).
-pub struct PgHeld(Option<sqlx::Transaction<'static, sqlx::Postgres>>);
+/// The rows of a hold: the connection whose transaction holds them, open (none when nothing
+/// was taken). Dropped unreleased, the connection is closed: PostgreSQL rolls it back.
+pub struct PgHeld(Option<PgConnection>);
+
+/// Connections of the hot path kept out of a pool: sqlx's pool pings every connection given
+/// back to it (a round trip per statement; 8% of the manager's CPU in the queue bench). A
+/// connection that failed is dropped (closed), never given back.
+struct Kept {
+    options: PgConnectOptions,
+    idle: std::sync::Mutex<Vec<PgConnection>>,
+    own_pids: Arc<std::sync::Mutex<HashSet<u32>>>,
+    max_idle: usize,
+}
+
+impl Kept {
+    fn idle(&self) -> std::sync::MutexGuard<'_, Vec<PgConnection>> {
+        self.idle.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// An idle connection, or a new one.
+    async fn take(&self) -> Result<PgConnection, Error> {
+        if let Some(conn) = self.idle().pop() {
+            return Ok(conn);
+        }
+        use sqlx::Connection;
+        let mut conn = PgConnection::connect_with(&self.options).await?;
+        let pid: i32 = sqlx::query_scalar("SELECT pg_backend_pid()")
+            .fetch_one(&mut conn)
+            .await?;
+        if let Ok(pid) = u32::try_from(pid) {
+            self.own_pids
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .insert(pid);
+        }
+        Ok(conn)
+    }
+
+    /// A connection that finished its work cleanly (no transaction open).
+    fn give_back(&self, conn: PgConnection) {
+        let mut idle = self.idle();
+        if idle.len() < self.max_idle {
+            idle.push(conn);
+        } else {
+            drop(idle);
+            use sqlx::Connection;
+            tokio::spawn(conn.close());
+        }
+    }
+}
 
 /// A fetch's rows, sorted out.
 struct Read {
@@ -546,29 +618,39 @@ fn in_order(mut taken: Vec<(chrono::NaiveDateTime, Delivery)>) -> Vec<Delivery> 
 
 /// Ledger entries as the columns the settle statement binds.
 #[derive(Default)]
-struct LedgerColumns {
-    correlation_id: Vec<String>,
-    entity_id: Vec<String>,
-    action: Vec<String>,
-    plugin: Vec<Option<String>>,
+struct LedgerColumns<'b> {
+    correlation_id: Vec<&'b str>,
+    entity_id: Vec<Cow<'b, str>>,
+    action: Vec<Cow<'b, str>>,
+    plugin: Vec<Option<Cow<'b, str>>>,
     success: Vec<bool>,
-    error: Vec<Option<String>>,
+    error: Vec<Option<Cow<'b, str>>>,
     response: Vec<String>,
-    received_at: Vec<String>,
+    received_at: Vec<&'b str>,
     duration_ms: Vec<i64>,
 }
 
-impl LedgerColumns {
-    fn push(&mut self, e: LedgerEntry) {
-        self.correlation_id.push(e.correlation_id);
-        self.entity_id.push(e.entity_id);
-        self.action.push(e.action);
-        self.plugin.push(e.plugin);
+impl<'b> LedgerColumns<'b> {
+    /// An entry whose correlation id the ledger can key (see `unstorable_id`).
+    fn push(&mut self, e: &'b LedgerEntry) {
+        self.correlation_id.push(&e.correlation_id);
+        self.entity_id.push(storable_str(&e.entity_id));
+        self.action.push(storable_str(&e.action));
+        self.plugin.push(e.plugin.as_deref().map(storable_str));
         self.success.push(e.success);
-        self.error.push(e.error);
+        self.error.push(e.error.as_deref().map(storable_str));
         self.response.push(e.response.to_string());
-        self.received_at.push(e.received_at);
+        self.received_at.push(&e.received_at);
         self.duration_ms.push(e.duration_ms);
+    }
+}
+
+/// Text PostgreSQL can store (see [`super::storable_text`]), copied only when it must change.
+fn storable_str(s: &str) -> Cow<'_, str> {
+    if s.contains('\0') {
+        Cow::Owned(s.replace('\0', "\\0"))
+    } else {
+        Cow::Borrowed(s)
     }
 }
 
@@ -832,10 +914,12 @@ impl Queue for PgTransport {
     async fn hold(&self, max: usize) -> Result<(Vec<Delivery>, PgHeld), Error> {
         self.register_once().await?;
         let floor = self.floor().await?;
-        let mut tx = self.hold_pool.begin().await?;
+        // An error drops the connection: closed, so its transaction is rolled back.
+        let mut tx = self.holds.take().await?;
+        sqlx::Executor::execute(&mut tx, "BEGIN").await?;
         let rows = self
             .bind_fetch(&self.sql.hold, max, floor)
-            .fetch_all(&mut *tx)
+            .fetch_all(&mut tx)
             .await?;
         let Read {
             mut taken,
@@ -846,12 +930,11 @@ impl Queue for PgTransport {
         self.foreign.add(foreign.iter().map(|f| f.0));
         // Routed in this transaction: the rows are locked in it until it ends.
         let routed = !others.is_empty();
-        self.route(&mut *tx, others).await?;
+        self.route(&mut tx, others).await?;
         self.name_elsewhere(&mut taken).await?;
         if taken.is_empty() {
-            if routed {
-                tx.commit().await?;
-            }
+            sqlx::Executor::execute(&mut tx, if routed { "COMMIT" } else { "ROLLBACK" }).await?;
+            self.holds.give_back(tx);
             return Ok((Vec::new(), PgHeld(None)));
         }
         Ok((in_order(taken), PgHeld(Some(tx))))
@@ -860,14 +943,15 @@ impl Queue for PgTransport {
     async fn release(
         &self,
         held: PgHeld,
-        batch: Vec<Settle>,
+        batch: &[Settle],
         running: Vec<i64>,
     ) -> Result<(), Error> {
         let Some(mut tx) = held.0 else {
-            return self.complete(batch).await;
+            return self.complete(batch.to_vec()).await;
         };
-        let answered = self.settle_in(&mut *tx, batch, &running).await?;
-        tx.commit().await?;
+        let answered = self.settle_in(&mut tx, batch, &running).await?;
+        sqlx::Executor::execute(&mut tx, "COMMIT").await?;
+        self.holds.give_back(tx);
         self.after_delete(answered);
         Ok(())
     }
@@ -886,7 +970,7 @@ impl Queue for PgTransport {
     }
 
     async fn complete(&self, batch: Vec<Settle>) -> Result<(), Error> {
-        let answered = self.settle_in(&self.pool, batch, &[]).await?;
+        let answered = self.settle_in(&self.pool, &batch, &[]).await?;
         self.after_delete(answered);
         Ok(())
     }
@@ -901,6 +985,7 @@ impl Queue for PgTransport {
         // action: a claim of another process is taken over only while it has not started
         // (that process then finds its record refused and does not run it).
         let claims = &self.names.claims;
+        let mut conn = self.starts.take().await?;
         let marked: Vec<i64> = sqlx::query_scalar(&format!(
             "INSERT INTO {claims} (row_id, manager, instance, started_at) \
              SELECT x, $4, $3, $1 FROM UNNEST($2::bigint[]) AS x \
@@ -914,8 +999,9 @@ impl Queue for PgTransport {
         .bind(&ids)
         .bind(&self.instance)
         .bind(&self.options.manager_id)
-        .fetch_all(&self.fetch_pool)
+        .fetch_all(&mut conn)
         .await?;
+        self.starts.give_back(conn);
         Ok(marked)
     }
 

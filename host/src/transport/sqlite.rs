@@ -404,8 +404,8 @@ impl Queue for SqliteTransport {
         Ok((self.fetch(max).await?, ()))
     }
 
-    async fn release(&self, (): (), batch: Vec<Settle>, _running: Vec<i64>) -> Result<(), Error> {
-        self.complete(batch).await
+    async fn release(&self, (): (), batch: &[Settle], _running: Vec<i64>) -> Result<(), Error> {
+        self.complete(batch.to_vec()).await
     }
 
     async fn setup(&self) -> Result<(), Error> {
