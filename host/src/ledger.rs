@@ -7,7 +7,7 @@
 //! [`crate::transport::Records`].
 
 use std::collections::HashMap;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use crate::message::ManagerResponse;
@@ -75,7 +75,7 @@ impl Known {
 /// it forgets everything when full (the ledger still has it).
 #[derive(Debug, Default)]
 pub struct Recent {
-    map: Mutex<HashMap<String, ManagerResponse>>,
+    map: Mutex<HashMap<String, Arc<ManagerResponse>>>,
 }
 
 impl Recent {
@@ -83,7 +83,7 @@ impl Recent {
     pub const CAP: usize = 10_000;
 
     /// The answer given to `correlation_id`, if this process gave one.
-    pub fn get(&self, correlation_id: &str) -> Option<ManagerResponse> {
+    pub fn get(&self, correlation_id: &str) -> Option<Arc<ManagerResponse>> {
         self.map
             .lock()
             .unwrap_or_else(|e| e.into_inner())
@@ -91,13 +91,13 @@ impl Recent {
             .cloned()
     }
 
-    /// Remembers an answer.
-    pub fn put(&self, r: &ManagerResponse) {
+    /// Remembers an answer (shared, not copied: this is on every answer's path).
+    pub fn put(&self, r: Arc<ManagerResponse>) {
         let mut m = self.map.lock().unwrap_or_else(|e| e.into_inner());
         if m.len() >= Self::CAP {
             m.clear();
         }
-        m.insert(r.correlation_id.clone(), r.clone());
+        m.insert(r.correlation_id.clone(), r);
     }
 }
 
@@ -174,10 +174,10 @@ mod tests {
     #[test]
     fn recent_answers_are_bounded() {
         let recent = Recent::default();
-        recent.put(&response("a"));
-        assert_eq!(recent.get("a"), Some(response("a")));
+        recent.put(Arc::new(response("a")));
+        assert_eq!(recent.get("a").as_deref(), Some(&response("a")));
         for i in 0..Recent::CAP {
-            recent.put(&response(&format!("x{i}")));
+            recent.put(Arc::new(response(&format!("x{i}"))));
         }
         assert_eq!(recent.get("a"), None, "forgotten once full");
         assert!(recent.map.lock().unwrap().len() <= Recent::CAP);

@@ -128,11 +128,18 @@ impl Drop for Turn {
         } {
             st.head += 1;
         }
-        let after_head = st.head + 1;
-        let later = st.waiters.split_off(&after_head);
-        let due = std::mem::replace(&mut st.waiters, later);
+        // The turns waiting for a ticket the head has reached, taken from the front (no
+        // split of the map: this runs once per request).
+        let mut due = Vec::new();
+        let head = st.head;
+        while let Some(first) = st.waiters.first_entry() {
+            if *first.key() > head {
+                break;
+            }
+            due.extend(first.remove());
+        }
         drop(st);
-        for tx in due.into_values().flatten() {
+        for tx in due {
             let _ = tx.send(());
         }
     }

@@ -698,7 +698,8 @@ impl Shared {
                     }
                 };
                 count_answer(&response, false);
-                self.recent.put(&response);
+                let response = Arc::new(response);
+                self.recent.put(response.clone());
                 let entry = ledger::entry(&response, received_at, started.elapsed());
                 Settle::Reply {
                     request_id: id,
