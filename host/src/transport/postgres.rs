@@ -577,15 +577,7 @@ impl Kept {
         }
         use sqlx::Connection;
         let mut conn = PgConnection::connect_with(&self.options).await?;
-        let pid: i32 = sqlx::query_scalar("SELECT pg_backend_pid()")
-            .fetch_one(&mut conn)
-            .await?;
-        if let Ok(pid) = u32::try_from(pid) {
-            self.own_pids
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .insert(pid);
-        }
+        note_pid(&mut conn, &self.own_pids).await?;
         Ok(conn)
     }
 
@@ -670,6 +662,8 @@ struct Sql {
     complete: String,
     /// Settle a batch and mark and claim the rows still running (the end of a hold).
     release: String,
+    /// Record that actions start (`started`).
+    started: String,
 }
 
 impl Sql {
@@ -785,11 +779,21 @@ impl Sql {
              claimed AS ({}) {park}",
             claim("UNNEST($21::bigint[]) AS id", "$20", "$22")
         );
+        let started = format!(
+            "INSERT INTO {claims} (row_id, manager, instance, started_at) \
+             SELECT x, $4, $3, $1 FROM UNNEST($2::bigint[]) AS x \
+             ON CONFLICT (row_id) DO UPDATE SET started_at = COALESCE({claims}.started_at, EXCLUDED.started_at), \
+               instance = EXCLUDED.instance, \
+               manager = CASE WHEN {claims}.started_at IS NULL THEN EXCLUDED.manager ELSE {claims}.manager END \
+             WHERE {claims}.instance = EXCLUDED.instance OR {claims}.started_at IS NULL \
+             RETURNING row_id"
+        );
         Self {
             fetch,
             hold,
             complete,
             release,
+            started,
         }
     }
 }
@@ -808,18 +812,27 @@ async fn own_pool(
         .test_before_acquire(false)
         .after_connect(move |conn, _| {
             let pids = pids.clone();
-            Box::pin(async move {
-                let pid: i32 = sqlx::query_scalar("SELECT pg_backend_pid()")
-                    .fetch_one(&mut *conn)
-                    .await?;
-                if let Ok(pid) = u32::try_from(pid) {
-                    pids.lock().unwrap_or_else(|e| e.into_inner()).insert(pid);
-                }
-                Ok(())
-            })
+            Box::pin(async move { note_pid(conn, &pids).await })
         })
         .connect_with(connect)
         .await?)
+}
+
+/// Notes the backend pid of `conn` among this consumer's own (its NOTIFYs are not news).
+async fn note_pid(
+    conn: &mut PgConnection,
+    own_pids: &std::sync::Mutex<HashSet<u32>>,
+) -> Result<(), sqlx::Error> {
+    let pid: i32 = sqlx::query_scalar("SELECT pg_backend_pid()")
+        .fetch_one(&mut *conn)
+        .await?;
+    if let Ok(pid) = u32::try_from(pid) {
+        own_pids
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(pid);
+    }
+    Ok(())
 }
 
 /// The condition on a row `g` of the managers table that it is live: not stopped, and beating
@@ -986,23 +999,14 @@ impl Queue for PgTransport {
         // idempotent) keeps its first time. The first process to record a start runs the
         // action: a claim of another process is taken over only while it has not started
         // (that process then finds its record refused and does not run it).
-        let claims = &self.names.claims;
         let mut conn = self.starts.take().await?;
-        let marked: Vec<i64> = sqlx::query_scalar(&format!(
-            "INSERT INTO {claims} (row_id, manager, instance, started_at) \
-             SELECT x, $4, $3, $1 FROM UNNEST($2::bigint[]) AS x \
-             ON CONFLICT (row_id) DO UPDATE SET started_at = COALESCE({claims}.started_at, EXCLUDED.started_at), \
-               instance = EXCLUDED.instance, \
-               manager = CASE WHEN {claims}.started_at IS NULL THEN EXCLUDED.manager ELSE {claims}.manager END \
-             WHERE {claims}.instance = EXCLUDED.instance OR {claims}.started_at IS NULL \
-             RETURNING row_id"
-        ))
-        .bind(utc_now_rfc3339())
-        .bind(&ids)
-        .bind(&self.instance)
-        .bind(&self.options.manager_id)
-        .fetch_all(&mut conn)
-        .await?;
+        let marked: Vec<i64> = sqlx::query_scalar(&self.sql.started)
+            .bind(utc_now_rfc3339())
+            .bind(&ids)
+            .bind(&self.instance)
+            .bind(&self.options.manager_id)
+            .fetch_all(&mut conn)
+            .await?;
         self.starts.give_back(conn);
         Ok(marked)
     }
