@@ -96,6 +96,45 @@ async fn setup_creates_symfonys_table<T: Queue + Records>(
         ],
     };
     assert_eq!(cols, expected);
+    // Symfony 5.4's three indexes and the composite one Symfony 7.4 creates, under DBAL's
+    // names, so Doctrine sees the schema either version makes.
+    let indexes: Vec<String> = match db.db {
+        Db::Pg => {
+            let (schema, table) = db.table().split_once('.').unwrap();
+            db.query(&format!(
+                "SELECT regexp_replace(indexdef, '^.* ON [^ ]+ USING btree ', '') FROM pg_indexes \
+                 WHERE schemaname = '{schema}' AND tablename = '{table}' AND indexname <> '{table}_pkey' ORDER BY 1"
+            ))
+            .await
+        }
+        Db::Sqlite => {
+            db.query("SELECT substr(sql, instr(sql, '(')) FROM sqlite_master WHERE type = 'index' AND tbl_name = 'messenger_messages' AND sql IS NOT NULL ORDER BY 1")
+                .await
+        }
+    }
+    .into_iter()
+    .map(|r| r[0].clone().unwrap())
+    .collect();
+    assert_eq!(
+        indexes,
+        vec![
+            "(available_at)",
+            "(delivered_at)",
+            "(queue_name)",
+            "(queue_name, available_at, delivered_at, id)"
+        ]
+    );
+    if db.db == Db::Sqlite {
+        let names = db
+            .query("SELECT name FROM sqlite_master WHERE type = 'index' AND sql LIKE '%delivered_at, id)'")
+            .await;
+        assert_eq!(
+            names,
+            vec![vec![Some(
+                "IDX_75EA56E0FB7336F0E3BD61CE16BA31DBBF396750".to_owned()
+            )]]
+        );
+    }
     if db.db == Db::Pg {
         let schema = db.table().split_once('.').unwrap().0;
         let trig = db

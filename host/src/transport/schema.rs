@@ -3,14 +3,37 @@
 
 /// DBAL's generated index name: `IDX_` + hex CRC32 of the table and column names (no zero
 /// padding, as PHP's `dechex`), upper-cased, cut to 30 characters.
-pub(crate) fn dbal_index_name(table: &str, column: &str) -> String {
-    let hash: String = [table, column]
-        .iter()
+pub(crate) fn dbal_index_name(table: &str, columns: &[&str]) -> String {
+    let hash: String = std::iter::once(&table)
+        .chain(columns)
         .map(|s| format!("{:x}", crc32fast::hash(s.as_bytes())))
         .collect();
     let mut name = format!("IDX_{hash}").to_uppercase();
-    name.truncate(30);
+    // DBAL cuts names at the platform's longest identifier (63 on PostgreSQL and SQLite).
+    name.truncate(63);
     name
+}
+
+/// The columns of the messenger table's indexes: Symfony 5.4's three single-column indexes,
+/// and the composite index Symfony 7.4 created instead (`queue_name, available_at,
+/// delivered_at, id`), which lets a fetch walk one queue's rows in `available_at` order
+/// without stepping over the other queues' rows (the answers Core has not read yet, the
+/// parked failures). Created with DBAL's names, so the schema is the one either version makes.
+const MESSENGER_INDEXES: [&[&str]; 4] = [
+    &["queue_name"],
+    &["available_at"],
+    &["delivered_at"],
+    &["queue_name", "available_at", "delivered_at", "id"],
+];
+
+fn messenger_indexes(table: &str) -> impl Iterator<Item = String> + '_ {
+    MESSENGER_INDEXES.iter().map(move |cols| {
+        format!(
+            "CREATE INDEX IF NOT EXISTS {} ON {table} ({})",
+            dbal_index_name(table, cols),
+            cols.join(", ")
+        )
+    })
 }
 
 /// The columns of the ledger, in the order the transports read and write them.
@@ -80,12 +103,7 @@ pub(crate) fn postgres(table: &str, use_notify: bool) -> Vec<String> {
     let mut sql = vec![format!(
         "CREATE TABLE IF NOT EXISTS {table} (id BIGSERIAL NOT NULL, body TEXT NOT NULL, headers TEXT NOT NULL, queue_name VARCHAR(190) NOT NULL, created_at TIMESTAMP(0) WITHOUT TIME ZONE NOT NULL, available_at TIMESTAMP(0) WITHOUT TIME ZONE NOT NULL, delivered_at TIMESTAMP(0) WITHOUT TIME ZONE DEFAULT NULL, PRIMARY KEY(id))"
     )];
-    for col in ["queue_name", "available_at", "delivered_at"] {
-        sql.push(format!(
-            "CREATE INDEX IF NOT EXISTS {} ON {table} ({col})",
-            dbal_index_name(table, col)
-        ));
-    }
+    sql.extend(messenger_indexes(table));
     if use_notify {
         let (bare, schema) = split(table);
         let function = format!("{schema}notify_{bare}");
@@ -106,12 +124,7 @@ pub(crate) fn sqlite(table: &str) -> Vec<String> {
     let mut sql = vec![format!(
         "CREATE TABLE IF NOT EXISTS {table} (id INTEGER PRIMARY KEY AUTOINCREMENT NOT NULL, body CLOB NOT NULL, headers CLOB NOT NULL, queue_name VARCHAR(190) NOT NULL, created_at DATETIME NOT NULL, available_at DATETIME NOT NULL, delivered_at DATETIME DEFAULT NULL)"
     )];
-    for col in ["queue_name", "available_at", "delivered_at"] {
-        sql.push(format!(
-            "CREATE INDEX IF NOT EXISTS {} ON {table} ({col})",
-            dbal_index_name(table, col)
-        ));
-    }
+    sql.extend(messenger_indexes(table));
     sql.extend(own_tables(&Names::for_table(table)));
     sql
 }
@@ -174,30 +187,38 @@ mod tests {
     fn index_names_match_dbal() {
         // From the DDL real Symfony 5.4 ran (tests/fixtures/codec/pg-ddl.sql).
         assert_eq!(
-            dbal_index_name("messenger_messages", "queue_name"),
+            dbal_index_name("messenger_messages", &["queue_name"]),
             "IDX_75EA56E0FB7336F0"
         );
         assert_eq!(
-            dbal_index_name("messenger_messages", "available_at"),
+            dbal_index_name("messenger_messages", &["available_at"]),
             "IDX_75EA56E0E3BD61CE"
         );
         assert_eq!(
-            dbal_index_name("messenger_messages", "delivered_at"),
+            dbal_index_name("messenger_messages", &["delivered_at"]),
             "IDX_75EA56E016BA31DB"
+        );
+        // Symfony 7.4's composite index, as its migrations name it.
+        assert_eq!(
+            dbal_index_name(
+                "messenger_messages",
+                &["queue_name", "available_at", "delivered_at", "id"]
+            ),
+            "IDX_75EA56E0FB7336F0E3BD61CE16BA31DBBF396750"
         );
     }
 
     #[test]
     fn relations_are_every_table_and_index_created() {
         let r = relations(&postgres("app.queue", true), "app.queue");
-        assert_eq!(r.len(), 13, "{r:?}");
+        assert_eq!(r.len(), 14, "{r:?}");
         assert!(r.contains(&"app.queue".to_owned()));
         assert!(r.contains(&"app.marvin_manager_routes".to_owned()));
         assert!(r.contains(&"app.marvin_manager_claims".to_owned()));
         assert!(r.contains(&"app.marvin_manager_ledger_received".to_owned()));
         assert!(r.iter().any(|n| n.starts_with("app.IDX_")));
         let r = relations(&sqlite("messenger_messages"), "messenger_messages");
-        assert_eq!(r.len(), 13, "{r:?}");
+        assert_eq!(r.len(), 14, "{r:?}");
     }
 
     #[test]
