@@ -26,7 +26,7 @@ const FETCH_GRACE: Duration = Duration::from_secs(5);
 
 /// At most this many requests of one entity have their start recorded ahead of their turn, so
 /// after a crash at most this many per entity are answered "interrupted" without having run.
-const MAX_LOOKAHEAD: u64 = 8;
+const MAX_LOOKAHEAD: u64 = 16;
 
 /// A request waiting for its start to be recorded, and where to say whether it was.
 type StartRequest = (i64, oneshot::Sender<bool>);
@@ -651,13 +651,21 @@ impl Shared {
             self.in_flight.lock().await.remove(&run.id);
             return;
         }
-        self.run(executor, run, idempotent, slot).await;
-        drop(turn);
+        self.run(executor, run, idempotent, slot, turn).await;
     }
 
     /// Runs a request (or answers a duplicate this process answered already) and queues its
-    /// answer; the slot is free once the answer is queued.
-    async fn run<E: Execute>(&self, executor: &E, run: Box<Run>, idempotent: bool, slot: Slot) {
+    /// answer; the slot is free once the answer is queued. The entity's next request may start
+    /// once this one's answer is known to the process (a duplicate behind it finds it), before
+    /// the answer is encoded and queued: that work is off the entity's line.
+    async fn run<E: Execute>(
+        &self,
+        executor: &E,
+        run: Box<Run>,
+        idempotent: bool,
+        slot: Slot,
+        turn: Turn,
+    ) {
         let started = Instant::now();
         let Run {
             id,
@@ -671,6 +679,7 @@ impl Shared {
         let encode = |r: &ManagerResponse| codec::encode_response(r, format, bus.as_deref());
         let settle = match self.recent.get(&request.correlation_id) {
             Some(response) => {
+                drop(turn);
                 count_answer(&response, true);
                 Settle::Reply {
                     request_id: id,
@@ -697,9 +706,10 @@ impl Shared {
                         response
                     }
                 };
-                count_answer(&response, false);
                 let response = Arc::new(response);
                 self.recent.put(response.clone());
+                drop(turn);
+                count_answer(&response, false);
                 let entry = ledger::entry(&response, received_at, started.elapsed());
                 Settle::Reply {
                     request_id: id,
@@ -885,14 +895,15 @@ impl Pace {
 
     /// How many requests may be ahead of one that asks for its start record: none when a
     /// record costs under a tenth of an action (it is then written when the turn comes, and a
-    /// crash interrupts only what runs); otherwise as many as one record's time covers.
+    /// crash interrupts only what runs); otherwise as many as two records' time covers (a
+    /// request asked while a record is written goes into the next one).
     fn lookahead(&self) -> u64 {
         let action = self.action_us.load(Ordering::Relaxed);
         let record = self.record_us.load(Ordering::Relaxed);
         if action == 0 || record.saturating_mul(10) < action {
             0
         } else {
-            record.div_ceil(action.max(1)).clamp(1, MAX_LOOKAHEAD)
+            (2 * record).div_ceil(action.max(1)).clamp(1, MAX_LOOKAHEAD)
         }
     }
 }
@@ -1296,7 +1307,9 @@ mod tests {
         let pace = Pace::default();
         pace.note_record(Duration::from_micros(500));
         pace.note_action(Duration::from_micros(100));
-        assert_eq!(pace.lookahead(), 5);
+        // Twice the record over the action: a request asked while another record is being
+        // written waits for it, then for its own.
+        assert_eq!(pace.lookahead(), 10);
         pace.note_record(ms(50));
         assert_eq!(pace.lookahead(), MAX_LOOKAHEAD, "bounded");
     }
