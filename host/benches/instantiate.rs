@@ -157,7 +157,7 @@ async fn runtime_handle(wasm: &Path, keep_resident_bytes: Option<usize>) -> Stat
     };
     let req = request();
     measure(async || {
-        let out = runtime.handle(&plugin, &entity, &req).await.unwrap();
+        let out = runtime.handle(&plugin, &entity, &req).await.0.unwrap();
         assert!(out.success);
     })
     .await

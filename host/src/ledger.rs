@@ -17,8 +17,13 @@ use crate::transport::Queue;
 /// The ledger row of an answer: `received_at` when the request was taken, `elapsed` the time
 /// it took (`finished_at` is set by the transport at commit).
 pub fn entry(response: &ManagerResponse, received_at: String, elapsed: Duration) -> LedgerEntry {
+    let dry_run = response.metadata.get("dry_run") == Some(&serde_json::Value::Bool(true));
     LedgerEntry {
-        correlation_id: response.correlation_id.clone(),
+        correlation_id: if dry_run {
+            dry_run_key(&response.correlation_id)
+        } else {
+            response.correlation_id.clone()
+        },
         entity_id: response.entity_id.clone(),
         action: response.action.clone(),
         plugin: response
@@ -34,6 +39,21 @@ pub fn entry(response: &ManagerResponse, received_at: String, elapsed: Duration)
         duration_ms: i64::try_from(elapsed.as_millis()).unwrap_or(i64::MAX),
         manager: None,
     }
+}
+
+/// What marks a dry run's ledger entry: its key is the correlation id with this after it, so
+/// the entry is kept and listed as a dry run, and never found as the answer to a real request
+/// with that correlation id (whose own answer then takes the id itself).
+pub const DRY_RUN_SUFFIX: &str = "#dry-run";
+
+/// The ledger key of a dry run of `correlation_id` (its end cut to fit the column).
+pub fn dry_run_key(correlation_id: &str) -> String {
+    let room = crate::transport::MAX_CORRELATION_ID_BYTES - DRY_RUN_SUFFIX.len();
+    let mut end = correlation_id.len().min(room);
+    while !correlation_id.is_char_boundary(end) {
+        end -= 1;
+    }
+    format!("{}{DRY_RUN_SUFFIX}", &correlation_id[..end])
 }
 
 /// The answers the ledger holds for one fetched batch.

@@ -164,6 +164,29 @@ impl ManagerRequest {
         self
     }
 
+    /// Whether Core asks for a dry run (`args.dry_run`: `true`, or PHP's `"true"` / `"1"` /
+    /// `1`): the action is planned, nothing is changed.
+    pub fn dry_run(&self) -> bool {
+        match self.args.get("dry_run") {
+            Some(serde_json::Value::Bool(b)) => *b,
+            Some(serde_json::Value::String(s)) => matches!(s.as_str(), "true" | "1"),
+            Some(serde_json::Value::Number(n)) => n.as_i64() == Some(1),
+            _ => false,
+        }
+    }
+
+    /// With `args.dry_run = true` (an object's other keys kept).
+    #[must_use]
+    pub fn planned(mut self) -> Self {
+        if !self.args.is_object() {
+            self.args = serde_json::Value::Object(serde_json::Map::new());
+        }
+        if let Some(m) = self.args.as_object_mut() {
+            m.insert("dry_run".into(), serde_json::Value::Bool(true));
+        }
+        self
+    }
+
     /// The timeout to enforce: Core's value, or the default when it is not positive, at most
     /// [`MAX_TIMEOUT_SECS`].
     pub fn timeout(&self) -> std::time::Duration {

@@ -196,17 +196,63 @@ async fn reread_and_update_do_what_supervisorctl_does() {
     assert!(r.success, "{r:?}");
     let expected = theirs.ctl(&["reread"]);
     assert_eq!(r.output.as_deref().unwrap(), expected.trim());
-    assert_eq!(r.metadata["added"], json!(["fresh"]));
-    assert_eq!(r.metadata["changed"], json!(["web"]));
-    assert_eq!(r.metadata["removed"], json!(["crash", "workers"]));
+    assert_eq!(
+        r.metadata["groups"],
+        json!({"available": ["fresh"], "changed": ["web"], "disappeared": ["crash", "workers"]})
+    );
+    // reread reads: it changed nothing.
+    assert_eq!(r.metadata["changed"], json!(false), "{r:?}");
     // reread changes nothing running.
     assert_eq!(states(&ours), states(&theirs));
+
+    // A dry run of the update: the plan, and nothing touched (states and pids alike).
+    let snapshot = |s: &Supervisord| -> Vec<String> {
+        s.ctl(&["status"])
+            .lines()
+            .map(|l| l.split(", uptime").next().unwrap_or(l).to_owned())
+            .collect()
+    };
+    let before = snapshot(&ours);
+    let r = m
+        .execute(&request(
+            "supervisor",
+            "update",
+            json!({"dry_run": true}),
+            20,
+        ))
+        .await;
+    assert!(r.success, "{r:?}");
+    assert_eq!(r.metadata["dry_run"], json!(true), "{r:?}");
+    assert_eq!(r.metadata["changed"], json!(false), "{r:?}");
+    assert_eq!(
+        r.metadata["plan"],
+        json!([
+            "stop group crash",
+            "remove group crash",
+            "stop group workers",
+            "remove group workers",
+            "stop group web",
+            "remove group web",
+            "add group web",
+            "add group fresh"
+        ]),
+        "{r:?}"
+    );
+    let planned_output = r.output.clone();
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    assert_eq!(snapshot(&ours), before, "a dry run touches nothing");
 
     let old_web = ours.pid("web");
     let r = run(&m, "supervisor", "update").await;
     assert!(r.success, "{r:?}");
+    assert_eq!(r.metadata["changed"], json!(true), "{r:?}");
     let expected = theirs.ctl(&["update"]);
     assert_eq!(r.output.as_deref().unwrap(), expected.trim());
+    assert_eq!(
+        planned_output.as_deref().unwrap(),
+        expected.trim(),
+        "the dry run said what the update then did"
+    );
     // Let autostart programs of added groups come up on both.
     for s in [&ours, &theirs] {
         for _ in 0..100 {
@@ -231,6 +277,7 @@ async fn reread_and_update_do_what_supervisorctl_does() {
     assert!(r.success, "{r:?}");
     assert_eq!(theirs.ctl(&["update"]).trim(), "");
     assert_eq!(r.output.as_deref(), Some("No config updates to processes"));
+    assert_eq!(r.metadata["changed"], json!(false), "nothing to do: {r:?}");
     assert_eq!(states(&ours), states(&theirs));
 }
 
@@ -379,7 +426,8 @@ startretries=0
         ))
         .await;
     assert!(r.success, "{r:?}");
-    assert_eq!(r.metadata["added"], json!(["new2"]), "{r:?}");
+    assert_eq!(r.metadata["groups"]["added"], json!(["new2"]), "{r:?}");
+    assert_eq!(r.metadata["changed"], json!(true), "{r:?}");
     assert_eq!(r.output.as_deref(), Some("new2: added process group"));
     let status = s.status();
     assert_eq!(

@@ -39,6 +39,84 @@ impl Default for Backends {
     }
 }
 
+/// What one request's changing host calls did — or, in a dry run, would do. The host, not the
+/// plugin, knows which calls change something: Docker's start, stop, restart, build and exec;
+/// supervisord's start and stop (of a process or a group) and add or remove group. Reading
+/// calls (list, inspect, process info, the log's tail, `reload-config`'s comparison, which is
+/// what `supervisorctl reread` runs) never count.
+#[derive(Debug, Default)]
+pub struct Effects {
+    /// A dry run: changing calls are recorded and answered as if they had worked, never made.
+    planning: bool,
+    state: std::sync::Mutex<EffectState>,
+}
+
+#[derive(Debug, Default)]
+struct EffectState {
+    changed: bool,
+    plan: Vec<String>,
+}
+
+/// What [`Effects`] found, once the request is over.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct EffectSummary {
+    /// A changing call succeeded.
+    pub changed: bool,
+    /// In a dry run, the changing calls the plugin made, in the words an operator reads
+    /// (`restart web-1`, `add group new2`), in order; `None` when the calls were made.
+    pub plan: Option<Vec<String>>,
+}
+
+impl Effects {
+    /// Effects of a dry run.
+    pub fn planning() -> Self {
+        Self {
+            planning: true,
+            state: std::sync::Mutex::default(),
+        }
+    }
+
+    /// Whether changing calls are planned rather than made.
+    pub fn is_planning(&self) -> bool {
+        self.planning
+    }
+
+    fn state(&self) -> std::sync::MutexGuard<'_, EffectState> {
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// A changing call worked (made, or planned: `step` is then what it would do).
+    pub(crate) fn did(&self, step: impl FnOnce() -> String) {
+        let mut st = self.state();
+        if self.planning {
+            st.plan.push(step());
+        } else {
+            st.changed = true;
+        }
+    }
+
+    /// Notes a changing call's result: it changed something when it worked.
+    pub(crate) fn note<T, E>(&self, r: &Result<T, E>) {
+        self.changed_if(r.is_ok());
+    }
+
+    /// Notes that a changing call changed something when `worked`.
+    pub(crate) fn changed_if(&self, worked: bool) {
+        if worked && !self.planning {
+            self.state().changed = true;
+        }
+    }
+
+    /// What the request's calls did.
+    pub fn summary(&self) -> EffectSummary {
+        let st = self.state();
+        EffectSummary {
+            changed: st.changed,
+            plan: self.planning.then(|| st.plan.clone()),
+        }
+    }
+}
+
 /// What the capabilities of one request need: who calls, for which request, until when.
 pub struct Capabilities {
     pub(crate) policy: Arc<policy::Policy>,
@@ -47,6 +125,7 @@ pub struct Capabilities {
     pub(crate) deadline: Instant,
     pub(crate) log: log::LogBudget,
     pub(crate) seen: docker::Seen,
+    pub(crate) effects: Effects,
 }
 
 impl Capabilities {
@@ -64,7 +143,15 @@ impl Capabilities {
             deadline,
             log: log::LogBudget::default(),
             seen: docker::Seen::default(),
+            effects: Effects::default(),
         }
+    }
+
+    /// The same, planning its changing calls instead of making them (a dry run).
+    #[must_use]
+    pub fn planning(mut self) -> Self {
+        self.effects = Effects::planning();
+        self
     }
 
     /// Turns a denial into the plugin's error, logged once with plugin and correlation id.

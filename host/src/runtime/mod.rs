@@ -29,7 +29,7 @@ use wasmtime_wasi::{FsPerms, WasiCtx, WasiCtxView, WasiView};
 
 use crate::bindings::{Plugin, PluginPre, types};
 use crate::capabilities::policy::{Capability, Policy};
-use crate::capabilities::{Backends, Capabilities};
+use crate::capabilities::{Backends, Capabilities, EffectSummary, Effects};
 use crate::config::{DEFAULT_MAX_MEMORY_BYTES, Grants, PluginConfig};
 use crate::message::{Entity, EntityKind, ManagerRequest, Target};
 pub use error::{LoadError, RunError};
@@ -179,6 +179,23 @@ pub struct PluginOutcome {
     pub error: Option<String>,
     /// The plugin's metadata object.
     pub metadata: serde_json::Map<String, serde_json::Value>,
+}
+
+impl PluginOutcome {
+    /// With what the host saw of the request's changing calls: `changed` on every outcome;
+    /// in a dry run, `dry_run` and the `plan`. These keys are the host's: a plugin's own value
+    /// of them is replaced.
+    #[must_use]
+    pub fn with_effects(mut self, effects: EffectSummary) -> Self {
+        self.metadata
+            .insert("changed".into(), serde_json::Value::Bool(effects.changed));
+        if let Some(plan) = effects.plan {
+            self.metadata
+                .insert("dry_run".into(), serde_json::Value::Bool(true));
+            self.metadata.insert("plan".into(), plan.into());
+        }
+        self
+    }
 }
 
 impl From<RunError> for PluginOutcome {
@@ -466,16 +483,16 @@ impl Runtime {
         plugin: &LoadedPlugin,
         entity: &Entity,
         req: &ManagerRequest,
-    ) -> Result<PluginOutcome, RunError> {
+    ) -> (Result<PluginOutcome, RunError>, EffectSummary) {
         let observation = self.observer.as_ref().map(|o| o.begin(&self.backends));
         let backends = observation
             .as_ref()
             .map_or_else(|| self.backends.clone(), |o| o.backends());
-        let outcome = self.run(plugin, entity, req, backends).await;
+        let (outcome, effects) = self.run(plugin, entity, req, backends).await;
         if let Some(o) = observation {
             o.end(req, entity, plugin.policy.grants(), &outcome);
         }
-        outcome
+        (outcome, effects)
     }
 
     async fn run(
@@ -484,16 +501,22 @@ impl Runtime {
         entity: &Entity,
         req: &ManagerRequest,
         backends: Backends,
-    ) -> Result<PluginOutcome, RunError> {
+    ) -> (Result<PluginOutcome, RunError>, EffectSummary) {
         let timeout = req.timeout();
         let deadline = Instant::now() + timeout;
-        let (mut store, stdout, stderr) = self.store(
+        let (mut store, stdout, stderr) = match self.store(
             plugin.policy.clone(),
             req.correlation_id.clone(),
             plugin.max_memory_bytes,
             deadline,
             backends,
-        )?;
+        ) {
+            Ok(s) => s,
+            Err(e) => return (Err(e), EffectSummary::default()),
+        };
+        if req.dry_run() {
+            store.data_mut().caps.effects = Effects::planning();
+        }
         let request = types::Request {
             correlation_id: req.correlation_id.clone(),
             entity_id: entity.id.clone(),
@@ -540,7 +563,7 @@ impl Runtime {
             }),
         };
         drain(&plugin.name, &req.correlation_id, &stdout, &stderr);
-        outcome
+        (outcome, store.data().caps.effects.summary())
     }
 }
 

@@ -523,10 +523,11 @@ pub async fn run(
     ));
     let entity = script.resolved_entity()?;
     let request = script.manager_request();
-    let outcome = runtime
-        .handle(&plugin, &entity, &request)
-        .await
-        .unwrap_or_else(PluginOutcome::from);
+    let outcome = runtime.handle(&plugin, &entity, &request).await;
+    let outcome = outcome
+        .0
+        .unwrap_or_else(PluginOutcome::from)
+        .with_effects(outcome.1);
     let (calls, mut problems) = scripted.finish();
     problems.extend(compare(&script.expect, &outcome));
     Ok(Report {

@@ -518,7 +518,10 @@ fn prepare(
             fail(reason)
         }
         Some(Ok(request)) => {
-            if let Some(response) = known.answer(&request.correlation_id) {
+            if let Some(response) = (!request.dry_run())
+                .then(|| known.answer(&request.correlation_id))
+                .flatten()
+            {
                 tracing::info!(row_id = id, correlation_id = %request.correlation_id, redelivered = row.redelivered, "already answered, replying from the ledger");
                 return reply(&response, None);
             }
@@ -677,7 +680,12 @@ impl Shared {
             gather,
         } = *run;
         let encode = |r: &ManagerResponse| codec::encode_response(r, format, bus.as_deref());
-        let settle = match self.recent.get(&request.correlation_id) {
+        // A dry run's answer is never another request's, nor is another's a dry run's.
+        let dry_run = request.dry_run();
+        let settle = match (!dry_run)
+            .then(|| self.recent.get(&request.correlation_id))
+            .flatten()
+        {
             Some(response) => {
                 drop(turn);
                 count_answer(&response, true);
@@ -707,7 +715,9 @@ impl Shared {
                     }
                 };
                 let response = Arc::new(response);
-                self.recent.put(response.clone());
+                if !dry_run {
+                    self.recent.put(response.clone());
+                }
                 drop(turn);
                 count_answer(&response, false);
                 let entry = ledger::entry(&response, received_at, started.elapsed());

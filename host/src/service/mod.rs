@@ -153,6 +153,10 @@ impl Manager {
     /// action is idempotent. Unknown entity or action: no (it is answered without running
     /// anyway).
     pub async fn idempotent(&self, req: &ManagerRequest) -> bool {
+        // A dry run changes nothing: interrupted, it is planned again.
+        if req.dry_run() {
+            return true;
+        }
         let Ok(entity) = self.registry.resolve(&req.entity_id).await else {
             return false;
         };
@@ -172,6 +176,18 @@ impl Manager {
             plugin = tracing::field::Empty,
         );
         let mut response = self.execute_inner(req).instrument(span).await;
+        // Every answer says whether it changed anything (one that ran no plugin did not), and
+        // a dry run's says it was one.
+        response
+            .metadata
+            .entry("changed")
+            .or_insert(serde_json::Value::Bool(false));
+        if req.dry_run() {
+            response
+                .metadata
+                .entry("dry_run")
+                .or_insert(serde_json::Value::Bool(true));
+        }
         if !self.redactor.is_empty() {
             let r = &self.redactor;
             for text in [&mut response.output, &mut response.error]
@@ -208,11 +224,11 @@ impl Manager {
             }
         };
         tracing::Span::current().record("plugin", plugin.name.as_str());
-        let outcome = self
-            .runtime
-            .handle(&plugin, &entity, req)
-            .await
-            .unwrap_or_else(PluginOutcome::from);
+        let outcome = self.runtime.handle(&plugin, &entity, req).await;
+        let outcome = outcome
+            .0
+            .unwrap_or_else(PluginOutcome::from)
+            .with_effects(outcome.1);
         let mut metadata = outcome.metadata;
         metadata.insert("plugin".into(), plugin.name.clone().into());
         metadata.insert("plugin_version".into(), plugin.version.clone().into());

@@ -7,7 +7,8 @@
 //! - idempotent: `start` of a running process succeeds and says so, `stop` of a stopped one
 //!   too;
 //! - `restart` stops what runs, then starts, as `supervisorctl restart` does;
-//! - `reread` (entity `supervisor`) reports added / changed / removed groups;
+//! - `reread` (entity `supervisor`) reports the groups available, changed and disappeared
+//!   (`metadata.groups`);
 //! - `update` (entity `supervisor`): removed groups stopped and removed, changed groups
 //!   stopped, removed and added again with the new config, new groups added (autostart
 //!   programs start) — `supervisorctl update`, also limited to `args.groups` when given.
@@ -397,10 +398,12 @@ fn reread() -> Response {
             } else {
                 lines.join("\n")
             };
-            Response::ok(text)
-                .with("added", json!(c.added))
-                .with("changed", json!(c.changed))
-                .with("removed", json!(c.removed))
+            // The groups, in supervisorctl's words, under a key of their own: `changed` on
+            // every answer is the host's (whether the action changed anything).
+            Response::ok(text).with(
+                "groups",
+                json!({"available": c.added, "changed": c.changed, "disappeared": c.removed}),
+            )
         }
         Err(e) => Response::fail(format!("reread failed: {}", error_text(&e))),
     }
@@ -479,9 +482,14 @@ fn update(only: &[String]) -> Response {
     // Only the groups this update was about (`args.groups`), as supervisorctl reports them.
     let only_wanted = |v: &[String]| json!(v.iter().filter(|g| wanted(g)).collect::<Vec<_>>());
     outcome
-        .with("added", only_wanted(&c.added))
-        .with("changed", only_wanted(&c.changed))
-        .with("removed", only_wanted(&c.removed))
+        .with(
+            "groups",
+            json!({
+                "added": only_wanted(&c.added),
+                "changed": only_wanted(&c.changed),
+                "removed": only_wanted(&c.removed),
+            }),
+        )
         .with("processes", processes)
 }
 

@@ -81,6 +81,15 @@ impl Batch {
             Self::Restart => "docker restart",
         }
     }
+
+    /// The verb of a planned call.
+    fn verb(self) -> &'static str {
+        match self {
+            Self::Start => "start",
+            Self::Stop => "stop",
+            Self::Restart => "restart",
+        }
+    }
 }
 
 /// Docker calls answered as the plugin made them (one batch call with its list of ids, the
@@ -142,17 +151,33 @@ impl DockerBackend for Unconfigured {
     }
 }
 
-/// The containers a request has seen, by id: their project and service (labels never change).
+/// The containers a request has seen, by id: their project, service (labels never change) and
+/// name.
 #[derive(Debug, Default)]
-pub struct Seen(Mutex<HashMap<String, (String, String)>>);
+pub struct Seen(Mutex<HashMap<String, (String, String, String)>>);
 
 impl Seen {
     fn get(&self, id: &str) -> Option<(String, String)> {
-        self.0.lock().ok().and_then(|m| m.get(id).cloned())
+        self.0
+            .lock()
+            .ok()
+            .and_then(|m| m.get(id).map(|(p, s, _)| (p.clone(), s.clone())))
+    }
+    /// The container's name, as the engine reported it; its id when not seen.
+    fn name(&self, id: &str) -> String {
+        self.0
+            .lock()
+            .ok()
+            .and_then(|m| m.get(id).map(|(_, _, n)| n.clone()))
+            .filter(|n| !n.is_empty())
+            .unwrap_or_else(|| id.get(..12).unwrap_or(id).to_owned())
     }
     fn add(&self, c: &Container) {
         if let Ok(mut m) = self.0.lock() {
-            m.insert(c.id.clone(), (c.project.clone(), c.service.clone()));
+            m.insert(
+                c.id.clone(),
+                (c.project.clone(), c.service.clone(), c.name.clone()),
+            );
         }
     }
 }
@@ -206,15 +231,27 @@ impl Capabilities {
         timeout_secs: Option<u32>,
     ) -> Vec<Result<(), Error>> {
         let what = call.what();
+        if self.effects.is_planning() {
+            // A dry run: each granted container is planned, answered as a call that worked.
+            return join_all(ids.into_iter().map(|id| async move {
+                let full = self.granted_id(&id).await?;
+                self.effects
+                    .did(|| format!("{} {}", call.verb(), self.seen.name(&full)));
+                Ok(())
+            }))
+            .await;
+        }
         let Some(level) = self.backends.plugin_level.clone() else {
             return join_all(ids.into_iter().map(|id| async move {
                 let full = self.granted_id(&id).await?;
                 let d = self.backends.docker.clone();
-                match call {
+                let r = match call {
                     Batch::Start => self.bounded(what, d.start(&full)).await,
                     Batch::Stop => self.bounded(what, d.stop(&full, timeout_secs)).await,
                     Batch::Restart => self.bounded(what, d.restart(&full, timeout_secs)).await,
-                }
+                };
+                self.effects.note(&r);
+                r
             }))
             .await;
         };
@@ -238,10 +275,12 @@ impl Capabilities {
             }
         };
         let mut answers = answers.into_iter();
-        checked
+        let results: Vec<Result<(), Error>> = checked
             .into_iter()
             .map(|c| c.and_then(|_| answers.next().unwrap_or(Ok(()))))
-            .collect()
+            .collect();
+        results.iter().for_each(|r| self.effects.note(r));
+        results
     }
 }
 
@@ -315,14 +354,33 @@ impl Host for Capabilities {
             Ok(found) => found,
             Err(d) => return Ok(Err(self.denied(d))),
         };
-        if let Some(level) = self.backends.plugin_level.clone() {
-            return Ok(self.bounded("docker build", level.build(&options)).await);
+        if self.effects.is_planning() {
+            self.effects.did(|| {
+                let tags = if options.tags.is_empty() {
+                    String::new()
+                } else {
+                    format!(" as {}", options.tags.join(", "))
+                };
+                format!(
+                    "build the image of service {} of project {}{tags}",
+                    options.service, options.project
+                )
+            });
+            return Ok(Ok(BuildOutput {
+                image_id: String::new(),
+                log: "dry run: nothing was built".into(),
+            }));
         }
-        options.context = context.display().to_string();
-        let docker = self.backends.docker.clone();
-        Ok(self
-            .bounded("docker build", docker.build(root, options))
-            .await)
+        let r = if let Some(level) = self.backends.plugin_level.clone() {
+            self.bounded("docker build", level.build(&options)).await
+        } else {
+            options.context = context.display().to_string();
+            let docker = self.backends.docker.clone();
+            self.bounded("docker build", docker.build(root, options))
+                .await
+        };
+        self.effects.note(&r);
+        Ok(r)
     }
 
     async fn exec(
@@ -340,6 +398,21 @@ impl Host for Capabilities {
                 .docker_exec(&options.argv.join(" "), shell)
                 .map_err(|d| self.denied(d))?;
             let full = self.granted_id(&id).await?;
+            if self.effects.is_planning() {
+                self.effects.did(|| {
+                    format!(
+                        "exec `{}` in {}",
+                        options.argv.join(" "),
+                        self.seen.name(&full)
+                    )
+                });
+                return Ok(ExecOutput {
+                    exit_code: 0,
+                    stdout: String::new(),
+                    stderr: String::new(),
+                    truncated: false,
+                });
+            }
             if let Some(level) = self.backends.plugin_level.clone() {
                 return self
                     .bounded("docker exec", level.exec(&full, &options))
@@ -355,7 +428,9 @@ impl Host for Capabilities {
             self.bounded("docker exec", docker.exec(&full, options))
                 .await
         };
-        Ok(r.await)
+        let r = r.await;
+        self.effects.note(&r);
+        Ok(r)
     }
 }
 

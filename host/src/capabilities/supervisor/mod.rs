@@ -5,7 +5,7 @@ pub mod xmlrpc;
 
 use async_trait::async_trait;
 
-use crate::bindings::supervisor::{ConfigChanges, Host, Process, ProcessResult};
+use crate::bindings::supervisor::{ConfigChanges, Host, Process, ProcessResult, ProcessState};
 use crate::bindings::types::Error;
 
 use super::Capabilities;
@@ -79,7 +79,50 @@ impl SupervisorBackend for Unconfigured {
     }
 }
 
+/// `p` as a start that worked leaves it.
+fn running(mut p: Process) -> Process {
+    p.state = ProcessState::Running;
+    p.state_name = "RUNNING".into();
+    p
+}
+
+/// supervisord's fault code for a call that worked.
+const SUCCESS: i32 = 80;
+
 impl Capabilities {
+    /// A dry run of a group call: the group's processes, each answered as the call would
+    /// answer when it works.
+    async fn plan_group(&self, group: &str, verb: &str) -> Result<Vec<ProcessResult>, Error> {
+        self.program(group)?;
+        let b = self.backends.supervisor.clone();
+        let all = self
+            .bounded("supervisor process info", b.all_process_info())
+            .await?;
+        let members: Vec<ProcessResult> = all
+            .into_iter()
+            .filter(|p| p.group == group)
+            .map(|p| ProcessResult {
+                name: p.name,
+                group: p.group,
+                status: SUCCESS,
+                description: "OK".into(),
+            })
+            .collect();
+        if members.is_empty() {
+            return Err(Error::NotFound(format!("no process group '{group}'")));
+        }
+        self.effects.did(|| format!("{verb} {group}"));
+        Ok(members)
+    }
+
+    /// A group call changed something when one of its processes' calls worked.
+    fn note_group(&self, r: &Result<Vec<ProcessResult>, Error>) {
+        self.effects.changed_if(
+            r.as_ref()
+                .is_ok_and(|results| results.iter().any(|p| p.status == SUCCESS)),
+        );
+    }
+
     fn program(&self, name: &str) -> Result<(), Error> {
         self.policy
             .supervisor_program(name)
@@ -142,11 +185,26 @@ impl Host for Capabilities {
         wait: bool,
     ) -> wasmtime::Result<Result<Process, Error>> {
         let n = &name;
-        Ok(self
+        if self.effects.is_planning() {
+            // Answered as a start that worked: the process as it is, running.
+            let r = self
+                .on_program(n, "supervisor process info", move |b| async move {
+                    b.process_info(n).await
+                })
+                .await
+                .map(|p| {
+                    self.effects.did(|| format!("start {n}"));
+                    running(p)
+                });
+            return Ok(r);
+        }
+        let r = self
             .on_program(n, "supervisor start", move |b| async move {
                 b.start_process(n, wait).await
             })
-            .await)
+            .await;
+        self.effects.note(&r);
+        Ok(r)
     }
 
     async fn stop_process(
@@ -155,11 +213,22 @@ impl Host for Capabilities {
         wait: bool,
     ) -> wasmtime::Result<Result<(), Error>> {
         let n = &name;
-        Ok(self
+        if self.effects.is_planning() {
+            let r = self
+                .on_program(n, "supervisor process info", move |b| async move {
+                    b.process_info(n).await
+                })
+                .await
+                .map(|_| self.effects.did(|| format!("stop {n}")));
+            return Ok(r);
+        }
+        let r = self
             .on_program(n, "supervisor stop", move |b| async move {
                 b.stop_process(n, wait).await
             })
-            .await)
+            .await;
+        self.effects.note(&r);
+        Ok(r)
     }
 
     async fn start_group(
@@ -168,11 +237,16 @@ impl Host for Capabilities {
         wait: bool,
     ) -> wasmtime::Result<Result<Vec<ProcessResult>, Error>> {
         let n = &group;
-        Ok(self
+        if self.effects.is_planning() {
+            return Ok(self.plan_group(n, "start group").await);
+        }
+        let r = self
             .on_program(n, "supervisor start group", move |b| async move {
                 b.start_group(n, wait).await
             })
-            .await)
+            .await;
+        self.note_group(&r);
+        Ok(r)
     }
 
     async fn stop_group(
@@ -181,11 +255,16 @@ impl Host for Capabilities {
         wait: bool,
     ) -> wasmtime::Result<Result<Vec<ProcessResult>, Error>> {
         let n = &group;
-        Ok(self
+        if self.effects.is_planning() {
+            return Ok(self.plan_group(n, "stop group").await);
+        }
+        let r = self
             .on_program(n, "supervisor stop group", move |b| async move {
                 b.stop_group(n, wait).await
             })
-            .await)
+            .await;
+        self.note_group(&r);
+        Ok(r)
     }
 
     async fn reload_config(&mut self) -> wasmtime::Result<Result<ConfigChanges, Error>> {
@@ -215,24 +294,38 @@ impl Host for Capabilities {
         let n = &group;
         let r = async {
             self.config()?;
+            if self.effects.is_planning() {
+                self.program(n)?;
+                self.effects.did(|| format!("add group {n}"));
+                return Ok(());
+            }
             self.on_program(n, "supervisor add group", move |b| async move {
                 b.add_group(n).await
             })
             .await
         };
-        Ok(r.await)
+        let r = r.await;
+        self.effects.note(&r);
+        Ok(r)
     }
 
     async fn remove_group(&mut self, group: String) -> wasmtime::Result<Result<(), Error>> {
         let n = &group;
         let r = async {
             self.config()?;
+            if self.effects.is_planning() {
+                self.program(n)?;
+                self.effects.did(|| format!("remove group {n}"));
+                return Ok(());
+            }
             self.on_program(n, "supervisor remove group", move |b| async move {
                 b.remove_group(n).await
             })
             .await
         };
-        Ok(r.await)
+        let r = r.await;
+        self.effects.note(&r);
+        Ok(r)
     }
 
     async fn tail_log(
