@@ -89,8 +89,26 @@ async fn start_stop_restart_act_on_every_replica_like_compose() {
     ]);
     let oneoff = format!("{}_oneoff", p.name);
 
+    // A dry run says what the stop would do and does nothing.
+    let before = (started_at(&w1), started_at(&w2));
+    let r = run(&m, "w", "stop", json!({"stop_timeout": 5, "dry_run": true})).await;
+    assert!(r.success, "{r:?}");
+    assert_eq!(r.metadata["dry_run"], true, "{r:?}");
+    assert_eq!(r.metadata["changed"], false, "{r:?}");
+    assert_eq!(
+        r.metadata["plan"],
+        json!([format!("stop {w1}"), format!("stop {w2}")]),
+        "{r:?}"
+    );
+    assert_eq!(status(&w1), "running", "a dry run stops nothing");
+    assert_eq!(status(&w2), "running");
+    assert_eq!((started_at(&w1), started_at(&w2)), before);
+
     let r = run(&m, "w", "stop", json!({"stop_timeout": 5})).await;
     assert!(r.success, "{r:?}");
+    assert_eq!(r.metadata["changed"], true, "{r:?}");
+    assert!(r.metadata.get("dry_run").is_none(), "{r:?}");
+    assert!(r.metadata.get("plan").is_none(), "{r:?}");
     assert_eq!(status(&w1), "exited");
     assert_eq!(status(&w2), "exited");
     assert_eq!(status(&web), "running", "another service is untouched");
@@ -107,6 +125,7 @@ async fn start_stop_restart_act_on_every_replica_like_compose() {
     let r = run(&m, "w", "stop", json!({})).await;
     assert!(r.success, "{r:?}");
     assert_eq!(r.metadata["already"], true);
+    assert_eq!(r.metadata["changed"], false, "a repeated stop: {r:?}");
     assert!(r.output.unwrap().contains("already stopped"));
 
     let r = run(&m, "w", "start", json!({})).await;
@@ -119,6 +138,7 @@ async fn start_stop_restart_act_on_every_replica_like_compose() {
     let r = run(&m, "w", "start", json!({})).await;
     assert!(r.success, "{r:?}");
     assert_eq!(r.metadata["already"], true);
+    assert_eq!(r.metadata["changed"], false, "an idempotent start: {r:?}");
     assert!(
         r.output.as_deref().unwrap().contains("already running"),
         "{r:?}"
@@ -154,8 +174,22 @@ async fn restart_all_restarts_every_service_of_the_project() {
     ];
     docker(&["stop", "-t", "1", &names[2]]);
     let before: Vec<String> = names.iter().map(|n| started_at(n)).collect();
+    // A dry run: every container of the project planned, none touched.
+    let r = run(&m, "all", "restart_all", json!({"dry_run": true})).await;
+    assert!(r.success, "{r:?}");
+    assert_eq!(r.metadata["changed"], false, "{r:?}");
+    let mut plan: Vec<String> = serde_json::from_value(r.metadata["plan"].clone()).unwrap();
+    plan.sort();
+    let mut expected: Vec<String> = names.iter().map(|n| format!("restart {n}")).collect();
+    expected.sort();
+    assert_eq!(plan, expected, "{r:?}");
+    assert_eq!(status(&names[2]), "exited", "a dry run starts nothing");
+    let after: Vec<String> = names.iter().map(|n| started_at(n)).collect();
+    assert_eq!(after, before, "a dry run restarts nothing");
+
     let r = run(&m, "all", "restart_all", json!({})).await;
     assert!(r.success, "{r:?}");
+    assert_eq!(r.metadata["changed"], true, "{r:?}");
     for (n, b) in names.iter().zip(&before) {
         assert_eq!(status(n), "running", "{n}");
         assert_ne!(&started_at(n), b, "{n} restarted");
@@ -236,8 +270,18 @@ async fn build_reads_the_compose_file_and_tags_the_image_as_compose() {
     .unwrap();
     let setup = Setup::new(&common::docker::plugins());
     let m = manager(&setup, &p, false, &entity("app", &p, "app")).await;
+    let r = run(&m, "app", "build", json!({"dry_run": true})).await;
+    assert!(r.success, "{r:?}");
+    assert_eq!(r.metadata["changed"], false, "{r:?}");
+    assert_eq!(
+        r.metadata["plan"],
+        json!([format!("build the image of service app of project {} as {tag}", p.name)]),
+        "{r:?}"
+    );
+    assert_eq!(inspect(&tag)["Id"], first_id.as_str(), "a dry run builds nothing");
     let r = run(&m, "app", "build", json!({})).await;
     assert!(r.success, "{r:?}");
+    assert_eq!(r.metadata["changed"], true, "{r:?}");
     let new_id = inspect(&tag)["Id"].as_str().unwrap().to_owned();
     assert_ne!(new_id, first_id, "the tag points at a new image");
     assert_eq!(r.metadata["image"], tag.as_str());
