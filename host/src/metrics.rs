@@ -51,6 +51,7 @@ impl Outcome {
 pub struct Metrics {
     registry: Registry,
     answered: Family<AnswerLabels, Counter>,
+    effects: Family<[(&'static str, String); 3], Counter>,
     duration: Family<ActionLabels, Histogram, fn() -> Histogram>,
     denials: Family<OneLabel, Counter>,
     load_failures: Counter,
@@ -82,6 +83,7 @@ impl Metrics {
         let mut registry = Registry::with_prefix("marvin_manager");
         let m = Self {
             answered: Family::default(),
+            effects: Family::default(),
             duration: Family::new_with_constructor(duration_histogram),
             denials: Family::default(),
             load_failures: Counter::default(),
@@ -105,6 +107,11 @@ impl Metrics {
             "requests_answered",
             "Requests answered, by plugin, action and outcome (success, failure, ledger, expired, interrupted)",
             m.answered.clone(),
+        );
+        registry.register(
+            "request_effects",
+            "Requests carried out, by plugin, action and effect: changed (a changing host call worked), unchanged, or dry_run (planned, nothing done)",
+            m.effects.clone(),
         );
         registry.register_with_unit(
             "request_duration",
@@ -188,6 +195,17 @@ impl Metrics {
         if outcome == Outcome::Ledger {
             self.dedups.inc();
         }
+    }
+
+    /// What a request carried out changed: `changed`, `unchanged` or `dry_run`.
+    pub fn effect(&self, plugin: &str, action: &str, effect: &'static str) {
+        self.effects
+            .get_or_create(&[
+                ("plugin", plugin.to_owned()),
+                ("action", action.to_owned()),
+                ("effect", effect.to_owned()),
+            ])
+            .inc();
     }
 
     /// A plugin carried an action out in `seconds`.

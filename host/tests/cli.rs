@@ -384,6 +384,29 @@ fn run_uses_manager_toml_from_the_working_directory() {
     assert_eq!(seen["target"]["program"], "workers:consumer");
     assert_eq!(seen["timeout_ms"], 3000);
     assert_eq!(seen["args"]["a"], 1);
+    assert_eq!(r["metadata"]["changed"], false, "echo makes no host call");
+
+    // --dry-run: the plugin sees `args.dry_run`, the answer says it was a dry run.
+    let o = marvin(
+        s.path(),
+        &[
+            "run",
+            "--entity",
+            "abc",
+            "--action",
+            "restart",
+            "--args",
+            "{\"a\":1}",
+            "--dry-run",
+        ],
+    );
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let r: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    let seen: serde_json::Value = serde_json::from_str(r["output"].as_str().unwrap()).unwrap();
+    assert_eq!(seen["args"], serde_json::json!({"a": 1, "dry_run": true}));
+    assert_eq!(r["metadata"]["dry_run"], true, "{r}");
+    assert_eq!(r["metadata"]["plan"], serde_json::json!([]), "{r}");
+    assert_eq!(r["metadata"]["changed"], false, "{r}");
 
     // Failure: the response still prints, and the exit code says so.
     let o = marvin(s.path(), &["run", "--entity", "nope", "--action", "start"]);

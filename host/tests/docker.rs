@@ -275,10 +275,17 @@ async fn build_reads_the_compose_file_and_tags_the_image_as_compose() {
     assert_eq!(r.metadata["changed"], false, "{r:?}");
     assert_eq!(
         r.metadata["plan"],
-        json!([format!("build the image of service app of project {} as {tag}", p.name)]),
+        json!([format!(
+            "build the image of service app of project {} as {tag}",
+            p.name
+        )]),
         "{r:?}"
     );
-    assert_eq!(inspect(&tag)["Id"], first_id.as_str(), "a dry run builds nothing");
+    assert_eq!(
+        inspect(&tag)["Id"],
+        first_id.as_str(),
+        "a dry run builds nothing"
+    );
     let r = run(&m, "app", "build", json!({})).await;
     assert!(r.success, "{r:?}");
     assert_eq!(r.metadata["changed"], true, "{r:?}");

@@ -340,6 +340,43 @@ fn serve_waits_for_the_queue_and_tells_systemd_and_prometheus() {
         ),
         "{metrics}"
     );
+    // echo makes no host call: nothing changed.
+    assert!(
+        metrics.contains(
+            "marvin_manager_request_effects_total{plugin=\"echo\",action=\"start\",effect=\"unchanged\"} 1"
+        ),
+        "{metrics}"
+    );
+    // A dry run through the queue: planned, counted as such, listed as such.
+    let o = marvin(
+        s.path(),
+        &dsn,
+        &[
+            "dispatch",
+            "--entity",
+            "e1",
+            "--action",
+            "start",
+            "--wait",
+            "--dry-run",
+        ],
+    );
+    assert!(o.status.success(), "{}", text(&o));
+    let answer = text(&o);
+    assert!(answer.contains("\"dry_run\": true"), "{answer}");
+    assert!(answer.contains("\"plan\": []"), "{answer}");
+    let metrics = wait_status(port, "/metrics", 200, Duration::from_secs(5));
+    assert!(
+        metrics.contains(
+            "marvin_manager_request_effects_total{plugin=\"echo\",action=\"start\",effect=\"dry_run\"} 1"
+        ),
+        "{metrics}"
+    );
+    let o = marvin(s.path(), &dsn, &["actions"]);
+    let listed = text(&o);
+    assert!(listed.contains("#dry-run"), "{listed}");
+    assert!(listed.contains("ok dry run: nothing to do"), "{listed}");
+    assert!(listed.contains("ok unchanged"), "{listed}");
     // echo claims start, stop and restart: the built-in docker-compose keeps the rest, and
     // the override is on /metrics and in the log (with the plugin's name and version).
     assert!(
@@ -355,8 +392,8 @@ fn serve_waits_for_the_queue_and_tells_systemd_and_prometheus() {
     );
     assert!(logged.contains("loaded 'echo' 1.2.3 from"), "{logged}");
     assert!(
-        metrics.contains("marvin_manager_queue_depth{queue=\"q\"} 1"),
-        "the answer waits for Core on the same queue: {metrics}"
+        metrics.contains("marvin_manager_queue_depth{queue=\"q\"} 2"),
+        "the two answers (the start, its dry run) wait for Core on the same queue: {metrics}"
     );
     assert!(metrics.contains("marvin_manager_ready 1"), "{metrics}");
     assert!(metrics.ends_with("# EOF\n"), "{metrics}");

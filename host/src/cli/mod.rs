@@ -216,16 +216,21 @@ struct RequestArgs {
     /// The correlation id [default: a new UUID].
     #[arg(long)]
     correlation_id: Option<String>,
+    /// Plan the action instead of doing it (`args.dry_run = true`): the answer lists the
+    /// changing calls the plugin would make (`metadata.plan`), none is made.
+    #[arg(long)]
+    dry_run: bool,
 }
 
 impl RequestArgs {
     fn into_request(self) -> anyhow::Result<ManagerRequest> {
         let args = serde_json::from_str(&self.args).context("--args is not valid JSON")?;
         let id = self.correlation_id.unwrap_or_else(new_correlation_id);
-        Ok(ManagerRequest::new(id, self.entity, self.action)
+        let req = ManagerRequest::new(id, self.entity, self.action)
             .with_command(self.command)
             .with_args(args)
-            .with_timeout(self.timeout))
+            .with_timeout(self.timeout);
+        Ok(if self.dry_run { req.planned() } else { req })
     }
 }
 

@@ -143,8 +143,10 @@ pub(super) async fn dispatch(global: &GlobalArgs, args: DispatchArgs) -> anyhow:
             return Ok(ExitCode::SUCCESS);
         }
         let deadline = tokio::time::Instant::now() + request.timeout() + Duration::from_secs(30);
+        // A dry run's answer is in the ledger under a key of its own.
+        let key = if request.dry_run() { crate::ledger::dry_run_key(&request.correlation_id) } else { request.correlation_id.clone() };
         loop {
-            if let Some(entry) = t.answered(vec![request.correlation_id.clone()]).await?.remove(&request.correlation_id) {
+            if let Some(entry) = t.answered(vec![key.clone()]).await?.remove(&key) {
                 println!("{}", serde_json::to_string_pretty(&entry.response)?);
                 return Ok(if entry.success { ExitCode::SUCCESS } else { ExitCode::FAILURE });
             }
@@ -195,6 +197,28 @@ fn since(s: &str) -> anyhow::Result<String> {
         .to_string())
 }
 
+/// What an answer says it changed: ` changed`, ` unchanged`, ` dry run: <plan>`; nothing for
+/// an answer from before `changed` existed.
+fn effect(response: &serde_json::Value) -> String {
+    let meta = &response["metadata"];
+    if meta["dry_run"] == true {
+        let plan: Vec<&str> = meta["plan"]
+            .as_array()
+            .map(|p| p.iter().filter_map(|s| s.as_str()).collect())
+            .unwrap_or_default();
+        return if plan.is_empty() {
+            " dry run: nothing to do".into()
+        } else {
+            format!(" dry run: {}", plan.join(", "))
+        };
+    }
+    match meta["changed"].as_bool() {
+        Some(true) => " changed".into(),
+        Some(false) => " unchanged".into(),
+        None => String::new(),
+    }
+}
+
 pub(super) async fn actions(global: &GlobalArgs, args: ActionsArgs) -> anyhow::Result<ExitCode> {
     let settings = global.settings()?;
     let dsn = settings.dsn.clone();
@@ -228,12 +252,13 @@ pub(super) async fn actions(global: &GlobalArgs, args: ActionsArgs) -> anyhow::R
     }
     for e in &entries {
         println!(
-            "{}  {}  {} {}  {}  {} ms  {}  by {}{}",
+            "{}  {}  {} {}  {}{}  {} ms  {}  by {}{}",
             e.received_at,
             e.correlation_id,
             e.entity_id,
             e.action,
             if e.success { "ok" } else { "FAILED" },
+            effect(&e.response),
             e.duration_ms,
             e.plugin.as_deref().unwrap_or("-"),
             e.manager.as_deref().unwrap_or("-"),

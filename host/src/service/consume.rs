@@ -865,6 +865,16 @@ fn count_answer(response: &ManagerResponse, from_ledger: bool) {
         .and_then(serde_json::Value::as_str)
         .unwrap_or("-");
     m.answered(plugin, &response.action, outcome);
+    if !from_ledger && response.metadata.contains_key("changed") {
+        let effect = if flag("dry_run") {
+            "dry_run"
+        } else if flag("changed") {
+            "changed"
+        } else {
+            "unchanged"
+        };
+        m.effect(plugin, &response.action, effect);
+    }
 }
 
 /// How long actions and start records take (moving averages), so a request asks for its
