@@ -19,6 +19,7 @@ use marvin_manager::transport::{HistoryFilter, Queue, Records};
 on_both_databases!(
     every_request_is_answered_in_its_format,
     a_completed_correlation_id_is_answered_from_the_ledger,
+    a_dry_run_is_recorded_as_such_and_never_answers_a_real_request,
     bad_rows_never_stop_the_service,
     stop_finishes_what_is_in_flight,
     keepalive_keeps_a_long_action_from_redelivery,
@@ -135,6 +136,58 @@ async fn a_completed_correlation_id_is_answered_from_the_ledger<T: Queue + Recor
         .len(),
         1
     );
+}
+
+async fn a_dry_run_is_recorded_as_such_and_never_answers_a_real_request<T: Queue + Records>(
+    db: &TestDb,
+    mk: impl AsyncFn(&str) -> T,
+) {
+    let s = Setup::new(&[(guests::ECHO, "echo.wasm")]);
+    let t = Arc::new(mk("").await);
+    t.setup().await.unwrap();
+    let m = manager(&s).await;
+    let planned = request("same-id", "c1", "restart").planned();
+    send(&*t, &planned, Format::Php).await;
+    let first = run_until_idle(t.clone(), m.clone(), 1).await;
+    assert_eq!((first.answered, first.from_ledger), (1, 0));
+    // The same correlation id, for real (and its dry run again): each runs.
+    send(&*t, &request("same-id", "c1", "restart"), Format::Php).await;
+    let second = run_until_idle(t.clone(), m.clone(), 1).await;
+    assert_eq!(
+        (second.answered, second.from_ledger),
+        (1, 0),
+        "the real request ran"
+    );
+    send(&*t, &planned, Format::Php).await;
+    let third = run_until_idle(t.clone(), m.clone(), 1).await;
+    assert_eq!(
+        (third.answered, third.from_ledger),
+        (1, 0),
+        "a dry run is planned again"
+    );
+    // A redelivery of the real request is answered from the ledger: its own answer.
+    send(&*t, &request("same-id", "c1", "restart"), Format::Php).await;
+    let fourth = run_until_idle(t.clone(), m, 1).await;
+    assert_eq!((fourth.answered, fourth.from_ledger), (1, 1));
+    let answers = db.responses().await;
+    let dry: Vec<bool> = answers
+        .iter()
+        .map(|r| r.metadata.get("dry_run") == Some(&serde_json::json!(true)))
+        .collect();
+    assert_eq!(dry, vec![true, false, true, false], "{answers:?}");
+    assert_eq!(answers[1], answers[3]);
+    let mut ids: Vec<String> = t
+        .history(HistoryFilter {
+            limit: 10,
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|e| e.correlation_id)
+        .collect();
+    ids.sort();
+    assert_eq!(ids, vec!["same-id", "same-id#dry-run"]);
 }
 
 async fn bad_rows_never_stop_the_service<T: Queue + Records>(

@@ -401,8 +401,31 @@ async fn exec_cmd_runs_argv_and_reports_exit_codes() {
     let setup = Setup::new(&common::docker::plugins());
     let m = manager(&setup, &p, true, &entity("web", &p, "web")).await;
 
+    // exec-cmd says exec_cmd cannot be planned: a dry run runs nothing.
+    let req = request("web", "exec_cmd", json!({"dry_run": true}), 10)
+        .with_command(Some("touch /planned".into()));
+    let r = m.execute(&req).await;
+    assert!(!r.success, "{r:?}");
+    assert!(
+        r.error
+            .as_deref()
+            .unwrap()
+            .contains("'exec_cmd' cannot be planned"),
+        "{r:?}"
+    );
+    assert_eq!(r.metadata["plannable"], false, "{r:?}");
+    assert_eq!(r.metadata["dry_run"], true, "{r:?}");
+    assert_eq!(r.metadata["changed"], false, "{r:?}");
+    let ls = exec(&m, "web", "ls /", 10).await;
+    assert!(ls.success, "{ls:?}");
+    assert!(
+        !ls.output.unwrap().contains("planned"),
+        "the command did not run"
+    );
+
     let r = exec(&m, "web", "echo 'hello  world' again", 10).await;
     assert!(r.success, "{r:?}");
+    assert_eq!(r.metadata["changed"], true, "a command ran: {r:?}");
     assert_eq!(r.output.as_deref(), Some("hello  world again\n"));
     assert_eq!(r.metadata["exit_code"], 0);
     assert_eq!(r.metadata["shell"], false);
@@ -530,6 +553,15 @@ async fn ungranted_projects_and_unknown_services_are_clear_errors() {
         "running",
         "nothing happened"
     );
+    // Grants apply to a dry run too: planning an ungranted action is a permission error.
+    let r = run(&m, "theirs", "stop", json!({"dry_run": true})).await;
+    assert!(!r.success, "{r:?}");
+    assert!(
+        r.error.as_deref().unwrap().contains("permission denied"),
+        "{r:?}"
+    );
+    assert_eq!(r.metadata["dry_run"], true, "{r:?}");
+    assert_eq!(r.metadata["plan"], json!([]), "{r:?}");
     let r = run(&m, "nope", "start", json!({})).await;
     assert!(!r.success);
     assert!(

@@ -331,6 +331,15 @@ async fn plugins_say_which_actions_are_idempotent_and_first_contract_plugins_sti
         "{r:?}"
     );
     assert!(!m.idempotent(&req("c1", "legacy_ping")).await);
+    // ... and is planned by the host in a dry run (it has no `unplannable-actions`): it runs,
+    // its changing calls (none here) planned.
+    let r = m
+        .execute(&request("c1", "legacy_ping", json!({"dry_run": true}), 5))
+        .await;
+    assert!(r.success, "{r:?}");
+    assert_eq!(r.metadata["dry_run"], true, "{r:?}");
+    assert_eq!(r.metadata["plan"], json!([]), "{r:?}");
+    assert_eq!(r.metadata["changed"], false, "{r:?}");
     // The operator's word wins over the plugin's.
     let m = s
         .manager(&format!(

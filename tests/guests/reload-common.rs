@@ -10,6 +10,10 @@ impl Guest for Reload {
         Vec::new()
     }
 
+    fn unplannable_actions() -> Vec<marvin_plugin_sdk::types::HandledAction> {
+        Vec::new()
+    }
+
     fn describe() -> PluginInfo {
         marvin_plugin_sdk::info("reload", VERSION, EntityKind::Worker, &["start"], &[])
     }

@@ -20,6 +20,10 @@ impl Guest for Hello {
         Vec::new()
     }
 
+    fn unplannable_actions() -> Vec<marvin_plugin_sdk::types::HandledAction> {
+        Vec::new()
+    }
+
     /// Called once at load: who we are, what we handle, what we need.
     fn describe() -> PluginInfo {
         marvin_plugin_sdk::info(

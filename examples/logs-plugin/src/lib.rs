@@ -17,6 +17,10 @@ impl Guest for Logs {
         marvin_plugin_sdk::handles(EntityKind::Worker, &["logs"])
     }
 
+    fn unplannable_actions() -> Vec<marvin_plugin_sdk::types::HandledAction> {
+        Vec::new()
+    }
+
     /// Once, at load: who we are, what we handle, what we need.
     fn describe() -> PluginInfo {
         marvin_plugin_sdk::info(

@@ -336,6 +336,13 @@ impl Guest for Plugin {{
         marvin_plugin_sdk::handles(EntityKind::{entity_kind}, ACTIONS)
     }}
 
+    /// The actions a dry run (`args.dry_run`) must not run. In a dry run the host makes the
+    /// reading host calls and plans the changing ones, answering them as if they had worked:
+    /// list an action here only when what it does next depends on a change really made.
+    fn unplannable_actions() -> Vec<HandledAction> {{
+        Vec::new()
+    }}
+
     /// One request, on a fresh instance: here, a report of what the entity names.
     fn handle(req: Request) -> Response {{
         {body}

@@ -40,6 +40,23 @@ use stdio::Capture;
 const EPOCH_TICK: Duration = Duration::from_millis(10);
 /// The optional export that names a plugin's idempotent actions.
 const IDEMPOTENT_EXPORT: &str = "idempotent-actions";
+/// The optional export that names the actions a dry run must not run.
+const UNPLANNABLE_EXPORT: &str = "unplannable-actions";
+
+/// Calls the optional export `name` (a list of (kind, action) pairs) when the plugin has it.
+async fn optional_actions(
+    instance: &wasmtime::component::Instance,
+    store: &mut Store<HostState>,
+    name: &str,
+) -> wasmtime::Result<Option<Vec<types::HandledAction>>> {
+    if instance.get_export_index(&mut *store, None, name).is_none() {
+        return Ok(None);
+    }
+    let f = instance
+        .get_typed_func::<(), (Vec<types::HandledAction>,)>(&mut *store, name)
+        .map_err(|e| wasmtime::format_err!("{name} has the wrong type: {e}"))?;
+    Ok(Some(f.call_async(&mut *store, ()).await?.0))
+}
 
 /// The deadline of `describe()` at load time.
 const DESCRIBE_TIMEOUT: Duration = Duration::from_secs(5);
@@ -155,6 +172,8 @@ pub struct LoadedPlugin {
     pub from_cache: bool,
     /// The (kind, action) pairs that may run again after a crash interrupted them.
     pub idempotent: BTreeSet<(EntityKind, String)>,
+    /// The (kind, action) pairs a dry run must not run (the plugin's `unplannable-actions`).
+    pub unplannable: BTreeSet<(EntityKind, String)>,
     pre: PluginPre<HostState>,
 }
 
@@ -364,24 +383,15 @@ impl Runtime {
             let instance = pre.instance_pre().instantiate_async(&mut store).await?;
             let plugin = Plugin::new(&mut store, &instance)?;
             let info = plugin.call_describe(&mut store).await?;
-            // Optional (world `plugin-with-idempotence`): a 0.1.0 plugin has no such export.
-            let declared = match instance.get_export_index(&mut store, None, IDEMPOTENT_EXPORT) {
-                Some(_) => {
-                    let f = instance
-                        .get_typed_func::<(), (Vec<types::HandledAction>,)>(
-                            &mut store,
-                            IDEMPOTENT_EXPORT,
-                        )
-                        .map_err(|e| {
-                            wasmtime::format_err!("{IDEMPOTENT_EXPORT} has the wrong type: {e}")
-                        })?;
-                    Some(f.call_async(&mut store, ()).await?.0)
-                }
-                None => None,
-            };
-            wasmtime::Result::<_>::Ok((info, declared))
+            // Optional (worlds `plugin-with-idempotence`, `plugin-with-planning`): a 0.1.0
+            // plugin has neither export.
+            let declared = optional_actions(&instance, &mut store, IDEMPOTENT_EXPORT).await?;
+            let unplannable = optional_actions(&instance, &mut store, UNPLANNABLE_EXPORT)
+                .await?
+                .unwrap_or_default();
+            wasmtime::Result::<_>::Ok((info, declared, unplannable))
         };
-        let (info, declared) =
+        let (info, declared, unplannable) =
             match tokio::time::timeout(DESCRIBE_TIMEOUT + Duration::from_millis(500), call).await {
                 Ok(Ok(info)) => info,
                 Ok(Err(e)) => {
@@ -418,6 +428,10 @@ impl Runtime {
         Ok(LoadedPlugin {
             max_memory_bytes: self.settings.memory_cap(&info.name),
             idempotent: self.settings.idempotent(&info.name, &handles, declared),
+            unplannable: unplannable
+                .iter()
+                .map(|h| (kind_from_wit(h.kind), h.action.clone()))
+                .collect(),
             policy: Arc::new(Policy::new(
                 &info.name,
                 caps,

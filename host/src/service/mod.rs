@@ -224,6 +224,29 @@ impl Manager {
             }
         };
         tracing::Span::current().record("plugin", plugin.name.as_str());
+        if req.dry_run()
+            && plugin
+                .unplannable
+                .contains(&(entity.kind, req.action.clone()))
+        {
+            tracing::info!("dry run of an action its plugin cannot plan: not run");
+            let mut r = ManagerResponse::failure(
+                req,
+                entity.kind,
+                format!(
+                    "'{}' cannot be planned: plugin '{}' says what it does is known only by doing it; nothing was run",
+                    req.action, plugin.name
+                ),
+            );
+            r.metadata.insert("plannable".into(), false.into());
+            r.metadata
+                .insert("plan".into(), serde_json::Value::Array(Vec::new()));
+            r.metadata
+                .insert("plugin".into(), plugin.name.clone().into());
+            r.metadata
+                .insert("plugin_version".into(), plugin.version.clone().into());
+            return r;
+        }
         let outcome = self.runtime.handle(&plugin, &entity, req).await;
         let outcome = outcome
             .0

@@ -341,6 +341,10 @@ impl Guest for DockerCompose {
         marvin_plugin_sdk::handles(EntityKind::Container, &["start", "stop"])
     }
 
+    fn unplannable_actions() -> Vec<marvin_plugin_sdk::types::HandledAction> {
+        Vec::new()
+    }
+
     fn describe() -> PluginInfo {
         marvin_plugin_sdk::info(
             "docker-compose",

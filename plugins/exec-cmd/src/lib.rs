@@ -170,6 +170,14 @@ impl Guest for ExecCmd {
         Vec::new()
     }
 
+    /// `exec_cmd` cannot be planned: what a command does is known only by running it.
+    fn unplannable_actions() -> Vec<marvin_plugin_sdk::types::HandledAction> {
+        marvin_plugin_sdk::handles(
+            marvin_plugin_sdk::types::EntityKind::Container,
+            &["exec_cmd"],
+        )
+    }
+
     fn describe() -> PluginInfo {
         marvin_plugin_sdk::info(
             "exec-cmd",

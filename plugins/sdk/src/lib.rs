@@ -66,7 +66,7 @@ extern crate self as marvin_plugin_sdk;
 #[allow(missing_docs, unsafe_code)]
 pub mod bindings {
     wit_bindgen::generate!({
-        world: "plugin-with-idempotence",
+        world: "plugin-with-planning",
         path: "wit",
         pub_export_macro: true,
         export_macro_name: "export",

@@ -500,6 +500,10 @@ impl Guest for Supervisor {
         marvin_plugin_sdk::handles(EntityKind::Worker, &["start", "stop", "reread", "update"])
     }
 
+    fn unplannable_actions() -> Vec<marvin_plugin_sdk::types::HandledAction> {
+        Vec::new()
+    }
+
     fn describe() -> PluginInfo {
         marvin_plugin_sdk::info(
             "supervisor",

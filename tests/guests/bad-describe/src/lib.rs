@@ -9,6 +9,10 @@ impl Guest for Bad {
         Vec::new()
     }
 
+    fn unplannable_actions() -> Vec<marvin_plugin_sdk::types::HandledAction> {
+        Vec::new()
+    }
+
     fn describe() -> PluginInfo {
         panic!("describe is broken on purpose")
     }

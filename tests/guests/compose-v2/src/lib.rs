@@ -11,6 +11,10 @@ impl Guest for ComposeV2 {
         Vec::new()
     }
 
+    fn unplannable_actions() -> Vec<marvin_plugin_sdk::types::HandledAction> {
+        Vec::new()
+    }
+
     fn describe() -> PluginInfo {
         marvin_plugin_sdk::info(
             "docker-compose",

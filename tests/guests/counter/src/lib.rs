@@ -20,6 +20,10 @@ impl Guest for Counter {
         Vec::new()
     }
 
+    fn unplannable_actions() -> Vec<marvin_plugin_sdk::types::HandledAction> {
+        Vec::new()
+    }
+
     fn handle(req: Request) -> Response {
         log::log(log::Level::Info, &format!("effect[{}]", req.correlation_id));
         let ms = marvin_plugin_sdk::arg_u64(&req, "ms").unwrap_or(40);

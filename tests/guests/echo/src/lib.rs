@@ -11,6 +11,10 @@ impl Guest for Echo {
         handles(EntityKind::Container, &["start", "stop"])
     }
 
+    fn unplannable_actions() -> Vec<marvin_plugin_sdk::types::HandledAction> {
+        Vec::new()
+    }
+
     fn describe() -> PluginInfo {
         let mut h = handles(
             EntityKind::Container,

@@ -12,6 +12,10 @@ impl Guest for Hostile {
         Vec::new()
     }
 
+    fn unplannable_actions() -> Vec<marvin_plugin_sdk::types::HandledAction> {
+        Vec::new()
+    }
+
     fn describe() -> PluginInfo {
         marvin_plugin_sdk::info(
             "hostile",

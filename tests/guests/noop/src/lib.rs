@@ -9,6 +9,10 @@ impl Guest for Noop {
         Vec::new()
     }
 
+    fn unplannable_actions() -> Vec<marvin_plugin_sdk::types::HandledAction> {
+        Vec::new()
+    }
+
     fn describe() -> PluginInfo {
         marvin_plugin_sdk::info("noop", "1.0.0", EntityKind::Container, &["noop"], &[])
     }

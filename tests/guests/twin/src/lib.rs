@@ -9,6 +9,10 @@ impl Guest for Twin {
         Vec::new()
     }
 
+    fn unplannable_actions() -> Vec<marvin_plugin_sdk::types::HandledAction> {
+        Vec::new()
+    }
+
     fn describe() -> PluginInfo {
         marvin_plugin_sdk::info("twin", "0.1.0", EntityKind::Container, &["start"], &[])
     }
