@@ -623,6 +623,7 @@ async fn a_request_core_gave_up_on_is_answered_expired<T: Queue + Records>(
         .unwrap();
     assert!(!stale.success);
     assert_eq!(stale.metadata["expired"], true);
+    assert_eq!(stale.metadata["changed"], false, "not run: nothing changed");
     assert!(
         stale.metadata.get("plugin").is_none(),
         "no plugin ran: {stale:?}"

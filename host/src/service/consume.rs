@@ -528,10 +528,13 @@ fn prepare(
             if let Some(elsewhere) = &row.elsewhere {
                 tracing::warn!(row_id = id, correlation_id = %request.correlation_id, entity = %request.entity_id, "request for an entity this manager does not serve answered with an error");
                 // A manager that served it started it and died: it may have run.
-                let response = match &row.claimed {
-                    Some(claim) => interrupted(&request, claim),
-                    None => not_here(&request, elsewhere),
-                };
+                let response = unrun(
+                    &request,
+                    match &row.claimed {
+                        Some(claim) => interrupted(&request, claim),
+                        None => not_here(&request, elsewhere),
+                    },
+                );
                 let entry = ledger::entry(&response, utc_now_rfc3339(), Duration::ZERO);
                 return reply(&response, Some(Box::new(entry)));
             }
@@ -539,7 +542,7 @@ fn prepare(
                 && row.age > request.timeout() + grace
             {
                 tracing::warn!(row_id = id, correlation_id = %request.correlation_id, age_secs = row.age.as_secs(), "stale request answered without running it");
-                let response = expired(&request, row.age, grace);
+                let response = unrun(&request, expired(&request, row.age, grace));
                 let entry = ledger::entry(&response, utc_now_rfc3339(), Duration::ZERO);
                 return reply(&response, Some(Box::new(entry)));
             }
@@ -569,7 +572,10 @@ fn prepare(
                     success: false,
                     output: None,
                     error: Some(m.reason),
-                    metadata: serde_json::Map::new(),
+                    metadata: serde_json::Map::from_iter([(
+                        "changed".to_owned(),
+                        serde_json::Value::Bool(false),
+                    )]),
                 };
                 let entry = ledger::entry(&response, utc_now_rfc3339(), Duration::ZERO);
                 reply(&response, Some(Box::new(entry)))
@@ -967,6 +973,22 @@ async fn record_starts<Q: Queue>(
             let _ = tx.send(recorded.contains(&id));
         }
     }
+}
+
+/// An answer given without running the action: it changed nothing (an interrupted request
+/// may have changed something before the crash: its answer does not say), and a dry run's
+/// says it was one (its ledger entry is then a dry run's).
+fn unrun(request: &ManagerRequest, mut r: ManagerResponse) -> ManagerResponse {
+    if r.metadata.get("interrupted") != Some(&serde_json::Value::Bool(true)) {
+        r.metadata
+            .entry("changed")
+            .or_insert(serde_json::Value::Bool(false));
+    }
+    if request.dry_run() {
+        r.metadata
+            .insert("dry_run".into(), serde_json::Value::Bool(true));
+    }
+    r
 }
 
 /// The answer to a request Core has given up on: carrying it out now (a restart minutes or
