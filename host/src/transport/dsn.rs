@@ -78,6 +78,10 @@ pub struct TransportOptions {
     pub use_notify: bool,
     /// `auto_setup`: create missing tables on start (default true).
     pub auto_setup: bool,
+    /// `composite_index`: setup also creates the index Symfony 7.4 creates,
+    /// `(queue_name, available_at, delivered_at, id)`, so a fetch walks only its own queue's
+    /// rows (default false: Doctrine of Symfony 5.4–7.3 would list it as one to drop).
+    pub composite_index: bool,
     /// `timezone`: UTC (default) or PHP's `date.timezone` for Symfony < 6.3.
     pub timezone: Zone,
     /// `serializer`: `php` or `json` forces the response format; default: the request's.
@@ -105,6 +109,7 @@ impl Default for TransportOptions {
             redeliver_timeout_secs: 3600,
             use_notify: true,
             auto_setup: true,
+            composite_index: false,
             timezone: Zone::Utc,
             serializer: None,
             manager_id: "marvin-manager".into(),
@@ -142,6 +147,7 @@ const OURS: &[&str] = &[
     "redeliver_timeout",
     "use_notify",
     "auto_setup",
+    "composite_index",
     "timezone",
     "serializer",
     "manager_id",
@@ -245,6 +251,7 @@ impl Dsn {
                 }
                 "use_notify" => o.use_notify = truthy(k, v)?,
                 "auto_setup" => o.auto_setup = truthy(k, v)?,
+                "composite_index" => o.composite_index = truthy(k, v)?,
                 "timezone" => o.timezone = Zone::parse(v)?,
                 "manager_id" => o.manager_id.clone_from(v),
                 "takeover_timeout" => {

@@ -855,7 +855,11 @@ impl Queue for PgTransport {
     type Held = PgHeld;
 
     async fn setup(&self) -> Result<(), Error> {
-        let statements = schema::postgres(self.table(), self.options.use_notify);
+        let statements = schema::postgres(
+            self.table(),
+            self.options.use_notify,
+            self.options.composite_index,
+        );
         let relations = schema::relations(&statements, self.table());
         // Ready: no DDL at all (DDL takes locks that deadlock against other processes'
         // fetches and setups when many start at once).

@@ -15,10 +15,12 @@ pub(crate) fn dbal_index_name(table: &str, columns: &[&str]) -> String {
 }
 
 /// The columns of the messenger table's indexes: Symfony 5.4's three single-column indexes,
-/// and the composite index Symfony 7.4 created instead (`queue_name, available_at,
-/// delivered_at, id`), which lets a fetch walk one queue's rows in `available_at` order
-/// without stepping over the other queues' rows (the answers Core has not read yet, the
-/// parked failures). Created with DBAL's names, so the schema is the one either version makes.
+/// and (with `composite_index`) the composite index Symfony 7.4 creates (`queue_name,
+/// available_at, delivered_at, id`), which lets a fetch walk one queue's rows in
+/// `available_at` order without stepping over the other queues' rows (the answers Core has not
+/// read yet, the parked failures). Created with DBAL's names, so the schema is the one either
+/// version makes; off by default because Doctrine of Symfony 5.4–7.3 lists that index in its
+/// schema diff as one to drop.
 const MESSENGER_INDEXES: [&[&str]; 4] = [
     &["queue_name"],
     &["available_at"],
@@ -26,8 +28,9 @@ const MESSENGER_INDEXES: [&[&str]; 4] = [
     &["queue_name", "available_at", "delivered_at", "id"],
 ];
 
-fn messenger_indexes(table: &str) -> impl Iterator<Item = String> + '_ {
-    MESSENGER_INDEXES.iter().map(move |cols| {
+fn messenger_indexes(table: &str, composite: bool) -> impl Iterator<Item = String> + '_ {
+    let n = if composite { 4 } else { 3 };
+    MESSENGER_INDEXES[..n].iter().map(move |cols| {
         format!(
             "CREATE INDEX IF NOT EXISTS {} ON {table} ({})",
             dbal_index_name(table, cols),
@@ -99,11 +102,11 @@ pub(crate) fn relations(statements: &[String], table: &str) -> Vec<String> {
 }
 
 /// PostgreSQL: table, indexes, and (with `use_notify`) Symfony's NOTIFY trigger.
-pub(crate) fn postgres(table: &str, use_notify: bool) -> Vec<String> {
+pub(crate) fn postgres(table: &str, use_notify: bool, composite_index: bool) -> Vec<String> {
     let mut sql = vec![format!(
         "CREATE TABLE IF NOT EXISTS {table} (id BIGSERIAL NOT NULL, body TEXT NOT NULL, headers TEXT NOT NULL, queue_name VARCHAR(190) NOT NULL, created_at TIMESTAMP(0) WITHOUT TIME ZONE NOT NULL, available_at TIMESTAMP(0) WITHOUT TIME ZONE NOT NULL, delivered_at TIMESTAMP(0) WITHOUT TIME ZONE DEFAULT NULL, PRIMARY KEY(id))"
     )];
-    sql.extend(messenger_indexes(table));
+    sql.extend(messenger_indexes(table, composite_index));
     if use_notify {
         let (bare, schema) = split(table);
         let function = format!("{schema}notify_{bare}");
@@ -120,11 +123,11 @@ pub(crate) fn postgres(table: &str, use_notify: bool) -> Vec<String> {
 }
 
 /// SQLite: the DDL Symfony's transport runs.
-pub(crate) fn sqlite(table: &str) -> Vec<String> {
+pub(crate) fn sqlite(table: &str, composite_index: bool) -> Vec<String> {
     let mut sql = vec![format!(
         "CREATE TABLE IF NOT EXISTS {table} (id INTEGER PRIMARY KEY AUTOINCREMENT NOT NULL, body CLOB NOT NULL, headers CLOB NOT NULL, queue_name VARCHAR(190) NOT NULL, created_at DATETIME NOT NULL, available_at DATETIME NOT NULL, delivered_at DATETIME DEFAULT NULL)"
     )];
-    sql.extend(messenger_indexes(table));
+    sql.extend(messenger_indexes(table, composite_index));
     sql.extend(own_tables(&Names::for_table(table)));
     sql
 }
@@ -210,27 +213,29 @@ mod tests {
 
     #[test]
     fn relations_are_every_table_and_index_created() {
-        let r = relations(&postgres("app.queue", true), "app.queue");
+        let r = relations(&postgres("app.queue", true, false), "app.queue");
+        assert_eq!(r.len(), 13, "{r:?}");
+        let r = relations(&postgres("app.queue", true, true), "app.queue");
         assert_eq!(r.len(), 14, "{r:?}");
         assert!(r.contains(&"app.queue".to_owned()));
         assert!(r.contains(&"app.marvin_manager_routes".to_owned()));
         assert!(r.contains(&"app.marvin_manager_claims".to_owned()));
         assert!(r.contains(&"app.marvin_manager_ledger_received".to_owned()));
         assert!(r.iter().any(|n| n.starts_with("app.IDX_")));
-        let r = relations(&sqlite("messenger_messages"), "messenger_messages");
-        assert_eq!(r.len(), 14, "{r:?}");
+        let r = relations(&sqlite("messenger_messages", false), "messenger_messages");
+        assert_eq!(r.len(), 13, "{r:?}");
     }
 
     #[test]
     fn notify_trigger_as_symfony_writes_it() {
-        let sql = postgres("messenger_messages", true);
+        let sql = postgres("messenger_messages", true, false);
         assert!(
             sql.iter()
                 .any(|s| s
                     .contains("PERFORM pg_notify('messenger_messages', NEW.queue_name::text);"))
         );
         assert!(sql.iter().any(|s| s == "CREATE TRIGGER notify_trigger AFTER INSERT OR UPDATE ON messenger_messages FOR EACH ROW EXECUTE PROCEDURE notify_messenger_messages()"));
-        let sql = postgres("app.queue", true);
+        let sql = postgres("app.queue", true, false);
         assert!(
             sql.iter()
                 .any(|s| s.contains("FUNCTION app.notify_queue()"))

@@ -411,7 +411,7 @@ impl Queue for SqliteTransport {
     async fn setup(&self) -> Result<(), Error> {
         let inner = self.0.clone();
         detached(async move {
-            let statements = schema::sqlite(inner.table());
+            let statements = schema::sqlite(inner.table(), inner.options.composite_index);
             let relations = schema::relations(&statements, inner.table());
             // Ready: no DDL, no write lock taken.
             if inner

@@ -1,6 +1,7 @@
 //! Guest-side helpers for marvin-manager plugins.
 //!
-//! A plugin implements [`Guest`] (`describe`, `idempotent_actions` and `handle`) and calls
+//! A plugin implements [`Guest`] (`describe`, `idempotent_actions`, `unplannable_actions` and
+//! `handle`) and calls
 //! [`export!`]. It reaches
 //! the outside only through the imported interfaces ([`docker`], [`supervisor`], [`log`]),
 //! and only as far as the operator granted. Files under granted directories are readable
@@ -25,6 +26,12 @@
 //!     /// Reading a log twice changes nothing.
 //!     fn idempotent_actions() -> Vec<HandledAction> {
 //!         marvin_plugin_sdk::handles(EntityKind::Worker, &["logs"])
+//!     }
+//!
+//!     /// Once, at load: the actions a dry run must not run. In a dry run the host makes the
+//!     /// reading calls and plans the changing ones, so there is rarely any.
+//!     fn unplannable_actions() -> Vec<HandledAction> {
+//!         Vec::new()
 //!     }
 //!
 //!     /// Per request, on a fresh instance.
