@@ -48,6 +48,17 @@ pub enum Error {
 }
 
 impl Error {
+    /// Whether the statement lost a deadlock or a serialization conflict: trying it again
+    /// may work.
+    pub fn is_conflict(&self) -> bool {
+        match self {
+            Self::Db(sqlx::Error::Database(e)) => {
+                matches!(e.code().as_deref(), Some("40P01" | "40001"))
+            }
+            _ => false,
+        }
+    }
+
     /// Whether the statement failed because the queue's table does not exist (yet).
     pub fn is_missing_table(&self) -> bool {
         match self {

@@ -648,6 +648,10 @@ fn storable_str(s: &str) -> Cow<'_, str> {
     }
 }
 
+/// How often the settle of a hold is tried when it loses a deadlock or a serialization
+/// conflict.
+const RELEASE_TRIES: u32 = 5;
+
 /// The statements of the consume path, built once per transport (they depend on the table
 /// names only). Prepared per connection: PostgreSQL parses each once; the fetches run on
 /// connections with `plan_cache_mode = force_custom_plan`, so they are still planned for
@@ -968,7 +972,23 @@ impl Queue for PgTransport {
         let Some(mut tx) = held.0 else {
             return self.complete(batch.to_vec()).await;
         };
-        let answered = self.settle_in(&mut tx, batch, &running).await?;
+        // A savepoint after the rows were locked: a settle that loses a deadlock against
+        // another manager's statement is rolled back to it and tried again, with the rows
+        // still locked. Rolling the whole hold back would put rows whose starts this process
+        // recorded back on the queue, unmarked, for another manager to answer "interrupted".
+        sqlx::Executor::execute(&mut tx, "SAVEPOINT settle").await?;
+        let mut tries = 0;
+        let answered = loop {
+            match self.settle_in(&mut tx, batch, &running).await {
+                Ok(n) => break n,
+                Err(e) if tries < RELEASE_TRIES && e.is_conflict() => {
+                    tries += 1;
+                    tracing::debug!(cause = %e, tries, "settle of a hold lost a conflict; trying again");
+                    sqlx::Executor::execute(&mut tx, "ROLLBACK TO SAVEPOINT settle").await?;
+                }
+                Err(e) => return Err(e),
+            }
+        };
         sqlx::Executor::execute(&mut tx, "COMMIT").await?;
         self.holds.give_back(tx);
         self.after_delete(answered);
