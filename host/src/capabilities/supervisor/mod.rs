@@ -115,6 +115,18 @@ impl Capabilities {
         Ok(members)
     }
 
+    /// A dry run of a call on one process: planned once the process is known to exist (and
+    /// granted), answered with it as it is now.
+    async fn plan_process(&self, name: &str, verb: &str) -> Result<Process, Error> {
+        let p = self
+            .on_program(name, "supervisor process info", move |b| async move {
+                b.process_info(name).await
+            })
+            .await?;
+        self.effects.did(|| format!("{verb} {name}"));
+        Ok(p)
+    }
+
     /// A group call changed something when one of its processes' calls worked.
     fn note_group(&self, r: &Result<Vec<ProcessResult>, Error>) {
         self.effects.changed_if(
@@ -187,16 +199,7 @@ impl Host for Capabilities {
         let n = &name;
         if self.effects.is_planning() {
             // Answered as a start that worked: the process as it is, running.
-            let r = self
-                .on_program(n, "supervisor process info", move |b| async move {
-                    b.process_info(n).await
-                })
-                .await
-                .map(|p| {
-                    self.effects.did(|| format!("start {n}"));
-                    running(p)
-                });
-            return Ok(r);
+            return Ok(self.plan_process(n, "start").await.map(running));
         }
         let r = self
             .on_program(n, "supervisor start", move |b| async move {
@@ -214,13 +217,7 @@ impl Host for Capabilities {
     ) -> wasmtime::Result<Result<(), Error>> {
         let n = &name;
         if self.effects.is_planning() {
-            let r = self
-                .on_program(n, "supervisor process info", move |b| async move {
-                    b.process_info(n).await
-                })
-                .await
-                .map(|_| self.effects.did(|| format!("stop {n}")));
-            return Ok(r);
+            return Ok(self.plan_process(n, "stop").await.map(|_| ()));
         }
         let r = self
             .on_program(n, "supervisor stop", move |b| async move {
