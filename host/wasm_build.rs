@@ -19,6 +19,10 @@ pub(crate) fn build(manifest: &Path, target: &Path) {
     .arg(manifest)
     .arg("--target-dir")
     .arg(target);
+    // Cargo reads `.cargo/config.toml` from where it runs: the workspace's own settings.
+    if let Some(dir) = manifest.parent() {
+        cmd.current_dir(dir);
+    }
     // The outer build's settings are for the host, not for wasm.
     for var in [
         "CARGO_ENCODED_RUSTFLAGS",

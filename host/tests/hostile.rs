@@ -36,6 +36,71 @@ async fn infinite_loop_is_stopped_at_its_deadline() {
     assert_echo_still_serves(&m).await;
 }
 
+/// Waits until `n` instances are made ahead (a second at most), and a moment more: the plugin
+/// is then idle, and the next request's instance is made ahead too.
+async fn made_ahead(m: &marvin_manager::service::Manager, n: usize) {
+    let t = Instant::now();
+    while m.runtime().made_ahead() != n {
+        assert!(
+            t.elapsed() < Duration::from_secs(1),
+            "{} instances made ahead, not {n}",
+            m.runtime().made_ahead()
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(5)).await;
+}
+
+/// After a request on an idle plugin its next instance is made ahead; that instance is as
+/// fresh as one made at the request, and runs under the request's own deadline, grants,
+/// correlation id and memory cap.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_instance_made_ahead_is_fresh_and_runs_under_its_own_request() {
+    let s = Setup::new(&[
+        (guests::HOSTILE, "hostile.wasm"),
+        (guests::ECHO, "echo.wasm"),
+    ]);
+    let config = format!(
+        "{}\n[plugins.hostile]\nmax_memory_bytes = 16777216\n",
+        hostile_entity()
+    );
+    let m = s.manager(&config).await;
+    assert_eq!(
+        m.runtime().made_ahead(),
+        0,
+        "nothing is made before a request"
+    );
+    for i in 1..=3 {
+        let r = m.execute(&request("h", "remember", json!({}), 5)).await;
+        assert!(r.success, "{r:?}");
+        assert_eq!(r.metadata["seen"], 1, "request {i} found a used instance");
+        made_ahead(&m, 1).await;
+    }
+    // Its deadline is the request's (1 s), not the 5 s it was made under.
+    let t = Instant::now();
+    let r = m.execute(&request("h", "loop", json!({}), 1)).await;
+    let e = r.error.unwrap();
+    assert!(e.contains("did not finish within the 1 s timeout"), "{e}");
+    assert!(t.elapsed() < Duration::from_secs(2), "{:?}", t.elapsed());
+    made_ahead(&m, 1).await;
+    // Its host calls go through the plugin's policy, which names it.
+    let r = m.execute(&request("h", "docker", json!({}), 5)).await;
+    let e = r.error.unwrap();
+    assert!(
+        e.contains("plugin 'hostile'") && e.contains("docker.projects"),
+        "{e}"
+    );
+    made_ahead(&m, 1).await;
+    // Its memory cap is the plugin's.
+    let r = m.execute(&request("h", "membomb", json!({}), 10)).await;
+    let e = r.error.unwrap();
+    assert!(e.contains("exceeded its memory limit"), "{e}");
+    made_ahead(&m, 1).await;
+    let r = m.execute(&request("h", "remember", json!({}), 5)).await;
+    assert_eq!(r.metadata["seen"], 1, "{r:?}");
+    assert_echo_still_serves(&m).await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn memory_bomb_gets_a_memory_limit_error() {
     let s = Setup::new(&[

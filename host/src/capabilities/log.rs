@@ -37,6 +37,11 @@ pub fn truncate(s: &str, max: usize) -> &str {
 
 impl Host for Capabilities {
     async fn log(&mut self, level: Level, message: String) -> wasmtime::Result<()> {
+        if self.preparing {
+            self.touched
+                .store(true, std::sync::atomic::Ordering::Relaxed);
+            return Ok(());
+        }
         if self.log.lines >= MAX_LINES {
             self.log.dropped += 1;
             return Ok(());

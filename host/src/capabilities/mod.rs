@@ -126,6 +126,10 @@ pub struct Capabilities {
     pub(crate) log: log::LogBudget,
     pub(crate) seen: docker::Seen,
     pub(crate) effects: Effects,
+    /// The instance is being made ahead of its request: no host call may reach anything,
+    /// and one that is tried is remembered in `touched` (the instance is then not used).
+    pub(crate) preparing: bool,
+    pub(crate) touched: std::sync::atomic::AtomicBool,
 }
 
 impl Capabilities {
@@ -144,7 +148,23 @@ impl Capabilities {
             log: log::LogBudget::default(),
             seen: docker::Seen::default(),
             effects: Effects::default(),
+            preparing: false,
+            touched: std::sync::atomic::AtomicBool::new(false),
         }
+    }
+
+    /// The capabilities of an instance made ahead of any request (see `runtime`): `policy`
+    /// grants nothing, so every gated call is refused, and any call at all marks the instance
+    /// as one that called the host while it was made.
+    pub fn preparing(policy: Arc<policy::Policy>, deadline: Instant) -> Self {
+        let mut caps = Self::new(policy, String::new(), Backends::default(), deadline);
+        caps.preparing = true;
+        caps
+    }
+
+    /// Whether a host call was tried while the instance was made ahead of its request.
+    pub fn touched(&self) -> bool {
+        self.touched.load(std::sync::atomic::Ordering::Relaxed)
     }
 
     /// The same, planning its changing calls instead of making them (a dry run).
@@ -156,6 +176,13 @@ impl Capabilities {
 
     /// Turns a denial into the plugin's error, logged once with plugin and correlation id.
     pub(crate) fn denied(&self, denied: policy::Denied) -> types::Error {
+        if self.preparing {
+            self.touched
+                .store(true, std::sync::atomic::Ordering::Relaxed);
+            return types::Error::PermissionDenied(
+                "no host call while the plugin instance is being made".into(),
+            );
+        }
         tracing::warn!(
             plugin = self.policy.plugin(),
             correlation_id = %self.correlation_id,

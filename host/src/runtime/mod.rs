@@ -7,6 +7,7 @@
 //! and follows its changes. The runtime knows no queue and no route table: the service asks
 //! it to run a plugin the router chose.
 
+mod ahead;
 mod cache;
 mod error;
 mod limits;
@@ -16,7 +17,7 @@ pub mod stdio;
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use sha2::{Digest, Sha256};
@@ -29,7 +30,7 @@ use wasmtime_wasi::{FsPerms, WasiCtx, WasiCtxView, WasiView};
 
 use crate::bindings::{Plugin, PluginPre, types};
 use crate::capabilities::policy::{Capability, Policy};
-use crate::capabilities::{Backends, Capabilities, EffectSummary, Effects};
+use crate::capabilities::{Backends, Capabilities, EffectSummary};
 use crate::config::{DEFAULT_MAX_MEMORY_BYTES, Grants, PluginConfig};
 use crate::message::{Entity, EntityKind, ManagerRequest, Target};
 pub use error::{LoadError, RunError};
@@ -84,8 +85,11 @@ pub struct RuntimeSettings {
 }
 
 /// The default of [`RuntimeSettings::keep_resident_bytes`]: a small plugin's whole working set
-/// (its stack and heap pages), at most this much resident per pooled memory slot.
-pub const KEEP_RESIDENT_BYTES: usize = 1 << 20;
+/// (its stack and heap pages), at most this much resident per pooled memory slot. 2 MiB: a
+/// Rust plugin's memory is its 1 MiB stack, then its data and heap; the shipped plugins start
+/// with 2 MiB of memory, so a short action neither grows it nor touches a page returned to the
+/// kernel.
+pub const KEEP_RESIDENT_BYTES: usize = 2 << 20;
 
 impl RuntimeSettings {
     fn memory_cap(&self, plugin: &str) -> u64 {
@@ -175,6 +179,7 @@ pub struct LoadedPlugin {
     /// The (kind, action) pairs a dry run must not run (the plugin's `unplannable-actions`).
     pub unplannable: BTreeSet<(EntityKind, String)>,
     pre: PluginPre<HostState>,
+    ahead: Arc<ahead::Ahead>,
 }
 
 impl std::fmt::Debug for LoadedPlugin {
@@ -267,6 +272,9 @@ pub struct Runtime {
     settings: RuntimeSettings,
     backends: Backends,
     observer: Option<Arc<dyn Observer>>,
+    /// Instances made ahead now, over all plugins.
+    ahead: Arc<AtomicUsize>,
+    maker: ahead::Maker,
     _ticker: Ticker,
 }
 
@@ -284,7 +292,8 @@ impl Runtime {
         if settings.max_instances == 0 {
             settings.max_instances = 256;
         }
-        let n = settings.max_instances;
+        // Room for the instances made ahead of their requests beside the running ones.
+        let n = settings.max_instances.saturating_add(ahead::MAX_AHEAD);
         let mut pool = PoolingAllocationConfig::default();
         pool.total_component_instances(n)
             .total_core_instances(n.saturating_mul(8))
@@ -339,8 +348,15 @@ impl Runtime {
             settings,
             backends,
             observer,
+            ahead: Arc::new(AtomicUsize::new(0)),
+            maker: ahead::Maker::start(),
             _ticker: Ticker(stop),
         })
+    }
+
+    /// Plugin instances made ahead of their requests and not taken yet, over all plugins.
+    pub fn made_ahead(&self) -> usize {
+        self.ahead.load(Ordering::Relaxed)
     }
 
     /// Reads, compiles (through the cache) and describes a plugin file. The error says why the
@@ -425,19 +441,28 @@ impl Runtime {
             .get(&info.name)
             .map(|p| p.grants.clone())
             .unwrap_or_default();
+        let max_memory_bytes = self.settings.memory_cap(&info.name);
+        let policy = Arc::new(Policy::new(
+            &info.name,
+            caps,
+            grants,
+            &self.settings.environment,
+        ));
         Ok(LoadedPlugin {
-            max_memory_bytes: self.settings.memory_cap(&info.name),
+            max_memory_bytes,
             idempotent: self.settings.idempotent(&info.name, &handles, declared),
             unplannable: unplannable
                 .iter()
                 .map(|h| (kind_from_wit(h.kind), h.action.clone()))
                 .collect(),
-            policy: Arc::new(Policy::new(
-                &info.name,
-                caps,
-                grants,
-                &self.settings.environment,
+            ahead: Arc::new(ahead::Ahead::new(
+                pre.clone(),
+                policy.clone(),
+                max_memory_bytes,
+                self.ahead.clone(),
+                self.maker.clone(),
             )),
+            policy,
             name: info.name,
             version: info.version,
             handles,
@@ -456,38 +481,8 @@ impl Runtime {
         deadline: Instant,
         backends: Backends,
     ) -> Result<(Store<HostState>, Capture, Capture), RunError> {
-        let stdout = Capture::default();
-        let stderr = Capture::default();
-        // No arguments, stdin, network or inherited stdio: WasiCtxBuilder denies all of them
-        // unless asked. Only granted environment variables and directories, read-only.
-        let mut wasi = WasiCtx::builder();
-        wasi.stdout(stdout.clone()).stderr(stderr.clone());
-        wasi.envs(policy.environment());
-        for dir in policy.preopens() {
-            let guest = dir.to_string_lossy();
-            wasi.preopened_dir(dir, guest.as_ref(), FsPerms::ReadOnly)
-                .map_err(|e| RunError::Preopen {
-                    dir: dir.display().to_string(),
-                    cause: format!("{e:?}"),
-                })?;
-        }
-        let state = HostState {
-            wasi: wasi.build(),
-            table: ResourceTable::new(),
-            limiter: Limiter::new(max_memory_bytes),
-            caps: Capabilities::new(policy, correlation_id, backends, deadline),
-        };
-        let mut store = Store::new(&self.engine, state);
-        store.limiter(|s| &mut s.limiter);
-        store.set_epoch_deadline(1);
-        store.epoch_deadline_callback(move |_| {
-            if Instant::now() >= deadline {
-                Ok(UpdateDeadline::Interrupt)
-            } else {
-                Ok(UpdateDeadline::Yield(1))
-            }
-        });
-        Ok((store, stdout, stderr))
+        let caps = Capabilities::new(policy.clone(), correlation_id, backends, deadline);
+        new_store(&self.engine, &policy, caps, max_memory_bytes)
     }
 
     /// Runs one request on a fresh instance of `plugin`, within `req`'s timeout: the plugin's
@@ -518,19 +513,30 @@ impl Runtime {
     ) -> (Result<PluginOutcome, RunError>, EffectSummary) {
         let timeout = req.timeout();
         let deadline = Instant::now() + timeout;
-        let (mut store, stdout, stderr) = match self.store(
+        let mut caps = Capabilities::new(
             plugin.policy.clone(),
             req.correlation_id.clone(),
-            plugin.max_memory_bytes,
-            deadline,
             backends,
-        ) {
-            Ok(s) => s,
-            Err(e) => return (Err(e), EffectSummary::default()),
-        };
+            deadline,
+        );
         if req.dry_run() {
-            store.data_mut().caps.effects = Effects::planning();
+            caps = caps.planning();
         }
+        // The instance made ahead when there is one, with this request's capabilities (its
+        // deadline too); else one made now.
+        let idle = plugin.ahead.after_idle();
+        let (mut store, stdout, stderr, instance) = match plugin.ahead.take() {
+            Some(ready) => {
+                let (mut store, instance, stdout, stderr) = ready.into_parts();
+                store.data_mut().caps = caps;
+                store.set_epoch_deadline(1);
+                (store, stdout, stderr, Some(instance))
+            }
+            None => match new_store(&self.engine, &plugin.policy, caps, plugin.max_memory_bytes) {
+                Ok((store, stdout, stderr)) => (store, stdout, stderr, None),
+                Err(e) => return (Err(e), EffectSummary::default()),
+            },
+        };
         let request = types::Request {
             correlation_id: req.correlation_id.clone(),
             entity_id: entity.id.clone(),
@@ -551,7 +557,10 @@ impl Runtime {
             timeout_ms: u32::try_from(timeout.as_millis()).unwrap_or(u32::MAX),
         };
         let call = async {
-            let instance = plugin.pre.instantiate_async(&mut store).await?;
+            let instance = match instance {
+                Some(i) => i,
+                None => plugin.pre.instantiate_async(&mut store).await?,
+            };
             instance.call_handle(&mut store, &request).await
         };
         // The epoch callback stops wasm code at the deadline and capability calls are bounded
@@ -577,8 +586,55 @@ impl Runtime {
             }),
         };
         drain(&plugin.name, &req.correlation_id, &stdout, &stderr);
-        (outcome, store.data().caps.effects.summary())
+        let effects = store.data().caps.effects.summary();
+        // After an idle spell, the used store is dropped and the next instance made off this
+        // request's path.
+        plugin.ahead.done(store, idle);
+        (outcome, effects)
     }
+}
+
+/// A store for one instance of a plugin with `policy` (its WASI environment and read-only
+/// preopens) whose host calls go through `caps`; wasm code stops at `caps.deadline`, read at
+/// each epoch tick so that an instance made ahead of its request takes the request's.
+fn new_store(
+    engine: &Engine,
+    policy: &Policy,
+    caps: Capabilities,
+    max_memory_bytes: u64,
+) -> Result<(Store<HostState>, Capture, Capture), RunError> {
+    let stdout = Capture::default();
+    let stderr = Capture::default();
+    // No arguments, stdin, network or inherited stdio: WasiCtxBuilder denies all of them
+    // unless asked. Only granted environment variables and directories, read-only.
+    let mut wasi = WasiCtx::builder();
+    wasi.stdout(stdout.clone()).stderr(stderr.clone());
+    wasi.envs(policy.environment());
+    for dir in policy.preopens() {
+        let guest = dir.to_string_lossy();
+        wasi.preopened_dir(dir, guest.as_ref(), FsPerms::ReadOnly)
+            .map_err(|e| RunError::Preopen {
+                dir: dir.display().to_string(),
+                cause: format!("{e:?}"),
+            })?;
+    }
+    let state = HostState {
+        wasi: wasi.build(),
+        table: ResourceTable::new(),
+        limiter: Limiter::new(max_memory_bytes),
+        caps,
+    };
+    let mut store = Store::new(engine, state);
+    store.limiter(|s| &mut s.limiter);
+    store.set_epoch_deadline(1);
+    store.epoch_deadline_callback(|ctx| {
+        if Instant::now() >= ctx.data().caps.deadline {
+            Ok(UpdateDeadline::Interrupt)
+        } else {
+            Ok(UpdateDeadline::Yield(1))
+        }
+    });
+    Ok((store, stdout, stderr))
 }
 
 fn read_plugin_file(path: &Path) -> Result<Vec<u8>, LoadError> {

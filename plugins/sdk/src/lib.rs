@@ -146,8 +146,22 @@ impl Response {
         self
     }
 
-    /// With one more metadata key.
+    /// With one more metadata key (its value replaced when the key is there already).
     pub fn with(mut self, key: &str, value: serde_json::Value) -> Self {
+        let name = serde_json::Value::from(key).to_string();
+        if has_key(&self.metadata, &name) == Some(false) {
+            // Written after the keys before it: building an answer key by key stays linear.
+            self.metadata.pop();
+            let open = self.metadata.trim_end().ends_with('{');
+            if !open {
+                self.metadata.push(',');
+            }
+            self.metadata.push_str(&name);
+            self.metadata.push(':');
+            self.metadata.push_str(&value.to_string());
+            self.metadata.push('}');
+            return self;
+        }
         let mut metadata = match serde_json::from_str(&self.metadata) {
             Ok(serde_json::Value::Object(m)) => m,
             _ => serde_json::Map::new(),
@@ -156,6 +170,47 @@ impl Response {
         self.metadata = serde_json::Value::Object(metadata).to_string();
         self
     }
+}
+
+/// Whether the JSON object `json` has the top-level key whose JSON text is `name` (quoted and
+/// escaped as serde_json writes it); `None` when `json` is not an object this scan reads, for
+/// the caller to parse it. A scan, not a parse: parsing and writing the whole metadata again at
+/// each `with` took a short action most of its time in the guest.
+fn has_key(json: &str, name: &str) -> Option<bool> {
+    let b = json.as_bytes();
+    if b.first() != Some(&b'{') || b.last() != Some(&b'}') {
+        return None;
+    }
+    let (mut depth, mut key_next, mut i) = (0usize, false, 0usize);
+    while i < b.len() {
+        match b[i] {
+            b'"' => {
+                let start = i;
+                i += 1;
+                while *b.get(i)? != b'"' {
+                    i += if b[i] == b'\\' { 2 } else { 1 };
+                }
+                if depth == 1 && key_next && json.get(start..=i)? == name {
+                    return Some(true);
+                }
+                key_next = false;
+            }
+            c @ (b'{' | b'[') => {
+                depth += 1;
+                key_next = c == b'{' && depth == 1;
+            }
+            b'}' | b']' => {
+                depth = depth.checked_sub(1)?;
+                if depth == 0 && i + 1 != b.len() {
+                    return None;
+                }
+            }
+            b',' => key_next = depth == 1,
+            _ => {}
+        }
+        i += 1;
+    }
+    (depth == 0).then_some(false)
 }
 
 /// The last `lines` lines of `text` (a build log, a command's stderr), trailing blank lines
@@ -231,6 +286,36 @@ mod tests {
         assert_eq!(r.error.as_deref(), Some("not found: no such container"));
         let r = Response::ok("x").with("a", json!(1)).with("b", json!(2));
         assert_eq!(r.metadata, r#"{"a":1,"b":2}"#);
+    }
+
+    #[test]
+    fn with_replaces_a_key_and_appends_a_new_one() {
+        let meta = |r: &Response| serde_json::from_str::<serde_json::Value>(&r.metadata).unwrap();
+        let r = Response::ok("x")
+            .with("a", json!({"b": 1, "c": [{"a": 2}]}))
+            .with("b", json!("a,\"b\":{"))
+            .with("a", json!(3))
+            .with("quo\"te", json!(null));
+        assert_eq!(meta(&r), json!({"a": 3, "b": "a,\"b\":{", "quo\"te": null}));
+        // A nested key of the same name is not the top-level one.
+        let r = Response::ok("x")
+            .with("n", json!({"m": 1}))
+            .with("m", json!(2));
+        assert_eq!(r.metadata, r#"{"n":{"m":1},"m":2}"#);
+        // Metadata a plugin wrote itself, spaced or not an object, still works.
+        let mut r = Response::ok("x");
+        r.metadata = "{ \"k\" : [1, 2] }".into();
+        assert_eq!(meta(&r.with("l", json!(1))), json!({"k": [1, 2], "l": 1}));
+        let mut r = Response::ok("x");
+        r.metadata = " {} ".into();
+        assert_eq!(meta(&r.with("l", json!(1))), json!({"l": 1}));
+        let mut r = Response::ok("x");
+        r.metadata = "[1]".into();
+        assert_eq!(meta(&r.with("l", json!(1))), json!({"l": 1}));
+        assert_eq!(has_key("{}{}", "\"a\""), None);
+        assert_eq!(has_key(r#"{"a":"\\"}"#, "\"a\""), Some(true));
+        assert_eq!(has_key(r#"{"x":"\\","a":1}"#, "\"a\""), Some(true));
+        assert_eq!(has_key(r#"{"x":"unterminated}"#, "\"a\""), None);
     }
 
     #[test]

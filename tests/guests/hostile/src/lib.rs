@@ -4,6 +4,9 @@ use std::io::Write;
 use marvin_plugin_sdk::types::{Capability, EntityKind};
 use marvin_plugin_sdk::{Guest, PluginInfo, Request, Response, docker};
 
+/// Requests this instance has served (`remember`).
+static SEEN: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+
 struct Hostile;
 
 impl Guest for Hostile {
@@ -32,6 +35,7 @@ impl Guest for Hostile {
                 "env",
                 "env_values",
                 "inspect",
+                "remember",
             ],
             &[Capability::Docker, Capability::Files],
         )
@@ -94,6 +98,12 @@ impl Guest for Hostile {
                 Response::fail(format!("leaking {all}"))
                     .with_output(all.clone())
                     .with("env", serde_json::json!(all))
+            }
+            // What an instance keeps from a request before: 1 on a fresh one.
+            "remember" => {
+                let seen = SEEN.fetch_add(1, std::sync::atomic::Ordering::Relaxed) + 1;
+                Response::ok(format!("request {seen} on this instance"))
+                    .with("seen", serde_json::json!(seen))
             }
             other => Response::fail(format!("unknown action {other}")),
         }
