@@ -967,11 +967,15 @@ impl Queue for PgTransport {
         &self,
         held: PgHeld,
         batch: &[Settle],
-        running: Vec<i64>,
+        mut running: Vec<i64>,
     ) -> Result<(), Error> {
         let Some(mut tx) = held.0 else {
             return self.complete(batch.to_vec()).await;
         };
+        // Claims are taken in ascending row order, by every statement that takes them (the
+        // records of starts too): two managers' statements then wait for one another instead
+        // of deadlocking on the claims' index.
+        running.sort_unstable();
         // A savepoint after the rows were locked: a settle that loses a deadlock against
         // another manager's statement is rolled back to it and tried again, with the rows
         // still locked. Rolling the whole hold back would put rows whose starts this process
@@ -1014,10 +1018,12 @@ impl Queue for PgTransport {
         Ok(())
     }
 
-    async fn started(&self, ids: Vec<i64>) -> Result<Vec<i64>, Error> {
+    async fn started(&self, mut ids: Vec<i64>) -> Result<Vec<i64>, Error> {
         if ids.is_empty() {
             return Ok(ids);
         }
+        // In ascending order, as `release` claims (see there).
+        ids.sort_unstable();
         // Committed like the claims (see `fetch_pool`). A held row has no claim yet: the
         // record is its claim. A start recorded before (a request re-run because it is
         // idempotent) keeps its first time. The first process to record a start runs the
