@@ -1,8 +1,8 @@
 //! Instances made ahead of their request. Making an instance (its store, its WASI context, the
 //! instantiation) and dropping one (returning its memory to the pool) take about as long as a
-//! short action itself; a plugin that has served a request gets its next instance made in the
-//! background, and its used store dropped there too, so the next request only fills in its own
-//! capabilities and calls `handle`.
+//! short action itself; a plugin whose request came after an idle spell gets its next instance
+//! made in the background, and its used store dropped there too, so the next request only fills
+//! in its own capabilities and calls `handle`.
 //!
 //! Every instance still serves exactly one request and is made fresh from the plugin's code:
 //! nothing of one request reaches the next. While it is made, the instance's host calls reach
@@ -37,10 +37,10 @@ pub(super) const MAX_AHEAD: u32 = 16;
 
 /// An instance ready for its request.
 pub(super) struct Prepared {
-    pub(super) store: Store<HostState>,
-    pub(super) instance: Plugin,
-    pub(super) stdout: Capture,
-    pub(super) stderr: Capture,
+    store: Store<HostState>,
+    instance: Plugin,
+    stdout: Capture,
+    stderr: Capture,
     _counted: Counted,
 }
 
