@@ -15,6 +15,14 @@ fn hostile_entity() -> String {
     )
 }
 
+/// The hostile plugin's entity, the plugin's memory capped at 16 MiB.
+fn hostile_capped_at_16_mib() -> String {
+    format!(
+        "{}\n[plugins.hostile]\nmax_memory_bytes = 16777216\n",
+        hostile_entity()
+    )
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn infinite_loop_is_stopped_at_its_deadline() {
     let s = Setup::new(&[
@@ -60,10 +68,7 @@ async fn an_instance_made_ahead_is_fresh_and_runs_under_its_own_request() {
         (guests::HOSTILE, "hostile.wasm"),
         (guests::ECHO, "echo.wasm"),
     ]);
-    let config = format!(
-        "{}\n[plugins.hostile]\nmax_memory_bytes = 16777216\n",
-        hostile_entity()
-    );
+    let config = hostile_capped_at_16_mib();
     let m = s.manager(&config).await;
     assert_eq!(
         m.runtime().made_ahead(),
@@ -107,10 +112,7 @@ async fn memory_bomb_gets_a_memory_limit_error() {
         (guests::HOSTILE, "hostile.wasm"),
         (guests::ECHO, "echo.wasm"),
     ]);
-    let config = format!(
-        "{}\n[plugins.hostile]\nmax_memory_bytes = 16777216\n",
-        hostile_entity()
-    );
+    let config = hostile_capped_at_16_mib();
     let m = s.manager(&config).await;
     let r = m.execute(&request("h", "membomb", json!({}), 10)).await;
     assert!(!r.success);

@@ -61,7 +61,7 @@ impl Drop for Counted {
     }
 }
 
-/// One plugin's instance made ahead, and how to make the next.
+/// How one plugin is instantiated: its instance made ahead, and how to make the next.
 pub(super) struct Ahead {
     pre: PluginPre<HostState>,
     /// The plugin's policy: its WASI environment and preopens.
@@ -98,6 +98,11 @@ impl Ahead {
             off: AtomicBool::new(false),
             last_end: Mutex::new(None),
         }
+    }
+
+    /// The plugin's instantiation, for an instance made at its request.
+    pub(super) fn pre(&self) -> &PluginPre<HostState> {
+        &self.pre
     }
 
     /// A request starts: whether the plugin was idle before it (its first request, or one

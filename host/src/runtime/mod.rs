@@ -178,7 +178,7 @@ pub struct LoadedPlugin {
     pub idempotent: BTreeSet<(EntityKind, String)>,
     /// The (kind, action) pairs a dry run must not run (the plugin's `unplannable-actions`).
     pub unplannable: BTreeSet<(EntityKind, String)>,
-    pre: PluginPre<HostState>,
+    /// How to instantiate it, now or ahead of a request.
     ahead: Arc<ahead::Ahead>,
 }
 
@@ -456,7 +456,7 @@ impl Runtime {
                 .map(|h| (kind_from_wit(h.kind), h.action.clone()))
                 .collect(),
             ahead: Arc::new(ahead::Ahead::new(
-                pre.clone(),
+                pre,
                 policy.clone(),
                 max_memory_bytes,
                 self.ahead.clone(),
@@ -469,7 +469,6 @@ impl Runtime {
             path: path.to_owned(),
             sha256,
             from_cache,
-            pre,
         })
     }
 
@@ -559,7 +558,7 @@ impl Runtime {
         let call = async {
             let instance = match instance {
                 Some(i) => i,
-                None => plugin.pre.instantiate_async(&mut store).await?,
+                None => plugin.ahead.pre().instantiate_async(&mut store).await?,
             };
             instance.call_handle(&mut store, &request).await
         };
