@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 
 use common::db::{Db, TempPg, TestDb};
 use common::supervisor::Supervisord;
-use common::{Setup, guests, manager_command, wait_exit};
+use common::{KillOnDrop, Setup, guests, manager_command, wait_exit};
 
 const DSN_SECRET: &str = "PgS3cret-dsn-4711";
 const SV_SECRET: &str = "SvS3cret-4712";
@@ -624,6 +624,65 @@ fn sqlite_paths_and_the_limits_of_serve() {
     assert!(wait_exit(&mut child, Duration::from_secs(30), &log).success());
     let logged = std::fs::read_to_string(&log).unwrap();
     assert!(logged.contains("memory limit reached"), "{logged}");
+}
+
+/// A reader that goes away (`| grep -q`, `| head`) is no error: the command neither panics
+/// nor changes its exit code, `dispatch --wait` included (it still says the action's outcome).
+#[test]
+fn a_closed_stdout_is_no_error() {
+    let s = Setup::new(&[(guests::ECHO, "echo.wasm")]);
+    std::fs::write(s.path().join("manager.toml"), ECHO_CONFIG).unwrap();
+    let dsn = format!("sqlite://{}", s.path().join("q.db").display());
+    let log = s.path().join("commands.log");
+    // stdout is a pipe whose reader is closed before the command starts: every write fails.
+    let closed = |args: &[&str]| {
+        let (reader, writer) = std::io::pipe().unwrap();
+        drop(reader);
+        let o = manager_command(s.path(), &dsn, &log)
+            .args(args)
+            .stdout(writer)
+            .stderr(Stdio::piped())
+            .output()
+            .unwrap();
+        let err = String::from_utf8_lossy(&o.stderr).into_owned();
+        assert!(!err.contains("panicked"), "{args:?}: {err}");
+        (o.status, err)
+    };
+    let serve = KillOnDrop(
+        manager_command(s.path(), &dsn, &log)
+            .arg("serve")
+            .spawn()
+            .unwrap(),
+    );
+    let (status, err) = closed(&["dispatch", "--entity", "e1", "--action", "start", "--wait"]);
+    assert!(status.success(), "{status}: {err}");
+    let (status, err) = closed(&[
+        "dispatch", "--entity", "nope", "--action", "start", "--wait",
+    ]);
+    assert_eq!(
+        status.code(),
+        Some(1),
+        "a failed action stays a failure: {err}"
+    );
+    drop(serve);
+    for args in [
+        &["actions"][..],
+        &["actions", "--json"],
+        &["plugins"],
+        &["plugin", "wit"],
+        &["completions", "bash"],
+        &["man"],
+    ] {
+        let (status, err) = closed(args);
+        assert!(status.success(), "{args:?}: {status}: {err}");
+    }
+    // Both answers are there to read.
+    let o = marvin(s.path(), &dsn, &["actions", "--json"]);
+    let answered = serde_json::from_slice::<serde_json::Value>(&o.stdout).unwrap()["actions"]
+        .as_array()
+        .unwrap()
+        .len();
+    assert_eq!(answered, 2, "{}", text(&o));
 }
 
 on_both_databases!(the_messenger_commands_work_on_parked_rows);

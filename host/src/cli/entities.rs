@@ -92,41 +92,41 @@ pub(super) async fn run(global: &GlobalArgs, args: EntitiesArgs) -> anyhow::Resu
             "all": all.as_ref().map(target_json).unwrap_or_else(|e| json!({"error": e.to_string()})),
             "supervisor": supervisor.as_ref().map(target_json).ok(),
         });
-        println!("{}", serde_json::to_string_pretty(&out)?);
+        outln!("{}", serde_json::to_string_pretty(&out)?)?;
         return Ok(ExitCode::SUCCESS);
     }
     for e in &configured {
-        println!("{}  {}  {}  (config)", e.id, e.kind, target_text(e));
+        outln!("{}  {}  {}  (config)", e.id, e.kind, target_text(e))?;
     }
     match &discovered {
         Ok(d) => {
             for e in d {
-                println!(
+                outln!(
                     "{}  {}  {}  (label marvin.entity-id)",
                     e.id,
                     e.kind,
                     target_text(e)
-                );
+                )?;
             }
         }
-        Err(why) => println!("(no discovery: {why})"),
+        Err(why) => outln!("(no discovery: {why})")?,
     }
     match &all {
-        Ok(e) => println!("{ALL}  {}  {}", e.kind, target_text(e)),
-        Err(why) => println!("{ALL}  unavailable: {why}"),
+        Ok(e) => outln!("{ALL}  {}  {}", e.kind, target_text(e))?,
+        Err(why) => outln!("{ALL}  unavailable: {why}")?,
     }
     if let Ok(e) = &supervisor {
-        println!("{SUPERVISOR}  {}  {}", e.kind, target_text(e));
+        outln!("{SUPERVISOR}  {}  {}", e.kind, target_text(e))?;
     }
     match &queue {
-        Ok(by) if by.is_empty() => println!("\nno live manager serves anything on the queue"),
+        Ok(by) if by.is_empty() => outln!("\nno live manager serves anything on the queue")?,
         Ok(by) => {
-            println!("\nserved on the queue by (live managers):");
+            outln!("\nserved on the queue by (live managers):")?;
             for (id, names) in by {
-                println!("{id}  {}", names.join(", "));
+                outln!("{id}  {}", names.join(", "))?;
             }
         }
-        Err(why) => println!("\n(which manager serves what: {why})"),
+        Err(why) => outln!("\n(which manager serves what: {why})")?,
     }
     Ok(ExitCode::SUCCESS)
 }

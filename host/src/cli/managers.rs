@@ -36,14 +36,14 @@ fn ago(secs: i64) -> String {
 pub(super) async fn run(global: &GlobalArgs, args: ManagersArgs) -> anyhow::Result<ExitCode> {
     let managers = list(global).await?;
     if args.json {
-        println!(
+        outln!(
             "{}",
             serde_json::to_string_pretty(&serde_json::json!({ "managers": managers }))?
-        );
+        )?;
         return Ok(ExitCode::SUCCESS);
     }
     if managers.is_empty() {
-        println!("no manager has registered on this queue");
+        outln!("no manager has registered on this queue")?;
         return Ok(ExitCode::SUCCESS);
     }
     for m in &managers {
@@ -55,14 +55,17 @@ pub(super) async fn run(global: &GlobalArgs, args: ManagersArgs) -> anyhow::Resu
         let started = m
             .started_secs_ago
             .map_or_else(String::new, |s| format!(", started {} ago", ago(s)));
-        println!(
+        outln!(
             "{}  {state}  version {}{started}  process {}  in flight {}",
-            m.name, m.version, m.instance, m.in_flight
-        );
+            m.name,
+            m.version,
+            m.instance,
+            m.in_flight
+        )?;
         if m.entities.is_empty() {
-            println!("    serves nothing");
+            outln!("    serves nothing")?;
         } else {
-            println!("    serves {}", m.entities.join(", "));
+            outln!("    serves {}", m.entities.join(", "))?;
         }
     }
     Ok(ExitCode::SUCCESS)

@@ -55,27 +55,27 @@ pub(super) async fn failed(global: &GlobalArgs, args: FailedArgs) -> anyhow::Res
         FailedCommand::Show { id, max, json } => {
             let rows = t.failed_messages(id, max).await?;
             if json {
-                println!("{}", serde_json::to_string_pretty(&rows)?);
+                outln!("{}", serde_json::to_string_pretty(&rows)?)?;
                 return Ok(ExitCode::SUCCESS);
             }
             if let Some(id) = id {
                 let Some(r) = rows.first() else {
                     anyhow::bail!("row {id} is not in the failure queue (or was not parked by the manager)");
                 };
-                println!("row:            {}", r.id);
-                println!("from queue:     {}", r.original_queue);
-                println!("parked at:      {}", r.failed_at);
-                println!("sent at:        {}", r.created_at);
-                println!("reason:         {}", r.reason);
-                println!("headers:        {}", r.headers);
-                println!("body:           {}", r.body);
+                outln!("row:            {}", r.id)?;
+                outln!("from queue:     {}", r.original_queue)?;
+                outln!("parked at:      {}", r.failed_at)?;
+                outln!("sent at:        {}", r.created_at)?;
+                outln!("reason:         {}", r.reason)?;
+                outln!("headers:        {}", r.headers)?;
+                outln!("body:           {}", r.body)?;
                 return Ok(ExitCode::SUCCESS);
             }
             if rows.is_empty() {
-                println!("no parked rows");
+                outln!("no parked rows")?;
             }
             for r in &rows {
-                println!("{}  {}  from {}  {}", r.id, r.failed_at, r.original_queue, r.reason);
+                outln!("{}  {}  from {}  {}", r.id, r.failed_at, r.original_queue, r.reason)?;
             }
             Ok(ExitCode::SUCCESS)
         }
@@ -83,14 +83,14 @@ pub(super) async fn failed(global: &GlobalArgs, args: FailedArgs) -> anyhow::Res
             let ids = selected(&*t, sel).await?;
             let wanted = ids.len();
             let done = t.retry_failed(ids).await?;
-            println!("{} of {wanted} row(s) put back on their queue: {done:?}", done.len());
+            outln!("{} of {wanted} row(s) put back on their queue: {done:?}", done.len())?;
             Ok(if done.len() == wanted { ExitCode::SUCCESS } else { ExitCode::FAILURE })
         }
         FailedCommand::Remove(sel) => {
             let ids = selected(&*t, sel).await?;
             let wanted = ids.len();
             let done = t.remove_failed(ids).await?;
-            println!("{} of {wanted} row(s) removed: {done:?}", done.len());
+            outln!("{} of {wanted} row(s) removed: {done:?}", done.len())?;
             Ok(if done.len() == wanted { ExitCode::SUCCESS } else { ExitCode::FAILURE })
         }
     })
@@ -133,26 +133,32 @@ pub(super) async fn stats(global: &GlobalArgs, args: StatsArgs) -> anyhow::Resul
                 })
             })
             .collect();
-        println!(
+        outln!(
             "{}",
             serde_json::to_string_pretty(&serde_json::json!({
                 "queues": queues,
                 "answered_last_minute": s.answered_last_minute,
             }))?
-        );
+        )?;
         return Ok(ExitCode::SUCCESS);
     }
-    println!(
+    outln!(
         "{:<30} {:>10} {:>12} {:>14}",
-        "queue", "waiting", "in progress", "oldest waiting"
-    );
+        "queue",
+        "waiting",
+        "in progress",
+        "oldest waiting"
+    )?;
     for q in &s.queues {
-        println!(
+        outln!(
             "{:<30} {:>10} {:>12} {:>13.0}s",
-            q.queue, q.waiting, q.in_progress, q.oldest_waiting_secs
-        );
+            q.queue,
+            q.waiting,
+            q.in_progress,
+            q.oldest_waiting_secs
+        )?;
     }
-    println!("answers in the last minute: {}", s.answered_last_minute);
+    outln!("answers in the last minute: {}", s.answered_last_minute)?;
     Ok(ExitCode::SUCCESS)
 }
 
@@ -173,9 +179,10 @@ pub(super) async fn prune(global: &GlobalArgs, args: PruneArgs) -> anyhow::Resul
     let before = ago(&keep).with_context(|| format!("--keep {keep}"))?;
     let opened = open(&settings.dsn, 2, &settings.config.manager).await?;
     let pruned = with_transport!(opened, t => t.prune(before.clone()).await?);
-    println!(
+    outln!(
         "pruned {} ledger row(s) and {} parked row(s) older than {keep} (before {before})",
-        pruned.ledger, pruned.failed
-    );
+        pruned.ledger,
+        pruned.failed
+    )?;
     Ok(ExitCode::SUCCESS)
 }

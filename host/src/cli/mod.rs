@@ -13,6 +13,17 @@ macro_rules! with_transport {
     };
 }
 
+/// Prints a line to stdout like `println!`, for a command returning a `Result`: a reader that
+/// went away (`| head`, `| grep -q`) is not an error, any other write error is.
+macro_rules! outln {
+    () => {
+        $crate::cli::out(format_args!(""))
+    };
+    ($($arg:tt)*) => {
+        $crate::cli::out(format_args!($($arg)*))
+    };
+}
+
 mod entities;
 mod http;
 pub mod logging;
@@ -163,6 +174,24 @@ pub fn describe(error: &anyhow::Error) -> String {
     logging::scrub(&text)
 }
 
+/// Writes one line to stdout in one write. A closed pipe is the reader's choice (`| head`,
+/// `| grep -q`): the rest of the output is dropped and the command's own exit code stands.
+pub(crate) fn out(line: std::fmt::Arguments<'_>) -> std::io::Result<()> {
+    let mut text = line.to_string();
+    text.push('\n');
+    write_out(text.as_bytes())
+}
+
+/// Writes bytes to stdout and flushes them; a closed pipe is not an error (see [`out`]).
+pub(crate) fn write_out(bytes: &[u8]) -> std::io::Result<()> {
+    use std::io::Write;
+    let mut stdout = std::io::stdout().lock();
+    match stdout.write_all(bytes).and_then(|()| stdout.flush()) {
+        Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => Ok(()),
+        other => other,
+    }
+}
+
 /// Runs the command.
 pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     match cli.command {
@@ -180,7 +209,10 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Managers(args) => managers::run(&cli.global, args).await,
         Command::Completions { shell } => {
             let mut cmd = <Cli as clap::CommandFactory>::command();
-            clap_complete::generate(shell, &mut cmd, "marvin-manager", &mut std::io::stdout());
+            // Into memory first: clap_complete panics on a failed write.
+            let mut out = Vec::new();
+            clap_complete::generate(shell, &mut cmd, "marvin-manager", &mut out);
+            write_out(&out)?;
             Ok(ExitCode::SUCCESS)
         }
         Command::Man => {
@@ -189,7 +221,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             clap_mangen::Man::new(cmd)
                 .render(&mut out)
                 .context("cannot render the manual page")?;
-            std::io::Write::write_all(&mut std::io::stdout(), &out)?;
+            write_out(&out)?;
             Ok(ExitCode::SUCCESS)
         }
     }

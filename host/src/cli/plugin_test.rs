@@ -108,7 +108,7 @@ pub(super) async fn run(global: &GlobalArgs, args: PluginArgs) -> anyhow::Result
                     scaffold::write_wit(dir)?;
                     eprintln!("wrote the WIT package into {}", dir.display());
                 }
-                None => print!("{}", scaffold::wit_text()),
+                None => super::write_out(scaffold::wit_text().as_bytes())?,
             }
             return Ok(ExitCode::SUCCESS);
         }
@@ -155,13 +155,13 @@ fn new(args: &NewArgs) -> anyhow::Result<ExitCode> {
         .clone()
         .unwrap_or_else(|| PathBuf::from(&args.name));
     let files = scaffold::new_plugin(&dir, &args.name, args.lang, args.kind, &actions)?;
-    println!("wrote {} ({} files)", dir.display(), files.len());
+    outln!("wrote {} ({} files)", dir.display(), files.len())?;
     let (wasm, steps) = args.lang.build(&args.name);
-    println!("next:\n  cd {}", dir.display());
+    outln!("next:\n  cd {}", dir.display())?;
     for step in steps {
-        println!("  {}", step.replace("NAME", &args.name));
+        outln!("  {}", step.replace("NAME", &args.name))?;
     }
-    println!("  marvin-manager plugin test {wasm} --script tests");
+    outln!("  marvin-manager plugin test {wasm} --script tests")?;
     Ok(ExitCode::SUCCESS)
 }
 
@@ -274,30 +274,30 @@ fn finish(args: &TestArgs, outcomes: &[Outcome]) -> anyhow::Result<ExitCode> {
     let several = outcomes.len() > 1;
     for o in outcomes {
         if several {
-            println!(
+            outln!(
                 "== {} ({})",
                 o.script.display(),
                 if o.passed() { "passed" } else { "FAILED" }
-            );
+            )?;
         }
         match &o.result {
-            Ok(report) => print!("{}", report.render()),
+            Ok(report) => super::write_out(report.render().as_bytes())?,
             Err(e) => {
                 eprintln!("error: {e}");
-                println!("FAILED");
+                outln!("FAILED")?;
             }
         }
         if several {
-            println!();
+            outln!()?;
         }
     }
     let failed = outcomes.iter().filter(|o| !o.passed()).count();
     if several {
-        println!(
+        outln!(
             "{} script(s): {} passed, {failed} failed",
             outcomes.len(),
             outcomes.len() - failed
-        );
+        )?;
     }
     if let Some(file) = &args.junit {
         std::fs::write(file, junit(&args.plugin, outcomes)?)

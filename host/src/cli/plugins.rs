@@ -78,36 +78,36 @@ pub(super) async fn run(global: &GlobalArgs, args: PluginsArgs) -> anyhow::Resul
             .collect();
         let out =
             json!({"dir": dir.dir(), "plugins": plugins, "overrides": overrides, "errors": errors});
-        println!("{}", serde_json::to_string_pretty(&out)?);
+        outln!("{}", serde_json::to_string_pretty(&out)?)?;
         return Ok(ExitCode::SUCCESS);
     }
 
-    println!("plugins directory: {}", dir.dir().display());
+    outln!("plugins directory: {}", dir.dir().display())?;
     if !dir.dir().is_dir() {
-        println!("  (does not exist yet: plugins dropped there are loaded by `serve`)");
+        outln!("  (does not exist yet: plugins dropped there are loaded by `serve`)")?;
     }
     if serving.is_empty() {
-        println!("no plugin loaded");
+        outln!("no plugin loaded")?;
     }
     for p in serving {
-        println!();
-        println!("{} {}  ({})", p.name, p.version, p.path.display());
+        outln!()?;
+        outln!("{} {}  ({})", p.name, p.version, p.path.display())?;
         let handles: Vec<String> = p.handles.iter().map(|(k, a)| format!("{k} {a}")).collect();
-        println!("  handles:      {}", handles.join(", "));
+        outln!("  handles:      {}", handles.join(", "))?;
         let caps: Vec<String> = p
             .policy
             .requested()
             .iter()
             .map(|c| describe_capability(&p.name, *c, p.policy.granted(*c)))
             .collect();
-        println!(
+        outln!(
             "  capabilities: {}",
             if caps.is_empty() {
                 "none requested".to_owned()
             } else {
                 caps.join("; ")
             }
-        );
+        )?;
         let env: Vec<&str> = p
             .policy
             .environment()
@@ -115,28 +115,28 @@ pub(super) async fn run(global: &GlobalArgs, args: PluginsArgs) -> anyhow::Resul
             .map(|(k, _)| k.as_str())
             .collect();
         if !env.is_empty() {
-            println!("  environment:  {}", env.join(", "));
+            outln!("  environment:  {}", env.join(", "))?;
         }
-        println!("  memory cap:   {} MiB", p.max_memory_bytes >> 20);
+        outln!("  memory cap:   {} MiB", p.max_memory_bytes >> 20)?;
         for o in routing.router().overrides() {
             let pairs = || {
                 let list: Vec<String> = o.pairs.iter().map(|(k, a)| format!("{k} {a}")).collect();
                 list.join(", ")
             };
             if o.plugin == p.name && !o.whole {
-                println!("  overrides:    built-in {} for {}", o.builtin, pairs());
+                outln!("  overrides:    built-in {} for {}", o.builtin, pairs())?;
             } else if o.whole && o.origin == p.path.display().to_string() {
-                println!("  overrides:    the built-in plugin of the same name, whole");
+                outln!("  overrides:    the built-in plugin of the same name, whole")?;
             } else if o.builtin == p.name && !o.whole && p.path.starts_with("(built-in)") {
-                println!("  overridden:   {} by {} ({})", pairs(), o.plugin, o.origin);
+                outln!("  overridden:   {} by {} ({})", pairs(), o.plugin, o.origin)?;
             }
         }
     }
     if !skipped.is_empty() {
-        println!();
-        println!("{} file(s) skipped:", skipped.len());
+        outln!()?;
+        outln!("{} file(s) skipped:", skipped.len())?;
         for (path, reason) in &skipped {
-            println!("  {path}: {reason}");
+            outln!("  {path}: {reason}")?;
         }
     }
     Ok(ExitCode::SUCCESS)

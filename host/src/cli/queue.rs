@@ -93,7 +93,7 @@ pub(super) async fn setup(global: &GlobalArgs, _args: SetupArgs) -> anyhow::Resu
     let dsn = settings.dsn.clone();
     let opened = open(&dsn, 2, &settings.config.manager).await?;
     with_transport!(opened, t => t.setup().await.context("setup failed")?);
-    println!("tables ready at {}", redact(&dsn));
+    outln!("tables ready at {}", redact(&dsn))?;
     Ok(ExitCode::SUCCESS)
 }
 
@@ -147,7 +147,7 @@ pub(super) async fn dispatch(global: &GlobalArgs, args: DispatchArgs) -> anyhow:
         let key = if request.dry_run() { crate::ledger::dry_run_key(&request.correlation_id) } else { request.correlation_id.clone() };
         loop {
             if let Some(entry) = t.answered(vec![key.clone()]).await?.remove(&key) {
-                println!("{}", serde_json::to_string_pretty(&entry.response)?);
+                outln!("{}", serde_json::to_string_pretty(&entry.response)?)?;
                 return Ok(if entry.success { ExitCode::SUCCESS } else { ExitCode::FAILURE });
             }
             if tokio::time::Instant::now() > deadline {
@@ -239,19 +239,19 @@ pub(super) async fn actions(global: &GlobalArgs, args: ActionsArgs) -> anyhow::R
             .iter()
             .map(|f| serde_json::json!({"row_id": f.id, "queue": f.original_queue, "reason": f.reason}))
             .collect();
-        println!(
+        outln!(
             "{}",
             serde_json::to_string_pretty(
                 &serde_json::json!({"actions": entries, "failure_queue": parked})
             )?
-        );
+        )?;
         return Ok(ExitCode::SUCCESS);
     }
     if entries.is_empty() {
-        println!("no actions");
+        outln!("no actions")?;
     }
     for e in &entries {
-        println!(
+        outln!(
             "{}  {}  {} {}  {}{}  {} ms  {}  by {}{}",
             e.received_at,
             e.correlation_id,
@@ -266,12 +266,12 @@ pub(super) async fn actions(global: &GlobalArgs, args: ActionsArgs) -> anyhow::R
                 .as_deref()
                 .map(|m| format!("  {m}"))
                 .unwrap_or_default()
-        );
+        )?;
     }
     if !parked.is_empty() {
-        println!("\nfailure queue:");
+        outln!("\nfailure queue:")?;
         for f in &parked {
-            println!("  row {} (from {}): {}", f.id, f.original_queue, f.reason);
+            outln!("  row {} (from {}): {}", f.id, f.original_queue, f.reason)?;
         }
     }
     Ok(ExitCode::SUCCESS)

@@ -21,7 +21,7 @@ pub(super) async fn run(global: &GlobalArgs, args: RunArgs) -> anyhow::Result<Ex
     let manager = settings.manager(args.record).await?;
     let request = args.request.into_request()?;
     let response = manager.execute(&request).await;
-    println!("{}", serde_json::to_string_pretty(&response)?);
+    outln!("{}", serde_json::to_string_pretty(&response)?)?;
     Ok(if response.success {
         ExitCode::SUCCESS
     } else {

@@ -202,6 +202,16 @@ pub fn manager_command(cwd: &Path, dsn: &str, log: &Path) -> std::process::Comma
     c
 }
 
+/// A child process killed and reaped when the test ends, failed or not.
+pub struct KillOnDrop(pub std::process::Child);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
 /// Waits for `child` to exit; past `limit` it is killed and the test fails with its log.
 pub fn wait_exit(
     child: &mut std::process::Child,
