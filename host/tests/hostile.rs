@@ -103,6 +103,23 @@ async fn an_instance_made_ahead_is_fresh_and_runs_under_its_own_request() {
     made_ahead(&m, 1).await;
     let r = m.execute(&request("h", "remember", json!({}), 5)).await;
     assert_eq!(r.metadata["seen"], 1, "{r:?}");
+    // Requests a moment apart, more than the pool holds beside the running one: each used
+    // store is dropped (none is kept), and each request found a fresh instance.
+    for i in 0..40 {
+        tokio::time::sleep(Duration::from_millis(1)).await;
+        let r = m.execute(&request("h", "remember", json!({}), 5)).await;
+        assert_eq!(r.metadata["seen"], 1, "request {i}: {r:?}");
+    }
+    made_ahead(&m, 1).await;
+    let t = Instant::now();
+    while m.runtime().live_instances() != 1 {
+        assert!(
+            t.elapsed() < Duration::from_secs(1),
+            "{} instances alive: used stores are kept",
+            m.runtime().live_instances()
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
     assert_echo_still_serves(&m).await;
 }
 

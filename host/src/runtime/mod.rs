@@ -359,6 +359,14 @@ impl Runtime {
         self.ahead.load(Ordering::Relaxed)
     }
 
+    /// Plugin instances alive now, over all plugins: running, made ahead, and used ones not
+    /// dropped yet (the engine's own count of the instances it holds memory for).
+    pub fn live_instances(&self) -> u64 {
+        self.engine
+            .pooling_allocator_metrics()
+            .map_or(0, |m| m.component_instances())
+    }
+
     /// Reads, compiles (through the cache) and describes a plugin file. The error says why the
     /// file is not a usable plugin.
     pub async fn load(&self, path: &Path) -> Result<LoadedPlugin, LoadError> {
