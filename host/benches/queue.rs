@@ -82,6 +82,7 @@ fn main() {
     if std::env::var_os("RUST_LOG").is_some() {
         marvin_manager::cli::logging::init("warn", marvin_manager::cli::logging::LogFormat::Text);
     }
+    marvin_manager::cli::tune_allocator();
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()

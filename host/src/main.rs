@@ -11,6 +11,7 @@ use clap::Parser;
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 fn main() -> ExitCode {
+    marvin_manager::cli::tune_allocator();
     let cli = marvin_manager::cli::Cli::parse();
     cli.init_tracing();
     let runtime = match tokio::runtime::Builder::new_multi_thread()

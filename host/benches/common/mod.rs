@@ -12,6 +12,7 @@ use marvin_manager::message::ManagerRequest;
 
 /// A two-thread tokio runtime, as small as this machine.
 pub fn tokio() -> tokio::runtime::Runtime {
+    marvin_manager::cli::tune_allocator();
     tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()

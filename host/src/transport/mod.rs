@@ -655,8 +655,19 @@ pub(crate) fn ago_text(options: &TransportOptions, secs: u64) -> String {
 
 /// RFC 3339 UTC with milliseconds, for the ledger.
 pub fn utc_now_rfc3339() -> String {
-    chrono::Utc::now()
-        .format("%Y-%m-%dT%H:%M:%S%.3fZ")
-        .to_string()
+    // Written directly (no format string parsed at each call: it is on every answer's path),
+    // as `%Y-%m-%dT%H:%M:%S%.3fZ`.
+    chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true)
 }
 pub(crate) mod schema;
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn the_ledger_time_is_rfc3339_utc_with_milliseconds() {
+        let t = super::utc_now_rfc3339();
+        assert_eq!(t.len(), "2026-12-04T10:00:00.123Z".len(), "{t}");
+        let parsed = chrono::NaiveDateTime::parse_from_str(&t, "%Y-%m-%dT%H:%M:%S%.3fZ").unwrap();
+        assert_eq!(parsed.format("%Y-%m-%dT%H:%M:%S%.3fZ").to_string(), t);
+    }
+}
