@@ -101,6 +101,11 @@ fn plugin_new_builds_and_passes_its_own_scripts_outside_the_repository() {
             "wasm32-wasip2/release/{}.wasm",
             name.replace('-', "_")
         ));
+        assert_eq!(
+            initial_memories(&wasm),
+            [2 << 20],
+            "the plugin's memory starts at 2 MiB"
+        );
         let out = passes_then_fails(&dir, &wasm, actions[0]);
         if actions.len() > 1 {
             assert!(out.contains("2 script(s): 2 passed, 0 failed"), "{out}");
@@ -116,6 +121,20 @@ fn plugin_new_builds_and_passes_its_own_scripts_outside_the_repository() {
     let o = marvin(tmp.path(), &["plugin", "new", "my-status"]);
     assert!(!o.status.success());
     assert!(text(&o).contains("exists and is not empty"), "{}", text(&o));
+}
+
+/// The initial sizes, in bytes, of the memories the component's modules define.
+fn initial_memories(wasm: &Path) -> Vec<u64> {
+    let bytes = std::fs::read(wasm).unwrap();
+    let mut sizes = Vec::new();
+    for payload in wasmparser::Parser::new(0).parse_all(&bytes) {
+        if let wasmparser::Payload::MemorySection(memories) = payload.unwrap() {
+            for m in memories {
+                sizes.push(m.unwrap().initial << 16);
+            }
+        }
+    }
+    sizes
 }
 
 /// A toolchain `scripts/services` installs.

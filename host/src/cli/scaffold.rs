@@ -197,6 +197,11 @@ fn rust_files(name: &str, kind: Kind, actions: &[String]) -> Vec<(String, String
     let mut files = vec![
         ("Cargo.toml".to_owned(), rust_cargo_toml(name)),
         (".gitignore".to_owned(), "target/\n".to_owned()),
+        // The plugin's memory starts at 2 MiB, as the shipped plugins' does.
+        (
+            ".cargo/config.toml".to_owned(),
+            include_str!("../../../plugins/.cargo/config.toml").to_owned(),
+        ),
         ("src/lib.rs".to_owned(), rust_lib(name, kind, actions)),
         ("README.md".to_owned(), readme(name, Lang::Rust, actions)),
     ];
