@@ -42,6 +42,16 @@ fn plugins_lists_the_good_one_and_two_reasons_and_exits_0() {
         out.contains("handles:      container start, container stop"),
         "{out}"
     );
+    // What echo declares of its actions.
+    let echo = out
+        .split("\n\n")
+        .find(|b| b.starts_with("echo 1.2.3"))
+        .unwrap_or_else(|| panic!("{out}"));
+    assert!(
+        echo.contains("\n  idempotent:   container start, container stop\n"),
+        "{echo}"
+    );
+    assert!(!echo.contains("no dry run:"), "{echo}");
     assert!(out.contains("2 file(s) skipped:"), "{out}");
     assert!(out.contains("notes.wasm: not a WebAssembly file"), "{out}");
     assert!(
@@ -84,6 +94,37 @@ fn a_plugin_overrides_only_the_builtin_actions_it_claims_and_says_so() {
             .iter()
             .any(|h| h["action"] == "stop"),
         "{compose}"
+    );
+    let pairs = |p: &serde_json::Value, key: &str| -> Vec<String> {
+        p[key]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|h| {
+                format!(
+                    "{} {}",
+                    h["kind"].as_str().unwrap(),
+                    h["action"].as_str().unwrap()
+                )
+            })
+            .collect()
+    };
+    assert_eq!(
+        pairs(compose, "idempotent"),
+        ["container start", "container stop"]
+    );
+    assert!(pairs(compose, "unplannable").is_empty(), "{compose}");
+    let exec = v["plugins"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|p| p["name"] == "exec-cmd")
+        .unwrap_or_else(|| panic!("{v}"));
+    assert_eq!(pairs(exec, "unplannable"), ["container exec_cmd"]);
+    assert!(pairs(exec, "idempotent").is_empty(), "{exec}");
+    assert!(
+        out.contains("\n  no dry run:   container exec_cmd\n"),
+        "{out}"
     );
     assert_eq!(v["overrides"][0]["plugin"], "twin");
     assert_eq!(v["overrides"][0]["builtin"], "docker-compose");

@@ -6,6 +6,7 @@ use clap::Args;
 use serde_json::json;
 
 use crate::capabilities::policy::Capability;
+use crate::message::EntityKind;
 
 use super::GlobalArgs;
 
@@ -47,6 +48,8 @@ pub(super) async fn run(global: &GlobalArgs, args: PluginsArgs) -> anyhow::Resul
                     "sha256": p.sha256,
                     "max_memory_bytes": p.max_memory_bytes,
                     "handles": p.handles.iter().map(|(k, a)| json!({"kind": k, "action": a})).collect::<Vec<_>>(),
+                    "idempotent": p.idempotent.iter().map(|(k, a)| json!({"kind": k, "action": a})).collect::<Vec<_>>(),
+                    "unplannable": p.unplannable.iter().map(|(k, a)| json!({"kind": k, "action": a})).collect::<Vec<_>>(),
                     "capabilities": p.policy.requested().iter().map(|c| json!({
                         "name": c.name(),
                         "grant": c.grant_key(),
@@ -92,8 +95,20 @@ pub(super) async fn run(global: &GlobalArgs, args: PluginsArgs) -> anyhow::Resul
     for p in serving {
         outln!()?;
         outln!("{} {}  ({})", p.name, p.version, p.path.display())?;
-        let handles: Vec<String> = p.handles.iter().map(|(k, a)| format!("{k} {a}")).collect();
-        outln!("  handles:      {}", handles.join(", "))?;
+        let pairs = |set: &mut dyn Iterator<Item = &(EntityKind, String)>| {
+            set.map(|(k, a)| format!("{k} {a}"))
+                .collect::<Vec<_>>()
+                .join(", ")
+        };
+        outln!("  handles:      {}", pairs(&mut p.handles.iter()))?;
+        // Run again when a crash interrupted them (the plugin's word or the operator's), and
+        // refused by a dry run.
+        if !p.idempotent.is_empty() {
+            outln!("  idempotent:   {}", pairs(&mut p.idempotent.iter()))?;
+        }
+        if !p.unplannable.is_empty() {
+            outln!("  no dry run:   {}", pairs(&mut p.unplannable.iter()))?;
+        }
         let caps: Vec<String> = p
             .policy
             .requested()
