@@ -81,12 +81,15 @@ fn a_plugin_overrides_only_the_builtin_actions_it_claims_and_says_so() {
     );
     let o = marvin(s.path(), &["plugins", "--json"]);
     let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
-    let compose = v["plugins"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|p| p["name"] == "docker-compose")
-        .unwrap_or_else(|| panic!("the built-in still serves: {v}"));
+    let plugin = |name: &str| {
+        v["plugins"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|p| p["name"] == name)
+            .unwrap_or_else(|| panic!("the built-in {name} still serves: {v}"))
+    };
+    let compose = plugin("docker-compose");
     assert!(
         compose["handles"]
             .as_array()
@@ -114,12 +117,7 @@ fn a_plugin_overrides_only_the_builtin_actions_it_claims_and_says_so() {
         ["container start", "container stop"]
     );
     assert!(pairs(compose, "unplannable").is_empty(), "{compose}");
-    let exec = v["plugins"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|p| p["name"] == "exec-cmd")
-        .unwrap_or_else(|| panic!("{v}"));
+    let exec = plugin("exec-cmd");
     assert_eq!(pairs(exec, "unplannable"), ["container exec_cmd"]);
     assert!(pairs(exec, "idempotent").is_empty(), "{exec}");
     assert!(
