@@ -44,18 +44,23 @@ async fn infinite_loop_is_stopped_at_its_deadline() {
     assert_echo_still_serves(&m).await;
 }
 
-/// Waits until `n` instances are made ahead (a second at most), and a moment more: the plugin
-/// is then idle, and the next request's instance is made ahead too.
-async fn made_ahead(m: &marvin_manager::service::Manager, n: usize) {
+/// Waits until `count()` is `n` (a second at most); `what` names the count.
+async fn until(what: &str, n: usize, count: impl Fn() -> usize) {
     let t = Instant::now();
-    while m.runtime().made_ahead() != n {
+    while count() != n {
         assert!(
             t.elapsed() < Duration::from_secs(1),
-            "{} instances made ahead, not {n}",
-            m.runtime().made_ahead()
+            "{} {what}, not {n}",
+            count()
         );
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
+}
+
+/// Waits until `n` instances are made ahead, and a moment more: the plugin is then idle, and
+/// the next request's instance is made ahead too.
+async fn made_ahead(m: &marvin_manager::service::Manager, n: usize) {
+    until("instances made ahead", n, || m.runtime().made_ahead()).await;
     tokio::time::sleep(Duration::from_millis(5)).await;
 }
 
@@ -111,15 +116,10 @@ async fn an_instance_made_ahead_is_fresh_and_runs_under_its_own_request() {
         assert_eq!(r.metadata["seen"], 1, "request {i}: {r:?}");
     }
     made_ahead(&m, 1).await;
-    let t = Instant::now();
-    while m.runtime().live_instances() != 1 {
-        assert!(
-            t.elapsed() < Duration::from_secs(1),
-            "{} instances alive: used stores are kept",
-            m.runtime().live_instances()
-        );
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    }
+    until("instances alive (used stores kept)", 1, || {
+        usize::try_from(m.runtime().live_instances()).unwrap()
+    })
+    .await;
     assert_echo_still_serves(&m).await;
 }
 

@@ -37,9 +37,7 @@ pub fn truncate(s: &str, max: usize) -> &str {
 
 impl Host for Capabilities {
     async fn log(&mut self, level: Level, message: String) -> wasmtime::Result<()> {
-        if self.preparing {
-            self.touched
-                .store(true, std::sync::atomic::Ordering::Relaxed);
+        if self.tried_while_preparing() {
             return Ok(());
         }
         if self.log.lines >= MAX_LINES {

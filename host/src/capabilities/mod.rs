@@ -167,6 +167,16 @@ impl Capabilities {
         self.touched.load(std::sync::atomic::Ordering::Relaxed)
     }
 
+    /// A host call while the instance is made ahead of its request: noted in `touched`, and
+    /// `true` for the call to reach nothing.
+    pub(crate) fn tried_while_preparing(&self) -> bool {
+        if self.preparing {
+            self.touched
+                .store(true, std::sync::atomic::Ordering::Relaxed);
+        }
+        self.preparing
+    }
+
     /// The same, planning its changing calls instead of making them (a dry run).
     #[must_use]
     pub fn planning(mut self) -> Self {
@@ -176,9 +186,7 @@ impl Capabilities {
 
     /// Turns a denial into the plugin's error, logged once with plugin and correlation id.
     pub(crate) fn denied(&self, denied: policy::Denied) -> types::Error {
-        if self.preparing {
-            self.touched
-                .store(true, std::sync::atomic::Ordering::Relaxed);
+        if self.tried_while_preparing() {
             return types::Error::PermissionDenied(
                 "no host call while the plugin instance is being made".into(),
             );
