@@ -157,7 +157,11 @@ async fn runtime_handle(wasm: &Path, keep_resident_bytes: Option<usize>) -> Stat
     };
     let req = request();
     measure(async || {
-        let out = runtime.handle(&plugin, &entity, &req).await.0.unwrap();
+        let out = runtime
+            .handle(&plugin, &entity, &req)
+            .await
+            .outcome
+            .unwrap();
         assert!(out.success);
     })
     .await

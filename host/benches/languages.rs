@@ -92,7 +92,10 @@ fn main() {
         for (i, (_, r, plugin)) in loaded.iter().enumerate() {
             for _ in 0..PER_ROUND {
                 let t = Instant::now();
-                let out = rt.block_on(r.handle(plugin, &entity, &req)).0.unwrap();
+                let out = rt
+                    .block_on(r.handle(plugin, &entity, &req))
+                    .outcome
+                    .unwrap();
                 samples[i].push(t.elapsed());
                 assert!(!out.success, "no supervisord: the call fails");
             }

@@ -69,8 +69,20 @@ async fn every_request_is_answered_in_its_format<T: Queue + Records>(
         )
         .await;
     }
-    let stats = run_until_idle(t.clone(), manager(&s).await, 40).await;
+    let m = manager(&s).await;
+    let stats = run_until_idle(t.clone(), m.clone(), 40).await;
     assert_eq!(stats.answered, 40);
+    // Every request's used instance was given back once its answer was sent: what is alive
+    // is at most the one made ahead for the next request.
+    let t0 = Instant::now();
+    while m.runtime().live_instances() > 1 {
+        assert!(
+            t0.elapsed() < Duration::from_secs(1),
+            "{} instances alive after the loop ended",
+            m.runtime().live_instances()
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
     let rows = db
         .query("SELECT headers FROM {t} WHERE queue_name = 'responses' ORDER BY id")
         .await;

@@ -123,6 +123,31 @@ async fn an_instance_made_ahead_is_fresh_and_runs_under_its_own_request() {
     assert_echo_still_serves(&m).await;
 }
 
+/// A request's used instance stays with its [`Aftercare`] until whoever sends the answer on
+/// drops it: nothing is given back or made ahead before, and both happen after.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_used_instance_is_given_back_once_the_answer_is_sent() {
+    let s = Setup::new(&[
+        (guests::HOSTILE, "hostile.wasm"),
+        (guests::ECHO, "echo.wasm"),
+    ]);
+    let m = s.manager(&hostile_entity()).await;
+    let alive = || usize::try_from(m.runtime().live_instances()).unwrap();
+    // The first request's instance is made at the request, the second's ahead of it.
+    for round in 0..2 {
+        let (r, aftercare) = m.answer(&request("h", "remember", json!({}), 5)).await;
+        assert_eq!(r.metadata["seen"], 1, "round {round}: {r:?}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        assert_eq!(alive(), 1, "round {round}: the used instance, and no other");
+        assert_eq!(m.runtime().made_ahead(), 0, "round {round}");
+        drop(aftercare);
+        // The used one dropped, the next made ahead (the plugin was idle).
+        made_ahead(&m, 1).await;
+        until("instances alive", 1, alive).await;
+    }
+    assert_echo_still_serves(&m).await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn memory_bomb_gets_a_memory_limit_error() {
     let s = Setup::new(&[

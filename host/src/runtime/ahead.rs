@@ -112,16 +112,26 @@ impl Ahead {
         last.is_none_or(|t| t.elapsed() >= IDLE_GAP)
     }
 
+    /// A request of the plugin has its answer: the next one to start within [`IDLE_GAP`] of now
+    /// does not find the plugin idle.
+    pub(super) fn ended(&self) {
+        *self.last_end.lock().unwrap_or_else(|e| e.into_inner()) = Some(Instant::now());
+    }
+
+    /// What is left of a request that used `used` ([`Aftercare`]).
+    pub(super) fn aftercare(self: &Arc<Self>, used: Store<HostState>, idle: bool) -> Aftercare {
+        Aftercare(Some((self.clone(), used, idle)))
+    }
+
     /// A request is done with `used`: after an idle plugin (`idle`), its store is dropped and
     /// the next instance made on the maker's thread; else both are left to the request's own
     /// thread (the store dropped here, the next instance made when it is asked for).
-    pub(super) fn done(self: &Arc<Self>, used: Store<HostState>, idle: bool) {
+    fn done(self: &Arc<Self>, used: Store<HostState>, idle: bool) {
         if idle {
             self.refill(used);
         } else {
             drop(used);
         }
-        *self.last_end.lock().unwrap_or_else(|e| e.into_inner()) = Some(Instant::now());
     }
 
     /// The instance made ahead, when there is one.
@@ -193,6 +203,40 @@ impl Ahead {
             stderr,
             _counted: counted,
         });
+    }
+}
+
+/// What is left of a request once its answer is known: its used instance to give back, and
+/// after an idle spell the plugin's next instance to make ahead. Done when dropped. Whoever
+/// sends the answer on drops it after the answer is on its way: dropping a store takes as long
+/// as a short action's own work, and waking the thread that makes instances takes about 10 µs
+/// on a virtual machine (an interrupt to an idle CPU), neither of which an answer should wait
+/// for.
+#[must_use = "dropping it at once hands the instance back before the answer is sent"]
+pub struct Aftercare(Option<(Arc<Ahead>, Store<HostState>, bool)>);
+
+impl Aftercare {
+    /// Nothing left to do (a request that ran no plugin).
+    pub fn none() -> Self {
+        Self(None)
+    }
+}
+
+impl Drop for Aftercare {
+    fn drop(&mut self) {
+        if let Some((ahead, used, idle)) = self.0.take() {
+            ahead.done(used, idle);
+        }
+    }
+}
+
+impl std::fmt::Debug for Aftercare {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(if self.0.is_some() {
+            "Aftercare(instance to give back)"
+        } else {
+            "Aftercare(nothing)"
+        })
     }
 }
 

@@ -33,6 +33,7 @@ use crate::capabilities::policy::{Capability, Policy};
 use crate::capabilities::{Backends, Capabilities, EffectSummary};
 use crate::config::{DEFAULT_MAX_MEMORY_BYTES, Grants, PluginConfig};
 use crate::message::{Entity, EntityKind, ManagerRequest, Target};
+pub use ahead::Aftercare;
 pub use error::{LoadError, RunError};
 use limits::Limiter;
 use stdio::Capture;
@@ -499,16 +500,16 @@ impl Runtime {
         plugin: &LoadedPlugin,
         entity: &Entity,
         req: &ManagerRequest,
-    ) -> (Result<PluginOutcome, RunError>, EffectSummary) {
+    ) -> Handled {
         let observation = self.observer.as_ref().map(|o| o.begin(&self.backends));
         let backends = observation
             .as_ref()
             .map_or_else(|| self.backends.clone(), |o| o.backends());
-        let (outcome, effects) = self.run(plugin, entity, req, backends).await;
+        let handled = self.run(plugin, entity, req, backends).await;
         if let Some(o) = observation {
-            o.end(req, entity, plugin.policy.grants(), &outcome);
+            o.end(req, entity, plugin.policy.grants(), &handled.outcome);
         }
-        (outcome, effects)
+        handled
     }
 
     async fn run(
@@ -517,7 +518,7 @@ impl Runtime {
         entity: &Entity,
         req: &ManagerRequest,
         backends: Backends,
-    ) -> (Result<PluginOutcome, RunError>, EffectSummary) {
+    ) -> Handled {
         let timeout = req.timeout();
         let deadline = Instant::now() + timeout;
         let mut caps = Capabilities::new(
@@ -541,7 +542,13 @@ impl Runtime {
             }
             None => match new_store(&self.engine, &plugin.policy, caps, plugin.max_memory_bytes) {
                 Ok((store, stdout, stderr)) => (store, stdout, stderr, None),
-                Err(e) => return (Err(e), EffectSummary::default()),
+                Err(e) => {
+                    return Handled {
+                        outcome: Err(e),
+                        effects: EffectSummary::default(),
+                        aftercare: Aftercare::none(),
+                    };
+                }
             },
         };
         let request = types::Request {
@@ -594,11 +601,25 @@ impl Runtime {
         };
         drain(&plugin.name, &req.correlation_id, &stdout, &stderr);
         let effects = store.data().caps.effects.summary();
-        // After an idle spell, the used store is dropped and the next instance made off this
-        // request's path.
-        plugin.ahead.done(store, idle);
-        (outcome, effects)
+        plugin.ahead.ended();
+        Handled {
+            outcome,
+            effects,
+            aftercare: plugin.ahead.aftercare(store, idle),
+        }
     }
+}
+
+/// One request's run: the plugin's answer or why it gave none, what its host calls changed,
+/// and what is left to do once the answer is sent.
+#[derive(Debug)]
+pub struct Handled {
+    /// The plugin's answer, or why it gave none.
+    pub outcome: Result<PluginOutcome, RunError>,
+    /// What the plugin's host calls changed.
+    pub effects: EffectSummary,
+    /// The used instance to give back: drop it once the answer is on its way.
+    pub aftercare: Aftercare,
 }
 
 /// A store for one instance of a plugin with `policy` (its WASI environment and read-only

@@ -523,11 +523,11 @@ pub async fn run(
     ));
     let entity = script.resolved_entity()?;
     let request = script.manager_request();
-    let outcome = runtime.handle(&plugin, &entity, &request).await;
-    let outcome = outcome
-        .0
+    let handled = runtime.handle(&plugin, &entity, &request).await;
+    let outcome = handled
+        .outcome
         .unwrap_or_else(PluginOutcome::from)
-        .with_effects(outcome.1);
+        .with_effects(handled.effects);
     let (calls, mut problems) = scripted.finish();
     problems.extend(compare(&script.expect, &outcome));
     Ok(Report {

@@ -14,6 +14,7 @@ use crate::codec::{self, Decoded, Format};
 use crate::ledger::{self, Known, Recent};
 use crate::message::{EntityKind, ManagerRequest, ManagerResponse};
 use crate::metrics::Outcome;
+use crate::runtime::Aftercare;
 use crate::scheduler::{Scheduler, Slot, Turn};
 use crate::transport::{
     Claim, Delivery, Elsewhere, Error, Queue, Settle, TransportOptions, response_format,
@@ -33,15 +34,22 @@ type StartRequest = (i64, oneshot::Sender<bool>);
 
 /// What carries out a request for the loop: the [`Manager`]; a fake in the loop's tests.
 pub trait Execute: Send + Sync + 'static {
-    /// Carries out one request; every problem is an error response.
-    fn execute(&self, req: &ManagerRequest) -> impl Future<Output = ManagerResponse> + Send;
+    /// Carries out one request; every problem is an error response. The loop drops the
+    /// [`Aftercare`] once the answer is on its way.
+    fn execute(
+        &self,
+        req: &ManagerRequest,
+    ) -> impl Future<Output = (ManagerResponse, Aftercare)> + Send;
     /// Whether running the request again after a crash interrupted it is safe.
     fn idempotent(&self, req: &ManagerRequest) -> impl Future<Output = bool> + Send;
 }
 
 impl Execute for Manager {
-    fn execute(&self, req: &ManagerRequest) -> impl Future<Output = ManagerResponse> + Send {
-        Manager::execute(self, req)
+    fn execute(
+        &self,
+        req: &ManagerRequest,
+    ) -> impl Future<Output = (ManagerResponse, Aftercare)> + Send {
+        Manager::answer(self, req)
     }
     fn idempotent(&self, req: &ManagerRequest) -> impl Future<Output = bool> + Send {
         Manager::idempotent(self, req)
@@ -49,8 +57,8 @@ impl Execute for Manager {
 }
 
 impl Execute for super::Reloadable {
-    async fn execute(&self, req: &ManagerRequest) -> ManagerResponse {
-        self.current().execute(req).await
+    async fn execute(&self, req: &ManagerRequest) -> (ManagerResponse, Aftercare) {
+        self.current().answer(req).await
     }
     async fn idempotent(&self, req: &ManagerRequest) -> bool {
         self.current().idempotent(req).await
@@ -688,6 +696,7 @@ impl Shared {
         let encode = |r: &ManagerResponse| codec::encode_response(r, format, bus.as_deref());
         // A dry run's answer is never another request's, nor is another's a dry run's.
         let dry_run = request.dry_run();
+        let mut aftercare = Aftercare::none();
         let settle = match (!dry_run)
             .then(|| self.recent.get(&request.correlation_id))
             .flatten()
@@ -712,7 +721,8 @@ impl Shared {
                         if let Some(m) = metrics {
                             m.running(1);
                         }
-                        let response = executor.execute(&request).await;
+                        let response;
+                        (response, aftercare) = executor.execute(&request).await;
                         if let Some(m) = metrics {
                             m.running(-1);
                         }
@@ -735,6 +745,8 @@ impl Shared {
             }
         };
         self.finish(settle, gather.as_deref());
+        // The used instance is given back once the answer is on its way.
+        drop(aftercare);
         drop(slot);
     }
 }
@@ -1283,7 +1295,7 @@ mod tests {
             req.action == "start"
         }
 
-        async fn execute(&self, req: &ManagerRequest) -> ManagerResponse {
+        async fn execute(&self, req: &ManagerRequest) -> (ManagerResponse, Aftercare) {
             self.log
                 .lock()
                 .unwrap()
@@ -1298,7 +1310,7 @@ mod tests {
             let mut r = ManagerResponse::failure(req, EntityKind::Container, "");
             r.success = true;
             r.error = None;
-            r
+            (r, Aftercare::none())
         }
     }
 

@@ -18,7 +18,7 @@ use crate::message::{EntityKind, ManagerRequest, ManagerResponse};
 use crate::registry::Registry;
 use crate::router::{Override, Refusal, Routable, Router};
 use crate::runtime::plugins::{PluginDir, PluginSet};
-use crate::runtime::{LoadedPlugin, PluginOutcome, Runtime};
+use crate::runtime::{Aftercare, Handled, LoadedPlugin, PluginOutcome, Runtime};
 
 impl Routable for Arc<LoadedPlugin> {
     fn name(&self) -> &str {
@@ -168,6 +168,12 @@ impl Manager {
 
     /// Carries out one request. Never fails: every problem becomes an error response.
     pub async fn execute(&self, req: &ManagerRequest) -> ManagerResponse {
+        self.answer(req).await.0
+    }
+
+    /// Carries out one request ([`Manager::execute`]); the [`Aftercare`] is what is left to do
+    /// once the answer is sent: drop it after sending the answer on.
+    pub async fn answer(&self, req: &ManagerRequest) -> (ManagerResponse, Aftercare) {
         let span = tracing::info_span!(
             "request",
             correlation_id = %req.correlation_id,
@@ -175,7 +181,7 @@ impl Manager {
             action = %req.action,
             plugin = tracing::field::Empty,
         );
-        let mut response = self.execute_inner(req).instrument(span).await;
+        let (mut response, aftercare) = self.execute_inner(req).instrument(span).await;
         // Every answer says whether it changed anything (one that ran no plugin did not), and
         // a dry run's says it was one.
         response
@@ -198,19 +204,18 @@ impl Manager {
             }
             r.scrub_map(&mut response.metadata);
         }
-        response
+        (response, aftercare)
     }
 
-    async fn execute_inner(&self, req: &ManagerRequest) -> ManagerResponse {
+    async fn execute_inner(&self, req: &ManagerRequest) -> (ManagerResponse, Aftercare) {
         let started = Instant::now();
         let entity = match self.registry.resolve(&req.entity_id).await {
             Ok(e) => e,
             Err(e) => {
                 tracing::warn!(reason = %e, "request refused");
-                return ManagerResponse::failure(
-                    req,
-                    EntityKind::guess(&req.action),
-                    e.to_string(),
+                return (
+                    ManagerResponse::failure(req, EntityKind::guess(&req.action), e.to_string()),
+                    Aftercare::none(),
                 );
             }
         };
@@ -220,7 +225,10 @@ impl Manager {
             Ok(p) => p.clone(),
             Err(e) => {
                 tracing::warn!(reason = %e, "request refused");
-                return ManagerResponse::failure(req, entity.kind, e.to_string());
+                return (
+                    ManagerResponse::failure(req, entity.kind, e.to_string()),
+                    Aftercare::none(),
+                );
             }
         };
         tracing::Span::current().record("plugin", plugin.name.as_str());
@@ -245,13 +253,16 @@ impl Manager {
                 .insert("plugin".into(), plugin.name.clone().into());
             r.metadata
                 .insert("plugin_version".into(), plugin.version.clone().into());
-            return r;
+            return (r, Aftercare::none());
         }
-        let outcome = self.runtime.handle(&plugin, &entity, req).await;
+        let Handled {
+            outcome,
+            effects,
+            aftercare,
+        } = self.runtime.handle(&plugin, &entity, req).await;
         let outcome = outcome
-            .0
             .unwrap_or_else(PluginOutcome::from)
-            .with_effects(outcome.1);
+            .with_effects(effects);
         let mut metadata = outcome.metadata;
         metadata.insert("plugin".into(), plugin.name.clone().into());
         metadata.insert("plugin_version".into(), plugin.version.clone().into());
@@ -272,7 +283,7 @@ impl Manager {
                 "action failed"
             );
         }
-        ManagerResponse {
+        let response = ManagerResponse {
             correlation_id: req.correlation_id.clone(),
             entity_type: entity.kind,
             entity_id: req.entity_id.clone(),
@@ -289,7 +300,8 @@ impl Manager {
                 )
             },
             metadata,
-        }
+        };
+        (response, aftercare)
     }
 }
 
