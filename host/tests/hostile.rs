@@ -148,6 +148,64 @@ async fn the_used_instance_is_given_back_once_the_answer_is_sent() {
     assert_echo_still_serves(&m).await;
 }
 
+/// What the hostile plugin's `env` action says it sees, its used instance given back after.
+async fn env_seen(
+    runtime: &marvin_manager::runtime::Runtime,
+    plugin: &marvin_manager::runtime::LoadedPlugin,
+    entity: &marvin_manager::message::Entity,
+) -> String {
+    let req = request("h", "env", json!({}), 5);
+    let handled = runtime.handle(plugin, entity, &req).await;
+    let out = handled.outcome.unwrap().output.unwrap();
+    drop(handled.aftercare);
+    out
+}
+
+/// A plugin put under another policy after it was loaded (what `plugin test` does with its
+/// script's grants) runs under it on every instance, the ones made ahead too.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_policy_set_after_load_holds_for_instances_made_ahead() {
+    use marvin_manager::capabilities::policy::Policy;
+    use marvin_manager::config::{Config, Grants};
+    use marvin_manager::message::{Entity, EntityKind, Target};
+    let s = Setup::new(&[(guests::HOSTILE, "hostile.wasm")]);
+    let runtime = common::runtime(&Config::parse("").unwrap(), None);
+    let mut plugin = runtime.load(&s.plugins.join("hostile.wasm")).await.unwrap();
+    let entity = Entity {
+        id: "h".into(),
+        kind: EntityKind::Container,
+        target: Target::Compose {
+            project: "marvin".into(),
+            service: Some("evil".into()),
+        },
+    };
+    // Under the load-time policy (no grants), with an instance made ahead under it.
+    assert_eq!(env_seen(&runtime, &plugin, &entity).await, "env=0 args=0");
+    until("instances made ahead", 1, || runtime.made_ahead()).await;
+    let grants = Grants {
+        env: vec!["MARVIN_SET=1".into(), "MARVIN_TOO=2".into()],
+        ..Grants::default()
+    };
+    plugin.set_policy(std::sync::Arc::new(Policy::new(
+        "hostile",
+        plugin.policy().requested().iter().copied(),
+        grants,
+        &[],
+    )));
+    // The instance made under the old policy is gone; the first request after is made
+    // inline, the next ahead: both see the new policy's two variables.
+    until("instances made ahead", 0, || runtime.made_ahead()).await;
+    for i in 0..2 {
+        tokio::time::sleep(Duration::from_millis(5)).await;
+        assert_eq!(
+            env_seen(&runtime, &plugin, &entity).await,
+            "env=2 args=0",
+            "request {i}"
+        );
+        until("instances made ahead", 1, || runtime.made_ahead()).await;
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn memory_bomb_gets_a_memory_limit_error() {
     let s = Setup::new(&[

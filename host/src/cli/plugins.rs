@@ -50,14 +50,14 @@ pub(super) async fn run(global: &GlobalArgs, args: PluginsArgs) -> anyhow::Resul
                     "handles": p.handles.iter().map(|(k, a)| json!({"kind": k, "action": a})).collect::<Vec<_>>(),
                     "idempotent": p.idempotent.iter().map(|(k, a)| json!({"kind": k, "action": a})).collect::<Vec<_>>(),
                     "unplannable": p.unplannable.iter().map(|(k, a)| json!({"kind": k, "action": a})).collect::<Vec<_>>(),
-                    "capabilities": p.policy.requested().iter().map(|c| json!({
+                    "capabilities": p.policy().requested().iter().map(|c| json!({
                         "name": c.name(),
                         "grant": c.grant_key(),
-                        "granted": p.policy.granted(*c),
-                        "effective": p.policy.effective(*c),
+                        "granted": p.policy().granted(*c),
+                        "effective": p.policy().effective(*c),
                     })).collect::<Vec<_>>(),
                     // Names only: values may be secrets.
-                    "env": p.policy.environment().iter().map(|(k, _)| k).collect::<Vec<_>>(),
+                    "env": p.policy().environment().iter().map(|(k, _)| k).collect::<Vec<_>>(),
                 })
             })
             .collect();
@@ -110,10 +110,10 @@ pub(super) async fn run(global: &GlobalArgs, args: PluginsArgs) -> anyhow::Resul
             outln!("  no dry run:   {}", pairs(&mut p.unplannable.iter()))?;
         }
         let caps: Vec<String> = p
-            .policy
+            .policy()
             .requested()
             .iter()
-            .map(|c| describe_capability(&p.name, *c, p.policy.granted(*c)))
+            .map(|c| describe_capability(&p.name, *c, p.policy().granted(*c)))
             .collect();
         outln!(
             "  capabilities: {}",
@@ -124,7 +124,7 @@ pub(super) async fn run(global: &GlobalArgs, args: PluginsArgs) -> anyhow::Resul
             }
         )?;
         let env: Vec<&str> = p
-            .policy
+            .policy()
             .environment()
             .iter()
             .map(|(k, _)| k.as_str())

@@ -105,6 +105,22 @@ impl Ahead {
         &self.pre
     }
 
+    /// The plugin's policy, the one every instance of it is made under.
+    pub(super) fn policy(&self) -> &Arc<Policy> {
+        &self.policy
+    }
+
+    /// The same plugin under `policy`, nothing made ahead yet.
+    pub(super) fn with_policy(&self, policy: Arc<Policy>) -> Self {
+        Self::new(
+            self.pre.clone(),
+            policy,
+            self.max_memory_bytes,
+            self.count.clone(),
+            self.maker.clone(),
+        )
+    }
+
     /// A request starts: whether the plugin was idle before it (its first request, or one
     /// [`IDLE_GAP`] after the previous one ended).
     pub(super) fn after_idle(&self) -> bool {

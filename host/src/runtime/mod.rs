@@ -171,16 +171,27 @@ pub struct LoadedPlugin {
     pub sha256: String,
     /// Its memory cap.
     pub max_memory_bytes: u64,
-    /// What it asked for ∩ what it was granted.
-    pub policy: Arc<Policy>,
     /// Whether the compiled code came from the disk cache.
     pub from_cache: bool,
     /// The (kind, action) pairs that may run again after a crash interrupted them.
     pub idempotent: BTreeSet<(EntityKind, String)>,
     /// The (kind, action) pairs a dry run must not run (the plugin's `unplannable-actions`).
     pub unplannable: BTreeSet<(EntityKind, String)>,
-    /// How to instantiate it, now or ahead of a request.
+    /// How to instantiate it, now or ahead of a request; holds its policy.
     ahead: Arc<ahead::Ahead>,
+}
+
+impl LoadedPlugin {
+    /// What it asked for ∩ what it was granted.
+    pub fn policy(&self) -> &Arc<Policy> {
+        self.ahead.policy()
+    }
+
+    /// Runs it under `policy` from now on, every instance of it (an instance made ahead under
+    /// the policy before is dropped): the plugin test harness grants what its script says.
+    pub fn set_policy(&mut self, policy: Arc<Policy>) {
+        self.ahead = Arc::new(self.ahead.with_policy(policy));
+    }
 }
 
 impl std::fmt::Debug for LoadedPlugin {
@@ -466,12 +477,11 @@ impl Runtime {
                 .collect(),
             ahead: Arc::new(ahead::Ahead::new(
                 pre,
-                policy.clone(),
+                policy,
                 max_memory_bytes,
                 self.ahead.clone(),
                 self.maker.clone(),
             )),
-            policy,
             name: info.name,
             version: info.version,
             handles,
@@ -507,7 +517,7 @@ impl Runtime {
             .map_or_else(|| self.backends.clone(), |o| o.backends());
         let handled = self.run(plugin, entity, req, backends).await;
         if let Some(o) = observation {
-            o.end(req, entity, plugin.policy.grants(), &handled.outcome);
+            o.end(req, entity, plugin.policy().grants(), &handled.outcome);
         }
         handled
     }
@@ -522,7 +532,7 @@ impl Runtime {
         let timeout = req.timeout();
         let deadline = Instant::now() + timeout;
         let mut caps = Capabilities::new(
-            plugin.policy.clone(),
+            plugin.policy().clone(),
             req.correlation_id.clone(),
             backends,
             deadline,
@@ -540,7 +550,7 @@ impl Runtime {
                 store.set_epoch_deadline(1);
                 (store, stdout, stderr, Some(instance))
             }
-            None => match new_store(&self.engine, &plugin.policy, caps, plugin.max_memory_bytes) {
+            None => match new_store(&self.engine, plugin.policy(), caps, plugin.max_memory_bytes) {
                 Ok((store, stdout, stderr)) => (store, stdout, stderr, None),
                 Err(e) => {
                     return Handled {

@@ -515,12 +515,13 @@ pub async fn run(
         .await
         .map_err(|e| format!("{}: {e}", wasm.display()))?;
     let grants = script.grants.clone().unwrap_or_else(grant_everything);
-    plugin.policy = Arc::new(Policy::new(
+    let policy = Arc::new(Policy::new(
         &plugin.name,
-        plugin.policy.requested().iter().copied(),
+        plugin.policy().requested().iter().copied(),
         grants,
         environment,
     ));
+    plugin.set_policy(policy);
     let entity = script.resolved_entity()?;
     let request = script.manager_request();
     let handled = runtime.handle(&plugin, &entity, &request).await;
