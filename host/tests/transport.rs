@@ -23,6 +23,7 @@ on_both_databases!(
     keepalive_moves_delivered_at,
     timestamps_follow_the_configured_zone,
     setup_adds_the_columns_an_older_version_lacked,
+    prune_deletes_what_is_older_batch_by_batch,
 );
 
 fn response_for(correlation_id: &str) -> ManagerResponse {
@@ -832,4 +833,75 @@ async fn pg_the_fetch_floor_loses_no_row() {
     // …is taken within a reading of the floor.
     assert_eq!(got.iter().map(|r| r.id).collect::<Vec<_>>(), [skewed]);
     assert!(start.elapsed() < std::time::Duration::from_secs(4));
+}
+
+/// A prune of more rows than one of its batches: every ledger row answered before the cut and
+/// every row parked before it (with its record) goes, the newer ones stay.
+async fn prune_deletes_what_is_older_batch_by_batch<T: Queue + Records>(
+    db: &TestDb,
+    mk: impl AsyncFn(&str) -> T,
+) {
+    let t = mk("failure_queue_name=failed").await;
+    t.setup().await.unwrap();
+    let schema = db
+        .table()
+        .rsplit_once('.')
+        .map_or(String::new(), |(s, _)| format!("{s}."));
+    let ledger = format!("{schema}marvin_manager_ledger");
+    let failures = format!("{schema}marvin_manager_failures");
+    let (old, new) = ("2020-01-01T00:00:00.000Z", "2999-01-01T00:00:00.000Z");
+    let numbers = |n: usize| {
+        format!("WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < {n})")
+    };
+    let ledger_rows = |n: usize, prefix: &str, at: &str| {
+        format!(
+            "{} INSERT INTO {ledger} (correlation_id, entity_id, action, plugin, success, error, \
+             response, received_at, finished_at, duration_ms, manager) \
+             SELECT '{prefix}' || i, 'c1', 'start', 'p', true, NULL, '{{}}', '{at}', '{at}', 1, 'm' FROM n",
+            numbers(n)
+        )
+    };
+    db.exec(&ledger_rows(4_500, "old-", old)).await;
+    db.exec(&ledger_rows(10, "new-", new)).await;
+    // Parked rows with their records: 2,500 parked long ago, 3 parked now.
+    for (n, from, at) in [(2_500, 1_000_000, old), (3, 2_000_000, new)] {
+        db.exec(&format!(
+            "{} INSERT INTO {{t}} (id, body, headers, queue_name, created_at, available_at) \
+             SELECT {from} + i, 'b', '[]', 'failed', {now}, {now} FROM n",
+            numbers(n),
+            now = db.at(0)
+        ))
+        .await;
+        db.exec(&format!(
+            "{} INSERT INTO {failures} (row_id, original_queue, reason, failed_at) \
+             SELECT {from} + i, 'requests', 'bad', '{at}' FROM n",
+            numbers(n)
+        ))
+        .await;
+    }
+    let pruned = t.prune("2024-01-01T00:00:00.000Z".into()).await.unwrap();
+    assert_eq!((pruned.ledger, pruned.failed), (4_500, 2_500));
+    let count = |sql: String| async move {
+        db.query(&sql).await[0][0]
+            .clone()
+            .unwrap()
+            .parse::<u64>()
+            .unwrap()
+    };
+    let left = count(format!("SELECT CAST(COUNT(*) AS TEXT) FROM {ledger}")).await;
+    assert_eq!(left, 10, "the newer ledger rows stay");
+    let fresh = count(format!(
+        "SELECT CAST(COUNT(*) AS TEXT) FROM {ledger} WHERE correlation_id LIKE 'new-%'"
+    ))
+    .await;
+    assert_eq!(fresh, 10);
+    let rows =
+        count("SELECT CAST(COUNT(*) AS TEXT) FROM {t} WHERE queue_name = 'failed'".into()).await;
+    assert_eq!(rows, 3, "the rows parked since stay");
+    let records = count(format!("SELECT CAST(COUNT(*) AS TEXT) FROM {failures}")).await;
+    assert_eq!(records, 3, "and their records");
+    assert_eq!(t.failed_rows().await.unwrap().len(), 3);
+    // Nothing older is left: a second prune finds nothing.
+    let again = t.prune("2024-01-01T00:00:00.000Z".into()).await.unwrap();
+    assert_eq!((again.ledger, again.failed), (0, 0));
 }

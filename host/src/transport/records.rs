@@ -445,8 +445,13 @@ where
     on_parked(pool, at, ids, ParkedAction::Remove).await
 }
 
+/// Rows deleted per statement by a prune: each batch is its own short transaction, so a prune
+/// of a large ledger never holds the database's writer (SQLite) or a long transaction
+/// (PostgreSQL) while requests are answered, nor reads every deleted row back.
+pub(crate) const PRUNE_BATCH: i64 = 2_000;
+
 /// Deletes ledger rows answered before `before`, and rows parked before it with their
-/// records, in one transaction.
+/// records, [`PRUNE_BATCH`] at a time.
 pub(crate) async fn prune<DB>(
     pool: &Pool<DB>,
     at: FailureQueue<'_>,
@@ -457,37 +462,69 @@ where
     for<'c> &'c mut DB::Connection: Executor<'c, Database = DB>,
     for<'q> DB::Arguments<'q>: IntoArguments<'q, DB>,
     for<'q> String: Encode<'q, DB> + Type<DB>,
-    for<'q> i64: Encode<'q, DB> + Type<DB>,
+    for<'q> i64: Encode<'q, DB> + Decode<'q, DB> + Type<DB>,
+    &'static str: sqlx::ColumnIndex<DB::Row>,
 {
-    let f = &at.names.failures;
+    let (t, f, l) = (at.table, &at.names.failures, &at.names.ledger);
+    // A row is answered after it was received: the index on received_at finds the candidates.
     let ledger = numbered::<DB>(&format!(
-        "DELETE FROM {} WHERE finished_at < {{}} RETURNING 1",
-        at.names.ledger
+        "DELETE FROM {l} WHERE correlation_id IN (SELECT correlation_id FROM {l} \
+         WHERE received_at < {{}} AND finished_at < {{}} LIMIT {{}}) RETURNING 1"
     ))?;
-    let rows = numbered::<DB>(&format!(
-        "DELETE FROM {} WHERE queue_name = {{}} AND id IN (SELECT row_id FROM {f} WHERE failed_at < {{}}) RETURNING 1",
-        at.table
+    let mut pruned = Pruned::default();
+    loop {
+        let values = [
+            Value::Text(before.clone()),
+            Value::Text(before.clone()),
+            Value::Int(PRUNE_BATCH),
+        ];
+        let n = sqlx::query_with::<DB, _>(&ledger, bound::<DB>(&values)?)
+            .fetch_all(pool)
+            .await?
+            .len();
+        pruned.ledger += n as u64;
+        if i64::try_from(n).unwrap_or(i64::MAX) < PRUNE_BATCH {
+            break;
+        }
+    }
+    let records = numbered::<DB>(&format!(
+        "SELECT row_id FROM {f} WHERE failed_at < {{}} ORDER BY row_id LIMIT {{}}"
     ))?;
-    let records = numbered::<DB>(&format!("DELETE FROM {f} WHERE failed_at < {{}}"))?;
-    let mut tx = pool.begin().await?;
-    let l = sqlx::query_with::<DB, _>(&ledger, bound::<DB>(&[Value::Text(before.clone())])?)
+    loop {
+        let mut tx = pool.begin().await?;
+        let ids = sqlx::query_with::<DB, _>(
+            &records,
+            bound::<DB>(&[Value::Text(before.clone()), Value::Int(PRUNE_BATCH)])?,
+        )
         .fetch_all(&mut *tx)
         .await?
-        .len();
-    let values = [
-        Value::Text(at.queue.to_owned()),
-        Value::Text(before.clone()),
-    ];
-    let r = sqlx::query_with::<DB, _>(&rows, bound::<DB>(&values)?)
-        .fetch_all(&mut *tx)
-        .await?
-        .len();
-    sqlx::query_with::<DB, _>(&records, bound::<DB>(&[Value::Text(before)])?)
-        .execute(&mut *tx)
-        .await?;
-    tx.commit().await?;
-    Ok(Pruned {
-        ledger: l as u64,
-        failed: r as u64,
-    })
+        .iter()
+        .map(|r| r.try_get::<i64, _>("row_id"))
+        .collect::<Result<Vec<i64>, _>>()?;
+        if ids.is_empty() {
+            break;
+        }
+        let list = vec!["{}"; ids.len()].join(", ");
+        let ints = || ids.iter().map(|&id| Value::Int(id));
+        let rows = numbered::<DB>(&format!(
+            "DELETE FROM {t} WHERE queue_name = {{}} AND id IN ({list}) RETURNING 1"
+        ))?;
+        let values: Vec<Value> = std::iter::once(Value::Text(at.queue.to_owned()))
+            .chain(ints())
+            .collect();
+        pruned.failed += sqlx::query_with::<DB, _>(&rows, bound::<DB>(&values)?)
+            .fetch_all(&mut *tx)
+            .await?
+            .len() as u64;
+        let forget = numbered::<DB>(&format!("DELETE FROM {f} WHERE row_id IN ({list})"))?;
+        let values: Vec<Value> = ints().collect();
+        sqlx::query_with::<DB, _>(&forget, bound::<DB>(&values)?)
+            .execute(&mut *tx)
+            .await?;
+        tx.commit().await?;
+        if i64::try_from(ids.len()).unwrap_or(i64::MAX) < PRUNE_BATCH {
+            break;
+        }
+    }
+    Ok(pruned)
 }
