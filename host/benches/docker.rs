@@ -33,6 +33,7 @@ use test_common::Setup;
 use test_common::docker::{self as docker_common, Project};
 
 const ROUNDS: usize = 40;
+const PER_ROUND: usize = 10;
 /// The busy wait after each call: longer than the host's work after an answer (about 0.1 ms).
 const SETTLE: std::time::Duration = std::time::Duration::from_micros(300);
 
@@ -44,7 +45,6 @@ fn settle() {
         std::hint::spin_loop();
     }
 }
-const PER_ROUND: usize = 10;
 
 fn main() {
     let endpoint = docker_common::endpoint();

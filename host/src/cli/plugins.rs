@@ -47,9 +47,9 @@ pub(super) async fn run(global: &GlobalArgs, args: PluginsArgs) -> anyhow::Resul
                     "path": p.path,
                     "sha256": p.sha256,
                     "max_memory_bytes": p.max_memory_bytes,
-                    "handles": p.handles.iter().map(|(k, a)| json!({"kind": k, "action": a})).collect::<Vec<_>>(),
-                    "idempotent": p.idempotent.iter().map(|(k, a)| json!({"kind": k, "action": a})).collect::<Vec<_>>(),
-                    "unplannable": p.unplannable.iter().map(|(k, a)| json!({"kind": k, "action": a})).collect::<Vec<_>>(),
+                    "handles": pairs_json(&p.handles),
+                    "idempotent": pairs_json(&p.idempotent),
+                    "unplannable": pairs_json(&p.unplannable),
                     "capabilities": p.policy().requested().iter().map(|c| json!({
                         "name": c.name(),
                         "grant": c.grant_key(),
@@ -95,19 +95,14 @@ pub(super) async fn run(global: &GlobalArgs, args: PluginsArgs) -> anyhow::Resul
     for p in serving {
         outln!()?;
         outln!("{} {}  ({})", p.name, p.version, p.path.display())?;
-        let pairs = |set: &mut dyn Iterator<Item = &(EntityKind, String)>| {
-            set.map(|(k, a)| format!("{k} {a}"))
-                .collect::<Vec<_>>()
-                .join(", ")
-        };
-        outln!("  handles:      {}", pairs(&mut p.handles.iter()))?;
+        outln!("  handles:      {}", pairs_text(&p.handles))?;
         // Run again when a crash interrupted them (the plugin's word or the operator's), and
         // refused by a dry run.
         if !p.idempotent.is_empty() {
-            outln!("  idempotent:   {}", pairs(&mut p.idempotent.iter()))?;
+            outln!("  idempotent:   {}", pairs_text(&p.idempotent))?;
         }
         if !p.unplannable.is_empty() {
-            outln!("  no dry run:   {}", pairs(&mut p.unplannable.iter()))?;
+            outln!("  no dry run:   {}", pairs_text(&p.unplannable))?;
         }
         let caps: Vec<String> = p
             .policy()
@@ -166,4 +161,23 @@ fn describe_capability(plugin: &str, c: Capability, granted: Option<String>) -> 
             crate::capabilities::policy::grant_place(plugin, c)
         ),
     }
+}
+
+/// (kind, action) pairs as `container start, container stop`.
+fn pairs_text<'a>(pairs: impl IntoIterator<Item = &'a (EntityKind, String)>) -> String {
+    pairs
+        .into_iter()
+        .map(|(k, a)| format!("{k} {a}"))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+/// (kind, action) pairs as `[{"kind": …, "action": …}]`.
+fn pairs_json<'a>(
+    pairs: impl IntoIterator<Item = &'a (EntityKind, String)>,
+) -> Vec<serde_json::Value> {
+    pairs
+        .into_iter()
+        .map(|(k, a)| json!({"kind": k, "action": a}))
+        .collect()
 }

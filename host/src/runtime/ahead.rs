@@ -128,14 +128,10 @@ impl Ahead {
         last.is_none_or(|t| t.elapsed() >= IDLE_GAP)
     }
 
-    /// A request of the plugin has its answer: the next one to start within [`IDLE_GAP`] of now
-    /// does not find the plugin idle.
-    pub(super) fn ended(&self) {
+    /// A request that used `used` has its answer: the next one to start within [`IDLE_GAP`]
+    /// of now does not find the plugin idle, and what is left of it is its [`Aftercare`].
+    pub(super) fn ended(self: &Arc<Self>, used: Store<HostState>, idle: bool) -> Aftercare {
         *self.last_end.lock().unwrap_or_else(|e| e.into_inner()) = Some(Instant::now());
-    }
-
-    /// What is left of a request that used `used` ([`Aftercare`]).
-    pub(super) fn aftercare(self: &Arc<Self>, used: Store<HostState>, idle: bool) -> Aftercare {
         Aftercare(Some((self.clone(), used, idle)))
     }
 

@@ -611,11 +611,10 @@ impl Runtime {
         };
         drain(&plugin.name, &req.correlation_id, &stdout, &stderr);
         let effects = store.data().caps.effects.summary();
-        plugin.ahead.ended();
         Handled {
             outcome,
             effects,
-            aftercare: plugin.ahead.aftercare(store, idle),
+            aftercare: plugin.ahead.ended(store, idle),
         }
     }
 }
