@@ -755,13 +755,12 @@ async fn the_hostile_corpus_is_settled_row_by_row<T: Queue + Records>(
     );
 }
 
-/// PostgreSQL holds the rows of a fetch while their actions run: a short action's request is
-/// answered by the transaction that took it, never written before (no `delivered_at` mark,
-/// seen by a trigger logging every update of the queue table); an action outliving the
-/// bound is marked once, when the bound passes; with holding off every row is marked when
-/// taken. Every request is answered once either way.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn pg_a_short_action_costs_one_commit() {
+/// A PostgreSQL queue set up, with the echo and counter guests.
+async fn pg_with_echo_and_counter() -> (
+    TestDb,
+    Setup,
+    Arc<marvin_manager::transport::postgres::PgTransport>,
+) {
     let db = TestDb::new(Db::Pg).await;
     let s = Setup::new(&[
         (guests::ECHO, "echo.wasm"),
@@ -769,6 +768,17 @@ async fn pg_a_short_action_costs_one_commit() {
     ]);
     let t = Arc::new(db.pg("").await);
     t.setup().await.unwrap();
+    (db, s, t)
+}
+
+/// PostgreSQL holds the rows of a fetch while their actions run: a short action's request is
+/// answered by the transaction that took it, never written before (no `delivered_at` mark,
+/// seen by a trigger logging every update of the queue table); an action outliving the
+/// bound is marked once, when the bound passes; with holding off every row is marked when
+/// taken. Every request is answered once either way.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pg_a_short_action_costs_one_commit() {
+    let (db, s, t) = pg_with_echo_and_counter().await;
     let schema = db.table().split('.').next().unwrap().to_owned();
     db.exec(&format!("CREATE TABLE {schema}.updates (row_id bigint)"))
         .await;
@@ -847,4 +857,49 @@ async fn pg_a_short_action_costs_one_commit() {
     assert_eq!(db.responses().await.len(), 15);
     ids.insert(0, long);
     assert_eq!(updates().await, ids);
+}
+
+/// A loop whose fetch took every row there was waits for the next NOTIFY instead of asking
+/// the queue again at once: a request sent while the one before runs (its NOTIFY arriving
+/// before the loop waits) is still taken at once, never left for the poll (a minute here).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pg_a_request_sent_while_the_last_one_runs_is_not_left_for_the_poll() {
+    let (db, s, t) = pg_with_echo_and_counter().await;
+    let opts = ConsumeOptions {
+        limit: Some(3),
+        time_limit: Some(Duration::from_secs(50)),
+        poll: Duration::from_secs(60),
+        ..ConsumeOptions::default()
+    };
+    let consumer = tokio::spawn(consume(
+        t.clone(),
+        manager(&s).await,
+        opts,
+        std::future::pending(),
+    ));
+    let answered = async |id: &str, since: Instant| {
+        while !db.responses().await.iter().any(|r| r.correlation_id == id) {
+            assert!(
+                since.elapsed() < Duration::from_secs(20),
+                "{id} not answered"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        since.elapsed()
+    };
+    // The loop is idle (waiting on LISTEN); a request wakes it.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let sent = Instant::now();
+    send(&*t, &request("notify-0", "w1", "start"), Format::Php).await;
+    answered("notify-0", sent).await;
+    // A 600 ms action; the next request is sent while it runs.
+    let mut long = request("notify-1", "c1", "count");
+    long.args = serde_json::json!({ "ms": 600 });
+    send(&*t, &long, Format::Php).await;
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let sent = Instant::now();
+    send(&*t, &request("notify-2", "w1", "start"), Format::Php).await;
+    let took = answered("notify-2", sent).await;
+    assert!(took < Duration::from_secs(10), "{took:?}");
+    assert_eq!(consumer.await.unwrap().answered, 3);
 }

@@ -285,6 +285,8 @@ pub async fn consume<Q: Queue, E: Execute>(
     let mut backoff = Duration::from_millis(50);
     // Set when the stop came during a fetch: `shutdown` has completed and is not polled again.
     let mut stopping = false;
+    // Set when the last fetch took every row there was and new rows are announced.
+    let mut wait_first = false;
 
     loop {
         if stopping || options.limit.is_some_and(|l| taken >= l) {
@@ -295,6 +297,15 @@ pub async fn consume<Q: Queue, E: Execute>(
             .map(|t| t.saturating_sub(started.elapsed()));
         if time_left == Some(Duration::ZERO) {
             break;
+        }
+        // The last fetch took every row there was: wait for the next one to be announced
+        // rather than ask an empty queue at once.
+        if std::mem::take(&mut wait_first) {
+            let wait = time_left.map_or(options.poll, |t| t.min(options.poll));
+            tokio::select! {
+                () = &mut shutdown => break,
+                () = queue.wait(wait) => {}
+            }
         }
         // Take rows only for free slots, so nothing waits marked-but-idle.
         let left = options.limit.map_or(usize::MAX, |l| {
@@ -362,6 +373,7 @@ pub async fn consume<Q: Queue, E: Execute>(
             }
             continue;
         }
+        wait_first = queue.drained();
         taken += rows.len() as u64;
         let (missing, read) = ledger_reads(&rows);
         let mut known = Known::lookup(&*queue, missing).await;

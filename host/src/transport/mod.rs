@@ -395,6 +395,12 @@ pub trait Queue: Send + Sync + 'static {
     }
     /// Waits until a new row may be there (a notification) or `timeout` passes.
     fn wait(&self, timeout: Duration) -> impl Future<Output = ()> + Send;
+    /// Whether the last fetch or hold took every row there was (fewer than it asked for) and
+    /// [`Queue::wait`] announces new ones: the loop then waits before it asks again, instead
+    /// of asking an empty queue once more beside the statements of the rows just taken.
+    fn drained(&self) -> bool {
+        false
+    }
     /// The ledger entries of these correlation ids: the requests already answered.
     fn answered(
         &self,

@@ -45,6 +45,8 @@ pub struct PgTransport {
     vacuum: Arc<tokio::sync::Mutex<VacuumState>>,
     options: TransportOptions,
     listener: Mutex<Option<PgListener>>,
+    /// The last fetch or hold returned fewer rows than it asked for.
+    short: std::sync::atomic::AtomicBool,
     needles: Needles,
     names: Names,
     foreign: ForeignRows,
@@ -241,6 +243,12 @@ impl PgTransport {
         .await?;
         *floor = Some((at, std::time::Instant::now()));
         Ok(at)
+    }
+
+    /// Notes whether a fetch that asked for `max` rows got fewer: every row there was.
+    fn note_short(&self, got: usize, max: usize) {
+        self.short
+            .store(got < max, std::sync::atomic::Ordering::Relaxed);
     }
 
     /// Binds the fetch statement's parameters (both forms take the same).
@@ -531,6 +539,7 @@ impl PgTransport {
             vacuum: Arc::default(),
             options,
             listener: Mutex::new(None),
+            short: std::sync::atomic::AtomicBool::new(false),
             needles: Needles::new(),
             names,
             foreign: ForeignRows::default(),
@@ -552,8 +561,24 @@ impl PgTransport {
 }
 
 /// The rows of a hold: the connection whose transaction holds them, open (none when nothing
-/// was taken). Dropped unreleased, the connection is closed: PostgreSQL rolls it back.
-pub struct PgHeld(Option<PgConnection>);
+/// was taken), being readied for the settle while the actions run. Dropped unreleased, the
+/// connection is closed: PostgreSQL rolls it back.
+pub struct PgHeld(Option<tokio::task::JoinHandle<Result<PgConnection, Error>>>);
+
+/// Readies a hold's transaction for its settle, off the request's path (its round trip
+/// overlaps the actions): the savepoint a settle that loses a deadlock is rolled back to, and
+/// generic plans for the rest of the transaction. The fetch needs a plan for its values (see
+/// [`Sql`]); the settle's statements are the same whatever the values, so planning them once
+/// per connection saves PostgreSQL a planning per hold.
+async fn ready_to_settle(mut tx: PgConnection) -> Result<PgConnection, Error> {
+    // Before the savepoint: a rollback to it keeps the setting.
+    sqlx::Executor::execute(
+        &mut tx,
+        "SET LOCAL plan_cache_mode = force_generic_plan; SAVEPOINT settle",
+    )
+    .await?;
+    Ok(tx)
+}
 
 /// Connections of the hot path kept out of a pool: sqlx's pool pings every connection given
 /// back to it (a round trip per statement; 8% of the manager's CPU in the queue bench). A
@@ -901,6 +926,7 @@ impl Queue for PgTransport {
             .bind_fetch(&self.sql.fetch, max, floor)
             .fetch_all(&self.fetch_pool)
             .await?;
+        self.note_short(rows.len(), max);
         let Read {
             mut taken,
             foreign,
@@ -944,6 +970,7 @@ impl Queue for PgTransport {
             .bind_fetch(&self.sql.hold, max, floor)
             .fetch_all(&mut tx)
             .await?;
+        self.note_short(rows.len(), max);
         let Read {
             mut taken,
             foreign,
@@ -960,7 +987,10 @@ impl Queue for PgTransport {
             self.holds.give_back(tx);
             return Ok((Vec::new(), PgHeld(None)));
         }
-        Ok((in_order(taken), PgHeld(Some(tx))))
+        Ok((
+            in_order(taken),
+            PgHeld(Some(tokio::spawn(ready_to_settle(tx)))),
+        ))
     }
 
     async fn release(
@@ -969,18 +999,19 @@ impl Queue for PgTransport {
         batch: &[Settle],
         mut running: Vec<i64>,
     ) -> Result<(), Error> {
-        let Some(mut tx) = held.0 else {
+        let Some(readied) = held.0 else {
             return self.complete(batch.to_vec()).await;
         };
+        let mut tx = readied.await.map_err(|e| Error::Task(e.to_string()))??;
         // Claims are taken in ascending row order, by every statement that takes them (the
         // records of starts too): two managers' statements then wait for one another instead
         // of deadlocking on the claims' index.
         running.sort_unstable();
-        // A savepoint after the rows were locked: a settle that loses a deadlock against
-        // another manager's statement is rolled back to it and tried again, with the rows
-        // still locked. Rolling the whole hold back would put rows whose starts this process
-        // recorded back on the queue, unmarked, for another manager to answer "interrupted".
-        sqlx::Executor::execute(&mut tx, "SAVEPOINT settle").await?;
+        // The savepoint `ready_to_settle` took after the rows were locked: a settle that
+        // loses a deadlock against another manager's statement is rolled back to it and tried
+        // again, with the rows still locked. Rolling the whole hold back would put rows whose
+        // starts this process recorded back on the queue, unmarked, for another manager to
+        // answer "interrupted".
         let mut tries = 0;
         let answered = loop {
             match self.settle_in(&mut tx, batch, &running).await {
@@ -1066,6 +1097,14 @@ impl Queue for PgTransport {
         .execute(&self.fetch_pool)
         .await?;
         Ok(())
+    }
+
+    fn drained(&self) -> bool {
+        // Listening: a row sent from now on is announced (Symfony's trigger notifies each
+        // INSERT). Without a LISTEN connection the loop asks again at once, as before.
+        self.options.use_notify
+            && self.short.load(std::sync::atomic::Ordering::Relaxed)
+            && self.listener.try_lock().is_ok_and(|l| l.is_some())
     }
 
     async fn wait(&self, timeout: Duration) {
