@@ -11,6 +11,11 @@
 //!   a client made once, as the host's is.
 //! - compose: `docker-compose -p <project> start web`, the real compose client.
 //!
+//! Both calls run beside a one-second timer, as in `serve`, whose loop bounds each wait by its
+//! poll (1 s) and each hold by its bound (50 ms): a timer registered while the runtime's driver
+//! sleeps with no earlier one wakes the driver to re-arm it (an interrupt to an idle CPU), which
+//! `serve` does not pay for a request's deadline, and the bare call would pay for bollard's.
+//!
 //! Rounds interleave the three so a noisy neighbour hits all of them alike. The host's time
 //! ends when its answer is known: the used instance is given back after it (as `serve` does
 //! once the answer is on its way), and each call is followed by a short busy wait so that
@@ -50,6 +55,12 @@ fn main() {
     let endpoint = docker_common::endpoint();
     let project = Project::up("  web:\n    image: {image}\n  other:\n    image: {image}\n");
     let rt = common::tokio();
+    // As `serve`'s loop: a timer pending at all times (see the header).
+    rt.spawn(async {
+        loop {
+            tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+        }
+    });
     let config = format!(
         "[plugins.docker-compose.grants.docker]\nprojects = [\"{p}\"]\n\
          [entities.web]\nkind = \"container\"\nproject = \"{p}\"\nservice = \"web\"\n",
