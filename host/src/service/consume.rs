@@ -285,7 +285,8 @@ pub async fn consume<Q: Queue, E: Execute>(
     let mut backoff = Duration::from_millis(50);
     // Set when the stop came during a fetch: `shutdown` has completed and is not polled again.
     let mut stopping = false;
-    // Set when the last fetch took every row there was and new rows are announced.
+    // Set when the last fetch found nothing, or took every row there was and new rows are
+    // announced: the loop waits for the next one before it asks again.
     let mut wait_first = false;
 
     loop {
@@ -298,8 +299,8 @@ pub async fn consume<Q: Queue, E: Execute>(
         if time_left == Some(Duration::ZERO) {
             break;
         }
-        // The last fetch took every row there was: wait for the next one to be announced
-        // rather than ask an empty queue at once.
+        // The queue is empty: wait for a new row to be announced (or the poll) rather than
+        // ask it again at once.
         if std::mem::take(&mut wait_first) {
             let wait = time_left.map_or(options.poll, |t| t.min(options.poll));
             tokio::select! {
@@ -366,11 +367,7 @@ pub async fn consume<Q: Queue, E: Execute>(
             if stopping {
                 break;
             }
-            let wait = time_left.map_or(options.poll, |t| t.min(options.poll));
-            tokio::select! {
-                () = &mut shutdown => break,
-                () = queue.wait(wait) => {}
-            }
+            wait_first = true;
             continue;
         }
         wait_first = queue.drained();
