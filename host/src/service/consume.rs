@@ -42,6 +42,9 @@ pub trait Execute: Send + Sync + 'static {
     ) -> impl Future<Output = (ManagerResponse, Aftercare)> + Send;
     /// Whether running the request again after a crash interrupted it is safe.
     fn idempotent(&self, req: &ManagerRequest) -> impl Future<Output = bool> + Send;
+    /// Whether more requests wait than were taken (the last fetch took every row it asked
+    /// for): the plugins' instances are then made at each request rather than ahead of it.
+    fn backlog(&self, _waiting: bool) {}
 }
 
 impl Execute for Manager {
@@ -54,6 +57,9 @@ impl Execute for Manager {
     fn idempotent(&self, req: &ManagerRequest) -> impl Future<Output = bool> + Send {
         Manager::idempotent(self, req)
     }
+    fn backlog(&self, waiting: bool) {
+        self.runtime().backlog(waiting);
+    }
 }
 
 impl Execute for super::Reloadable {
@@ -62,6 +68,9 @@ impl Execute for super::Reloadable {
     }
     async fn idempotent(&self, req: &ManagerRequest) -> bool {
         self.current().idempotent(req).await
+    }
+    fn backlog(&self, waiting: bool) {
+        self.current().runtime().backlog(waiting);
     }
 }
 
@@ -343,11 +352,13 @@ pub async fn consume<Q: Queue, E: Execute>(
             Ok(rows) => {
                 options.health.up(Call::Fetch);
                 tracing::debug!(asked = slots.len(), got = rows.0.len(), "fetched");
+                executor.backlog(!rows.0.is_empty() && rows.0.len() >= slots.len());
                 backoff = Duration::from_millis(50);
                 rows
             }
             Err(e) => {
                 options.health.down(Call::Fetch, &e);
+                executor.backlog(false);
                 tracing::error!(cause = %e, "cannot fetch from the queue");
                 drop(slots);
                 if stopping {
@@ -422,6 +433,7 @@ pub async fn consume<Q: Queue, E: Execute>(
         while holds.try_join_next().is_some() {}
     }
     // Finish what is in flight, then flush the answers.
+    executor.backlog(false);
     draining.store(true, Ordering::Relaxed);
     scheduler.drain().await;
     while holds.join_next().await.is_some() {}
@@ -1296,6 +1308,8 @@ mod tests {
         delay: Duration,
         runs: StdMutex<HashMap<String, usize>>,
         log: StdMutex<Vec<String>>,
+        /// What the loop said of the backlog, in order.
+        backlog: StdMutex<Vec<bool>>,
     }
 
     impl Execute for Fake {
@@ -1320,6 +1334,10 @@ mod tests {
             r.success = true;
             r.error = None;
             (r, Aftercare::none())
+        }
+
+        fn backlog(&self, waiting: bool) {
+            self.backlog.lock().unwrap().push(waiting);
         }
     }
 
@@ -1402,6 +1420,30 @@ mod tests {
         assert_eq!(stats.from_ledger, 1);
         assert_eq!(fake.runs("c3"), 1);
         assert_eq!(q.ledger().len(), 5);
+    }
+
+    /// A fetch that fills every free slot says a backlog waits; one that takes fewer rows
+    /// than it asked for, an empty one, and the end of the run say none does.
+    #[tokio::test(start_paused = true)]
+    async fn a_fetch_that_fills_its_slots_says_a_backlog_waits() {
+        let q = Arc::new(MemoryQueue::new(options()));
+        for i in 0..5 {
+            send(&q, &format!("c{i}"), &format!("e{i}")).await;
+        }
+        let fake = Arc::new(Fake::default());
+        let opts = ConsumeOptions {
+            concurrency: 2,
+            batch: 2,
+            time_limit: Some(Duration::from_millis(200)),
+            poll: Duration::from_millis(20),
+            ..ConsumeOptions::default()
+        };
+        let stats = consume(q.clone(), fake.clone(), opts, std::future::pending()).await;
+        assert_eq!(stats.answered, 5);
+        let said = fake.backlog.lock().unwrap().clone();
+        // Two full fetches of two, the last row alone, empty fetches, the end of the run.
+        assert_eq!(said[..3], [true, true, false], "{said:?}");
+        assert!(said.len() > 3 && !said[3..].contains(&true), "{said:?}");
     }
 
     #[tokio::test(start_paused = true)]
