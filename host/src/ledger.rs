@@ -33,7 +33,7 @@ pub fn entry(response: &ManagerResponse, received_at: String, elapsed: Duration)
             .map(str::to_owned),
         success: response.success,
         error: response.error.clone(),
-        response: serde_json::to_value(response).unwrap_or(serde_json::Value::Null),
+        response: crate::transport::LedgerResponse::of(response),
         received_at,
         finished_at: String::new(),
         duration_ms: i64::try_from(elapsed.as_millis()).unwrap_or(i64::MAX),
@@ -86,7 +86,7 @@ impl Known {
     pub fn answer(&self, correlation_id: &str) -> Option<ManagerResponse> {
         self.0
             .get(correlation_id)
-            .and_then(|e| serde_json::from_value(e.response.clone()).ok())
+            .and_then(|e| serde_json::from_str(e.response.text()).ok())
     }
 }
 
@@ -154,7 +154,7 @@ mod tests {
         assert!(!e.success);
         assert_eq!(e.error.as_deref(), Some("no"));
         assert_eq!(e.duration_ms, 42);
-        assert_eq!(e.response["correlationId"], "c1");
+        assert_eq!(e.response.value()["correlationId"], "c1");
     }
 
     #[tokio::test]

@@ -140,7 +140,7 @@ async fn interop<T: Queue + Records>(
             .iter()
             .find(|r| r["correlationId"] == id)
             .unwrap_or_else(|| panic!("no answer for {id}"));
-        let meant = &ledger[id].response;
+        let meant = &ledger[id].response.value();
         assert_eq!(
             got["class"],
             "EnderLab\\MarvinManagerBundle\\Messenger\\ManagerResponseCommand"

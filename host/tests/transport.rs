@@ -47,7 +47,7 @@ fn entry(r: &ManagerResponse) -> LedgerEntry {
         plugin: Some("echo".into()),
         success: r.success,
         error: r.error.clone(),
-        response: serde_json::to_value(r).unwrap(),
+        response: marvin_manager::transport::LedgerResponse::of(r),
         received_at: marvin_manager::transport::utc_now_rfc3339(),
         finished_at: String::new(),
         duration_ms: 3,
@@ -203,7 +203,10 @@ async fn a_request_round_trips_in_one_transaction<T: Queue + Records>(
             r
         );
         let ledger = t.answered(vec![cid.clone()]).await.unwrap();
-        assert_eq!(ledger[&cid].response, serde_json::to_value(&r).unwrap());
+        assert_eq!(
+            ledger[&cid].response.value(),
+            serde_json::to_value(&r).unwrap()
+        );
     }
     let h = t
         .history(HistoryFilter {
@@ -651,7 +654,10 @@ async fn pg_fetch_reads_the_ledger_of_what_it_takes() {
             assert!(entry.is_none());
         } else {
             assert_eq!(looked, cid, "{format:?}");
-            assert_eq!(entry.unwrap().response, serde_json::to_value(&r).unwrap());
+            assert_eq!(
+                entry.unwrap().response.value(),
+                serde_json::to_value(&r).unwrap()
+            );
         }
         t.complete(vec![Settle::Fail {
             request_id: got[0].id,

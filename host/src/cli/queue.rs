@@ -147,7 +147,7 @@ pub(super) async fn dispatch(global: &GlobalArgs, args: DispatchArgs) -> anyhow:
         let key = if request.dry_run() { crate::ledger::dry_run_key(&request.correlation_id) } else { request.correlation_id.clone() };
         loop {
             if let Some(entry) = t.answered(vec![key.clone()]).await?.remove(&key) {
-                outln!("{}", serde_json::to_string_pretty(&entry.response)?)?;
+                outln!("{}", serde_json::to_string_pretty(&entry.response.value())?)?;
                 return Ok(if entry.success { ExitCode::SUCCESS } else { ExitCode::FAILURE });
             }
             if tokio::time::Instant::now() > deadline {
@@ -258,7 +258,7 @@ pub(super) async fn actions(global: &GlobalArgs, args: ActionsArgs) -> anyhow::R
             e.entity_id,
             e.action,
             if e.success { "ok" } else { "FAILED" },
-            effect(&e.response),
+            effect(&e.response.value()),
             e.duration_ms,
             e.plugin.as_deref().unwrap_or("-"),
             e.manager.as_deref().unwrap_or("-"),

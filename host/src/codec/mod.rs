@@ -320,35 +320,6 @@ pub fn php_to_json(v: &Value) -> Json {
     }
 }
 
-/// JSON as a PHP value the way `json_decode(…, true)` would build it.
-pub fn json_to_php(v: &Json) -> Value {
-    match v {
-        Json::Null => Value::Null,
-        Json::Bool(b) => Value::Bool(*b),
-        Json::Number(n) => match n.as_i64() {
-            Some(i) => Value::Int(i),
-            None => Value::Float(n.as_f64().unwrap_or(0.0)),
-        },
-        Json::String(s) => Value::Str(s.as_bytes().to_vec()),
-        Json::Array(a) => Value::Array(
-            a.iter()
-                .enumerate()
-                .map(|(i, v)| {
-                    (
-                        Key::Int(i64::try_from(i).unwrap_or(i64::MAX)),
-                        json_to_php(v),
-                    )
-                })
-                .collect(),
-        ),
-        Json::Object(m) => Value::Array(
-            m.iter()
-                .map(|(k, v)| (php_key(k), json_to_php(v)))
-                .collect(),
-        ),
-    }
-}
-
 /// PHP canonicalises decimal integer strings to integer keys ("7" -> 7, "07" stays a string).
 fn php_key(k: &str) -> Key {
     let canonical = k == "0"
@@ -443,41 +414,73 @@ pub struct Encoded {
     pub headers: String,
 }
 
-fn envelope(message: Value, bus_name: Option<&str>) -> Value {
-    let stamps = match bus_name {
-        Some(bus) => Value::Array(vec![(
-            Key::Str(BUS_NAME_STAMP.as_bytes().to_vec()),
-            Value::Array(vec![(
-                Key::Int(0),
-                Value::Object(
-                    BUS_NAME_STAMP.as_bytes().to_vec(),
-                    vec![(
-                        php::private(BUS_NAME_STAMP, "busName"),
-                        Value::Str(bus.as_bytes().to_vec()),
-                    )],
-                ),
-            )]),
-        )]),
-        None => Value::Array(vec![]),
-    };
-    Value::Object(
-        ENVELOPE_CLASS.as_bytes().to_vec(),
-        vec![
-            (php::private(ENVELOPE_CLASS, "stamps"), stamps),
-            (php::private(ENVELOPE_CLASS, "message"), message),
-        ],
-    )
-}
-
-/// `PhpSerializer::encode`: serialize, addslashes, base64 when not UTF-8.
-fn php_body(envelope: &Value) -> String {
-    let mut raw = Vec::with_capacity(1024);
-    php::write(envelope, &mut raw);
-    let slashed = php::addslashes(&raw);
-    match String::from_utf8(slashed) {
+/// `PhpSerializer::encode` of an envelope around the message `message` writes (an object),
+/// with a `BusNameStamp` when `bus_name` is given: serialize and addslashes in one pass;
+/// base64 when not UTF-8.
+fn php_body(bus_name: Option<&str>, message: impl FnOnce(&mut php::Writer)) -> String {
+    let mut w = php::Writer::new(1024, true);
+    w.object(ENVELOPE_CLASS.as_bytes(), 2);
+    w.private(ENVELOPE_CLASS, "stamps");
+    match bus_name {
+        Some(bus) => {
+            w.array(1);
+            w.str(BUS_NAME_STAMP.as_bytes());
+            w.array(1);
+            w.int(0);
+            w.object(BUS_NAME_STAMP.as_bytes(), 1);
+            w.private(BUS_NAME_STAMP, "busName");
+            w.str(bus.as_bytes());
+            w.end();
+            w.end();
+            w.end();
+        }
+        None => {
+            w.array(0);
+            w.end();
+        }
+    }
+    w.private(ENVELOPE_CLASS, "message");
+    message(&mut w);
+    w.end();
+    match String::from_utf8(w.finish()) {
         Ok(s) => s,
         Err(e) => base64::engine::general_purpose::STANDARD.encode(e.into_bytes()),
     }
+}
+
+/// Writes a JSON value as `json_decode(…, true)` builds it in PHP (objects as arrays).
+fn write_json(w: &mut php::Writer, v: &Json) {
+    match v {
+        Json::Null => w.null(),
+        Json::Bool(b) => w.bool(*b),
+        Json::Number(n) => match n.as_i64() {
+            Some(i) => w.int(i),
+            None => w.float(n.as_f64().unwrap_or(0.0)),
+        },
+        Json::String(s) => w.str(s.as_bytes()),
+        Json::Array(a) => {
+            w.array(a.len());
+            for (i, v) in a.iter().enumerate() {
+                w.int(i64::try_from(i).unwrap_or(i64::MAX));
+                write_json(w, v);
+            }
+            w.end();
+        }
+        Json::Object(m) => write_json_object(w, m),
+    }
+}
+
+/// A JSON object as a PHP array, its keys as PHP canonicalises them.
+fn write_json_object(w: &mut php::Writer, m: &Map<String, Json>) {
+    w.array(m.len());
+    for (k, v) in m {
+        match php_key(k) {
+            Key::Int(i) => w.int(i),
+            Key::Str(s) => w.str(&s),
+        }
+        write_json(w, v);
+    }
+    w.end();
 }
 
 /// PHP's `json_encode` escaping: `/` as `\/`, non-ASCII as `\uXXXX`.
@@ -523,19 +526,17 @@ fn encode_message(
     bus_name: Option<&str>,
 ) -> Encoded {
     match format {
-        Format::Php => {
-            let props = fields
-                .iter()
-                .map(|(k, v)| (k.as_bytes().to_vec(), json_to_php(v)))
-                .collect();
-            Encoded {
-                body: php_body(&envelope(
-                    Value::Object(class.as_bytes().to_vec(), props),
-                    bus_name,
-                )),
-                headers: "[]".into(),
-            }
-        }
+        Format::Php => Encoded {
+            body: php_body(bus_name, |w| {
+                w.object(class.as_bytes(), fields.len());
+                for (k, v) in &fields {
+                    w.str(k.as_bytes());
+                    write_json(w, v);
+                }
+                w.end();
+            }),
+            headers: "[]".into(),
+        },
         Format::Json => Encoded {
             body: php_json(&Json::Object(fields)),
             headers: json_headers(class, bus_name),
@@ -553,31 +554,35 @@ fn fields(v: Json) -> Map<String, Json> {
 /// Encodes a response in `format`, with the request's bus name stamp.
 pub fn encode_response(r: &ManagerResponse, format: Format, bus_name: Option<&str>) -> Encoded {
     if format == Format::Php {
-        // Straight to PHP values (this is on every answer's path): the same properties, in
-        // the same order, as the JSON form below.
-        let text = |v: &str| Value::Str(v.as_bytes().to_vec());
-        let maybe = |v: &Option<String>| v.as_deref().map_or(Value::Null, text);
-        let metadata = Value::Array(
-            r.metadata
-                .iter()
-                .map(|(k, v)| (php_key(k), json_to_php(v)))
-                .collect(),
-        );
-        let props = vec![
-            (b"correlationId".to_vec(), text(&r.correlation_id)),
-            (b"entityType".to_vec(), text(r.entity_type.as_str())),
-            (b"entityId".to_vec(), text(&r.entity_id)),
-            (b"action".to_vec(), text(&r.action)),
-            (b"success".to_vec(), Value::Bool(r.success)),
-            (b"output".to_vec(), maybe(&r.output)),
-            (b"error".to_vec(), maybe(&r.error)),
-            (b"metadata".to_vec(), metadata),
-        ];
+        // Straight to PHP's text, no JSON or PHP values in between (this is on every answer's
+        // path): the same properties, in the same order, as the JSON form below.
+        let text = |w: &mut php::Writer, v: &str| w.str(v.as_bytes());
+        let maybe = |w: &mut php::Writer, v: &Option<String>| match v {
+            Some(v) => w.str(v.as_bytes()),
+            None => w.null(),
+        };
+        let body = php_body(bus_name, |w| {
+            w.object(RESPONSE_CLASS.as_bytes(), 8);
+            w.str(b"correlationId");
+            text(w, &r.correlation_id);
+            w.str(b"entityType");
+            text(w, r.entity_type.as_str());
+            w.str(b"entityId");
+            text(w, &r.entity_id);
+            w.str(b"action");
+            text(w, &r.action);
+            w.str(b"success");
+            w.bool(r.success);
+            w.str(b"output");
+            maybe(w, &r.output);
+            w.str(b"error");
+            maybe(w, &r.error);
+            w.str(b"metadata");
+            write_json_object(w, &r.metadata);
+            w.end();
+        });
         return Encoded {
-            body: php_body(&envelope(
-                Value::Object(RESPONSE_CLASS.as_bytes().to_vec(), props),
-                bus_name,
-            )),
+            body,
             headers: "[]".into(),
         };
     }

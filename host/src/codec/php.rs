@@ -242,66 +242,185 @@ pub fn parse(s: &[u8]) -> Result<Value, ParseError> {
     Parser { s, i: 0 }.value(0)
 }
 
-/// Writes `v` in PHP's serialize format.
+/// Writes `v` as `serialize()` does.
 pub fn write(v: &Value, out: &mut Vec<u8>) {
-    // `write!` into the Vec: no intermediate String per item (this is on every answer's path).
-    use std::io::Write as _;
-    match v {
-        Value::Null => out.extend_from_slice(b"N;"),
-        Value::Bool(b) => out.extend_from_slice(if *b { b"b:1;" } else { b"b:0;" }),
-        Value::Int(i) => {
-            let _ = write!(out, "i:{i};");
-        }
-        Value::Float(f) => {
-            let _ = write!(out, "d:{};", php_float(*f));
-        }
-        Value::Str(s) => write_str(s, out),
-        Value::Array(items) => {
-            let _ = write!(out, "a:{}:{{", items.len());
-            for (k, v) in items {
-                match k {
-                    Key::Int(i) => {
-                        let _ = write!(out, "i:{i};");
-                    }
-                    Key::Str(s) => write_str(s, out),
-                }
-                write(v, out);
-            }
-            out.push(b'}');
-        }
-        Value::Object(class, props) => {
-            let _ = write!(out, "O:{}:\"", class.len());
-            out.extend_from_slice(class);
-            let _ = write!(out, "\":{}:{{", props.len());
-            for (name, v) in props {
-                write_str(name, out);
-                write(v, out);
-            }
-            out.push(b'}');
-        }
-        Value::Enum(b) => {
-            let _ = write!(out, "E:{}:\"", b.len());
-            out.extend_from_slice(b);
-            out.extend_from_slice(b"\";");
-        }
-        Value::Ref(i) => {
-            let _ = write!(out, "r:{i};");
-        }
-        Value::Custom(class, raw) => {
-            let _ = write!(out, "C:{}:\"", class.len());
-            out.extend_from_slice(class);
-            let _ = write!(out, "\":{}:{{", raw.len());
-            out.extend_from_slice(raw);
-            out.push(b'}');
-        }
-    }
+    let mut w = Writer {
+        out: std::mem::take(out),
+        slashed: false,
+    };
+    w.value(v);
+    *out = w.out;
 }
 
-fn write_str(s: &[u8], out: &mut Vec<u8>) {
-    use std::io::Write as _;
-    let _ = write!(out, "s:{}:\"", s.len());
-    out.extend_from_slice(s);
-    out.extend_from_slice(b"\";");
+/// Writes `serialize()` text item by item, straight into its buffer: from a [`Value`] or from
+/// the caller's own data without building one. `slashed`: every byte written as `addslashes`
+/// leaves it (Symfony's `PhpSerializer` stores that), in the same pass.
+#[derive(Debug)]
+pub struct Writer {
+    out: Vec<u8>,
+    slashed: bool,
+}
+
+impl Writer {
+    /// An empty text; `slashed` as [`addslashes`] leaves it.
+    pub fn new(capacity: usize, slashed: bool) -> Self {
+        Self {
+            out: Vec::with_capacity(capacity),
+            slashed,
+        }
+    }
+
+    /// The text written.
+    pub fn finish(self) -> Vec<u8> {
+        self.out
+    }
+
+    /// Bytes of the format or of a string's content.
+    fn bytes(&mut self, b: &[u8]) {
+        if !self.slashed {
+            self.out.extend_from_slice(b);
+            return;
+        }
+        // Runs between special bytes are copied whole (this is on every answer's path).
+        let mut rest = b;
+        while let Some(i) = rest
+            .iter()
+            .position(|&b| matches!(b, 0 | b'\'' | b'"' | b'\\'))
+        {
+            self.out.extend_from_slice(&rest[..i]);
+            self.out.push(b'\\');
+            self.out.push(if rest[i] == 0 { b'0' } else { rest[i] });
+            rest = &rest[i + 1..];
+        }
+        self.out.extend_from_slice(rest);
+    }
+
+    /// A number as text (no special bytes in it).
+    fn number(&mut self, n: impl std::fmt::Display) {
+        use std::io::Write as _;
+        let _ = write!(self.out, "{n}");
+    }
+
+    /// `N;`
+    pub fn null(&mut self) {
+        self.out.extend_from_slice(b"N;");
+    }
+
+    /// `b:0;` / `b:1;`
+    pub fn bool(&mut self, b: bool) {
+        self.out
+            .extend_from_slice(if b { b"b:1;" } else { b"b:0;" });
+    }
+
+    /// `i:…;`, a value or an array key.
+    pub fn int(&mut self, i: i64) {
+        self.out.extend_from_slice(b"i:");
+        self.number(i);
+        self.out.push(b';');
+    }
+
+    /// `d:…;`
+    pub fn float(&mut self, f: f64) {
+        self.out.extend_from_slice(b"d:");
+        self.out.extend_from_slice(php_float(f).as_bytes());
+        self.out.push(b';');
+    }
+
+    /// `s:n:"…";`, a value, an array key or a property name.
+    pub fn str(&mut self, s: &[u8]) {
+        self.out.extend_from_slice(b"s:");
+        self.number(s.len());
+        self.bytes(b":\"");
+        self.bytes(s);
+        self.bytes(b"\";");
+    }
+
+    /// `a:n:{`: `n` (key, value) pairs follow, then [`Writer::end`].
+    pub fn array(&mut self, n: usize) {
+        self.out.extend_from_slice(b"a:");
+        self.number(n);
+        self.out.extend_from_slice(b":{");
+    }
+
+    /// `O:n:"class":n:{`: `n` (property name, value) pairs follow, then [`Writer::end`].
+    pub fn object(&mut self, class: &[u8], n: usize) {
+        self.out.extend_from_slice(b"O:");
+        self.number(class.len());
+        self.bytes(b":\"");
+        self.bytes(class);
+        self.bytes(b"\":");
+        self.number(n);
+        self.out.extend_from_slice(b":{");
+    }
+
+    /// The private property `name` of `class`, as its mangled name.
+    pub fn private(&mut self, class: &str, name: &str) {
+        self.out.extend_from_slice(b"s:");
+        self.number(class.len() + name.len() + 2);
+        self.bytes(b":\"\0");
+        self.bytes(class.as_bytes());
+        self.bytes(b"\0");
+        self.bytes(name.as_bytes());
+        self.bytes(b"\";");
+    }
+
+    /// `}` of an array or an object.
+    pub fn end(&mut self) {
+        self.out.push(b'}');
+    }
+
+    /// A whole value.
+    pub fn value(&mut self, v: &Value) {
+        match v {
+            Value::Null => self.null(),
+            Value::Bool(b) => self.bool(*b),
+            Value::Int(i) => self.int(*i),
+            Value::Float(f) => self.float(*f),
+            Value::Str(s) => self.str(s),
+            Value::Array(items) => {
+                self.array(items.len());
+                for (k, v) in items {
+                    match k {
+                        Key::Int(i) => self.int(*i),
+                        Key::Str(s) => self.str(s),
+                    }
+                    self.value(v);
+                }
+                self.end();
+            }
+            Value::Object(class, props) => {
+                self.object(class, props.len());
+                for (name, v) in props {
+                    self.str(name);
+                    self.value(v);
+                }
+                self.end();
+            }
+            Value::Enum(b) => {
+                self.out.extend_from_slice(b"E:");
+                self.number(b.len());
+                self.bytes(b":\"");
+                self.bytes(b);
+                self.bytes(b"\";");
+            }
+            Value::Ref(i) => {
+                self.out.extend_from_slice(b"r:");
+                self.number(i);
+                self.out.push(b';');
+            }
+            Value::Custom(class, raw) => {
+                self.out.extend_from_slice(b"C:");
+                self.number(class.len());
+                self.bytes(b":\"");
+                self.bytes(class);
+                self.bytes(b"\":");
+                self.number(raw.len());
+                self.out.extend_from_slice(b":{");
+                self.bytes(raw);
+                self.end();
+            }
+        }
+    }
 }
 
 /// PHP's shortest round-trip rendering (`serialize_precision = -1`).
@@ -343,20 +462,9 @@ fn php_float(f: f64) -> String {
 
 /// `addslashes`: a backslash before `'`, `"` and `\`, NUL as `\0`.
 pub fn addslashes(s: &[u8]) -> Vec<u8> {
-    let mut out = Vec::with_capacity(s.len() + s.len() / 8);
-    // Runs between special bytes are copied whole (this is on every row's path).
-    let mut rest = s;
-    while let Some(i) = rest
-        .iter()
-        .position(|&b| matches!(b, 0 | b'\'' | b'"' | b'\\'))
-    {
-        out.extend_from_slice(&rest[..i]);
-        out.push(b'\\');
-        out.push(if rest[i] == 0 { b'0' } else { rest[i] });
-        rest = &rest[i + 1..];
-    }
-    out.extend_from_slice(rest);
-    out
+    let mut w = Writer::new(s.len() + s.len() / 8, true);
+    w.bytes(s);
+    w.finish()
 }
 
 /// `stripslashes`: `\0` is NUL, `\x` is `x`, a trailing lone backslash is dropped.

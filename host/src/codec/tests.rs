@@ -180,8 +180,11 @@ fn other_classes_and_malformed_requests() {
 
 #[test]
 fn json_keys_follow_php() {
-    let v = json_to_php(&json!({"7": 1, "07": 2, "-3": 3, "x": 4, "-0": 5}));
-    let Value::Array(items) = v else { panic!() };
+    let mut w = php::Writer::new(64, false);
+    write_json(&mut w, &json!({"7": 1, "07": 2, "-3": 3, "x": 4, "-0": 5}));
+    let Value::Array(items) = php::parse(&w.finish()).unwrap() else {
+        panic!()
+    };
     let keys: Vec<Key> = items.into_iter().map(|(k, _)| k).collect();
     assert_eq!(
         keys,
@@ -276,6 +279,23 @@ proptest! {
             }
         }
         prop_assert_eq!(php::stripslashes(&raw), stripped);
+    }
+
+    #[test]
+    fn slashed_writing_is_addslashes_of_the_text(v in arb_json(), class in ".{0,12}") {
+        let write = |slashed: bool| {
+            let mut w = php::Writer::new(64, slashed);
+            w.object(class.as_bytes(), 2);
+            w.private(&class, "p\"q");
+            write_json(&mut w, &v);
+            w.str(b"k");
+            write_json(&mut w, &json!({"x'": [v.clone()]}));
+            w.end();
+            w.finish()
+        };
+        let plain = write(false);
+        prop_assert!(php::parse(&plain).is_ok());
+        prop_assert_eq!(write(true), php::addslashes(&plain));
     }
 
     #[test]

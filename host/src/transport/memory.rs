@@ -570,7 +570,7 @@ mod tests {
             plugin: None,
             success: true,
             error: None,
-            response: serde_json::Value::Null,
+            response: crate::transport::LedgerResponse::from_text("null".into()),
             received_at: "2026-01-01T00:00:00.000Z".into(),
             finished_at: String::new(),
             duration_ms: 1,

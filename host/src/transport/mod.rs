@@ -251,6 +251,44 @@ pub struct ManagerInfo {
     pub entities: Vec<String>,
 }
 
+/// A ledger entry's response as JSON text: written once when the answer is known and stored
+/// as it is (every answer's path), parsed only by the readers that look inside it.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct LedgerResponse(Box<serde_json::value::RawValue>);
+
+impl LedgerResponse {
+    /// The response's JSON form.
+    pub fn of(response: &crate::message::ManagerResponse) -> Self {
+        Self::from_text(serde_json::to_string(response).unwrap_or_default())
+    }
+
+    /// Stored text; `null` when it is not JSON.
+    pub fn from_text(text: String) -> Self {
+        Self(
+            serde_json::value::RawValue::from_string(text).unwrap_or_else(|_| {
+                serde_json::value::to_raw_value(&serde_json::Value::Null).unwrap_or_default()
+            }),
+        )
+    }
+
+    /// The JSON text.
+    pub fn text(&self) -> &str {
+        self.0.get()
+    }
+
+    /// The JSON value.
+    pub fn value(&self) -> serde_json::Value {
+        serde_json::from_str(self.0.get()).unwrap_or(serde_json::Value::Null)
+    }
+}
+
+impl PartialEq for LedgerResponse {
+    fn eq(&self, other: &Self) -> bool {
+        self.text() == other.text()
+    }
+}
+
 /// One entry of the ledger: a request carried out, keyed by correlation id.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct LedgerEntry {
@@ -267,7 +305,7 @@ pub struct LedgerEntry {
     /// Why not.
     pub error: Option<String>,
     /// The response, as JSON (ManagerResponseCommand's fields).
-    pub response: serde_json::Value,
+    pub response: LedgerResponse,
     /// When the request was taken, RFC 3339 UTC.
     pub received_at: String,
     /// When the answer was committed, RFC 3339 UTC.
@@ -516,7 +554,7 @@ where
         plugin: r.try_get("plugin")?,
         success: r.try_get("success")?,
         error: r.try_get("error")?,
-        response: serde_json::from_str(&response).unwrap_or(serde_json::Value::Null),
+        response: LedgerResponse::from_text(response),
         received_at: r.try_get("received_at")?,
         finished_at: r.try_get("finished_at")?,
         duration_ms: r.try_get("duration_ms")?,

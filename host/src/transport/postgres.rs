@@ -644,7 +644,7 @@ struct LedgerColumns<'b> {
     plugin: Vec<Option<Cow<'b, str>>>,
     success: Vec<bool>,
     error: Vec<Option<Cow<'b, str>>>,
-    response: Vec<String>,
+    response: Vec<&'b str>,
     received_at: Vec<&'b str>,
     duration_ms: Vec<i64>,
 }
@@ -658,7 +658,7 @@ impl<'b> LedgerColumns<'b> {
         self.plugin.push(e.plugin.as_deref().map(storable_str));
         self.success.push(e.success);
         self.error.push(e.error.as_deref().map(storable_str));
-        self.response.push(e.response.to_string());
+        self.response.push(e.response.text());
         self.received_at.push(&e.received_at);
         self.duration_ms.push(e.duration_ms);
     }

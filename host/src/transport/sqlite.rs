@@ -349,7 +349,7 @@ impl Inner {
                         .bind(e.plugin)
                         .bind(e.success)
                         .bind(e.error)
-                        .bind(e.response.to_string())
+                        .bind(e.response.text())
                         .bind(e.received_at)
                         .bind(&finished)
                         .bind(e.duration_ms)
