@@ -258,18 +258,14 @@ pub struct ManagerInfo {
 pub struct LedgerResponse(Box<serde_json::value::RawValue>);
 
 impl LedgerResponse {
-    /// The response's JSON form.
+    /// The response's JSON form (written as JSON, so not read back to check it).
     pub fn of(response: &crate::message::ManagerResponse) -> Self {
-        Self::from_text(serde_json::to_string(response).unwrap_or_default())
+        Self(serde_json::value::to_raw_value(response).unwrap_or_default())
     }
 
-    /// Stored text; `null` when it is not JSON.
+    /// Stored text; `null` (the default) when it is not JSON.
     pub fn from_text(text: String) -> Self {
-        Self(
-            serde_json::value::RawValue::from_string(text).unwrap_or_else(|_| {
-                serde_json::value::to_raw_value(&serde_json::Value::Null).unwrap_or_default()
-            }),
-        )
+        Self(serde_json::value::RawValue::from_string(text).unwrap_or_default())
     }
 
     /// The JSON text.
