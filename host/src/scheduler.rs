@@ -79,7 +79,7 @@ impl Line {
 }
 
 /// A request's place in its entity's line: [`Turn::wait`] returns when the requests before it
-/// on the same entity have finished, [`Turn::near`] when at most `n` are left before it;
+/// on the same entity have finished, [`Turn::near_in_groups`] when its group's turn is near;
 /// dropping the turn lets the next one go.
 #[derive(Debug)]
 pub struct Turn {
@@ -90,16 +90,27 @@ pub struct Turn {
 impl Turn {
     /// Waits for the previous requests on the entity to finish.
     pub async fn wait(&mut self) {
-        self.near(|| 0).await;
+        self.until(|| self.ticket).await;
     }
 
-    /// Waits until at most `n()` requests of the entity are ahead of this one (the one
-    /// running included; `n` is asked once, when the wait begins): what is done ahead of a
-    /// request's turn (recording that it starts) can then overlap the requests before it.
-    pub async fn near(&self, n: impl Fn() -> u64) {
+    /// Waits until this request's group is near: the entity's tickets go in groups of `g`
+    /// (`k*g .. (k+1)*g`), and a group is let through when the head is `g` tickets before its
+    /// first, all of its requests at once. So at most `2g - 1` requests are ahead of one let
+    /// through, and what they do ahead of their turn (record that they start) goes into one
+    /// batch instead of one each as the head moves; `g` 0 waits for the turn itself.
+    pub async fn near_in_groups(&self, g: u64) {
+        self.until(|| match self.ticket.checked_rem(g) {
+            Some(r) => (self.ticket - r).saturating_sub(g),
+            None => self.ticket,
+        })
+        .await;
+    }
+
+    /// Waits until the head reaches the ticket `due()` returns (asked once, under the lock).
+    async fn until(&self, due: impl FnOnce() -> u64) {
         let waiting = {
             let mut st = self.line.state();
-            let due = self.ticket.saturating_sub(n());
+            let due = due();
             if st.head >= due {
                 return;
             }
@@ -304,7 +315,7 @@ mod tests {
     }
 
     #[tokio::test(start_paused = true)]
-    async fn near_returns_when_few_are_ahead_and_a_turn_dropped_early_is_skipped() {
+    async fn near_returns_when_the_group_is_near_and_a_turn_dropped_early_is_skipped() {
         let s = Scheduler::new(8, 8);
         let mut first = s.turn("a");
         let second = s.turn("a");
@@ -314,8 +325,15 @@ mod tests {
         first.wait().await;
         assert_eq!(third.ahead(), 2);
         let short = Duration::from_millis(10);
-        assert!(tokio::time::timeout(short, third.near(|| 1)).await.is_err());
-        tokio::time::timeout(short, third.near(|| 2)).await.unwrap();
+        // Groups of one: let through one before its turn; of two (tickets 2 and 3): two.
+        assert!(
+            tokio::time::timeout(short, third.near_in_groups(1))
+                .await
+                .is_err()
+        );
+        tokio::time::timeout(short, third.near_in_groups(2))
+            .await
+            .unwrap();
         // The second is dropped before its time (its task ended): the head waits for the
         // first, then moves past both.
         drop(second);
@@ -333,6 +351,64 @@ mod tests {
         );
     }
 
+    /// A group's requests are let through together when the head is a group before it (so
+    /// their start records go in one batch), and never more than `2g - 1` ahead of the head.
+    #[tokio::test(start_paused = true)]
+    async fn a_group_is_let_through_together_at_most_twice_its_size_ahead() {
+        let s = Scheduler::new(64, 64);
+        let g = 4;
+        let mut turns: Vec<Turn> = (0..16).map(|_| s.turn("a")).collect();
+        let short = Duration::from_millis(10);
+        let through = |turns: &[Turn]| {
+            let futs: Vec<_> = turns.iter().map(|t| t.near_in_groups(g)).collect();
+            futs.into_iter()
+                .map(|f| futures_util::FutureExt::now_or_never(Box::pin(f)).is_some())
+                .collect::<Vec<bool>>()
+        };
+        // Head 0: the first two groups (tickets 0..8) are through, the others wait.
+        assert_eq!(
+            through(&turns),
+            [[true; 8], [false; 8]].concat(),
+            "head at 0"
+        );
+        // The head moves within the first group: nothing more is let through.
+        for _ in 0..3 {
+            let mut t = turns.remove(0);
+            t.wait().await;
+            drop(t);
+        }
+        assert_eq!(
+            through(&turns),
+            [&[true; 5][..], &[false; 8]].concat(),
+            "head at 3"
+        );
+        // It reaches ticket 4: the whole third group (8..12) at once, 7 = 2g - 1 ahead at most.
+        let mut t = turns.remove(0);
+        t.wait().await;
+        drop(t);
+        assert_eq!(
+            through(&turns),
+            [&[true; 8][..], &[false; 4]].concat(),
+            "head at 4"
+        );
+        let most = turns[..8].iter().map(Turn::ahead).max();
+        assert_eq!(most, Some(2 * g - 1));
+        assert!(
+            tokio::time::timeout(short, turns[8].near_in_groups(g))
+                .await
+                .is_err()
+        );
+        // No groups: the turn itself.
+        assert!(
+            tokio::time::timeout(short, turns[1].near_in_groups(0))
+                .await
+                .is_err()
+        );
+        tokio::time::timeout(short, turns[0].near_in_groups(0))
+            .await
+            .unwrap();
+    }
+
     /// Turns taken, waited for and dropped from many threads at once finish (a lock-order
     /// inversion between a line's tickets and its head once hung the consumer here).
     #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -345,7 +421,7 @@ mod tests {
             let done = done.clone();
             tasks.push(tokio::spawn(async move {
                 let mut turn = turn;
-                turn.near(|| 2).await;
+                turn.near_in_groups(2).await;
                 turn.wait().await;
                 tokio::task::yield_now().await;
                 done.fetch_add(1, Ordering::Relaxed);

@@ -44,6 +44,10 @@ struct State {
     failing_starts: usize,
     commits: usize,
     starts: usize,
+    /// Requests recorded as started, over all start records.
+    started_total: usize,
+    /// How long a start record takes.
+    start_delay: std::time::Duration,
     refused: Option<String>,
     /// row id -> (manager, instance, started_at).
     claims: BTreeMap<i64, (String, String, Option<String>)>,
@@ -148,6 +152,16 @@ impl MemoryQueue {
     /// Start records written so far (statements, not rows).
     pub fn starts(&self) -> usize {
         self.state().starts
+    }
+
+    /// Requests recorded as started so far, over all start records.
+    pub fn started_total(&self) -> usize {
+        self.state().started_total
+    }
+
+    /// Every start record takes `d` from now on (a database committing it).
+    pub fn slow_starts(&self, d: std::time::Duration) {
+        self.state().start_delay = d;
     }
 
     /// The claimed rows whose action is recorded as started.
@@ -272,6 +286,10 @@ impl Queue for MemoryQueue {
     }
 
     async fn started(&self, ids: Vec<i64>) -> Result<Vec<i64>, Error> {
+        let delay = self.state().start_delay;
+        if !delay.is_zero() {
+            tokio::time::sleep(delay).await;
+        }
         let mut st = self.state();
         if st.failing_starts > 0 {
             st.failing_starts -= 1;
@@ -288,6 +306,7 @@ impl Queue for MemoryQueue {
             }
         }
         st.starts += 1;
+        st.started_total += marked.len();
         Ok(marked)
     }
 
