@@ -83,10 +83,8 @@ fn main() {
         marvin_manager::cli::logging::init("warn", marvin_manager::cli::logging::LogFormat::Text);
     }
     marvin_manager::cli::tune_allocator();
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-        .unwrap();
+    // The binary's runtime: the manager measured here runs as `serve` does.
+    let rt = marvin_manager::cli::async_runtime().unwrap();
     rt.block_on(async {
         let schema = format!("bench_{}", std::process::id());
         let admin = sqlx::PgPool::connect(&base).await.unwrap();

@@ -14,10 +14,7 @@ fn main() -> ExitCode {
     marvin_manager::cli::tune_allocator();
     let cli = marvin_manager::cli::Cli::parse();
     cli.init_tracing();
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-    {
+    let runtime = match marvin_manager::cli::async_runtime() {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("error: cannot start the async runtime: {e}");

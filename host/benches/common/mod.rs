@@ -10,14 +10,11 @@ use std::time::Duration;
 
 use marvin_manager::message::ManagerRequest;
 
-/// A two-thread tokio runtime, as small as this machine.
+/// The tokio runtime of the binary (one worker fewer than the cores, at least one).
 pub fn tokio() -> tokio::runtime::Runtime {
     marvin_manager::cli::tune_allocator();
-    tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .unwrap()
+    // The binary's runtime: what is measured runs as in `serve`.
+    marvin_manager::cli::async_runtime().unwrap()
 }
 
 /// A request as Core sends it.
