@@ -270,6 +270,11 @@ impl Writer {
         }
     }
 
+    /// Goes on writing after `out` (text this kind of writer wrote).
+    pub fn after(out: Vec<u8>, slashed: bool) -> Self {
+        Self { out, slashed }
+    }
+
     /// The text written.
     pub fn finish(self) -> Vec<u8> {
         self.out
@@ -296,9 +301,9 @@ impl Writer {
     }
 
     /// A number as text (no special bytes in it).
-    fn number(&mut self, n: impl std::fmt::Display) {
-        use std::io::Write as _;
-        let _ = write!(self.out, "{n}");
+    fn number(&mut self, n: impl itoa::Integer) {
+        self.out
+            .extend_from_slice(itoa::Buffer::new().format(n).as_bytes());
     }
 
     /// `N;`
@@ -405,7 +410,7 @@ impl Writer {
             }
             Value::Ref(i) => {
                 self.out.extend_from_slice(b"r:");
-                self.number(i);
+                self.number(*i);
                 self.out.push(b';');
             }
             Value::Custom(class, raw) => {

@@ -343,3 +343,46 @@ fn php_responses_match_the_generic_encoding() {
         }
     }
 }
+
+/// The envelope's head is kept per bus name (a few of them): every answer carries its own
+/// bus's stamp, however many buses come and go, and none when it has no bus.
+#[test]
+fn every_answer_carries_its_own_bus_name() {
+    fn bus_of(body: &str) -> Option<String> {
+        let php::Value::Object(class, props) =
+            php::parse(&php::stripslashes(body.as_bytes())).unwrap()
+        else {
+            panic!("not an object: {body}");
+        };
+        assert_eq!(class, ENVELOPE_CLASS.as_bytes());
+        let stamps = props
+            .iter()
+            .find(|(n, _)| php::unmangle(n) == b"stamps")
+            .map(|(_, v)| v)
+            .unwrap();
+        let php::Value::Array(stamps) = stamps else {
+            panic!("stamps: {stamps:?}")
+        };
+        let (_, php::Value::Array(list)) = stamps.first()? else {
+            panic!("{stamps:?}")
+        };
+        let (_, php::Value::Object(_, props)) = &list[0] else {
+            panic!("{list:?}")
+        };
+        match &props[0].1 {
+            php::Value::Str(s) => Some(String::from_utf8(s.clone()).unwrap()),
+            v => panic!("{v:?}"),
+        }
+    }
+    let r = fixture_response();
+    let buses: Vec<Option<String>> = std::iter::once(None)
+        .chain((0..2 * ENVELOPE_HEADS).map(|i| Some(format!("bus.{i}'\"\\"))))
+        .collect();
+    for _ in 0..2 {
+        for bus in &buses {
+            let e = encode_response(&r, Format::Php, bus.as_deref());
+            assert_eq!(bus_of(&e.body), *bus);
+            assert_eq!(decode_response(e.body.as_bytes(), &e.headers).unwrap(), r);
+        }
+    }
+}
