@@ -131,19 +131,21 @@ pub fn decode(body: &[u8], headers: &str) -> Result<Decoded, String> {
 }
 
 fn decode_php(body: &[u8]) -> Result<Decoded, String> {
+    let decoded;
     let text = if body.last() == Some(&b'}') {
-        body.to_vec()
+        body
     } else {
         let clean: Vec<u8> = body
             .iter()
             .copied()
             .filter(|b| !b.is_ascii_whitespace())
             .collect();
-        LENIENT_BASE64
+        decoded = LENIENT_BASE64
             .decode(&clean)
-            .map_err(|_| "body is neither serialized PHP nor base64".to_owned())?
+            .map_err(|_| "body is neither serialized PHP nor base64".to_owned())?;
+        &decoded
     };
-    let raw = php::stripslashes(&text);
+    let raw = php::stripslashes(text);
     let value = php::parse(&raw).map_err(|e| e.to_string())?;
     let Value::Object(class, props) = value else {
         return Err("body is not a serialized object".into());
