@@ -676,8 +676,6 @@ impl Shared {
         let start = if idempotent || run.claimed.is_some() {
             None
         } else {
-            // In groups of half the lookahead: one start record for a group, and still at
-            // most the lookahead ahead of the head.
             // Right after the start nothing is timed yet: the requests behind the first wait
             // until its action and record are (or for their turn), rather than each record
             // its start alone at its turn.
@@ -687,6 +685,8 @@ impl Shared {
                     () = turn.near_in_groups(0) => {}
                 }
             }
+            // In groups of half the lookahead: one start record for a group, and still at
+            // most the lookahead ahead of the head.
             turn.near_in_groups(self.pace.lookahead().div_ceil(2)).await;
             let (tx, rx) = oneshot::channel();
             let _ = self.starts.send((run.id, tx));
@@ -953,26 +953,24 @@ impl Default for Pace {
 }
 
 impl Pace {
-    /// A moving average over about the last eight; the first value is taken as it is.
-    /// Returns whether it was the first.
-    fn note(cell: &AtomicU64, took: Duration) -> bool {
+    /// A moving average over about the last eight; the first value is taken as it is, and
+    /// tells the waiters of [`Pace::learned`] once both are known.
+    fn note(&self, cell: &AtomicU64, took: Duration) {
         let x = u64::try_from(took.as_micros()).unwrap_or(u64::MAX).max(1);
         let old = cell.load(Ordering::Relaxed);
         let new = if old == 0 { x } else { old - old / 8 + x / 8 };
         cell.store(new, Ordering::Relaxed);
-        old == 0
+        if old == 0 && self.known() {
+            self.learned.notify_waiters();
+        }
     }
 
     fn note_action(&self, took: Duration) {
-        if Self::note(&self.action_us, took) && self.known() {
-            self.learned.notify_waiters();
-        }
+        self.note(&self.action_us, took);
     }
 
     fn note_record(&self, took: Duration) {
-        if Self::note(&self.record_us, took) && self.known() {
-            self.learned.notify_waiters();
-        }
+        self.note(&self.record_us, took);
     }
 
     /// Whether both an action and a start record have been timed.
