@@ -26,6 +26,8 @@ use marvin_manager::transport::{Dsn, Queue};
 use sqlx::postgres::PgListener;
 
 const RUST_ACTIONS: usize = 20_000;
+/// Drains of RUST_ACTIONS measured for the throughput and CPU lines; their medians are printed.
+const DRAINS: usize = 3;
 const PHP_ACTIONS: usize = 600;
 const LATENCY_SAMPLES: usize = 400;
 
@@ -107,16 +109,33 @@ fn main() {
         sqlx::query(&format!("DELETE FROM {table} WHERE queue_name = 'ceiling_answers'")).execute(&admin).await.unwrap();
         sqlx::query(&format!("VACUUM ANALYZE {table}")).execute(&admin).await.unwrap();
 
-        // 1. Rust throughput: a backlog of no-op requests drained by `consume`.
-        fill(&admin, &table, "requests", 0, RUST_ACTIONS).await;
-        let opts = ConsumeOptions { limit: Some(RUST_ACTIONS as u64), poll: Duration::from_millis(20), ..Default::default() };
-        let cpu0 = common::Cpu::now("self");
-        let t = Instant::now();
-        let stats = consume(transport.clone(), manager.clone(), opts, std::future::pending()).await;
-        let rust_secs = t.elapsed().as_secs_f64();
-        let (ours, pg) = common::Cpu::now("self").since(&cpu0);
-        let per_action = |s: f64| s / RUST_ACTIONS as f64 * 1e6;
-        assert_eq!(stats.answered, RUST_ACTIONS as u64);
+        // 1. Rust throughput: a backlog of no-op requests drained by `consume`, DRAINS times
+        //    (the first right after start, the others warm), each from the table as a
+        //    deployment has it: the previous answers consumed by Core and vacuumed. One drain's
+        //    CPU varies by a few µs from run to run on this shared machine; the median of the
+        //    drains is the reading, each drain printed beside it.
+        let mut drains: Vec<(f64, f64, f64)> = Vec::with_capacity(DRAINS);
+        for k in 0..DRAINS {
+            sqlx::query(&format!("DELETE FROM {table} WHERE queue_name = 'responses'")).execute(&admin).await.unwrap();
+            sqlx::query(&format!("VACUUM ANALYZE {table}")).execute(&admin).await.unwrap();
+            let from = if k == 0 { 0 } else { 6_000_000 + k * RUST_ACTIONS };
+            fill(&admin, &table, "requests", from, RUST_ACTIONS).await;
+            let opts = ConsumeOptions { limit: Some(RUST_ACTIONS as u64), poll: Duration::from_millis(20), ..Default::default() };
+            let cpu0 = common::Cpu::now("self");
+            let t = Instant::now();
+            let stats = consume(transport.clone(), manager.clone(), opts, std::future::pending()).await;
+            let secs = t.elapsed().as_secs_f64();
+            let (ours, pg) = common::Cpu::now("self").since(&cpu0);
+            assert_eq!(stats.answered, RUST_ACTIONS as u64);
+            drains.push((secs, ours / RUST_ACTIONS as f64 * 1e6, pg / RUST_ACTIONS as f64 * 1e6));
+        }
+        let middle = |f: fn(&(f64, f64, f64)) -> f64| {
+            let mut v: Vec<f64> = drains.iter().map(f).collect();
+            v.sort_by(f64::total_cmp);
+            v[v.len() / 2]
+        };
+        let rust_secs = middle(|d| d.0);
+        let (ours_us, pg_us) = (middle(|d| d.1), middle(|d| d.2));
         let rust_rate = RUST_ACTIONS as f64 / rust_secs;
 
         // 2. PHP Symfony consumer, same server, same work (take, answer, acknowledge).
@@ -180,7 +199,7 @@ fn main() {
         let (p50, p99) = (pct(&mut samples, 0.50), pct(&mut samples, 0.99));
 
         // 4. Metrics on vs off: the same drain, alternating, counting paused in between.
-        const METRICS_ROUNDS: usize = 3;
+        const METRICS_ROUNDS: usize = 5;
         const METRICS_ACTIONS: usize = 3_000;
         let mut rates = [Vec::new(), Vec::new()];
         marvin_manager::metrics::install("bench");
@@ -202,7 +221,7 @@ fn main() {
         };
         let (off, on) = (median(&mut rates[0]), median(&mut rates[1]));
         let counted = marvin_manager::metrics::install("bench").encode();
-        assert!(counted.contains("outcome=\"success\"} 9000"), "{counted}");
+        assert!(counted.contains(&format!("outcome=\"success\"}} {}", METRICS_ROUNDS * METRICS_ACTIONS)), "{counted}");
 
         // 4b. Rows held in their fetch's transaction (one commit per short action) against
         //     rows marked when taken (two commits), alternating, with CPU per action.
@@ -265,12 +284,14 @@ fn main() {
         let three = serve_drain(&base, &admin, &[&["c1"], &["c2"], &["c3"]]).await;
 
         println!("end to end through PostgreSQL, no-op plugin");
-        println!("  manager:      {RUST_ACTIONS} actions in {rust_secs:.2} s = {rust_rate:.0} actions/s");
+        println!("  manager:      {RUST_ACTIONS} actions in {rust_secs:.2} s = {rust_rate:.0} actions/s (median of {DRAINS} drains)");
         println!(
-            "  CPU per action (less noisy than rates): manager {:.0} µs + PostgreSQL {:.0} µs",
-            per_action(ours),
-            per_action(pg)
+            "  CPU per action (less noisy than rates; median of {DRAINS} drains): manager {ours_us:.1} µs (target <= 40) + PostgreSQL {pg_us:.0} µs"
         );
+        for (k, (secs, ours, pg)) in drains.iter().enumerate() {
+            let when = if k == 0 { "first, right after start" } else { "warm" };
+            println!("    drain {}: {:.0} actions/s, manager {ours:.1} µs + PostgreSQL {pg:.0} µs ({when})", k + 1, RUST_ACTIONS as f64 / secs);
+        }
         println!("  SQL-only ceiling (Symfony's statements in batches of {CEILING_BATCH}, {CEILING_CLIENTS} clients, no plugin, no codec): {ceiling:.0} rows/s");
         println!("  manager / ceiling: {:.2} (target >= 0.6)", rust_rate / ceiling);
         println!("  PHP Symfony:  {php_n:.0} actions in {php_secs:.2} s = {php_rate:.0} actions/s ({:.3} of the ceiling)", php_rate / ceiling);
