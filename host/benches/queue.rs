@@ -72,6 +72,57 @@ async fn fill_for(
     }
 }
 
+/// One measured drain: the answers of earlier drains consumed (as Core does) and the table
+/// vacuumed, so every drain starts from the table a deployment has in steady state; then `n`
+/// requests filled from id `from` and drained by `transport` with `hold`. Returns actions/s
+/// and the manager's and PostgreSQL's CPU µs per action.
+#[allow(clippy::too_many_arguments)]
+async fn drain_once(
+    admin: &sqlx::PgPool,
+    table: &str,
+    transport: &Arc<PgTransport>,
+    manager: &Arc<Manager>,
+    from: usize,
+    n: usize,
+    hold: Option<Duration>,
+) -> (f64, f64, f64) {
+    sqlx::query(&format!(
+        "DELETE FROM {table} WHERE queue_name = 'responses'"
+    ))
+    .execute(admin)
+    .await
+    .unwrap();
+    sqlx::query(&format!("VACUUM ANALYZE {table}"))
+        .execute(admin)
+        .await
+        .unwrap();
+    fill(admin, table, "requests", from, n).await;
+    let opts = ConsumeOptions {
+        limit: Some(n as u64),
+        poll: Duration::from_millis(20),
+        hold,
+        ..Default::default()
+    };
+    let cpu0 = common::Cpu::now("self");
+    let t = Instant::now();
+    let stats = consume(
+        transport.clone(),
+        manager.clone(),
+        opts,
+        std::future::pending(),
+    )
+    .await;
+    let secs = t.elapsed().as_secs_f64();
+    let (ours, pg) = common::Cpu::now("self").since(&cpu0);
+    assert_eq!(stats.answered, n as u64);
+    (n as f64 / secs, ours / n as f64 * 1e6, pg / n as f64 * 1e6)
+}
+
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(f64::total_cmp);
+    v[v.len() / 2]
+}
+
 fn pct(samples: &mut [Duration], q: f64) -> f64 {
     samples.sort_unstable();
     samples[((samples.len() as f64 - 1.0) * q).round() as usize].as_secs_f64() * 1e3
@@ -116,27 +167,12 @@ fn main() {
         //    drains is the reading, each drain printed beside it.
         let mut drains: Vec<(f64, f64, f64)> = Vec::with_capacity(DRAINS);
         for k in 0..DRAINS {
-            sqlx::query(&format!("DELETE FROM {table} WHERE queue_name = 'responses'")).execute(&admin).await.unwrap();
-            sqlx::query(&format!("VACUUM ANALYZE {table}")).execute(&admin).await.unwrap();
             let from = if k == 0 { 0 } else { 6_000_000 + k * RUST_ACTIONS };
-            fill(&admin, &table, "requests", from, RUST_ACTIONS).await;
-            let opts = ConsumeOptions { limit: Some(RUST_ACTIONS as u64), poll: Duration::from_millis(20), ..Default::default() };
-            let cpu0 = common::Cpu::now("self");
-            let t = Instant::now();
-            let stats = consume(transport.clone(), manager.clone(), opts, std::future::pending()).await;
-            let secs = t.elapsed().as_secs_f64();
-            let (ours, pg) = common::Cpu::now("self").since(&cpu0);
-            assert_eq!(stats.answered, RUST_ACTIONS as u64);
-            drains.push((secs, ours / RUST_ACTIONS as f64 * 1e6, pg / RUST_ACTIONS as f64 * 1e6));
+            drains.push(drain_once(&admin, &table, &transport, &manager, from, RUST_ACTIONS, ConsumeOptions::default().hold).await);
         }
-        let middle = |f: fn(&(f64, f64, f64)) -> f64| {
-            let mut v: Vec<f64> = drains.iter().map(f).collect();
-            v.sort_by(f64::total_cmp);
-            v[v.len() / 2]
-        };
-        let rust_secs = middle(|d| d.0);
-        let (ours_us, pg_us) = (middle(|d| d.1), middle(|d| d.2));
-        let rust_rate = RUST_ACTIONS as f64 / rust_secs;
+        let rust_rate = median(drains.iter().map(|d| d.0).collect());
+        let rust_secs = RUST_ACTIONS as f64 / rust_rate;
+        let (ours_us, pg_us) = (median(drains.iter().map(|d| d.1).collect()), median(drains.iter().map(|d| d.2).collect()));
 
         // 2. PHP Symfony consumer, same server, same work (take, answer, acknowledge).
         fill(&admin, &table, "php_requests", RUST_ACTIONS, PHP_ACTIONS).await;
@@ -199,55 +235,36 @@ fn main() {
         let (p50, p99) = (pct(&mut samples, 0.50), pct(&mut samples, 0.99));
 
         // 4. Metrics on vs off: the same drain, alternating, counting paused in between.
-        const METRICS_ROUNDS: usize = 5;
-        const METRICS_ACTIONS: usize = 3_000;
-        let mut rates = [Vec::new(), Vec::new()];
+        const METRICS_ROUNDS: usize = 7;
+        const METRICS_ACTIONS: usize = 5_000;
+        let mut metrics_runs = [Vec::new(), Vec::new()];
         marvin_manager::metrics::install("bench");
         for round in 0..METRICS_ROUNDS * 2 {
             let on = round % 2 == 1;
             marvin_manager::metrics::set_enabled(on);
             let from = RUST_ACTIONS + PHP_ACTIONS + 1_000_000 + round * METRICS_ACTIONS;
-            fill(&admin, &table, "requests", from, METRICS_ACTIONS).await;
-            let opts = ConsumeOptions { limit: Some(METRICS_ACTIONS as u64), poll: Duration::from_millis(20), ..Default::default() };
-            let t = Instant::now();
-            let stats = consume(transport.clone(), manager.clone(), opts, std::future::pending()).await;
-            assert_eq!(stats.answered, METRICS_ACTIONS as u64);
-            rates[usize::from(on)].push(METRICS_ACTIONS as f64 / t.elapsed().as_secs_f64());
+            metrics_runs[usize::from(on)].push(drain_once(&admin, &table, &transport, &manager, from, METRICS_ACTIONS, ConsumeOptions::default().hold).await);
         }
         marvin_manager::metrics::set_enabled(false);
-        let median = |v: &mut Vec<f64>| {
-            v.sort_by(f64::total_cmp);
-            v[v.len() / 2]
-        };
-        let (off, on) = (median(&mut rates[0]), median(&mut rates[1]));
         let counted = marvin_manager::metrics::install("bench").encode();
         assert!(counted.contains(&format!("outcome=\"success\"}} {}", METRICS_ROUNDS * METRICS_ACTIONS)), "{counted}");
 
         // 4b. Rows held in their fetch's transaction (one commit per short action) against
         //     rows marked when taken (two commits), alternating, with CPU per action.
-        let mut held_rates = [Vec::new(), Vec::new()];
-        let mut held_cpu = [(0.0, 0.0), (0.0, 0.0)];
+        let mut held_runs = [Vec::new(), Vec::new()];
         for round in 0..METRICS_ROUNDS * 2 {
             let hold = round % 2 == 1;
             let from = RUST_ACTIONS + PHP_ACTIONS + 3_000_000 + round * METRICS_ACTIONS;
-            fill(&admin, &table, "requests", from, METRICS_ACTIONS).await;
-            let opts = ConsumeOptions {
-                limit: Some(METRICS_ACTIONS as u64),
-                poll: Duration::from_millis(20),
-                hold: if hold { ConsumeOptions::default().hold } else { None },
-                ..Default::default()
-            };
-            let cpu0 = common::Cpu::now("self");
-            let t = Instant::now();
-            let stats = consume(transport.clone(), manager.clone(), opts, std::future::pending()).await;
-            held_rates[usize::from(hold)].push(METRICS_ACTIONS as f64 / t.elapsed().as_secs_f64());
-            let (o, p) = common::Cpu::now("self").since(&cpu0);
-            held_cpu[usize::from(hold)].0 += o;
-            held_cpu[usize::from(hold)].1 += p;
-            assert_eq!(stats.answered, METRICS_ACTIONS as u64);
+            let bound = if hold { ConsumeOptions::default().hold } else { None };
+            held_runs[usize::from(hold)].push(drain_once(&admin, &table, &transport, &manager, from, METRICS_ACTIONS, bound).await);
         }
-        let (mark_rate, hold_rate) = (median(&mut held_rates[0]), median(&mut held_rates[1]));
-        let cpu_of = |c: (f64, f64)| (c.0 / (METRICS_ROUNDS * METRICS_ACTIONS) as f64 * 1e6, c.1 / (METRICS_ROUNDS * METRICS_ACTIONS) as f64 * 1e6);
+        // Medians of each pair's rate, manager CPU and PostgreSQL CPU: (off/marked, on/held).
+        let medians = |runs: &[Vec<(f64, f64, f64)>; 2], i: usize| {
+            let m = |f: fn(&(f64, f64, f64)) -> f64| median(runs[i].iter().map(f).collect());
+            (m(|r| r.0), m(|r| r.1), m(|r| r.2))
+        };
+        let ((off, off_cpu, _), (on, on_cpu, _)) = (medians(&metrics_runs, 0), medians(&metrics_runs, 1));
+        let (marked_m, held_m) = (medians(&held_runs, 0), medians(&held_runs, 1));
 
         // 5. The ownership filter of several managers: the same drain by a manager that
         //    published what it serves while another manager is registered (every fetch then
@@ -265,18 +282,10 @@ fn main() {
         for round in 0..METRICS_ROUNDS * 2 {
             let with = round % 2 == 1;
             let from = RUST_ACTIONS + PHP_ACTIONS + 2_000_000 + round * METRICS_ACTIONS;
-            fill(&admin, &table, "requests", from, METRICS_ACTIONS).await;
-            let opts = ConsumeOptions { limit: Some(METRICS_ACTIONS as u64), poll: Duration::from_millis(20), ..Default::default() };
-            let t = Instant::now();
-            let stats = if with {
-                consume(filtered.clone(), manager.clone(), opts, std::future::pending()).await
-            } else {
-                consume(transport.clone(), manager.clone(), opts, std::future::pending()).await
-            };
-            assert_eq!(stats.answered, METRICS_ACTIONS as u64);
-            owned[usize::from(with)].push(METRICS_ACTIONS as f64 / t.elapsed().as_secs_f64());
+            let by = if with { &filtered } else { &transport };
+            owned[usize::from(with)].push(drain_once(&admin, &table, by, &manager, from, METRICS_ACTIONS, ConsumeOptions::default().hold).await.0);
         }
-        let (unfiltered, with_filter) = (median(&mut owned[0]), median(&mut owned[1]));
+        let (unfiltered, with_filter) = (median(owned[0].clone()), median(owned[1].clone()));
 
         // 6. Three `serve` processes sharing one queue, each serving its own entity, against
         //    one `serve` serving all three: the same backlog, from the fill to the last answer.
@@ -288,29 +297,30 @@ fn main() {
         println!(
             "  CPU per action (less noisy than rates; median of {DRAINS} drains): manager {ours_us:.1} µs (target <= 40) + PostgreSQL {pg_us:.0} µs"
         );
-        for (k, (secs, ours, pg)) in drains.iter().enumerate() {
+        for (k, (rate, ours, pg)) in drains.iter().enumerate() {
             let when = if k == 0 { "first, right after start" } else { "warm" };
-            println!("    drain {}: {:.0} actions/s, manager {ours:.1} µs + PostgreSQL {pg:.0} µs ({when})", k + 1, RUST_ACTIONS as f64 / secs);
+            println!("    drain {}: {rate:.0} actions/s, manager {ours:.1} µs + PostgreSQL {pg:.0} µs ({when})", k + 1);
         }
         println!("  SQL-only ceiling (Symfony's statements in batches of {CEILING_BATCH}, {CEILING_CLIENTS} clients, no plugin, no codec): {ceiling:.0} rows/s");
         println!("  manager / ceiling: {:.2} (target >= 0.6)", rust_rate / ceiling);
         println!("  PHP Symfony:  {php_n:.0} actions in {php_secs:.2} s = {php_rate:.0} actions/s ({:.3} of the ceiling)", php_rate / ceiling);
         println!("  ratio:        {:.1}x (target >= 20x; throughput target >= 3000/s: {})", rust_rate / php_rate, if rust_rate >= 3000.0 { "met" } else { "NOT met" });
         println!(
-            "metrics on vs off ({METRICS_ROUNDS} alternating drains of {METRICS_ACTIONS} each, medians): on {on:.0} actions/s, off {off:.0} actions/s, on/off {:.3} (target >= 0.95)",
+            "metrics on vs off ({METRICS_ROUNDS} alternating pairs of drains of {METRICS_ACTIONS}, medians): on {on:.0} actions/s, off {off:.0} actions/s, on/off {:.3} (target >= 0.95); manager CPU per action on {on_cpu:.1} µs, off {off_cpu:.1} µs",
             on / off
         );
         println!(
-            "rows held while short actions run vs marked when taken ({METRICS_ROUNDS} alternating drains of {METRICS_ACTIONS} each, medians): held {hold_rate:.0} actions/s, marked {mark_rate:.0} actions/s, held/marked {:.2}; manager CPU per action held {:.0} µs, marked {:.0} µs",
-            hold_rate / mark_rate,
-            cpu_of(held_cpu[1]).0,
-            cpu_of(held_cpu[0]).0,
+            "rows held while short actions run vs marked when taken ({METRICS_ROUNDS} alternating pairs of drains of {METRICS_ACTIONS}, medians): held {:.0} actions/s, marked {:.0} actions/s, held/marked {:.2}; manager CPU per action held {:.1} µs, marked {:.1} µs; PostgreSQL held {:.0} µs, marked {:.0} µs",
+            held_m.0,
+            marked_m.0,
+            held_m.0 / marked_m.0,
+            held_m.1,
+            marked_m.1,
+            held_m.2,
+            marked_m.2,
         );
-        for (label, c) in [("held", held_cpu[1]), ("marked", held_cpu[0])] {
-            println!("  PostgreSQL CPU per action {label}: {:.0} µs (summed over its processes; these short drains read implausibly high at times, see the first line's)", cpu_of(c).1);
-        }
         println!(
-            "ownership filter ({METRICS_ROUNDS} alternating drains of {METRICS_ACTIONS} each, medians): with {with_filter:.0} actions/s, without {unfiltered:.0} actions/s, with/without {:.3} (target >= 0.90)",
+            "ownership filter ({METRICS_ROUNDS} alternating pairs of drains of {METRICS_ACTIONS}, medians): with {with_filter:.0} actions/s, without {unfiltered:.0} actions/s, with/without {:.3} (target >= 0.90)",
             with_filter / unfiltered
         );
         println!(
@@ -592,9 +602,20 @@ async fn serve_drain(base: &str, admin: &sqlx::PgPool, managers: &[&[&str]]) -> 
         let _ = c.kill();
         let _ = c.wait();
     }
-    sqlx::query(&format!("DROP SCHEMA {schema} CASCADE"))
-        .execute(admin)
-        .await
-        .unwrap();
+    // A killed process's sessions end on the server a little later: one still holding a lock
+    // can make the DROP lose a deadlock; try again.
+    for attempt in 1.. {
+        match sqlx::query(&format!("DROP SCHEMA {schema} CASCADE"))
+            .execute(admin)
+            .await
+        {
+            Ok(_) => break,
+            Err(e) if attempt < 10 => {
+                eprintln!("dropping {schema} (attempt {attempt}): {e}");
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+            Err(e) => panic!("dropping {schema}: {e}"),
+        }
+    }
     rate
 }

@@ -569,6 +569,41 @@ async fn pg_maintains_a_fast_draining_queue() {
     }
 }
 
+/// The transport's sessions run without PostgreSQL's JIT compilation (a fetch with the
+/// ownership filter was compiled at every execution: 40 of its 41 ms), as PostgreSQL reports
+/// them; a DSN that sets `jit` in its own `options` keeps its choice.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pg_sessions_run_without_jit_unless_the_dsn_asks() {
+    let db = TestDb::new(Db::Pg).await;
+    let server_default: String = {
+        let pool = sqlx::PgPool::connect(db.base()).await.unwrap();
+        let v = sqlx::query_scalar("SELECT current_setting('jit')")
+            .fetch_one(&pool)
+            .await
+            .unwrap();
+        pool.close().await;
+        v
+    };
+    assert_eq!(server_default, "on", "the test needs PostgreSQL's default");
+    let t = db.pg("").await;
+    t.setup().await.unwrap();
+    let jit: String = sqlx::query_scalar("SELECT current_setting('jit')")
+        .fetch_one(t.pool())
+        .await
+        .unwrap();
+    assert_eq!(jit, "off");
+    // A request still round-trips on these sessions.
+    send(&t, &request("j1", "c1", "start"), Format::Php).await;
+    assert_eq!(t.fetch(10).await.unwrap().len(), 1);
+
+    let theirs = db.pg("options=-c%20jit%3Don").await;
+    let jit: String = sqlx::query_scalar("SELECT current_setting('jit')")
+        .fetch_one(theirs.pool())
+        .await
+        .unwrap();
+    assert_eq!(jit, "on");
+}
+
 /// SQLite stores what it is given: a BLOB body, or text that is not UTF-8, is a bad row for
 /// the failure queue, never a fetch that fails (which stopped the whole queue).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
