@@ -91,33 +91,53 @@ impl Known {
 }
 
 /// Answers given by this process, by correlation id: a duplicate taken while its twin is
-/// still running, or in the same batch, gets the same answer without a ledger read. Bounded:
-/// it forgets everything when full (the ledger still has it).
+/// still running, or in the same batch, gets the same answer without a ledger read. Bounded
+/// by two generations of [`Recent::CAP`] answers: when the newer is full it becomes the older
+/// and the older is forgotten (the ledger still has it), so the last `CAP` answers are always
+/// known, and the forgotten generation is freed after the lock is let go (10,000 answers
+/// freed under it held every other answer for milliseconds).
 #[derive(Debug, Default)]
 pub struct Recent {
-    map: Mutex<HashMap<String, Arc<ManagerResponse>>>,
+    generations: Mutex<Generations>,
+}
+
+#[derive(Debug, Default)]
+struct Generations {
+    newer: HashMap<String, Arc<ManagerResponse>>,
+    older: HashMap<String, Arc<ManagerResponse>>,
 }
 
 impl Recent {
-    /// Answers kept at most.
+    /// Answers in one generation.
     pub const CAP: usize = 10_000;
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Generations> {
+        self.generations.lock().unwrap_or_else(|e| e.into_inner())
+    }
 
     /// The answer given to `correlation_id`, if this process gave one.
     pub fn get(&self, correlation_id: &str) -> Option<Arc<ManagerResponse>> {
-        self.map
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
+        let g = self.lock();
+        g.newer
             .get(correlation_id)
+            .or_else(|| g.older.get(correlation_id))
             .cloned()
     }
 
     /// Remembers an answer (shared, not copied: this is on every answer's path).
     pub fn put(&self, r: Arc<ManagerResponse>) {
-        let mut m = self.map.lock().unwrap_or_else(|e| e.into_inner());
-        if m.len() >= Self::CAP {
-            m.clear();
-        }
-        m.insert(r.correlation_id.clone(), r);
+        let forgotten = {
+            let mut g = self.lock();
+            let forgotten = if g.newer.len() >= Self::CAP {
+                let newer = std::mem::replace(&mut g.newer, HashMap::with_capacity(Self::CAP));
+                Some(std::mem::replace(&mut g.older, newer))
+            } else {
+                None
+            };
+            g.newer.insert(r.correlation_id.clone(), r);
+            forgotten
+        };
+        drop(forgotten);
     }
 }
 
@@ -192,14 +212,28 @@ mod tests {
     }
 
     #[test]
-    fn recent_answers_are_bounded() {
+    fn recent_answers_are_bounded_and_the_last_ones_always_kept() {
         let recent = Recent::default();
         recent.put(Arc::new(response("a")));
         assert_eq!(recent.get("a").as_deref(), Some(&response("a")));
+        // A full generation later, "a" is still known (it is in the older one), and so is
+        // every answer since.
         for i in 0..Recent::CAP {
             recent.put(Arc::new(response(&format!("x{i}"))));
         }
-        assert_eq!(recent.get("a"), None, "forgotten once full");
-        assert!(recent.map.lock().unwrap().len() <= Recent::CAP);
+        assert_eq!(recent.get("a").as_deref(), Some(&response("a")));
+        // Another generation later, "a" is forgotten; the last CAP answers never are.
+        for i in 0..Recent::CAP {
+            recent.put(Arc::new(response(&format!("y{i}"))));
+            let kept = if i + 1 < Recent::CAP {
+                format!("x{}", i + 1)
+            } else {
+                "y0".into()
+            };
+            assert!(recent.get(&kept).is_some(), "{kept} forgotten at y{i}");
+        }
+        assert_eq!(recent.get("a"), None, "forgotten two generations later");
+        let g = recent.lock();
+        assert!(g.newer.len() <= Recent::CAP && g.older.len() <= Recent::CAP);
     }
 }
