@@ -233,6 +233,10 @@ fn main() {
         // The same with every row marked when taken and answered in a second commit.
         let mut marked = latency(&transport, &manager, &mut listener, None, 1_500_000).await;
         let (p50, p99) = (pct(&mut samples, 0.50), pct(&mut samples, 0.99));
+        // The latency's listener is done: left listening unread, its session would hold every
+        // later NOTIFY on the server (a client that never reads).
+        drop(listener);
+        drop(direct);
 
         // 4. Metrics on vs off: the same drain, alternating, counting paused in between.
         const METRICS_ROUNDS: usize = 7;
@@ -268,8 +272,10 @@ fn main() {
 
         // 5. The ownership filter of several managers: the same drain by a manager that
         //    published what it serves while another manager is registered (every fetch then
-        //    filters by entity), alternating with one that never published (no filter).
+        //    filters by entity), alternating with one that never published (no filter). Both
+        //    transports connected here, so neither carries the earlier sections' state.
         let filtered = Arc::new(PgTransport::connect(&dsn.url, dsn.options.clone(), 8).await.unwrap());
+        let plain = Arc::new(PgTransport::connect(&dsn.url, dsn.options.clone(), 8).await.unwrap());
         filtered.publish(vec!["c1".into()]).await.unwrap();
         sqlx::query(&format!(
             "INSERT INTO {schema}.marvin_manager_managers (instance, manager, beat_at) \
@@ -282,7 +288,7 @@ fn main() {
         for round in 0..METRICS_ROUNDS * 2 {
             let with = round % 2 == 1;
             let from = RUST_ACTIONS + PHP_ACTIONS + 2_000_000 + round * METRICS_ACTIONS;
-            let by = if with { &filtered } else { &transport };
+            let by = if with { &filtered } else { &plain };
             owned[usize::from(with)].push(drain_once(&admin, &table, by, &manager, from, METRICS_ACTIONS, ConsumeOptions::default().hold).await.0);
         }
         let (unfiltered, with_filter) = (median(owned[0].clone()), median(owned[1].clone()));
