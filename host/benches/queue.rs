@@ -72,11 +72,30 @@ async fn fill_for(
     }
 }
 
+/// What one measured drain read.
+#[derive(Clone, Copy)]
+struct Drain {
+    /// Actions per second.
+    rate: f64,
+    /// The manager's CPU µs per action.
+    manager_us: f64,
+    /// PostgreSQL's CPU µs per action (summed over its processes).
+    pg_us: f64,
+}
+
+/// The median of each reading of `drains`.
+fn medians(drains: &[Drain]) -> Drain {
+    let m = |f: fn(&Drain) -> f64| median(drains.iter().map(f).collect());
+    Drain {
+        rate: m(|d| d.rate),
+        manager_us: m(|d| d.manager_us),
+        pg_us: m(|d| d.pg_us),
+    }
+}
+
 /// One measured drain: the answers of earlier drains consumed (as Core does) and the table
 /// vacuumed, so every drain starts from the table a deployment has in steady state; then `n`
-/// requests filled from id `from` and drained by `transport` with `hold`. Returns actions/s
-/// and the manager's and PostgreSQL's CPU µs per action.
-#[allow(clippy::too_many_arguments)]
+/// requests filled from id `from` and drained by `transport` with `hold`.
 async fn drain_once(
     admin: &sqlx::PgPool,
     table: &str,
@@ -85,7 +104,7 @@ async fn drain_once(
     from: usize,
     n: usize,
     hold: Option<Duration>,
-) -> (f64, f64, f64) {
+) -> Drain {
     sqlx::query(&format!(
         "DELETE FROM {table} WHERE queue_name = 'responses'"
     ))
@@ -115,7 +134,11 @@ async fn drain_once(
     let secs = t.elapsed().as_secs_f64();
     let (ours, pg) = common::Cpu::now("self").since(&cpu0);
     assert_eq!(stats.answered, n as u64);
-    (n as f64 / secs, ours / n as f64 * 1e6, pg / n as f64 * 1e6)
+    Drain {
+        rate: n as f64 / secs,
+        manager_us: ours / n as f64 * 1e6,
+        pg_us: pg / n as f64 * 1e6,
+    }
 }
 
 /// Which of an alternating comparison's two variants drain `round` runs: in ABBA order
@@ -174,14 +197,13 @@ fn main() {
         //    deployment has it: the previous answers consumed by Core and vacuumed. One drain's
         //    CPU varies by a few µs from run to run on this shared machine; the median of the
         //    drains is the reading, each drain printed beside it.
-        let mut drains: Vec<(f64, f64, f64)> = Vec::with_capacity(DRAINS);
+        let mut drains: Vec<Drain> = Vec::with_capacity(DRAINS);
         for k in 0..DRAINS {
             let from = if k == 0 { 0 } else { 6_000_000 + k * RUST_ACTIONS };
             drains.push(drain_once(&admin, &table, &transport, &manager, from, RUST_ACTIONS, ConsumeOptions::default().hold).await);
         }
-        let rust_rate = median(drains.iter().map(|d| d.0).collect());
+        let Drain { rate: rust_rate, manager_us: ours_us, pg_us } = medians(&drains);
         let rust_secs = RUST_ACTIONS as f64 / rust_rate;
-        let (ours_us, pg_us) = (median(drains.iter().map(|d| d.1).collect()), median(drains.iter().map(|d| d.2).collect()));
 
         // 2. PHP Symfony consumer, same server, same work (take, answer, acknowledge).
         fill(&admin, &table, "php_requests", RUST_ACTIONS, PHP_ACTIONS).await;
@@ -271,13 +293,8 @@ fn main() {
             let bound = if hold { ConsumeOptions::default().hold } else { None };
             held_runs[usize::from(hold)].push(drain_once(&admin, &table, &transport, &manager, from, METRICS_ACTIONS, bound).await);
         }
-        // Medians of each pair's rate, manager CPU and PostgreSQL CPU: (off/marked, on/held).
-        let medians = |runs: &[Vec<(f64, f64, f64)>; 2], i: usize| {
-            let m = |f: fn(&(f64, f64, f64)) -> f64| median(runs[i].iter().map(f).collect());
-            (m(|r| r.0), m(|r| r.1), m(|r| r.2))
-        };
-        let ((off, off_cpu, _), (on, on_cpu, _)) = (medians(&metrics_runs, 0), medians(&metrics_runs, 1));
-        let (marked_m, held_m) = (medians(&held_runs, 0), medians(&held_runs, 1));
+        let (metrics_off, metrics_on) = (medians(&metrics_runs[0]), medians(&metrics_runs[1]));
+        let (marked_m, held_m) = (medians(&held_runs[0]), medians(&held_runs[1]));
 
         // 5. The ownership filter of several managers: the same drain by a manager that
         //    published what it serves while another manager is registered (every fetch then
@@ -298,9 +315,9 @@ fn main() {
             let with = second(round);
             let from = RUST_ACTIONS + PHP_ACTIONS + 2_000_000 + round * METRICS_ACTIONS;
             let by = if with { &filtered } else { &plain };
-            owned[usize::from(with)].push(drain_once(&admin, &table, by, &manager, from, METRICS_ACTIONS, ConsumeOptions::default().hold).await.0);
+            owned[usize::from(with)].push(drain_once(&admin, &table, by, &manager, from, METRICS_ACTIONS, ConsumeOptions::default().hold).await);
         }
-        let (unfiltered, with_filter) = (median(owned[0].clone()), median(owned[1].clone()));
+        let (unfiltered, with_filter) = (medians(&owned[0]).rate, medians(&owned[1]).rate);
 
         // 6. Three `serve` processes sharing one queue, each serving its own entity, against
         //    one `serve` serving all three: the same backlog, from the fill to the last answer.
@@ -312,27 +329,31 @@ fn main() {
         println!(
             "  CPU per action (less noisy than rates; median of {DRAINS} drains): manager {ours_us:.1} µs (target <= 40) + PostgreSQL {pg_us:.0} µs"
         );
-        for (k, (rate, ours, pg)) in drains.iter().enumerate() {
+        for (k, d) in drains.iter().enumerate() {
             let when = if k == 0 { "first, right after start" } else { "warm" };
-            println!("    drain {}: {rate:.0} actions/s, manager {ours:.1} µs + PostgreSQL {pg:.0} µs ({when})", k + 1);
+            println!("    drain {}: {:.0} actions/s, manager {:.1} µs + PostgreSQL {:.0} µs ({when})", k + 1, d.rate, d.manager_us, d.pg_us);
         }
         println!("  SQL-only ceiling (Symfony's statements in batches of {CEILING_BATCH}, {CEILING_CLIENTS} clients, no plugin, no codec): {ceiling:.0} rows/s");
         println!("  manager / ceiling: {:.2} (target >= 0.6)", rust_rate / ceiling);
         println!("  PHP Symfony:  {php_n:.0} actions in {php_secs:.2} s = {php_rate:.0} actions/s ({:.3} of the ceiling)", php_rate / ceiling);
         println!("  ratio:        {:.1}x (target >= 20x; throughput target >= 3000/s: {})", rust_rate / php_rate, if rust_rate >= 3000.0 { "met" } else { "NOT met" });
         println!(
-            "metrics on vs off ({METRICS_ROUNDS} alternating pairs of drains of {METRICS_ACTIONS}, medians): on {on:.0} actions/s, off {off:.0} actions/s, on/off {:.3} (target >= 0.95); manager CPU per action on {on_cpu:.1} µs, off {off_cpu:.1} µs",
-            on / off
+            "metrics on vs off ({METRICS_ROUNDS} alternating pairs of drains of {METRICS_ACTIONS}, medians): on {:.0} actions/s, off {:.0} actions/s, on/off {:.3} (target >= 0.95); manager CPU per action on {:.1} µs, off {:.1} µs",
+            metrics_on.rate,
+            metrics_off.rate,
+            metrics_on.rate / metrics_off.rate,
+            metrics_on.manager_us,
+            metrics_off.manager_us,
         );
         println!(
             "rows held while short actions run vs marked when taken ({METRICS_ROUNDS} alternating pairs of drains of {METRICS_ACTIONS}, medians): held {:.0} actions/s, marked {:.0} actions/s, held/marked {:.2}; manager CPU per action held {:.1} µs, marked {:.1} µs; PostgreSQL held {:.0} µs, marked {:.0} µs",
-            held_m.0,
-            marked_m.0,
-            held_m.0 / marked_m.0,
-            held_m.1,
-            marked_m.1,
-            held_m.2,
-            marked_m.2,
+            held_m.rate,
+            marked_m.rate,
+            held_m.rate / marked_m.rate,
+            held_m.manager_us,
+            marked_m.manager_us,
+            held_m.pg_us,
+            marked_m.pg_us,
         );
         println!(
             "ownership filter ({METRICS_ROUNDS} alternating pairs of drains of {METRICS_ACTIONS}, medians): with {with_filter:.0} actions/s, without {unfiltered:.0} actions/s, with/without {:.3} (target >= 0.90)",

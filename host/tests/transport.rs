@@ -575,16 +575,11 @@ async fn pg_maintains_a_fast_draining_queue() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn pg_sessions_run_without_jit_unless_the_dsn_asks() {
     let db = TestDb::new(Db::Pg).await;
-    let server_default: String = {
-        let pool = sqlx::PgPool::connect(db.base()).await.unwrap();
-        let v = sqlx::query_scalar("SELECT current_setting('jit')")
-            .fetch_one(&pool)
-            .await
-            .unwrap();
-        pool.close().await;
-        v
-    };
-    assert_eq!(server_default, "on", "the test needs PostgreSQL's default");
+    assert_eq!(
+        db.query("SELECT current_setting('jit')").await,
+        vec![vec![Some("on".to_owned())]],
+        "the test needs PostgreSQL's default"
+    );
     let t = db.pg("").await;
     t.setup().await.unwrap();
     let jit: String = sqlx::query_scalar("SELECT current_setting('jit')")
