@@ -823,6 +823,42 @@ async fn pg_a_hold_answers_in_the_transaction_that_took_the_rows() {
     assert_eq!(db.responses().await.len(), 2);
 }
 
+/// A hold takes at most the rows it asks for, whichever statement takes them: the widest take
+/// so far runs a statement planned once with its LIMIT written in, a narrower one the
+/// statement planned for its values, a wider one a new statement planned once. Rows held
+/// by one hold are not taken by the next.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pg_holds_take_no_more_than_asked_wide_or_narrow() {
+    let db = TestDb::new(Db::Pg).await;
+    let t = db.pg("").await;
+    t.setup().await.unwrap();
+    let mut sent = Vec::new();
+    for i in 0..10 {
+        sent.push(
+            send(
+                &t,
+                &request(&format!("width-{i}"), "web", "start"),
+                Format::Php,
+            )
+            .await,
+        );
+    }
+    let mut kept = Vec::new();
+    let mut taken = Vec::new();
+    for (ask, expect) in [(4, 4), (2, 2), (4, 4), (8, 0)] {
+        let (rows, held) = t.hold(ask).await.unwrap();
+        assert_eq!(rows.len(), expect, "hold({ask})");
+        taken.extend(rows.iter().map(|r| r.id));
+        kept.push(held);
+    }
+    assert_eq!(taken, sent, "each row once, oldest first");
+    let late = send(&t, &request("width-late", "web", "start"), Format::Php).await;
+    let (rows, _held) = t.hold(8).await.unwrap();
+    assert_eq!(rows.iter().map(|r| r.id).collect::<Vec<_>>(), [late]);
+    let (rows, _held) = t.hold(3).await.unwrap();
+    assert!(rows.is_empty());
+}
+
 /// The PostgreSQL fetch starts its walk of `available_at` at a floor (the queue's oldest row
 /// less 5 s, read every 2 s) so it does not pass the parked rows and answers of every
 /// day before: a row that comes back old (redelivered) is above it, and a row whose sender's
