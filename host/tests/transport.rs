@@ -527,7 +527,9 @@ async fn timestamps_follow_the_configured_zone<T: Queue + Records>(
 }
 
 /// A queue drained faster than autovacuum runs gets vacuumed and analyzed by the consumer,
-/// so the fetch keeps its index plan (statistics from an empty table made it 30x slower).
+/// so the fetch keeps its index plan (statistics from an empty table made it 30x slower);
+/// the later vacuums, every 10,000 answers, analyze only one time in ten (an analyze reads a
+/// sample of 30,000 rows).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn pg_maintains_a_fast_draining_queue() {
     let db = TestDb::new(Db::Pg).await;
@@ -537,6 +539,12 @@ async fn pg_maintains_a_fast_draining_queue() {
     let last = || async {
         db.query(&format!(
             "SELECT CAST(last_vacuum AS TEXT), CAST(last_analyze AS TEXT) FROM pg_stat_user_tables WHERE schemaname = '{schema}' AND relname = '{table}'"
+        ))
+        .await
+    };
+    let counts = || async {
+        db.query(&format!(
+            "SELECT CAST(vacuum_count AS TEXT), CAST(analyze_count AS TEXT) FROM pg_stat_user_tables WHERE schemaname = '{schema}' AND relname = '{table}'"
         ))
         .await
     };
@@ -564,6 +572,50 @@ async fn pg_maintains_a_fast_draining_queue() {
         assert!(
             std::time::Instant::now() < deadline,
             "no vacuum/analyze: {row:?}"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    let one = |s: &str| Some(s.to_owned());
+    assert_eq!(counts().await, vec![vec![one("1"), one("1")]]);
+    // 10,000 more answers: a second vacuum, without an analyze.
+    db.query(
+        "INSERT INTO {t} (body, headers, queue_name, created_at, available_at) \
+         SELECT body, headers, queue_name, created_at, available_at FROM {t}, generate_series(1, 10000) \
+         WHERE id = (SELECT min(id) FROM {t} WHERE queue_name = 'responses')",
+    )
+    .await;
+    let ids: Vec<i64> = db
+        .query("SELECT CAST(id AS TEXT) FROM {t} WHERE queue_name = 'responses'")
+        .await
+        .into_iter()
+        .map(|r| r[0].as_deref().unwrap().parse().unwrap())
+        .collect();
+    assert!(ids.len() > 10_000);
+    for chunk in ids.chunks(2_000) {
+        let r = response_for("again");
+        t.complete(
+            chunk
+                .iter()
+                .map(|&id| Settle::Reply {
+                    request_id: id,
+                    response: codec::encode_response(&r, Format::Php, None),
+                    ledger: None,
+                })
+                .collect(),
+        )
+        .await
+        .unwrap();
+    }
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    loop {
+        let row = counts().await;
+        if row[0][0] == one("2") {
+            assert_eq!(row[0][1], one("1"), "the second vacuum analyzed: {row:?}");
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no second vacuum: {row:?}"
         );
         tokio::time::sleep(std::time::Duration::from_millis(100)).await;
     }
