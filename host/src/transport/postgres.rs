@@ -746,8 +746,8 @@ impl Sql {
     /// The hold statement with `max` as its literal LIMIT, to run with a generic plan: planned
     /// once per connection instead of at every hold (planning is 0.3-0.4 ms of a 0.45 ms hold
     /// of one row, on the path of every request at low load). The LIMIT must be a literal for
-    /// that: with `LIMIT $5` unknown a generic plan expects a tenth of the table and joins the
-    /// claims, routes and ledger by hashing them whole. `$5` must still equal `max` (a
+    /// that: with `LIMIT $5` unknown a generic plan expects a tenth of the table, and may join
+    /// the claims, routes and ledger by hashing them whole. `$5` must still equal `max` (a
     /// one-time filter) so that the statement never takes more rows than it is asked for.
     fn hold_planned_once(&self, max: usize) -> String {
         self.hold.replacen(
