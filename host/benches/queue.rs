@@ -81,6 +81,14 @@ struct Drain {
     manager_us: f64,
     /// PostgreSQL's CPU µs per action (summed over its processes).
     pg_us: f64,
+    /// WAL bytes written per action (the server's, all sessions).
+    wal_bytes: f64,
+    /// Checkpoints that started during the drain: after one, the first change to each page
+    /// writes the whole page to the WAL, and PostgreSQL's CPU per action rises with it.
+    checkpoints: i64,
+    /// Autovacuum's vacuums and analyzes of the queue table that ran during the drain (its
+    /// work counts as PostgreSQL's CPU).
+    autovacuums: i64,
 }
 
 /// The median of each reading of `drains`.
@@ -90,7 +98,46 @@ fn medians(drains: &[Drain]) -> Drain {
         rate: m(|d| d.rate),
         manager_us: m(|d| d.manager_us),
         pg_us: m(|d| d.pg_us),
+        wal_bytes: m(|d| d.wal_bytes),
+        checkpoints: drains.iter().map(|d| d.checkpoints).sum(),
+        autovacuums: drains.iter().map(|d| d.autovacuums).sum(),
     }
+}
+
+/// The server's WAL position in bytes, and the checkpoints it has started so far (PostgreSQL
+/// 17 counts them in `pg_stat_checkpointer`, older versions in `pg_stat_bgwriter`).
+async fn wal_and_checkpoints(admin: &sqlx::PgPool) -> (i64, i64) {
+    let wal = sqlx::query_scalar("SELECT (pg_current_wal_lsn() - '0/0'::pg_lsn)::bigint")
+        .fetch_one(admin)
+        .await
+        .unwrap();
+    let checkpoints =
+        match sqlx::query_scalar("SELECT num_timed + num_requested FROM pg_stat_checkpointer")
+            .fetch_one(admin)
+            .await
+        {
+            Ok(n) => n,
+            Err(_) => sqlx::query_scalar(
+                "SELECT checkpoints_timed + checkpoints_req FROM pg_stat_bgwriter",
+            )
+            .fetch_one(admin)
+            .await
+            .unwrap(),
+        };
+    (wal, checkpoints)
+}
+
+/// Autovacuum's vacuums plus analyzes of `table` so far.
+async fn autovacuums(admin: &sqlx::PgPool, table: &str) -> i64 {
+    let (schema, name) = table.split_once('.').unwrap();
+    sqlx::query_scalar(
+        "SELECT autovacuum_count + autoanalyze_count FROM pg_stat_user_tables WHERE schemaname = $1 AND relname = $2",
+    )
+    .bind(schema)
+    .bind(name)
+    .fetch_one(admin)
+    .await
+    .unwrap()
 }
 
 /// One measured drain: the answers of earlier drains consumed (as Core does) and the table
@@ -122,6 +169,8 @@ async fn drain_once(
         hold,
         ..Default::default()
     };
+    let (wal0, checkpoints0) = wal_and_checkpoints(admin).await;
+    let auto0 = autovacuums(admin, table).await;
     let cpu0 = common::Cpu::now("self");
     let t = Instant::now();
     let stats = consume(
@@ -133,11 +182,18 @@ async fn drain_once(
     .await;
     let secs = t.elapsed().as_secs_f64();
     let (ours, pg) = common::Cpu::now("self").since(&cpu0);
+    let (wal1, checkpoints1) = wal_and_checkpoints(admin).await;
+    // Counted when the statistics are flushed (within a second of the work).
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    let auto1 = autovacuums(admin, table).await;
     assert_eq!(stats.answered, n as u64);
     Drain {
         rate: n as f64 / secs,
         manager_us: ours / n as f64 * 1e6,
         pg_us: pg / n as f64 * 1e6,
+        wal_bytes: (wal1 - wal0) as f64 / n as f64,
+        checkpoints: checkpoints1 - checkpoints0,
+        autovacuums: auto1 - auto0,
     }
 }
 
@@ -202,7 +258,7 @@ fn main() {
             let from = if k == 0 { 0 } else { 6_000_000 + k * RUST_ACTIONS };
             drains.push(drain_once(&admin, &table, &transport, &manager, from, RUST_ACTIONS, ConsumeOptions::default().hold).await);
         }
-        let Drain { rate: rust_rate, manager_us: ours_us, pg_us } = medians(&drains);
+        let Drain { rate: rust_rate, manager_us: ours_us, pg_us, .. } = medians(&drains);
         let rust_secs = RUST_ACTIONS as f64 / rust_rate;
 
         // 2. PHP Symfony consumer, same server, same work (take, answer, acknowledge).
@@ -331,7 +387,7 @@ fn main() {
         );
         for (k, d) in drains.iter().enumerate() {
             let when = if k == 0 { "first, right after start" } else { "warm" };
-            println!("    drain {}: {:.0} actions/s, manager {:.1} µs + PostgreSQL {:.0} µs ({when})", k + 1, d.rate, d.manager_us, d.pg_us);
+            println!("    drain {}: {:.0} actions/s, manager {:.1} µs + PostgreSQL {:.0} µs, WAL {:.0} bytes per action, checkpoints started {}, autovacuum runs on the table {} ({when})", k + 1, d.rate, d.manager_us, d.pg_us, d.wal_bytes, d.checkpoints, d.autovacuums);
         }
         println!("  SQL-only ceiling (Symfony's statements in batches of {CEILING_BATCH}, {CEILING_CLIENTS} clients, no plugin, no codec): {ceiling:.0} rows/s");
         println!("  manager / ceiling: {:.2} (target >= 0.6)", rust_rate / ceiling);
@@ -346,7 +402,7 @@ fn main() {
             metrics_off.manager_us,
         );
         println!(
-            "rows held while short actions run vs marked when taken ({METRICS_ROUNDS} alternating pairs of drains of {METRICS_ACTIONS}, medians): held {:.0} actions/s, marked {:.0} actions/s, held/marked {:.2}; manager CPU per action held {:.1} µs, marked {:.1} µs; PostgreSQL held {:.0} µs, marked {:.0} µs",
+            "rows held while short actions run vs marked when taken ({METRICS_ROUNDS} alternating pairs of drains of {METRICS_ACTIONS}, medians): held {:.0} actions/s, marked {:.0} actions/s, held/marked {:.2}; manager CPU per action held {:.1} µs, marked {:.1} µs; PostgreSQL held {:.0} µs, marked {:.0} µs; WAL per action held {:.0} bytes, marked {:.0}",
             held_m.rate,
             marked_m.rate,
             held_m.rate / marked_m.rate,
@@ -354,6 +410,19 @@ fn main() {
             marked_m.manager_us,
             held_m.pg_us,
             marked_m.pg_us,
+            held_m.wal_bytes,
+            marked_m.wal_bytes,
+        );
+        let all: Vec<&Drain> = metrics_runs.iter().chain(&held_runs).chain(&owned).flatten().collect();
+        println!(
+            "  the {} drains of {METRICS_ACTIONS} above and below: checkpoints started during them {}, autovacuum runs on the table {}, PostgreSQL CPU per action {:.0}–{:.0} µs, WAL {:.0}–{:.0} bytes (a drain that meets a checkpoint writes whole pages)",
+            all.len(),
+            all.iter().map(|d| d.checkpoints).sum::<i64>(),
+            all.iter().map(|d| d.autovacuums).sum::<i64>(),
+            all.iter().map(|d| d.pg_us).fold(f64::INFINITY, f64::min),
+            all.iter().map(|d| d.pg_us).fold(0.0, f64::max),
+            all.iter().map(|d| d.wal_bytes).fold(f64::INFINITY, f64::min),
+            all.iter().map(|d| d.wal_bytes).fold(0.0, f64::max),
         );
         println!(
             "ownership filter ({METRICS_ROUNDS} alternating pairs of drains of {METRICS_ACTIONS}, medians): with {with_filter:.0} actions/s, without {unfiltered:.0} actions/s, with/without {:.3} (target >= 0.90)",
