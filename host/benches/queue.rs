@@ -91,7 +91,7 @@ struct Drain {
     autovacuums: i64,
 }
 
-/// The median of each reading of `drains`.
+/// The median of each reading of `drains` (of the checkpoints and autovacuum runs: their sum).
 fn medians(drains: &[Drain]) -> Drain {
     let m = |f: fn(&Drain) -> f64| median(drains.iter().map(f).collect());
     Drain {

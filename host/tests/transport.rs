@@ -536,18 +536,16 @@ async fn pg_maintains_a_fast_draining_queue() {
     let t = db.pg("").await;
     t.setup().await.unwrap();
     let (schema, table) = db.table().split_once('.').unwrap();
-    let last = || async {
-        db.query(&format!(
-            "SELECT CAST(last_vacuum AS TEXT), CAST(last_analyze AS TEXT) FROM pg_stat_user_tables WHERE schemaname = '{schema}' AND relname = '{table}'"
-        ))
-        .await
+    // Two columns of the table's statistics, as text.
+    let stats = |vacuum: &str, analyze: &str| {
+        let sql = format!(
+            "SELECT CAST({vacuum} AS TEXT), CAST({analyze} AS TEXT) FROM pg_stat_user_tables WHERE schemaname = '{schema}' AND relname = '{table}'"
+        );
+        let db = &db;
+        async move { db.query(&sql).await }
     };
-    let counts = || async {
-        db.query(&format!(
-            "SELECT CAST(vacuum_count AS TEXT), CAST(analyze_count AS TEXT) FROM pg_stat_user_tables WHERE schemaname = '{schema}' AND relname = '{table}'"
-        ))
-        .await
-    };
+    let last = || stats("last_vacuum", "last_analyze");
+    let counts = || stats("vacuum_count", "analyze_count");
     assert_eq!(last().await, vec![vec![None, None]]);
     for i in 0..260 {
         send(&t, &request(&format!("v{i}"), "c1", "start"), Format::Php).await;
