@@ -71,11 +71,30 @@ fn state(c: &Container) -> Value {
     })
 }
 
+/// Joins `parts` into one string. The answers of the common actions are built with this, not
+/// `format!`: in a fresh instance the formatting machinery's first calls (its indirect calls
+/// resolved one by one) took 5 µs of the 20 µs an idempotent `start` spends in the plugin,
+/// against 0.3 µs for this.
+fn concat(parts: &[&str]) -> String {
+    let mut s = String::with_capacity(parts.iter().map(|p| p.len()).sum());
+    parts.iter().for_each(|p| s.push_str(p));
+    s
+}
+
 fn describe_target(project: &str, service: Option<&str>) -> String {
     match service {
-        Some(s) => format!("service '{s}' of project '{project}'"),
-        None => format!("project '{project}'"),
+        Some(s) => concat(&["service '", s, "' of project '", project, "'"]),
+        None => concat(&["project '", project, "'"]),
     }
+}
+
+/// "1 container", "3 containers".
+fn containers_count(n: usize) -> String {
+    let mut digits = itoa::Buffer::new();
+    concat(&[
+        digits.format(n),
+        if n == 1 { " container" } else { " containers" },
+    ])
 }
 
 /// The service's containers (one-offs left out), or why there are none.
@@ -148,13 +167,9 @@ fn act(
         }
     }
     let target = describe_target(project, service);
-    let count = format!(
-        "{} container{}",
-        todo.len(),
-        if todo.len() == 1 { "" } else { "s" }
-    );
+    let count = containers_count(todo.len());
     let mut outcome = if failures.is_empty() {
-        let mut text = format!("{done} {count} of {target}: {}", names.join(", "));
+        let mut text = concat(&[done, " ", &count, " of ", &target, ": ", &names.join(", ")]);
         if !removed.is_empty() {
             text.push_str(&format!(" ({} removed meanwhile)", removed.join(", ")));
         }
@@ -191,12 +206,12 @@ fn start(clock: &mut Clock, project: &str, service: Option<&str>) -> Response {
         .collect();
     if todo.is_empty() {
         let states: Vec<Value> = list.iter().map(state).collect();
-        return Response::ok(format!(
-            "{} is already running ({} container{})",
-            describe_target(project, service),
-            list.len(),
-            if list.len() == 1 { "" } else { "s" }
-        ))
+        return Response::ok(concat(&[
+            &describe_target(project, service),
+            " is already running (",
+            &containers_count(list.len()),
+            ")",
+        ]))
         .with("already", Value::Bool(true))
         .with("containers", Value::Array(states));
     }
@@ -222,10 +237,10 @@ fn stop(clock: &mut Clock, project: &str, service: Option<&str>, timeout: u32) -
         .collect();
     if todo.is_empty() {
         let states: Vec<Value> = list.iter().map(state).collect();
-        return Response::ok(format!(
-            "{} is already stopped",
-            describe_target(project, service)
-        ))
+        return Response::ok(concat(&[
+            &describe_target(project, service),
+            " is already stopped",
+        ]))
         .with("already", Value::Bool(true))
         .with("containers", Value::Array(states));
     }
@@ -389,3 +404,20 @@ impl Guest for DockerCompose {
 }
 
 marvin_plugin_sdk::export!(DockerCompose);
+
+#[cfg(test)]
+mod texts {
+    use super::{containers_count, describe_target};
+
+    #[test]
+    fn the_answers_read_as_before_they_were_built_without_format() {
+        assert_eq!(
+            describe_target("p", Some("web")),
+            "service 'web' of project 'p'"
+        );
+        assert_eq!(describe_target("p", None), "project 'p'");
+        assert_eq!(containers_count(0), "0 containers");
+        assert_eq!(containers_count(1), "1 container");
+        assert_eq!(containers_count(12), "12 containers");
+    }
+}
