@@ -173,13 +173,15 @@ async fn drain_once(
     let auto0 = autovacuums(admin, table).await;
     let cpu0 = common::Cpu::now("self");
     let t = Instant::now();
-    let stats = consume(
+    // Spawned, as `serve` runs it (on the runtime's workers).
+    let stats = tokio::spawn(consume(
         transport.clone(),
         manager.clone(),
         opts,
         std::future::pending(),
-    )
-    .await;
+    ))
+    .await
+    .unwrap();
     let secs = t.elapsed().as_secs_f64();
     let (ours, pg) = common::Cpu::now("self").since(&cpu0);
     let (wal1, checkpoints1) = wal_and_checkpoints(admin).await;
@@ -453,7 +455,7 @@ fn main() {
         fill_sqlite(&pool, "requests", 0, SQLITE_ACTIONS).await;
         let opts = ConsumeOptions { limit: Some(SQLITE_ACTIONS as u64), poll: Duration::from_millis(20), ..Default::default() };
         let t = Instant::now();
-        let stats = consume(lite.clone(), manager.clone(), opts, std::future::pending()).await;
+        let stats = tokio::spawn(consume(lite.clone(), manager.clone(), opts, std::future::pending())).await.unwrap();
         assert_eq!(stats.answered, SQLITE_ACTIONS as u64);
         let lite_rate = SQLITE_ACTIONS as f64 / t.elapsed().as_secs_f64();
         println!("SQLite (WAL), no-op plugin");

@@ -227,7 +227,14 @@ pub(super) async fn serve(global: &GlobalArgs, args: ServeArgs) -> anyhow::Resul
                 sd_notify::NotifyState::Status("finishing what is in flight"),
             ]);
         };
-        let stats = consume(t.clone(), current.clone(), options, draining).await;
+        // On the runtime's workers, beside the actions it starts and the I/O driver, not on
+        // the thread that waits for `serve` to end: there every statement's answer was received
+        // by a worker and handed over with a thread wake-up. Drains of 20,000 no-op actions,
+        // alternating, 2 cores: 42.7 µs of manager CPU per action (median of 3 drains, mean of
+        // 5 processes) against 46.7 µs.
+        let stats = tokio::spawn(consume(t.clone(), current.clone(), options, draining))
+            .await
+            .context("the consumer stopped abnormally")?;
         abort(pruner);
         publisher.abort();
         if let Err(e) = t.deregister().await {
