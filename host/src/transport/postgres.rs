@@ -776,21 +776,14 @@ impl Sql {
         // routed yet (the first taker routes what is not its own), those routed to an entity
         // it serves, and — after the grace period — those routed to an entity no live manager
         // serves, to be answered with an error.
-        //
-        // Each subquery looks up the row's route by its key (`OFFSET 0` keeps PostgreSQL from
-        // hashing the whole routes table instead, once per fetch, which it chose for custom and
-        // generic plans alike: with 20,000 routed rows, a hold of 128 rows routed to this manager took 8.0-9.7 ms,
-        // now 1.0 ms; a third of them routed here, two thirds to another live manager, 10.5-12.2
-        // ms, now 2.8-2.9 ms. The cost is for a manager none of whose rows wait in a routed
-        // backlog: walking 20,000 rows routed elsewhere took 81-97 ms, now 121-137 ms).
         let live = live_manager("$7");
         let owned = format!(
-            "AND (NOT $13 OR NOT EXISTS (SELECT 1 FROM {routes} r WHERE r.row_id = {t}.id OFFSET 0) \
+            "AND (NOT $13 OR NOT EXISTS (SELECT 1 FROM {routes} r WHERE r.row_id = {t}.id) \
                OR EXISTS (SELECT 1 FROM {routes} r JOIN {served} s ON s.entity_id = r.entity_id \
-                 WHERE r.row_id = {t}.id AND s.instance = $9 OFFSET 0) \
+                 WHERE r.row_id = {t}.id AND s.instance = $9) \
                OR ({t}.created_at <= $14::timestamp AND NOT EXISTS (SELECT 1 FROM {routes} r \
                  JOIN {served} s ON s.entity_id = r.entity_id JOIN {managers} g ON g.instance = s.instance \
-                 WHERE r.row_id = {t}.id AND {live} OFFSET 0)))"
+                 WHERE r.row_id = {t}.id AND {live})))"
         );
         // Symfony's conditions, and rows a dead manager held (its process was replaced, or it
         // stopped heart-beating), taken back at once. ORDER BY available_at alone, as Symfony
