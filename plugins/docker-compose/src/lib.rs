@@ -71,30 +71,25 @@ fn state(c: &Container) -> Value {
     })
 }
 
-/// Joins `parts` into one string. The answers of the common actions are built with this, not
-/// `format!`: in a fresh instance the formatting machinery's first use (its indirect calls
+/// The answers of the common actions (start, stop, restart) are joined with `[..].concat()`,
+/// not `format!`: in a fresh instance the formatting machinery's first use (its indirect calls
 /// resolved one by one) took 5.2–6.1 µs of the ~20 µs an idempotent `start` spends in the
 /// plugin, the same text formatted a second time in that instance 1.1 µs.
-fn concat(parts: &[&str]) -> String {
-    let mut s = String::with_capacity(parts.iter().map(|p| p.len()).sum());
-    parts.iter().for_each(|p| s.push_str(p));
-    s
-}
-
 fn describe_target(project: &str, service: Option<&str>) -> String {
     match service {
-        Some(s) => concat(&["service '", s, "' of project '", project, "'"]),
-        None => concat(&["project '", project, "'"]),
+        Some(s) => ["service '", s, "' of project '", project, "'"].concat(),
+        None => ["project '", project, "'"].concat(),
     }
 }
 
 /// "1 container", "3 containers".
 fn containers_count(n: usize) -> String {
     let mut digits = itoa::Buffer::new();
-    concat(&[
+    [
         digits.format(n),
         if n == 1 { " container" } else { " containers" },
-    ])
+    ]
+    .concat()
 }
 
 /// The service's containers (one-offs left out), or why there are none.
@@ -169,7 +164,7 @@ fn act(
     let target = describe_target(project, service);
     let count = containers_count(todo.len());
     let mut outcome = if failures.is_empty() {
-        let mut text = concat(&[done, " ", &count, " of ", &target, ": ", &names.join(", ")]);
+        let mut text = [done, " ", &count, " of ", &target, ": ", &names.join(", ")].concat();
         if !removed.is_empty() {
             text.push_str(&format!(" ({} removed meanwhile)", removed.join(", ")));
         }
@@ -206,12 +201,15 @@ fn start(clock: &mut Clock, project: &str, service: Option<&str>) -> Response {
         .collect();
     if todo.is_empty() {
         let states: Vec<Value> = list.iter().map(state).collect();
-        return Response::ok(concat(&[
-            &describe_target(project, service),
-            " is already running (",
-            &containers_count(list.len()),
-            ")",
-        ]))
+        return Response::ok(
+            [
+                &describe_target(project, service),
+                " is already running (",
+                &containers_count(list.len()),
+                ")",
+            ]
+            .concat(),
+        )
         .with("already", Value::Bool(true))
         .with("containers", Value::Array(states));
     }
@@ -237,12 +235,9 @@ fn stop(clock: &mut Clock, project: &str, service: Option<&str>, timeout: u32) -
         .collect();
     if todo.is_empty() {
         let states: Vec<Value> = list.iter().map(state).collect();
-        return Response::ok(concat(&[
-            &describe_target(project, service),
-            " is already stopped",
-        ]))
-        .with("already", Value::Bool(true))
-        .with("containers", Value::Array(states));
+        return Response::ok([&describe_target(project, service), " is already stopped"].concat())
+            .with("already", Value::Bool(true))
+            .with("containers", Value::Array(states));
     }
     act(clock, ("stop", "stopped"), project, service, &todo, |ids| {
         docker::stop(ids, Some(timeout))
